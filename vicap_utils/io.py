@@ -1,0 +1,82 @@
+"""User-facing errors and crash-safe file writing shared by every command."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+class VicapError(Exception):
+    """An error the user caused and can fix; the CLI prints it as one line and exits 2."""
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Load JSON, turning a missing or malformed file into a one-line VicapError."""
+    path = Path(path)
+    if not path.is_file():
+        raise VicapError(f"{path}: {what} not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise VicapError(f"{path}: not UTF-8 text") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write text to a temporary sibling, then rename it: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
+    """Write JSON (UTF-8, diacritics kept as they are) atomically."""
+    return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def recover_dir(path: str | Path) -> Path | None:
+    """Return `path`, restoring it from the `.old` copy an interrupted `atomic_dir` may leave."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+    return path if path.exists() else None
