@@ -1,0 +1,240 @@
+"""`vicap audit` on tiny defective sets, image modes, bad input; image decoding helpers."""
+from __future__ import annotations
+
+import csv
+import json
+import unicodedata
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vicap_utils.__main__ import main
+from vicap_utils.audit import REASONS, audit
+from vicap_utils.images import check_image, load_rgb
+
+NFC_CAPTION = "Một người đàn ông đang chơi quần vợt."
+
+
+def noise(size=(48, 32), mode="RGB", seed=0):
+    """A small image whose JPEG is big enough to truncate meaningfully."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels).convert(mode)
+
+
+def write_images(folder):
+    """Every kind of image the audit must accept or reject; returns {name: expected size}."""
+    folder.mkdir()
+    noise().save(folder / "good.jpg")
+    noise(mode="L").save(folder / "grey.jpg")
+    rgba = noise(mode="RGBA")
+    rgba.putalpha(0)
+    rgba.save(folder / "clear.png")
+    noise(mode="P").save(folder / "palette.png")
+    noise(mode="CMYK").save(folder / "cmyk.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    noise(size=(64, 32)).save(folder / "rotated.jpg", exif=exif)
+    noise(size=(16, 16)).save(folder / "lonely.jpg")
+    data = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "text.jpg").write_text("this is not an image\n", encoding="utf-8")
+
+
+def defective_coco():
+    """One instance of each of the eight defects (two unreadable images: a truncated JPEG and
+    a text file), plus valid images of five modes."""
+    names = ["good.jpg", "grey.jpg", "clear.png", "palette.png", "cmyk.jpg", "rotated.jpg",
+             "truncated.jpg", "text.jpg", "missing.jpg", "lonely.jpg"]
+    images = [{"id": i, "file_name": name, "scene": "test"} for i, name in enumerate(names, 1)]
+    captions = [
+        (1, 1, unicodedata.normalize("NFD", NFC_CAPTION)),
+        (2, 1, "Người  đàn ông cầm vợt ."),
+        (3, 1, "Người đàn ông cầm vợt."),  # duplicate_caption (after normalisation)
+        (4, 1, "   "),  # empty_caption
+        (5, 999, "Ảnh không tồn tại."),  # unknown_image_id
+        (2, 1, "Một câu khác dùng lại id 2."),  # duplicate_annotation_id
+        (6, 2, "Ảnh xám."),
+        (7, 3, "Ảnh trong suốt."),
+        (8, 4, "Ảnh bảng màu."),
+        (9, 5, "Ảnh CMYK."),
+        (10, 6, "Ảnh xoay."),
+        (11, 7, "Ảnh bị cắt cụt."),  # orphaned_by_image
+    ]
+    annotations = [{"id": a, "image_id": i, "caption": c} for a, i, c in captions]
+    return {"info": {"name": "defects"}, "images": images, "annotations": annotations}
+
+
+@pytest.fixture
+def defective(tmp_path):
+    """(annotations path, images folder, out folder) of the defective set."""
+    write_images(tmp_path / "images")
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(defective_coco(), ensure_ascii=False), encoding="utf-8")
+    return path, tmp_path / "images", tmp_path / "out"
+
+
+def run_cli(annotations, images, out, *extra):
+    return main(["audit", "--annotations", str(annotations), "--images", str(images),
+                 "--out", str(out), *extra])
+
+
+def read_rejects(out):
+    with open(out / "rejects.csv", encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_each_defect_counted_once(defective, capsys):
+    annotations, images, out = defective
+    assert run_cli(annotations, images, out) == 0
+    report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
+    assert report["rejects"] == {reason: 1 for reason in REASONS} | {"unreadable_image": 2}
+    assert report["images_total"] == 10 and report["images_ok"] == 6
+    assert report["annotations_total"] == 12 and report["annotations_ok"] == 7
+    assert report["normalized_captions"] == 2
+    assert "images" in capsys.readouterr().out
+
+
+def test_rejects_csv_rows(defective):
+    annotations, images, out = defective
+    audit(annotations, images, out)
+    rows = read_rejects(out)
+    assert list(rows[0]) == ["kind", "id", "file", "reason", "detail"]
+    by_reason = {row["reason"]: row for row in rows}
+    assert set(by_reason) == set(REASONS) and len(rows) == 9
+    unreadable = {row["file"] for row in rows if row["reason"] == "unreadable_image"}
+    assert unreadable == {"truncated.jpg", "text.jpg"}
+    assert by_reason["missing_file"]["file"] == "missing.jpg"
+    assert by_reason["unreadable_image"]["kind"] == "image"
+    assert by_reason["image_without_captions"]["file"] == "lonely.jpg"
+    assert by_reason["orphaned_by_image"]["id"] == "11"
+    assert by_reason["unknown_image_id"]["kind"] == "annotation"
+
+
+def test_truncated_and_text_files_are_unreadable(defective):
+    _, images, _ = defective
+    truncated = check_image(images / "truncated.jpg")
+    text = check_image(images / "text.jpg")
+    assert (truncated.ok, truncated.reason) == (False, "unreadable_image")
+    assert "truncated" in truncated.detail
+    assert (text.ok, text.reason) == (False, "unreadable_image")
+    assert check_image(images / "missing.jpg")[:2] == (False, "missing_file")
+
+
+def test_clean_json_keeps_valid_captions_normalised(defective):
+    annotations, images, out = defective
+    audit(annotations, images, out, workers=1)
+    clean = json.loads((out / "clean.json").read_text(encoding="utf-8"))
+    assert clean["info"] == {"name": "defects"}
+    by_file = {im["file_name"]: im for im in clean["images"]}
+    assert set(by_file) == {"good.jpg", "grey.jpg", "clear.png", "palette.png", "cmyk.jpg",
+                            "rotated.jpg"}
+    assert by_file["good.jpg"]["scene"] == "test"
+    assert (by_file["good.jpg"]["width"], by_file["good.jpg"]["height"]) == (48, 32)
+    assert (by_file["rotated.jpg"]["width"], by_file["rotated.jpg"]["height"]) == (32, 64)
+    captions = {a["id"]: a["caption"] for a in clean["annotations"]}
+    assert sorted(captions) == [1, 2, 6, 7, 8, 9, 10]
+    assert captions[1] == NFC_CAPTION
+    assert captions[2] == "Người đàn ông cầm vợt."
+
+
+def test_pool_and_single_process_agree(defective, tmp_path):
+    annotations, images, _ = defective
+    assert audit(annotations, images, tmp_path / "a", workers=2) == audit(
+        annotations, images, tmp_path / "b", workers=1
+    )
+    for name in ("clean.json", "rejects.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["good.jpg", "grey.jpg", "clear.png", "palette.png", "cmyk.jpg"])
+def test_load_rgb_modes(defective, name):
+    _, images, _ = defective
+    im = load_rgb(images / name)
+    assert im.mode == "RGB" and im.size == (48, 32)
+
+
+def test_load_rgb_applies_exif_and_white_background(defective):
+    _, images, _ = defective
+    assert load_rgb(images / "rotated.jpg").size == (32, 64)
+    assert load_rgb(images / "clear.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_load_rgb_sixteen_bit(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((4, 4), 65535, dtype=np.uint16)).save(path)
+    im = load_rgb(path)
+    assert im.mode == "RGB" and im.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_flickr_token_audit_writes_coco(tmp_path):
+    images = tmp_path / "Flicker8k_Dataset"
+    images.mkdir()
+    noise().save(images / "100_a.jpg")
+    (tmp_path / "Flickr8k.token.txt").write_text(
+        "100_a.jpg#0\tA dog runs .\n100_a.jpg#1\tA dog runs.\n200_b.jpg#0\tA cat .\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text("100_a.jpg\n200_b.jpg\n")
+    report = audit(tmp_path / "Flickr8k.token.txt", images, tmp_path / "out")
+    assert report["rejects"]["duplicate_caption"] == 1
+    assert report["rejects"]["missing_file"] == 1 and report["rejects"]["orphaned_by_image"] == 1
+    clean = json.loads((tmp_path / "out" / "clean.json").read_text(encoding="utf-8"))
+    assert clean["images"] == [
+        {"id": "100_a", "file_name": "100_a.jpg", "width": 48, "height": 32, "split": "train"}
+    ]
+    assert clean["annotations"] == [{"id": 1, "image_id": "100_a", "caption": "A dog runs."}]
+
+
+def test_flickr_csv_audit(tmp_path):
+    images = tmp_path / "Images"
+    images.mkdir()
+    noise().save(images / "100_a.jpg")
+    (tmp_path / "captions.txt").write_text(
+        'image,caption\n100_a.jpg,"A dog, brown, runs ."\n', encoding="utf-8"
+    )
+    report = audit(tmp_path / "captions.txt", images, tmp_path / "out")
+    assert report["images_ok"] == 1 and report["annotations_ok"] == 1
+    clean = json.loads((tmp_path / "out" / "clean.json").read_text(encoding="utf-8"))
+    assert clean["annotations"][0]["caption"] == "A dog, brown, runs."
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json at all", "not valid JSON"),
+        ('{"images": {}, "annotations": []}', "not a COCO-style"),
+        ('{"images": [{"file_name": "good.jpg"}], "annotations": []}', "images[0] has no 'id'"),
+    ],
+)
+def test_bad_annotations_exit_2(tmp_path, capsys, content, message):
+    write_images(tmp_path / "images")
+    bad = tmp_path / "bad.json"
+    bad.write_text(content, encoding="utf-8")
+    assert run_cli(bad, tmp_path / "images", tmp_path / "out") == 2
+    assert_one_line_error(capsys, str(bad), message)
+    assert not (tmp_path / "out" / "clean.json").exists()
+
+
+def test_missing_images_folder_exit_2(defective, capsys):
+    annotations, images, out = defective
+    missing = images.parent / "no_such_folder"
+    assert run_cli(annotations, missing, out) == 2
+    assert_one_line_error(capsys, str(missing), "images folder not found")
+    assert not (out / "clean.json").exists()
+
+
+def test_output_path_is_a_file_exit_2(defective, capsys):
+    annotations, images, out = defective
+    out.write_text("in the way", encoding="utf-8")
+    assert run_cli(annotations, images, out) == 2
+    assert_one_line_error(capsys, str(out), "not a folder")
+
+
+def assert_one_line_error(capsys, file_name, message):
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert file_name in lines[0] and message in lines[0]
+    assert "Traceback" not in captured.err + captured.out

@@ -1,0 +1,248 @@
+"""Caption readers (UIT-ViIC COCO-style, Flickr8k token/CSV), the common table, the split."""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from vicap_utils.__main__ import main
+from vicap_utils.data import (
+    Annotation,
+    CaptionSet,
+    ImageInfo,
+    load_captions,
+    split_by_image,
+    write_coco,
+)
+from vicap_utils.io import VicapError
+
+UITVIIC = {
+    "info": {"description": "UIT-ViIC sample"},
+    "images": [
+        {"id": 157656, "file_name": "COCO_train2014_000000157656.jpg", "scene": "tennis",
+         "width": 640, "height": 480, "coco_url": "http://x/1.jpg"},
+        {"id": 317441, "file_name": "COCO_train2014_000000317441.jpg", "scene": "soccer"},
+    ],
+    "annotations": [
+        {"id": 1, "image_id": 157656, "caption": "Một người đàn ông đang chơi quần vợt."},
+        {"id": 2, "image_id": 157656, "caption": "Người đàn ông cầm vợt trên sân."},
+        {"id": 3, "image_id": 317441, "caption": "Các cầu thủ đang đá bóng, trên sân cỏ."},
+    ],
+}
+
+TOKEN_LINES = [
+    "1000268201_693b08cb0e.jpg#0\tA child in a pink dress is climbing up stairs .",
+    "1000268201_693b08cb0e.jpg#1\tA girl going into a wooden building .",
+    "1001773457_577c3a7d70.jpg#0\tA black dog and a spotted dog are fighting",
+    "",
+    "1002674143_1b742ab4b8.jpg#0\tA little girl covered in paint , sits in front of a rainbow .",
+]
+
+
+def write_json(path, data):
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def small_set(n_images=10):
+    images = {i: ImageInfo(i, f"{i}.jpg") for i in range(1, n_images + 1)}
+    annotations = [Annotation(10 * i + k, i, f"ảnh {i} số {k}") for i in images for k in range(2)]
+    return CaptionSet(images, annotations)
+
+
+# ---------------------------------------------------------------- COCO-style
+
+
+def test_read_uitviic_like(tmp_path):
+    cs = load_captions(write_json(tmp_path / "captions.json", UITVIIC))
+    assert list(cs.images) == [157656, 317441]
+    assert cs.images[157656].width == 640 and cs.images[317441].width is None
+    assert cs.captions_by_image()[157656][1] == "Người đàn ông cầm vợt trên sân."
+    coco = cs.to_coco()
+    assert coco["info"] == UITVIIC["info"]
+    assert coco["images"][0]["scene"] == "tennis" and coco["images"][1]["scene"] == "soccer"
+    assert coco["images"][0]["coco_url"] == "http://x/1.jpg"
+    assert coco["annotations"] == UITVIIC["annotations"]
+
+
+def test_write_coco_round_trip(tmp_path):
+    cs = load_captions(write_json(tmp_path / "captions.json", UITVIIC))
+    write_coco(cs, tmp_path / "again.json")
+    text = (tmp_path / "again.json").read_text(encoding="utf-8")
+    assert "quần vợt" in text  # diacritics written as they are
+    assert load_captions(tmp_path / "again.json").to_coco() == cs.to_coco()
+
+
+def test_to_frame_and_subset(tmp_path):
+    cs = load_captions(write_json(tmp_path / "captions.json", UITVIIC))
+    frame = cs.to_frame()
+    assert list(frame.columns) == ["image_id", "file_name", "annotation_id", "caption"]
+    assert len(frame) == 3
+    assert frame.loc[2, "file_name"] == "COCO_train2014_000000317441.jpg"
+    part = cs.subset([317441])
+    assert list(part.images) == [317441]
+    assert [a.id for a in part.annotations] == [3]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"images": [], "captions": []}', "not a COCO-style captions file"),
+        ('[1, 2]', "not a COCO-style captions file"),
+        ('{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2}], "annotations": []}',
+         "images[1] has no 'file_name'"),
+        ('{"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [{"id": 1, "image_id": 1}]}',
+         "annotations[0] has no 'caption'"),
+        ('{"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 1, "file_name": "b.jpg"}], '
+         '"annotations": []}', "images[1] repeats image id 1"),
+        ('{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}',
+         "images[0] 'id' must be an integer or text"),
+    ],
+)
+def test_bad_coco_names_file_and_problem(tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(VicapError, match=re.escape(message)) as info:
+        load_captions(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_text_format(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text("just some words\nand more\n", encoding="utf-8")
+    with pytest.raises(VicapError, match="unknown captions format"):
+        load_captions(path)
+
+
+def test_missing_captions_file(tmp_path):
+    with pytest.raises(VicapError, match="not found"):
+        load_captions(tmp_path / "nope.json")
+
+
+# ---------------------------------------------------------------- Flickr8k
+
+
+def test_read_flickr_token_with_split_lists(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("\n".join(TOKEN_LINES) + "\n", encoding="utf-8")
+    (tmp_path / "Flickr_8k.trainImages.txt").write_text(
+        "1000268201_693b08cb0e.jpg\n1001773457_577c3a7d70.jpg\n", encoding="utf-8"
+    )
+    (tmp_path / "Flickr_8k.devImages.txt").write_text("1002674143_1b742ab4b8.jpg\n")
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("9999_unlisted.jpg\n")
+    cs = load_captions(token)
+    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70",
+                               "1002674143_1b742ab4b8"]
+    assert cs.images["1000268201_693b08cb0e"].file_name == "1000268201_693b08cb0e.jpg"
+    assert [a.id for a in cs.annotations] == [1, 2, 3, 4]
+    assert cs.captions_by_image()["1000268201_693b08cb0e"] == [
+        "A child in a pink dress is climbing up stairs .",
+        "A girl going into a wooden building .",
+    ]
+    assert cs.split == {
+        "1000268201_693b08cb0e": "train",
+        "1001773457_577c3a7d70": "train",
+        "1002674143_1b742ab4b8": "val",
+    }
+    assert cs.to_coco()["images"][2]["split"] == "val"
+
+
+def test_read_flickr_token_without_split_lists(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text(TOKEN_LINES[0] + "\n", encoding="utf-8")
+    cs = load_captions(token)
+    assert cs.split == {} and len(cs.annotations) == 1
+
+
+def test_read_flickr_token_bad_line(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text(TOKEN_LINES[0] + "\nbroken line without tab\n", encoding="utf-8")
+    with pytest.raises(VicapError, match="line 2"):
+        load_captions(token)
+
+
+def test_read_flickr_captions_csv_with_commas(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text(
+        "image,caption\n"
+        '1000268201_693b08cb0e.jpg,"A child, in a pink dress, climbs stairs ."\n'
+        "1000268201_693b08cb0e.jpg,A girl going into a wooden building .\n"
+        "1001773457_577c3a7d70.jpg,A black dog , and a spotted dog\n",
+        encoding="utf-8",
+    )
+    cs = load_captions(path)
+    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70"]
+    by_image = cs.captions_by_image()
+    assert by_image["1000268201_693b08cb0e"][0] == "A child, in a pink dress, climbs stairs ."
+    assert by_image["1001773457_577c3a7d70"] == ["A black dog , and a spotted dog"]
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_hard_coded_expectation():
+    train, val = split_by_image(small_set(10), val_fraction=0.3, seed=42)
+    assert list(train.images) == [2, 3, 5, 7, 8, 9, 10]
+    assert list(val.images) == [1, 4, 6]
+    train, val = split_by_image(small_set(10), val_fraction=0.3, seed=7)
+    assert list(val.images) == [3, 4, 7]
+
+
+def test_split_string_ids_hard_coded():
+    cs = CaptionSet({s: ImageInfo(s, f"{s}.jpg") for s in "abcde"}, [])
+    train, val = split_by_image(cs, val_fraction=0.4, seed=0)
+    assert (list(train.images), list(val.images)) == (["b", "c", "e"], ["a", "d"])
+
+
+def test_split_deterministic_disjoint_and_by_image():
+    cs = small_set(50)
+    first = split_by_image(cs, 0.2, seed=3)
+    second = split_by_image(cs, 0.2, seed=3)
+    assert [list(s.images) for s in first] == [list(s.images) for s in second]
+    train, val = first
+    assert len(val.images) == 10 and len(train.images) == 40
+    assert not set(train.images) & set(val.images)
+    assert {a.image_id for a in train.annotations} == set(train.images)
+    assert {a.image_id for a in val.annotations} == set(val.images)
+    assert len(train.annotations) + len(val.annotations) == len(cs.annotations)
+    other = split_by_image(cs, 0.2, seed=4)[1]
+    assert list(other.images) != list(val.images)
+
+
+@pytest.mark.parametrize(("n_images", "n_val"), [(2, 1), (3, 1), (10, 1), (1, 0)])
+def test_split_keeps_one_image_each_side(n_images, n_val):
+    train, val = split_by_image(small_set(n_images), val_fraction=0.01)
+    assert len(val.images) == n_val
+    assert len(train.images) == n_images - n_val
+
+
+def test_split_rejects_bad_fraction():
+    with pytest.raises(VicapError, match="val_fraction"):
+        split_by_image(small_set(4), val_fraction=1.5)
+
+
+def test_cli_split_writes_three_files(tmp_path, capsys):
+    source = tmp_path / "clean.json"
+    write_coco(small_set(10), source)
+    out = tmp_path / "split"
+    args = ["split", "--annotations", str(source), "--out", str(out), "--val-fraction", "0.3"]
+    assert main(args) == 0
+    record = json.loads((out / "split.json").read_text(encoding="utf-8"))
+    assert record == {"seed": 42, "val_fraction": 0.3,
+                      "train": [2, 3, 5, 7, 8, 9, 10], "val": [1, 4, 6]}
+    train = json.loads((out / "train.json").read_text(encoding="utf-8"))
+    val = json.loads((out / "val.json").read_text(encoding="utf-8"))
+    assert [im["id"] for im in train["images"]] == record["train"]
+    assert {a["image_id"] for a in val["annotations"]} == {1, 4, 6}
+    assert "3 val" in capsys.readouterr().out
+
+
+def test_cli_split_bad_input_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{oops", encoding="utf-8")
+    assert main(["split", "--annotations", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "train.json").exists()

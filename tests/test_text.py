@@ -1,0 +1,86 @@
+"""Vietnamese text helpers: normalisation, syllables, diacritics, optional segmentation."""
+from __future__ import annotations
+
+import sys
+import unicodedata
+
+import pytest
+
+from vicap_utils.io import VicapError
+from vicap_utils.text import (
+    VIETNAMESE_LETTERS,
+    has_diacritics,
+    normalize_caption,
+    segment_words,
+    strip_diacritics,
+    syllable_count,
+)
+
+NFC_CAPTION = "Một người đàn ông đang chơi quần vợt."
+
+
+def test_nfd_becomes_nfc():
+    nfd = unicodedata.normalize("NFD", NFC_CAPTION)
+    assert nfd != NFC_CAPTION
+    assert normalize_caption(nfd) == NFC_CAPTION
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Hai  con   chó\tđang chạy .", "Hai con chó đang chạy."),
+        ("  một cậu bé đá bóng  ", "một cậu bé đá bóng"),
+        ("Sân bóng , cầu thủ ; trọng tài : còi !", "Sân bóng, cầu thủ; trọng tài: còi!"),
+        ("Ai đang chơi ?", "Ai đang chơi?"),
+        ("Đội A thắng 2-1 .\n", "Đội A thắng 2-1."),
+        ("HAI Người", "HAI Người"),
+    ],
+)
+def test_normalize_spacing_and_case(raw, expected):
+    assert normalize_caption(raw) == expected
+
+
+def test_normalize_is_idempotent():
+    once = normalize_caption(" Một  người .")
+    assert normalize_caption(once) == once
+
+
+@pytest.mark.parametrize(
+    ("caption", "count"),
+    [
+        ("Một người đàn ông đang chơi quần vợt.", 8),
+        ("Hai con chó .", 3),
+        ("  ", 0),
+        ("...", 0),
+        ("sân bóng, cầu thủ", 4),
+    ],
+)
+def test_syllable_count(caption, count):
+    assert syllable_count(caption) == count
+
+
+def test_strip_diacritics():
+    assert strip_diacritics("Người đàn ông") == "Nguoi dan ong"
+    assert strip_diacritics("ĐỘI BÓNG Đá") == "DOI BONG Da"
+    assert strip_diacritics(unicodedata.normalize("NFD", "phụ nữ")) == "phu nu"
+
+
+def test_has_diacritics():
+    assert has_diacritics("đá bóng")
+    assert has_diacritics("Đ")
+    assert not has_diacritics("da bong 123.")
+
+
+def test_vietnamese_letters():
+    assert len(VIETNAMESE_LETTERS) == len(set(VIETNAMESE_LETTERS)) == 67
+    assert "đ" in VIETNAMESE_LETTERS and "ữ" in VIETNAMESE_LETTERS and "ỵ" in VIETNAMESE_LETTERS
+    assert VIETNAMESE_LETTERS == VIETNAMESE_LETTERS.lower()
+    assert unicodedata.normalize("NFC", VIETNAMESE_LETTERS) == VIETNAMESE_LETTERS
+    assert all(has_diacritics(letter) for letter in VIETNAMESE_LETTERS)
+
+
+def test_segment_words_without_pyvi(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyvi", None)
+    monkeypatch.setitem(sys.modules, "pyvi.ViTokenizer", None)
+    with pytest.raises(VicapError, match="pip install pyvi"):
+        segment_words("người đàn ông")

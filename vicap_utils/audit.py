@@ -1,0 +1,270 @@
+"""`vicap audit`: decode every image, screen every caption, write the clean set and a report."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import multiprocessing
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from multiprocessing.context import BaseContext
+from pathlib import Path
+from typing import Any
+
+from PIL import ImageFile
+from tqdm.auto import tqdm
+
+from vicap_utils.data import Annotation, CaptionSet, ImageId, ImageInfo, load_captions, write_coco
+from vicap_utils.images import ImageCheck, check_image
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text
+from vicap_utils.text import normalize_caption, syllable_count
+
+REASONS = (
+    "missing_file",
+    "unreadable_image",
+    "image_without_captions",
+    "empty_caption",
+    "unknown_image_id",
+    "duplicate_annotation_id",
+    "duplicate_caption",
+    "orphaned_by_image",
+)
+REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
+_MAX_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected image or caption: a row of rejects.csv."""
+
+    kind: str  # "image" or "annotation"
+    id: ImageId
+    file: str
+    reason: str
+    detail: str
+
+
+@dataclass
+class AuditResult:
+    """What the audit found: the clean set, the rejects and the counts for audit.json."""
+
+    clean: CaptionSet
+    rejects: list[Reject]
+    images_total: int
+    annotations_total: int
+    normalized_captions: int
+
+    def summary(self) -> dict[str, Any]:
+        """The audit.json content; every reason code is present, 0 when none."""
+        counts = Counter(reject.reason for reject in self.rejects)
+        return {
+            "images_total": self.images_total,
+            "images_ok": len(self.clean.images),
+            "annotations_total": self.annotations_total,
+            "annotations_ok": len(self.clean.annotations),
+            "normalized_captions": self.normalized_captions,
+            "rejects": {reason: counts.get(reason, 0) for reason in REASONS},
+        }
+
+
+@dataclass
+class _CaptionScreen:
+    """Checks captions one by one, remembering the ids and captions already kept."""
+
+    images: dict[ImageId, ImageInfo]
+    rejected_images: set[ImageId]
+    kept_ids: set[Any] = field(default_factory=set)
+    kept_captions: dict[tuple[ImageId, str], Any] = field(default_factory=dict)
+
+    def reason(self, ann: Annotation, caption: str) -> tuple[str, str] | None:
+        """(code, detail) for a caption to reject, None for one to keep (and remember)."""
+        key = (ann.image_id, caption.casefold())
+        if ann.id in self.kept_ids:
+            return "duplicate_annotation_id", f"annotation id {ann.id!r} is already used"
+        if ann.image_id not in self.images:
+            return "unknown_image_id", f"image id {ann.image_id!r} is not in images"
+        if syllable_count(caption) == 0:
+            return "empty_caption", f"caption {ann.caption!r} has no words"
+        if ann.image_id in self.rejected_images:
+            return "orphaned_by_image", f"image {ann.image_id!r} was rejected"
+        if key in self.kept_captions:
+            return "duplicate_caption", f"same caption as annotation {self.kept_captions[key]!r}"
+        self.kept_ids.add(ann.id)
+        self.kept_captions[key] = ann.id
+        return None
+
+
+def audit(
+    annotations_path: str | Path,
+    images_dir: str | Path,
+    out_dir: str | Path,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Audit a caption set; write audit.json, clean.json and rejects.csv in `out_dir`.
+
+    Returns the audit.json content. Defects are reported, not raised; bad input raises
+    VicapError before anything is written.
+    """
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise VicapError(f"{images_dir}: images folder not found")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise VicapError(f"{out_dir}: output path exists and is not a folder")
+    cs = load_captions(annotations_path, images_dir)
+    paths = [images_dir / info.file_name for info in cs.images.values()]
+    checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
+    result = screen(cs, checks)
+    summary = result.summary()
+    write_report(result, summary, out_dir)
+    print(format_summary(summary, out_dir))
+    return summary
+
+
+def check_images(paths: Sequence[Path], workers: int | None = None) -> list[ImageCheck]:
+    """Fully decode every image, in a process pool of `workers` (default: all cores)."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if workers < 1:
+        raise VicapError(f"--workers must be at least 1 (got {workers})")
+    if workers == 1 or len(paths) < 2:
+        return [check_image(path) for path in tqdm(paths, unit="img", desc="decoding images")]
+    return _check_in_pool(paths, workers)
+
+
+def _check_in_pool(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
+    """Decode chunks of images in worker processes, keeping the input order.
+
+    Workers are forked before the progress bar starts its monitor thread.
+    """
+    size = _chunk_size(len(paths), workers)
+    chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
+    results: list[list[ImageCheck]] = [[] for _ in chunks]
+    workers = min(workers, len(chunks))
+    with ProcessPoolExecutor(
+        workers, mp_context=_pool_context(), initializer=_strict_decoding
+    ) as pool:
+        futures = {pool.submit(_check_chunk, chunk): index for index, chunk in enumerate(chunks)}
+        with tqdm(total=len(paths), unit="img", desc="decoding images") as bar:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update(len(results[futures[future]]))
+    return [check for chunk in results for check in chunk]
+
+
+def _pool_context() -> BaseContext:
+    """`fork` (quick to start) in a single-threaded process, else `forkserver` or `spawn`:
+    forking a process that runs other threads (a notebook kernel, torch) can deadlock."""
+    methods = multiprocessing.get_all_start_methods()
+    if "fork" in methods and _single_threaded():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+def _single_threaded() -> bool:
+    """True when the OS lists exactly one thread in this process; False when it cannot tell."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _chunk_size(n_paths: int, workers: int) -> int:
+    """About eight chunks per worker (smooth progress, little IPC), at most 64 images each."""
+    return max(1, min(_MAX_CHUNK, n_paths // (workers * 8)))
+
+
+def _strict_decoding() -> None:
+    """Worker start-up: truncated images must fail to load, whatever the parent set."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _check_chunk(paths: list[str]) -> list[ImageCheck]:
+    """Check one chunk of images (runs in a worker process)."""
+    return [check_image(path) for path in paths]
+
+
+def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]) -> AuditResult:
+    """Apply every rule: images that fail to decode, bad captions, images left captionless."""
+    image_rejects = [
+        Reject("image", image_id, cs.images[image_id].file_name, check.reason or "", check.detail)
+        for image_id, check in checks.items()
+        if not check.ok
+    ]
+    screen_ = _CaptionScreen(cs.images, {reject.id for reject in image_rejects})
+    kept, caption_rejects, normalized = _screen_captions(cs, screen_)
+    decoded = {
+        image_id: replace(info, width=checks[image_id].width, height=checks[image_id].height)
+        for image_id, info in cs.images.items()
+        if checks[image_id].ok
+    }
+    captionless = _captionless(decoded, kept)
+    lost = {reject.id for reject in captionless}
+    clean = CaptionSet(decoded, kept, cs.split, cs.extra)
+    clean = clean.subset(image_id for image_id in decoded if image_id not in lost)
+    rejects = image_rejects + captionless + caption_rejects
+    return AuditResult(clean, rejects, len(cs.images), len(cs.annotations), normalized)
+
+
+def _screen_captions(
+    cs: CaptionSet, screen_: _CaptionScreen
+) -> tuple[list[Annotation], list[Reject], int]:
+    """Kept (normalised) captions, rejected ones, and how many kept ones normalisation changed."""
+    kept: list[Annotation] = []
+    rejects: list[Reject] = []
+    normalized = 0
+    for ann in cs.annotations:
+        caption = normalize_caption(ann.caption)
+        reason = screen_.reason(ann, caption)
+        if reason is None:
+            kept.append(replace(ann, caption=caption))
+            normalized += caption != ann.caption
+        else:
+            image = cs.images.get(ann.image_id)
+            rejects.append(Reject("annotation", ann.id, image.file_name if image else "", *reason))
+    return kept, rejects, normalized
+
+
+def _captionless(images: dict[ImageId, ImageInfo], kept: list[Annotation]) -> list[Reject]:
+    """Decodable images that have no caption left."""
+    with_captions = {ann.image_id for ann in kept}
+    return [
+        Reject("image", image_id, info.file_name, "image_without_captions", "no valid caption")
+        for image_id, info in images.items()
+        if image_id not in with_captions
+    ]
+
+
+def write_report(result: AuditResult, summary: dict[str, Any], out_dir: Path) -> None:
+    """Write rejects.csv, clean.json and audit.json, each atomically."""
+    atomic_write_text(out_dir / "rejects.csv", rejects_csv(result.rejects))
+    write_coco(result.clean, out_dir / "clean.json")
+    atomic_write_json(out_dir / "audit.json", summary)
+
+
+def rejects_csv(rejects: Sequence[Reject]) -> str:
+    """rejects.csv text: kind, id, file, reason, detail."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(REJECT_COLUMNS)
+    writer.writerows((r.kind, r.id, r.file, r.reason, r.detail) for r in rejects)
+    return buffer.getvalue()
+
+
+def format_summary(summary: dict[str, Any], out_dir: Path) -> str:
+    """A short table for the terminal."""
+    lines = [
+        f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",
+        f"{'captions':<26}{summary['annotations_ok']:>8} ok of {summary['annotations_total']}",
+        f"{'captions normalised':<26}{summary['normalized_captions']:>8}",
+    ]
+    lines += [f"{reason:<26}{count:>8}" for reason, count in summary["rejects"].items() if count]
+    lines.append(f"wrote audit.json, clean.json, rejects.csv to {out_dir}")
+    return "\n".join(lines)
+
+
+def cli_audit(args: argparse.Namespace) -> int:
+    """`vicap audit`: exit 0 even when defects are found (they are in the report)."""
+    audit(args.annotations, args.images, args.out, workers=args.workers)
+    return 0

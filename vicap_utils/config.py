@@ -1,0 +1,292 @@
+"""Run configuration: dataclasses per concern, named profiles, and type-checked overrides.
+
+A run is fully described by one `Config`; `vicap train` writes it resolved as `config.json`
+beside its outputs, and `--config` reads such a file back.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from vicap_utils.io import VicapError, read_json
+
+
+@dataclass
+class DataConfig:
+    """Where the captions and images are, and how to split them."""
+
+    source: str = "synthetic"  # synthetic | coco | flickr8k
+    train_annotations: str = ""  # COCO JSON, Flickr8k token/CSV file; "" = discover or synthesise
+    val_annotations: str = ""  # "" = hold out val_fraction of the training images
+    images: str = ""  # images folder ("" = beside the annotations / discovered)
+    val_fraction: float = 0.1
+    split_seed: int = 42
+    max_train_images: int = 0  # 0 = all
+    max_val_images: int = 0
+    synthetic_images: int = 600  # mini profile: size of the synthetic set drawn at first use
+    synthetic_seed: int = 0
+    lang: str = "vi"
+
+
+@dataclass
+class ModelConfig:
+    """Which base model, how it is loaded, and how text is tokenised."""
+
+    family: str = "blip"  # blip | blip2
+    base: str = "mini"  # hub id, local folder, or "mini" (tiny BLIP built and cached here)
+    load_in_8bit: bool = False  # bitsandbytes; needs CUDA compute capability >= 7.5
+    extend_vocab: bool = True  # add Vietnamese syllables/letters to BLIP-1's WordPiece vocab
+    max_length: int = 40  # caption tokens, bos and eos included
+    prompt: str = ""  # optional text prefix (masked out of the loss)
+    gradient_checkpointing: bool = False
+    vision_fp32: bool = True  # BLIP-2: keep the ViT in fp32 (fp16 ViT is known to give NaN)
+
+
+@dataclass
+class LoraSettings:
+    """LoRA adapter shape and placement."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: str = "default"  # "default" (per family), a regex, or comma-separated names
+    cross_attention: bool = False  # BLIP-1: also adapt the decoder's cross-attention
+    train_new_embeddings: bool = True  # train the rows of the added Vietnamese tokens
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, precision, checkpoints and early stopping."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    embedding_lr: float = 0.0  # 0 = same as lr; new token rows often want more
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    scheduler: str = "cosine"  # cosine | linear | constant
+    label_smoothing: float = 0.05
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"  # auto | no | fp16 | bf16
+    patience: int = 3  # epochs without a better validation CIDEr before stopping; 0 = never
+    seed: int = 42
+    num_workers: int = 0
+    cache_vision_features: bool = False  # encode each image once when the ViT is frozen
+    val_every: int = 1  # validate every N epochs
+    max_steps: int = 0  # 0 = no limit (tests use it to stop early)
+    save_every_steps: int = 0  # also checkpoint last/ every N optimizer steps (0 = per epoch)
+
+
+@dataclass
+class EvalConfig:
+    """Decoding for validation and prediction."""
+
+    num_beams: int = 3
+    max_new_tokens: int = 30
+    batch_size: int = 16
+    repetition_penalty: float = 1.0
+
+
+@dataclass
+class OutputConfig:
+    """Where results go ("" = the environment's output folder)."""
+
+    dir: str = ""
+
+
+@dataclass
+class Config:
+    """Everything one run needs."""
+
+    profile: str = "mini"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict, JSON-ready."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """Indented JSON for config.json."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
+
+
+SECTIONS = ("data", "model", "lora", "train", "eval", "output")
+
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "mini": {
+        "data": {"source": "synthetic", "synthetic_images": 600, "val_fraction": 0.1},
+        "model": {"family": "blip", "base": "mini", "max_length": 32},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "cross_attention": True},
+        "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 5e-3,
+                  "warmup_ratio": 0.05, "label_smoothing": 0.05, "patience": 4,
+                  "mixed_precision": "no", "cache_vision_features": True},
+        "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 64},
+    },
+    "uitviic-blip": {
+        "data": {"source": "coco"},
+        "model": {"family": "blip", "base": "Salesforce/blip-image-captioning-base",
+                  "max_length": 40},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "train": {"epochs": 30, "batch_size": 8, "grad_accum": 2, "lr": 5e-5,
+                  "embedding_lr": 5e-4, "label_smoothing": 0.05, "patience": 3},
+        "eval": {"num_beams": 3, "max_new_tokens": 40, "batch_size": 32},
+    },
+    "flickr8k-blip2": {
+        "data": {"source": "flickr8k", "lang": "en"},
+        "model": {"family": "blip2", "base": "Salesforce/blip2-opt-2.7b", "load_in_8bit": True,
+                  "extend_vocab": False, "max_length": 40},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "train_new_embeddings": False},
+        "train": {"epochs": 5, "batch_size": 4, "grad_accum": 4, "lr": 1e-4,
+                  "label_smoothing": 0.0, "patience": 2},
+        "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 8},
+    },
+}
+
+
+def _section_types(section: Any) -> dict[str, Any]:
+    hints = typing.get_type_hints(type(section))
+    return {f.name: hints[f.name] for f in fields(section)}
+
+
+def _convert(raw: Any, target: Any, key: str) -> Any:
+    """Convert a --set string (or JSON value) to the field's declared type, or fail naming key."""
+    origin = typing.get_origin(target)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(target) if a is not type(None)]
+        if raw in (None, "none", "None", "null"):
+            return None
+        return _convert(raw, args[0], key)
+    try:
+        if target is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if target is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if target is float:
+            return float(raw)
+        if target is str:
+            if not isinstance(raw, str):
+                raise ValueError(raw)
+            return raw
+    except (TypeError, ValueError):
+        name = getattr(target, "__name__", str(target))
+        raise VicapError(f"{key}: expected {name}, got {raw!r}") from None
+    raise VicapError(f"{key}: unsupported type {target}")
+
+
+def apply_values(cfg: Config, values: dict[str, Any], where: str) -> Config:
+    """Set nested `{section: {key: value}}` values, rejecting unknown sections and keys."""
+    for section_name, section_values in values.items():
+        if section_name == "profile":
+            cfg.profile = str(section_values)
+            continue
+        if section_name not in SECTIONS:
+            raise VicapError(
+                f"{where}: unknown section {section_name!r}; valid: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(section_values, dict):
+            raise VicapError(f"{where}: section {section_name!r} must be an object")
+        section = getattr(cfg, section_name)
+        types_ = _section_types(section)
+        for key, raw in section_values.items():
+            if key not in types_:
+                raise VicapError(
+                    f"{where}: unknown key {section_name}.{key}; valid keys: "
+                    + ", ".join(f"{section_name}.{k}" for k in types_)
+                )
+            setattr(section, key, _convert(raw, types_[key], f"{section_name}.{key}"))
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
+    """Turn ["train.lr=1e-4", …] into {"train": {"lr": "1e-4"}}, rejecting malformed items."""
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise VicapError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. train.lr=1e-4")
+        if section not in SECTIONS:
+            raise VicapError(
+                f"--set {item!r}: unknown section {section!r}; valid: {', '.join(SECTIONS)}"
+            )
+        out.setdefault(section, {})[name] = value.strip()
+    return out
+
+
+def profile_config(name: str) -> Config:
+    """The named profile's config (`auto` resolved through vicap_utils.env)."""
+    if name == "auto":
+        from vicap_utils.env import auto_profile
+
+        name = auto_profile()
+    if name not in PROFILES:
+        raise VicapError(f"unknown profile {name!r}; valid: auto, {', '.join(PROFILES)}")
+    return apply_values(Config(profile=name), copy.deepcopy(PROFILES[name]), f"profile {name}")
+
+
+def load_config(
+    profile: str | None = None, config_file: str | None = None, overrides: list[str] | None = None
+) -> Config:
+    """Resolve a profile or a config JSON file, then apply `--set` overrides."""
+    if config_file:
+        raw = read_json(config_file, "config file")
+        if not isinstance(raw, dict):
+            raise VicapError(f"{config_file}: a config must be a JSON object")
+        cfg = profile_config(raw.get("profile", "mini")) if "profile" in raw else Config()
+        cfg = apply_values(cfg, raw, str(config_file))
+    else:
+        cfg = profile_config(profile or "auto")
+    return apply_values(cfg, parse_overrides(overrides or []), "--set")
+
+
+def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
+    """Rebuild a Config from its `to_dict()` form (e.g. a checkpoint's saved config)."""
+    return apply_values(Config(), copy.deepcopy(raw), where)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as JSON, atomically."""
+    from vicap_utils.io import atomic_write_text
+
+    return atomic_write_text(path, cfg.to_json() + "\n")
+
+
+def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
+    """The dotted keys (from `keys`, or whole sections) whose values differ between a and b."""
+    da, db = a.to_dict(), b.to_dict()
+    changed = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        if name:
+            if da[section][name] != db[section][name]:
+                changed.append(key)
+        else:
+            changed += [f"{section}.{k}" for k in da[section] if da[section][k] != db[section][k]]
+    return changed
+
+
+__all__ = [
+    "Config", "DataConfig", "ModelConfig", "LoraSettings", "TrainConfig", "EvalConfig",
+    "OutputConfig", "PROFILES", "load_config", "profile_config", "parse_overrides",
+    "apply_values", "config_from_dict", "save_config", "diff_keys",
+]

@@ -1,0 +1,94 @@
+"""Image decoding shared by the audit, training, prediction and the demo."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+from PIL import ExifTags, Image, ImageOps
+
+# EXIF orientations that rotate by 90 or 270 degrees, so width and height swap on display.
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
+_ALPHA_MODES = {"LA", "PA", "RGBa", "La"}
+_WIDE_MODES = {"I", "F"}
+
+
+class ImageCheck(NamedTuple):
+    """Outcome of fully decoding one image; width/height are as displayed (EXIF applied)."""
+
+    ok: bool
+    reason: str | None
+    detail: str
+    width: int | None
+    height: int | None
+
+
+def check_image(path: str | Path) -> ImageCheck:
+    """Decode the whole file (a truncated JPEG passes a header check) and report why it fails.
+
+    Reason codes: `missing_file`, `unreadable_image`; None when the image is fine.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return ImageCheck(False, "missing_file", f"{path} not found", None, None)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            width, height = _displayed_size(im)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        return ImageCheck(False, "unreadable_image", f"{type(exc).__name__}: {exc}", None, None)
+    return ImageCheck(True, None, "", width, height)
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open, fully decode, apply EXIF orientation and convert any mode to 8-bit RGB.
+
+    Transparent pixels are composited on white, 16-bit greys are scaled, CMYK is converted.
+    """
+    with Image.open(path) as im:
+        im.load()
+        oriented = ImageOps.exif_transpose(im)
+    return to_rgb(oriented)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Convert an already decoded image of any common mode to RGB."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I;16") or im.mode in _WIDE_MODES:
+        return _wide_to_8bit(im).convert("RGB")
+    if _has_alpha(im):
+        return _on_white(im.convert("RGBA"))
+    return im.convert("RGB")
+
+
+def _displayed_size(im: Image.Image) -> tuple[int, int]:
+    """Width and height after the EXIF orientation tag is applied."""
+    orientation = im.getexif().get(ExifTags.Base.Orientation)
+    if orientation in _SWAPPING_ORIENTATIONS:
+        return im.height, im.width
+    return im.width, im.height
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    """True for modes with an alpha band and palette/grey images with a transparency key."""
+    return im.mode == "RGBA" or im.mode in _ALPHA_MODES or "transparency" in im.info
+
+
+def _on_white(rgba: Image.Image) -> Image.Image:
+    """Composite an RGBA image on a white background."""
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _wide_to_8bit(im: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer or float greys to 8-bit L (16-bit range when values exceed 255).
+
+    numpy is imported here only: it starts threads, and the audit forks worker processes.
+    """
+    import numpy as np
+
+    values = np.asarray(im, dtype=np.float64)
+    if values.size and values.max() > 255:
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))

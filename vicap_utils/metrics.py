@@ -1,0 +1,415 @@
+"""Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, made safe to
+run offline and honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity.
+
+Captions are NFC-normalised, then tokenized as pycocoevalcap does (Stanford PTB tokenizer,
+lower-cased, punctuation dropped; a pure-Python stand-in when there is no Java), and the
+scorers are called directly: `COCOEvalCap` builds SPICE first, which downloads Stanford CoreNLP
+(~385 MB) and dies offline. SPICE parses with English models, so it means little for
+Vietnamese; it is computed only when CoreNLP's jars are already installed and the jar runs.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pycocoevalcap
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+from pycocoevalcap.rouge.rouge import Rouge
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+from vicap_utils import meteor
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
+
+PKG_DIR = Path(next(iter(pycocoevalcap.__path__)))
+PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+SPICE_DIR = PKG_DIR / "spice"
+SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+TOKENIZE_TIMEOUT_S = 300.0
+SPICE_TIMEOUT_S = 600.0
+
+STANDARD_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
+DIVERSITY_METRICS = ("TTR", "repetition_rate", "distinct-1", "distinct-2", "vocab_size",
+                     "mean_length")
+METRIC_KEYS = (*STANDARD_METRICS, "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS)
+
+PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
+                          "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
+PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split and setup; "
+                                "not reproduced here)")
+
+NOTES = (
+    "CIDEr is pycocoevalcap's Cider (CIDEr-D); its document frequencies come from this set's "
+    "references, so scores depend on the evaluated set (one image alone always scores 0). "
+    "Per-image CIDEr is computed against the whole set.",
+    "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
+    "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
+    "no normaliser) on NFC, lower-cased tokens.",
+    "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
+    "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
+    "reference per image, mean over images. Diversity metrics use the tokenized predictions.",
+)
+
+_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
+_WORD = r"[\w\u0300-\u036f]+"
+_FALLBACK_TOKEN = re.compile(rf"\.\.\.|--|'[^\W\d_]+|{_WORD}(?:[-.]{_WORD})*|\S")
+_FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
+                 "}": "-rcb-", '"': "''", "\u201c": "``", "\u201d": "''", "\u2018": "`",
+                 "\u2019": "'"}
+
+
+class ScorerUnavailable(RuntimeError):
+    """A metric cannot be computed here; the message says why."""
+
+
+def evaluate(
+    predictions: str | Path | list,
+    references: str | Path | Mapping,
+    train_captions: str | Path | Mapping | Sequence[str] | None = None,
+    allow_missing: bool = False,
+) -> dict[str, Any]:
+    """Metrics for COCO results against COCO-style references (paths or loaded JSON)."""
+    return evaluate_detailed(predictions, references, train_captions, allow_missing)[0]
+
+
+def evaluate_detailed(
+    predictions: str | Path | list,
+    references: str | Path | Mapping,
+    train_captions: str | Path | Mapping | Sequence[str] | None = None,
+    allow_missing: bool = False,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """`evaluate`'s metrics plus a per-image table: image_id, cider, prediction, first_reference."""
+    preds, refs = load_predictions(predictions), load_references(references)
+    keys, notes = match_images(preds, refs, allow_missing)
+    train = None if train_captions is None else load_train_captions(train_captions)
+    hyp_raw = [preds[k][1] for k in keys]
+    ref_raw = [refs[k][1] for k in keys]
+    flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
+    _progress(f"tokenizing {len(flat)} captions")
+    tokens, tokenizer, why = tokenize(flat)
+    if why:
+        notes.append(f"python-fallback tokenizer used ({why}); scores may differ slightly from "
+                     "PTB-tokenized ones")
+    hyps, rest = tokens[: len(keys)], tokens[len(keys):]
+    ref_tok, pos = [], 0
+    for caps in ref_raw:
+        ref_tok.append(rest[pos: pos + len(caps)])
+        pos += len(caps)
+    metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
+    metrics.update(diversity(hyps, None if train is None else set(rest[pos:])))
+    result = {k: metrics.get(k) for k in METRIC_KEYS}
+    result.update({"unavailable": unavailable, "METEOR-vi": metrics.get("METEOR-vi"),
+                   "tokenizer": tokenizer, "n_images": len(keys), "notes": [*NOTES, *notes]})
+    if train is not None:
+        result["novel_rate"] = metrics["novel_rate"]
+    per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
+                              "prediction": hyp_raw, "first_reference": [c[0] for c in ref_raw]})
+    return result, per_image
+
+
+def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str]]:
+    """{str(image_id): (image_id, caption)} from COCO results, checking their shape."""
+    label, data = _load(predictions, "predictions JSON", "predictions")
+    if not isinstance(data, list):
+        raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
+    out: dict[str, tuple[Any, str]] = {}
+    for i, item in enumerate(data):
+        if not (isinstance(item, dict) and _is_id(item.get("image_id"))
+                and isinstance(item.get("caption"), str)):
+            raise VicapError(f"{label}: item {i} is not {{\"image_id\": int or str, "
+                             f"\"caption\": str}}")
+        key = str(item["image_id"])
+        if key in out:
+            raise VicapError(f"{label}: more than one prediction for image_id {key}")
+        out[key] = (item["image_id"], item["caption"])
+    if not out:
+        raise VicapError(f"{label}: no predictions")
+    return out
+
+
+def load_references(references: str | Path | Mapping) -> dict[str, tuple[Any, list[str]]]:
+    """{str(image_id): (image_id, captions)} from COCO-style captions JSON."""
+    label, data = _load(references, "references JSON", "references")
+    if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
+        raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
+    out: dict[str, tuple[Any, list[str]]] = {}
+    for i, ann in enumerate(data["annotations"]):
+        if not (isinstance(ann, Mapping) and _is_id(ann.get("image_id"))
+                and isinstance(ann.get("caption"), str)):
+            raise VicapError(f"{label}: annotation {i} lacks an image_id or a caption string")
+        out.setdefault(str(ann["image_id"]), (ann["image_id"], []))[1].append(ann["caption"])
+    if not out:
+        raise VicapError(f"{label}: no reference captions")
+    return out
+
+
+def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
+    """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
+    if isinstance(train, Sequence) and not isinstance(train, str):
+        return [str(c) for c in train]
+    return [c for _, caps in load_references(train).values() for c in caps]
+
+
+def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
+                 allow_missing: bool) -> tuple[list[str], list[str]]:
+    """Image keys to score, in reference order; unknown ids always fail, missing ones unless
+    `allow_missing`."""
+    unknown = [preds[k][0] for k in preds if k not in refs]
+    if unknown:
+        raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
+                         f"{_first(unknown)}")
+    missing = [refs[k][0] for k in refs if k not in preds]
+    if missing and not allow_missing:
+        raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
+                         " (use --allow-missing to score only the predicted images)")
+    notes = []
+    if missing:
+        notes.append(f"scored {len(preds)} of {len(refs)} reference images (allow_missing)")
+    return [k for k in refs if k in preds], notes
+
+
+def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
+    """NFC, then PTB as pycocoevalcap runs it, else the Python stand-in: (tokens, name, why)."""
+    texts = [_LINE_BREAKS.sub(" ", unicodedata.normalize("NFC", c)) for c in captions]
+    if shutil.which("java") is None:
+        why = "java not found on PATH"
+    else:
+        try:
+            return ptb_tokenize(texts), "ptb", None
+        except ScorerUnavailable as exc:
+            why = str(exc)
+    return [python_tokenize(t) for t in texts], "python-fallback", why
+
+
+def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer in one JVM, with a timeout: lower-cased, punctuation dropped."""
+    with tempfile.TemporaryDirectory(prefix="vicap-ptb-") as tmp:
+        path = Path(tmp) / "captions.txt"
+        path.write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
+        cmd = [shutil.which("java") or "java", "-cp", str(PTB_JAR),
+               "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", str(path)]
+        out = _run_java(cmd, TOKENIZE_TIMEOUT_S, "PTB tokenizer", cwd=PTB_JAR.parent)
+    lines = out.decode("utf-8", "replace").split("\n")
+    if len(lines) < len(texts):
+        raise ScorerUnavailable(f"PTB tokenizer returned {len(lines)} lines for {len(texts)}")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
+            for line in lines[: len(texts)]]
+
+
+def python_tokenize(text: str) -> str:
+    """Stand-in for PTB without Java: lower-case, split off punctuation, drop PTB's list."""
+    words = (_FALLBACK_MAP.get(w, w) for w in _FALLBACK_TOKEN.findall(text.lower()))
+    return " ".join(w for w in words if w not in PUNCTUATIONS)
+
+
+def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[float]]:
+    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr)."""
+    gts = {i: r for i, r in enumerate(refs)}
+    res = {i: [h] for i, h in enumerate(hyps)}
+    values: dict[str, Any] = {}
+    unavailable: dict[str, str] = {}
+    bleu, _ = _timed("BLEU", lambda: Bleu(4).compute_score(gts, res, verbose=0))
+    values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
+    values["ROUGE-L"] = float(_timed("ROUGE-L", lambda: Rouge().compute_score(gts, res))[0])
+    cider, per_image = _timed("CIDEr", lambda: Cider().compute_score(gts, res))
+    values["CIDEr"] = float(cider)
+    jobs: dict[str, Callable[[], float]] = {
+        "METEOR": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_EN_ARGS)[0],
+        "METEOR-vi": lambda: meteor.meteor_score(_lower(hyps), [_lower(r) for r in refs],
+                                                 meteor.METEOR_VI_ARGS)[0],
+        "SPICE": lambda: spice_score(hyps, refs),
+    }
+    for name, job in jobs.items():
+        try:
+            values[name] = float(_timed(name, job))
+        except (meteor.MeteorError, ScorerUnavailable) as exc:
+            values[name], unavailable[name] = None, str(exc)
+            _progress(f"{name} unavailable: {exc}")
+    values["ROUGE-1"] = _timed("ROUGE-1", lambda: rouge_n(hyps, refs, 1))
+    values["ROUGE-2"] = _timed("ROUGE-2", lambda: rouge_n(hyps, refs, 2))
+    return values, unavailable, [float(s) for s in per_image]
+
+
+def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_TIMEOUT_S) -> float:
+    """SPICE via its jar in a subprocess, only if CoreNLP is installed: never downloads."""
+    missing = [j for j in SPICE_CORENLP_JARS if not (SPICE_DIR / "lib" / j).is_file()]
+    if missing:
+        raise ScorerUnavailable(f"Stanford CoreNLP jars not installed ({', '.join(missing)}); "
+                                "SPICE would download ~385 MB on first use, not attempted")
+    java = shutil.which("java")
+    if java is None:
+        raise ScorerUnavailable("java not found on PATH")
+    with tempfile.TemporaryDirectory(prefix="vicap-spice-") as tmp:
+        src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
+        items = [{"image_id": i, "test": h, "refs": r}
+                 for i, (h, r) in enumerate(zip(hyps, refs, strict=True))]
+        src.write_text(json.dumps(items), "utf-8")
+        cmd = [java, "-jar", "-Xmx8G", str(SPICE_DIR / "spice-1.0.jar"), str(src),
+               "-out", str(dst), "-subset", "-silent"]
+        _run_java(cmd, timeout, "SPICE", cwd=SPICE_DIR)
+        results = json.loads(dst.read_text("utf-8"))
+    values = [_float(item["scores"]["All"]["f"]) for item in results]
+    score = float(np.mean(values)) if values else math.nan
+    if not math.isfinite(score):
+        raise ScorerUnavailable("SPICE returned no score")
+    return score
+
+
+def rouge_n(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> float:
+    """ROUGE-N F1 over whitespace tokens: best reference per image, mean over images."""
+    best = [max(_ngram_f1(_ngrams(h.split(), n), _ngrams(r.split(), n)) for r in rs)
+            for h, rs in zip(hyps, refs, strict=True)]
+    return float(np.mean(best)) if best else 0.0
+
+
+def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, float]:
+    """TTR, repetition rate, distinct-1/2, vocabulary, mean length; novel_rate given `train`."""
+    toks = [h.split() for h in hyps]
+    unigrams = [t for ts in toks for t in ts]
+    bigrams = [b for ts in toks for b in zip(ts, ts[1:], strict=False)]
+    out = {
+        "TTR": _ratio(len(set(unigrams)), len(unigrams)),
+        "repetition_rate": 1.0 - _ratio(len(set(hyps)), len(hyps)),
+        "distinct-1": _ratio(len(set(unigrams)), len(unigrams)),
+        "distinct-2": _ratio(len(set(bigrams)), len(bigrams)),
+        "vocab_size": len(set(unigrams)),
+        "mean_length": _ratio(len(unigrams), len(hyps)),
+    }
+    if train is not None:
+        out["novel_rate"] = _ratio(sum(h not in train for h in hyps), len(hyps))
+    return out
+
+
+def comparison_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per system (zero-shot, fine-tuned, published …), one column per metric."""
+    extra = ("METEOR-vi", "novel_rate")
+    columns = [k for k in (*METRIC_KEYS, *extra) if any(_is_num(r.get(k)) for r in rows.values())]
+    data = {label: {k: float(r[k]) if _is_num(r.get(k)) else math.nan for k in columns}
+            for label, r in rows.items()}
+    return pd.DataFrame.from_dict(data, orient="index", columns=columns)
+
+
+def format_table(metrics: Mapping[str, Any]) -> str:
+    """Readable two-column table of the metrics, with reasons for the unavailable ones."""
+    keys = [*STANDARD_METRICS, "METEOR-vi", "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS,
+            "novel_rate"]
+    lines = [f"{'metric':<16} value", f"{'-' * 16} {'-' * 8}"]
+    for key in (k for k in keys if k in metrics):
+        value = metrics[key]
+        shown = (f"n/a ({metrics['unavailable'].get(key, 'not computed')})" if value is None
+                 else str(value) if isinstance(value, int) else f"{value:.4f}")
+        lines.append(f"{key:<16} {shown}")
+    lines.append(f"images: {metrics['n_images']}, tokenizer: {metrics['tokenizer']}")
+    return "\n".join(lines)
+
+
+def cli_evaluate(args: Any) -> int:
+    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV."""
+    metrics, per_image = evaluate_detailed(args.predictions, args.references,
+                                           args.train_captions, args.allow_missing)
+    if args.out:
+        out = Path(args.out)
+        atomic_write_json(out, metrics)
+        csv = atomic_write_text(out.with_name(f"{out.stem}_per_image.csv"),
+                                per_image.to_csv(index=False))
+        _progress(f"wrote {out} and {csv}")
+    print(format_table(metrics))
+    return 0
+
+
+def _run_java(cmd: list[str], timeout: float, what: str, cwd: Path) -> bytes:
+    """Run a Java tool with a timeout; any failure becomes ScorerUnavailable with a reason."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ScorerUnavailable(f"{what} timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise ScorerUnavailable(f"{what} could not start: {exc}") from None
+    if proc.returncode != 0:
+        err = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
+        err = [ln for ln in err if ln and not ln.startswith("at ")]
+        raise ScorerUnavailable(f"{what} failed (exit {proc.returncode}): "
+                                f"{err[-1][:300] if err else 'no error output'}")
+    return proc.stdout
+
+
+def _load(obj: Any, what: str, name: str) -> tuple[str, Any]:
+    """(label for messages, data): read a path, or take already-loaded JSON as it is."""
+    if isinstance(obj, (str, Path)):
+        return str(obj), read_json(obj, what)
+    return name, obj
+
+
+def _is_id(value: Any) -> bool:
+    """Image ids are ints or non-empty strings (not bools)."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and value != "")
+
+
+def _first(ids: Sequence[Any], n: int = 5) -> str:
+    """The first few ids for an error message."""
+    return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
+
+
+def _lower(texts: Sequence[str]) -> list[str]:
+    """NFC, lower-cased copies (METEOR-vi's input)."""
+    return [unicodedata.normalize("NFC", t).lower() for t in texts]
+
+
+def _ngrams(tokens: Sequence[str], n: int) -> Counter:
+    """Counts of the n-grams in one token list."""
+    return Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
+
+
+def _ngram_f1(hyp: Counter, ref: Counter) -> float:
+    """F1 of clipped n-gram overlap; 0 when nothing overlaps."""
+    overlap = sum((hyp & ref).values())
+    if not overlap:
+        return 0.0
+    precision, recall = overlap / sum(hyp.values()), overlap / sum(ref.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def _ratio(num: float, den: float) -> float:
+    """num / den, 0 for an empty denominator."""
+    return num / den if den else 0.0
+
+
+def _float(value: Any) -> float:
+    """A SPICE score as float; None and junk become NaN, as pycocoevalcap does."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _is_num(value: Any) -> bool:
+    """A real number (not None, not bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _timed(name: str, job: Callable[[], Any]) -> Any:
+    """Run one scorer, with progress messages before and after."""
+    _progress(f"{name} …")
+    start = time.perf_counter()
+    value = job()
+    _progress(f"{name} done in {time.perf_counter() - start:.1f} s")
+    return value
+
+
+def _progress(message: str) -> None:
+    """One progress line on stderr (stdout carries the table)."""
+    print(f"evaluate: {message}", file=sys.stderr, flush=True)

@@ -1,0 +1,172 @@
+"""The `mini` profile's base model: a tiny BLIP that speaks English about synthetic sports.
+
+Built on first use (about a minute on a laptop CPU) and cached under the user cache folder,
+keyed by its settings: a BLIP-1 architecture with the real BERT uncased vocabulary, trained
+from scratch on the synthetic set's English captions. The Vietnamese pipeline then adapts it
+exactly as it adapts `Salesforce/blip-image-captioning-base`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from vicap_utils.io import atomic_dir
+
+
+@dataclass(frozen=True)
+class MiniSpec:
+    """Architecture and English pre-training recipe of the tiny base (its cache key)."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 128
+    text_hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    intermediate: int = 256
+    max_positions: int = 64
+    n_images: int = 600
+    data_seed: int = 1000
+    epochs: int = 14
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    version: int = 1
+
+    def key(self) -> str:
+        """Short stable hash of the spec."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def bert_vocab_path() -> Path:
+    """The BERT-base uncased WordPiece vocabulary shipped with the package (see assets/)."""
+    return Path(str(resources.files("vicap_utils") / "assets" / "bert-base-uncased-vocab.txt"))
+
+
+def stock_blip_tokenizer():
+    """BLIP-1's captioning tokenizer: BERT uncased + `[DEC]` (bos) and `[ENC]`, as on the hub."""
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer(vocab=str(bert_vocab_path()), do_lower_case=True)
+    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tok.model_max_length = 512
+    return tok
+
+
+def build_tiny_blip(spec: MiniSpec):
+    """An untrained BLIP-1 captioner of the spec's size, with its processor."""
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    tok = stock_blip_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden,
+                intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
+                num_attention_heads=spec.heads, max_position_embeddings=spec.max_positions,
+                encoder_hidden_size=spec.vision_hidden, bos_token_id=tok.bos_token_id,
+                pad_token_id=tok.pad_token_id, sep_token_id=tok.sep_token_id, eos_token_id=2)
+    vision = dict(hidden_size=spec.vision_hidden, intermediate_size=spec.intermediate,
+                  num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
+                  image_size=spec.image_size, patch_size=spec.patch_size)
+    torch.manual_seed(spec.seed)
+    model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision))
+    image_processor = BlipImageProcessor(
+        size={"height": spec.image_size, "width": spec.image_size}
+    )
+    return model, BlipProcessor(image_processor=image_processor, tokenizer=tok)
+
+
+def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
+    """The cached synthetic caption set for (lang, n, seed); drawn on first use."""
+    from vicap_utils.env import cache_dir
+    from vicap_utils.synthetic import generate
+
+    folder = cache_dir("synthetic") / f"{lang}-n{n_images}-s{seed}"
+    if not (folder / "captions.json").is_file():
+        with atomic_dir(folder) as tmp:
+            generate(tmp, n_images=n_images, seed=seed, lang=lang)
+    return folder
+
+
+def pretrain_english(model, processor, spec: MiniSpec, log=print) -> list[float]:
+    """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
+    from tqdm.auto import tqdm
+
+    from vicap_utils.batches import encode_captions
+    from vicap_utils.data import load_captions
+    from vicap_utils.images import load_rgb
+
+    folder = synthetic_set("en", spec.n_images, spec.data_seed)
+    cs = load_captions(folder / "captions.json")
+    ids = sorted(cs.images)
+    pixels = processor.image_processor(
+        [load_rgb(folder / "images" / cs.images[i].file_name) for i in ids], return_tensors="pt"
+    )["pixel_values"]
+    row = {img: k for k, img in enumerate(ids)}
+    pairs = [(row[a.image_id], a.caption) for a in cs.annotations]
+    ids_t, mask_t, labels_t = encode_captions(
+        processor.tokenizer, [c for _, c in pairs], max_length=32
+    )
+    img_idx = torch.tensor([r for r, _ in pairs])
+    g = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
+    steps = spec.epochs * math.ceil(len(pairs) / spec.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))
+    )
+    model.train()
+    losses = []
+    bar = tqdm(total=steps, desc="mini base: English pre-training", unit="step")
+    for _ in range(spec.epochs):
+        order = torch.randperm(len(pairs), generator=g)
+        total = 0.0
+        for start in range(0, len(pairs), spec.batch_size):
+            b = order[start:start + spec.batch_size]
+            out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
+                        attention_mask=mask_t[b], labels=labels_t[b])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            total += out.loss.item() * len(b)
+            bar.update()
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+        losses.append(total / len(pairs))
+    bar.close()
+    model.eval()
+    return losses
+
+
+def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
+    """Path of the cached, English-pre-trained tiny BLIP; builds it on first use."""
+    from vicap_utils.env import cache_dir
+
+    spec = spec or MiniSpec()
+    folder = cache_dir("mini-base") / spec.key()
+    if (folder / "config.json").is_file():
+        return folder
+    log(f"Building the mini base model (first use only) into {folder}")
+    start = time.time()
+    torch.manual_seed(spec.seed)
+    model, processor = build_tiny_blip(spec)
+    losses = pretrain_english(model, processor, spec, log)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        (tmp / "mini_spec.json").write_text(json.dumps(
+            {"spec": asdict(spec), "epoch_losses": losses,
+             "seconds": round(time.time() - start, 1)}, indent=2))
+    log(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
+    return folder

@@ -1,0 +1,65 @@
+"""Vietnamese caption text: Unicode normalisation, spacing, syllables and diacritics."""
+from __future__ import annotations
+
+import importlib
+import re
+import unicodedata
+
+from vicap_utils.io import VicapError
+
+# Every lower-case Vietnamese letter that carries a diacritic (vowel marks, tones, and đ).
+VIETNAMESE_LETTERS = (
+    "àáảãạăằắẳẵặâầấẩẫậ"
+    "đ"
+    "èéẻẽẹêềếểễệ"
+    "ìíỉĩị"
+    "òóỏõọôồốổỗộơờớởỡợ"
+    "ùúủũụưừứửữự"
+    "ỳýỷỹỵ"
+)
+
+_WHITESPACE = re.compile(r"\s+")
+_SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
+_WORD_CHAR = re.compile(r"\w")
+_STROKED_D = str.maketrans({"đ": "d", "Đ": "D"})
+
+
+def normalize_caption(s: str) -> str:
+    """NFC, whitespace collapsed and stripped, no space before . , ; : ! ? — case kept.
+
+    Captions typed on different keyboards differ only in these ways; one form per caption
+    keeps duplicate detection and n-gram metrics honest.
+    """
+    s = unicodedata.normalize("NFC", s)
+    s = _WHITESPACE.sub(" ", s).strip()
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", s)
+
+
+def syllable_count(s: str) -> int:
+    """Whitespace-separated syllables (Vietnamese writes one syllable per token); bare
+    punctuation is not counted."""
+    return sum(1 for token in s.split() if _WORD_CHAR.search(token))
+
+
+def strip_diacritics(s: str) -> str:
+    """Remove tones and vowel marks, and map đ/Đ to d/D: "Người đàn ông" -> "Nguoi dan ong"."""
+    decomposed = unicodedata.normalize("NFD", s)
+    bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return unicodedata.normalize("NFC", bare.translate(_STROKED_D))
+
+
+def has_diacritics(s: str) -> bool:
+    """True when the text carries any diacritic (or đ), i.e. it is not plain ASCII-style."""
+    return strip_diacritics(s) != unicodedata.normalize("NFC", s)
+
+
+def segment_words(s: str) -> str:
+    """Join the syllables of multi-syllable words with "_" using pyvi ("đàn_ông").
+
+    pyvi is optional, so it is imported only here.
+    """
+    try:
+        tokenizer = importlib.import_module("pyvi.ViTokenizer")
+    except ImportError:
+        raise VicapError("word segmentation needs pyvi: pip install pyvi") from None
+    return tokenizer.tokenize(normalize_caption(s))

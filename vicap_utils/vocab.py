@@ -1,0 +1,197 @@
+"""Vietnamese vocabulary for BLIP-1's WordPiece tokenizer (BERT-base uncased).
+
+The stock tokenizer strips diacritics, or with `strip_accents=False` turns most Vietnamese
+syllables into `[UNK]`. We append the missing syllables, every Vietnamese letter and its
+`##` continuation piece to the WordPiece vocabulary itself (not `add_tokens`, which cuts
+added tokens out before WordPiece runs), so every syllable, seen in training or not, encodes
+and decodes with its diacritics. New embedding rows start from the mean of the stock
+embeddings of the accent-stripped pieces, so "người" starts near "nguoi".
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from vicap_utils.io import VicapError
+
+VIETNAMESE_LETTERS = unicodedata.normalize(
+    "NFC",
+    "àáảãạăằắẳẵặâầấẩẫậèéẻẽẹêềếểễệìíỉĩịòóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵđ",
+)
+_PUNCT_SPACE = re.compile(r"\s+([.,;:!?)\]])")
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def canonical(text: str) -> str:
+    """Lower-case NFC text with collapsed spaces and no space before punctuation.
+
+    Round-trip checks compare `canonical(caption)` with `canonical(decode(encode(caption)))`,
+    so tokenizer spacing conventions do not count, while letters and diacritics do.
+    """
+    text = unicodedata.normalize("NFC", text).lower()
+    text = " ".join(text.split())
+    text = _PUNCT_SPACE.sub(r"\1", text)
+    return text.replace("( ", "(").replace("[ ", "[")
+
+
+def strip_accents(text: str) -> str:
+    """Remove Vietnamese diacritics ("người" → "nguoi", "đ" → "d")."""
+    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
+    return unicodedata.normalize(
+        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    )
+
+
+def syllables(captions: Iterable[str]) -> Counter[str]:
+    """Lower-case NFC word counts over the captions."""
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        counts.update(_WORD.findall(unicodedata.normalize("NFC", caption).lower()))
+    return counts
+
+
+@dataclass
+class TokenizerReport:
+    """How well a tokenizer writes a caption set: the numbers notebook 02 tabulates."""
+
+    captions: int
+    roundtrip_rate: float  # share of captions whose decode(encode(c)) equals c (canonical)
+    unk_rate: float  # share of tokens that are [UNK]
+    tokens_per_caption: float
+    example: str = ""  # first caption that does not survive, as decoded
+
+    def as_dict(self) -> dict[str, float | int | str]:
+        """Plain dict for tables and JSON."""
+        return asdict(self)
+
+
+def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
+    """Encode→decode every caption; count exact survivors, [UNK]s and tokens."""
+    if not captions:
+        raise VicapError("tokenizer report: no captions given")
+    ids = tokenizer(captions, add_special_tokens=False)["input_ids"]
+    decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
+    unk = tokenizer.unk_token_id
+    total = sum(len(x) for x in ids)
+    n_unk = sum(x.count(unk) for x in ids)
+    ok, example = 0, ""
+    for original, back in zip(captions, decoded):
+        if canonical(original) == canonical(back):
+            ok += 1
+        elif not example:
+            example = back
+    return TokenizerReport(
+        captions=len(captions),
+        roundtrip_rate=ok / len(captions),
+        unk_rate=n_unk / max(total, 1),
+        tokens_per_caption=total / len(captions),
+        example=example,
+    )
+
+
+def missing_syllables(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
+    """Syllables of the captions that the tokenizer cannot write back exactly, most frequent first."""
+    counts = syllables(captions)
+    missing = []
+    for word, count in counts.most_common():
+        if count < min_count:
+            continue
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if canonical(tokenizer.decode(ids)) != word:
+            missing.append(word)
+    return missing
+
+
+def extension_entries(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
+    """Vocabulary entries to append: missing syllables, then each letter and its `##` piece."""
+    vocab = tokenizer.get_vocab()
+    entries: list[str] = []
+    seen = set(vocab)
+    letters = list(VIETNAMESE_LETTERS)
+    for entry in missing_syllables(tokenizer, captions, min_count) + letters + [
+        f"##{c}" for c in letters
+    ]:
+        if entry not in seen:
+            seen.add(entry)
+            entries.append(entry)
+    return entries
+
+
+def build_extended_tokenizer(tokenizer, entries: list[str]):
+    """A BertTokenizer whose WordPiece vocabulary is the stock one plus `entries` (ids kept)."""
+    from transformers import BertTokenizer
+
+    vocab = tokenizer.get_vocab()
+    order = sorted(vocab.items(), key=lambda kv: kv[1])
+    if [i for _, i in order] != list(range(len(order))):
+        raise VicapError("base tokenizer ids are not contiguous; cannot extend its vocabulary")
+    merged = dict(order)
+    for entry in entries:
+        merged.setdefault(entry, len(merged))
+    special = {
+        name: getattr(tokenizer, name)
+        for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "bos_token")
+        if getattr(tokenizer, name, None)
+    }
+    extra = [t for t in getattr(tokenizer, "additional_special_tokens", []) or []]
+    extended = BertTokenizer(
+        vocab=merged,
+        do_lower_case=True,
+        strip_accents=False,
+        additional_special_tokens=extra,
+        **special,
+    )
+    extended.model_max_length = tokenizer.model_max_length
+    for name, token in special.items():
+        if extended.convert_tokens_to_ids(token) != tokenizer.convert_tokens_to_ids(token):
+            raise VicapError(f"extending the vocabulary moved special token {token} ({name})")
+    return extended
+
+
+def extend_tokenizer(tokenizer, captions: list[str], min_count: int = 1):
+    """Return (extended tokenizer, appended entries) for the training captions."""
+    entries = extension_entries(tokenizer, captions, min_count)
+    return build_extended_tokenizer(tokenizer, entries), entries
+
+
+def piece_ids(stock_tokenizer, entry: str) -> list[int]:
+    """Stock-vocabulary ids of an entry's accent-stripped form (keeping `##` continuation)."""
+    cont = entry.startswith("##")
+    plain = strip_accents(entry[2:] if cont else entry)
+    ids = stock_tokenizer(plain, add_special_tokens=False)["input_ids"]
+    if cont and ids:
+        first = stock_tokenizer.convert_ids_to_tokens(ids[0])
+        as_cont = stock_tokenizer.convert_tokens_to_ids(f"##{first}")
+        if as_cont != stock_tokenizer.unk_token_id:
+            ids[0] = as_cont
+    return [i for i in ids if i != stock_tokenizer.unk_token_id]
+
+
+@torch.no_grad()
+def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int) -> int:
+    """Resize the model's embeddings to the extended vocabulary and initialise the new rows.
+
+    Each new row (input embedding, tied output row, output bias) is the mean of the stock
+    rows of the entry's accent-stripped pieces; returns the number of rows initialised.
+    """
+    model.resize_token_embeddings(len(extended_tokenizer), mean_resizing=False)
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    bias = getattr(out, "bias", None) if out is not None else None
+    fallback = emb[:first_new_id].mean(0)
+    id_to_token = {i: t for t, i in extended_tokenizer.get_vocab().items()}
+    count = 0
+    for new_id in range(first_new_id, len(extended_tokenizer)):
+        pieces = piece_ids(stock_tokenizer, id_to_token[new_id])
+        emb[new_id] = emb[pieces].mean(0) if pieces else fallback
+        if out is not None and out.weight is not emb:
+            out.weight[new_id] = emb[new_id]
+        if bias is not None:
+            bias[new_id] = bias[pieces].mean() if pieces else bias[:first_new_id].mean()
+        count += 1
+    return count
