@@ -1,9 +1,13 @@
 """The `mini` profile's base model: a tiny BLIP that speaks English about synthetic sports.
 
 Built on first use (about a minute on a laptop CPU) and cached under the user cache folder,
-keyed by its settings: a BLIP-1 architecture with the real BERT uncased vocabulary, trained
-from scratch on the synthetic set's English captions. The Vietnamese pipeline then adapts it
-exactly as it adapts `Salesforce/blip-image-captioning-base`.
+keyed by its settings: a BLIP-1 architecture trained from scratch on the synthetic set's
+English captions. Its vocabulary is a subset of the real BERT uncased one: every special,
+single-character and `##`-character entry, plus every entry the real tokenizer uses on the
+synthetic captions, in the real order — so it tokenizes those captions (English, Vietnamese
+with or without diacritics) exactly as the real tokenizer does, at a tenth of the output
+layer's cost. The Vietnamese pipeline then adapts it exactly as it adapts
+`Salesforce/blip-image-captioning-base`.
 """
 from __future__ import annotations
 
@@ -34,11 +38,11 @@ class MiniSpec:
     max_positions: int = 64
     n_images: int = 600
     data_seed: int = 1000
-    epochs: int = 14
+    epochs: int = 6
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
-    version: int = 1
+    version: int = 2
 
     def key(self) -> str:
         """Short stable hash of the spec."""
@@ -51,14 +55,49 @@ def bert_vocab_path() -> Path:
     return Path(str(resources.files("vicap_utils") / "assets" / "bert-base-uncased-vocab.txt"))
 
 
-def stock_blip_tokenizer():
-    """BLIP-1's captioning tokenizer: BERT uncased + `[DEC]` (bos) and `[ENC]`, as on the hub."""
+def stock_blip_tokenizer(vocab: dict[str, int] | None = None):
+    """BLIP-1's captioning tokenizer: BERT uncased + `[DEC]` (bos) and `[ENC]`, as on the hub.
+
+    With `vocab`, the same tokenizer over that (subset) vocabulary.
+    """
     from transformers import BertTokenizer
 
-    tok = BertTokenizer(vocab=str(bert_vocab_path()), do_lower_case=True)
+    tok = BertTokenizer(vocab=vocab or str(bert_vocab_path()), do_lower_case=True)
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
     tok.model_max_length = 512
     return tok
+
+
+def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
+    """Every caption the synthetic generator can write (sampled), in both languages."""
+    import random
+
+    from vicap_utils.synthetic import captions_for, random_scene
+
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n_scenes):
+        scene = random_scene(rng)
+        texts += captions_for(scene, "vi", rng) + captions_for(scene, "en", rng)
+    return sorted(set(texts))
+
+
+def mini_vocab() -> dict[str, int]:
+    """The mini base's WordPiece vocabulary: the real BERT subset described above."""
+    from vicap_utils.vocab import strip_accents
+
+    full = stock_blip_tokenizer()
+    lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
+    keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
+    keep |= {t for t in lines if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
+    texts = synthetic_vocabulary()
+    texts += [strip_accents(t) for t in texts]
+    raw = full.backend_tokenizer
+    for text in texts:
+        keep |= set(raw.encode(text, add_special_tokens=False).tokens)
+        keep |= set(full.tokenize(text))
+    ordered = [t for t in lines if t in keep]
+    return {t: i for i, t in enumerate(ordered)}
 
 
 def build_tiny_blip(spec: MiniSpec):
@@ -70,7 +109,7 @@ def build_tiny_blip(spec: MiniSpec):
         BlipProcessor,
     )
 
-    tok = stock_blip_tokenizer()
+    tok = stock_blip_tokenizer(mini_vocab())
     text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden,
                 intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
                 num_attention_heads=spec.heads, max_position_embeddings=spec.max_positions,
@@ -101,11 +140,10 @@ def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
 
 def pretrain_english(model, processor, spec: MiniSpec, log=print) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
-    from tqdm.auto import tqdm
-
     from vicap_utils.batches import encode_captions
     from vicap_utils.data import load_captions
     from vicap_utils.images import load_rgb
+    from vicap_utils.progress import progress as tqdm
 
     folder = synthetic_set("en", spec.n_images, spec.data_seed)
     cs = load_captions(folder / "captions.json")

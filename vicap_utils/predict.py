@@ -124,9 +124,8 @@ def caption_batch(loaded, images=None, image_embeds=None, dec: Decoding | None =
 def predict_images(loaded, paths: list[Path], dec: Decoding, batch_size: int = 16,
                    desc: str = "captioning") -> list[str]:
     """One caption per image file, in batches, with a progress bar."""
-    from tqdm.auto import tqdm
-
     from vicap_utils.images import load_rgb
+    from vicap_utils.progress import progress as tqdm
 
     captions: list[str] = []
     for start in tqdm(range(0, len(paths), batch_size), desc=desc, unit="batch"):

@@ -271,10 +271,9 @@ class Trainer:
     @torch.no_grad()
     def _encode_all(self, paths: list[Path], proc, name: str) -> torch.Tensor:
         """Vision features of every image once (the ViT is frozen, so they never change)."""
-        from tqdm.auto import tqdm
-
         from vicap_utils.images import load_rgb
         from vicap_utils.predict import image_embeddings
+        from vicap_utils.progress import progress as tqdm
 
         model = self.loaded.model
         model.eval()
@@ -439,7 +438,7 @@ class Trainer:
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or early stop), keeping best/, last/ and final/ current."""
-        from tqdm.auto import tqdm
+        from vicap_utils.progress import progress as tqdm
 
         self.setup()
         cfg = self.cfg.train

@@ -1,0 +1,14 @@
+"""Progress bars that stay readable everywhere: live in a terminal or notebook, sparse in logs."""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def progress(iterable: Any = None, **kwargs: Any):
+    """A tqdm.auto bar; when stderr is not a terminal (CI logs) it redraws every 15 s only."""
+    from tqdm.auto import tqdm
+
+    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+        kwargs.setdefault("mininterval", 15.0)
+    return tqdm(iterable, **kwargs)
