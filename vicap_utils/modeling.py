@@ -25,7 +25,8 @@ BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(
 BLIP_CROSS_ATTN = (
     r".*text_decoder\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(query|key|value)"
 )
-BLIP2_DEFAULT = r".*(qformer\.encoder\.layer\.\d+\.(attention|crossattention)\.attention\.(query|value)|language_model\..*\.(q_proj|v_proj))"
+BLIP2_DEFAULT = (r".*(qformer\.encoder\.layer\.\d+\.(attention|crossattention)\.attention\."
+                 r"(query|value)|language_model\..*\.(q_proj|v_proj))")
 
 
 @dataclass

@@ -365,6 +365,7 @@ class Trainer:
         cfg = self.cfg.train
         self.model.train()
         self.loader.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
         skip = self.state.batches_done
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         save_every = cfg.save_every_steps
@@ -484,7 +485,8 @@ class Trainer:
         self.state.epoch = epoch + 1
         self.state.batches_done, self.state.loss_sum, self.state.loss_count = 0, 0.0, 0
         if validate and cider > self.state.best_cider:
-            self.state.best_cider, self.state.best_epoch, self.state.bad_epochs = cider, epoch + 1, 0
+            self.state.best_cider, self.state.best_epoch = cider, epoch + 1
+            self.state.bad_epochs = 0
             if self.main:
                 self.save_adapter("best")
         elif validate:

@@ -95,7 +95,7 @@ def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
 
 
 def missing_syllables(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
-    """Syllables of the captions that the tokenizer cannot write back exactly, most frequent first."""
+    """Caption syllables the tokenizer cannot write back exactly, most frequent first."""
     counts = syllables(captions)
     missing = []
     for word, count in counts.most_common():
@@ -172,6 +172,16 @@ def piece_ids(stock_tokenizer, entry: str) -> list[int]:
     return [i for i in ids if i != stock_tokenizer.unk_token_id]
 
 
+def output_layer(model):
+    """The LM head (BLIP-1 keeps it in `text_decoder`; the top model reports None)."""
+    for module in model.modules():
+        getter = getattr(module, "get_output_embeddings", None)
+        out = getter() if getter else None
+        if out is not None:
+            return out
+    return None
+
+
 @torch.no_grad()
 def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int) -> int:
     """Resize the model's embeddings to the extended vocabulary and initialise the new rows.
@@ -181,7 +191,7 @@ def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int)
     """
     model.resize_token_embeddings(len(extended_tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
-    out = model.get_output_embeddings()
+    out = output_layer(model)
     bias = getattr(out, "bias", None) if out is not None else None
     fallback = emb[:first_new_id].mean(0)
     id_to_token = {i: t for t, i in extended_tokenizer.get_vocab().items()}

@@ -1,0 +1,96 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with its data, else mini
+PERCENTILE = 99  # max_length covers this share of training captions (plus bos and eos)
+N_EXAMPLES = 4
+
+# %% [markdown]
+# # 02 · Caption lengths and the tokenizer
+#
+# Two questions decide how captions are fed to BLIP: how long they are (the `max_length`
+# that pads and truncates them) and whether the tokenizer can write Vietnamese at all.
+#
+# First, the versions and hardware this run used.
+
+# %%
+from vicap_utils import report
+from vicap_utils.io import atomic_write_json
+from vicap_utils.notebook import data_dir, model_tokenizer, setup, tokenizer_variants, wrote
+from vicap_utils.sources import resolve_data
+
+cfg, _ = setup(PROFILE)
+out = data_dir(cfg.profile)
+
+# %% [markdown]
+# ## The training captions
+# The same training split that notebook 03 trains on (`sources.resolve_data`), so the
+# extended vocabulary built here is the one training builds.
+
+# %%
+captions = [a.caption for a in resolve_data(cfg).train.annotations]
+print(f"{len(captions)} training captions")
+
+# %% [markdown]
+# ## Three tokenizers
+# BLIP-1's tokenizer is BERT-base uncased. By default it strips diacritics ("người" →
+# "nguoi"); with `strip_accents=False` most syllables become `[UNK]`. The extended tokenizer
+# appends the missing syllables and every Vietnamese letter (and its `##` piece) to the
+# WordPiece vocabulary, so captions survive encode → decode with their diacritics.
+
+# %%
+tokenizers = tokenizer_variants(captions)
+audit_table = report.tokenizer_audit(tokenizers, captions)
+audit_table.to_csv(out / "tokenizer_audit.csv")
+audit_table.style.format({"roundtrip_rate": "{:.1%}", "unk_rate": "{:.1%}",
+                          "tokens_per_caption": "{:.1f}"})
+
+# %% [markdown]
+# What each tokenizer gives back for a few captions:
+
+# %%
+report.decoded_examples(tokenizers, captions[:: max(1, len(captions) // N_EXAMPLES)][:N_EXAMPLES])
+
+# %% [markdown]
+# ## Lengths in syllables and in model tokens
+# Vietnamese writes one syllable per space-separated word; the model counts WordPiece tokens
+# of the tokenizer this profile trains with.
+
+# %%
+lengths = report.caption_lengths(captions, model_tokenizer(cfg, tokenizers))
+report.length_percentiles(lengths)
+
+# %% [markdown]
+# ## The recommended `max_length`
+# The 99th percentile of token length, plus the bos (`[DEC]`) and eos (`[SEP]`) tokens:
+# longer captions are truncated, shorter ones padded.
+
+# %%
+recommended = report.recommended_max_length(lengths["tokens"], PERCENTILE)
+print(f"recommended model.max_length = {recommended} "
+      f"(profile {cfg.profile} uses {cfg.model.max_length})")
+fig = report.plot_lengths(lengths, recommended, out / "caption_lengths.png")
+
+# %% [markdown]
+# ## What this notebook wrote
+
+# %%
+lengths.to_csv(out / "caption_lengths.csv", index=False)
+atomic_write_json(out / "lengths.json", {
+    "recommended_max_length": recommended, "percentile": PERCENTILE,
+    "profile_max_length": cfg.model.max_length,
+    "percentiles": report.length_percentiles(lengths).to_dict(),
+    "tokenizers": audit_table.to_dict(orient="index")})
+wrote([out / "tokenizer_audit.csv", out / "caption_lengths.csv", out / "caption_lengths.png",
+       out / "lengths.json"])

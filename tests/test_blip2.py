@@ -1,0 +1,117 @@
+"""A tiny random BLIP-2 (OPT decoder) trains a step, saves, reloads and generates on the CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from vicap_utils.batches import IGNORE, encode_captions, image_prefix_ids
+from vicap_utils.config import load_config
+from vicap_utils.modeling import lora_targets
+
+
+def tiny_blip2(folder):
+    """Build and save a random BLIP-2 with a byte-level BPE tokenizer trained on the spot."""
+    import random
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        GPT2TokenizerFast,
+    )
+
+    from vicap_utils.synthetic import captions_for, random_scene
+
+    rng = random.Random(0)
+    corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>", eos_token="</s>",
+                            unk_token="<unk>", pad_token="<pad>")
+    tok.add_tokens(["<image>"], special_tokens=True)
+    image_token = tok.convert_tokens_to_ids("<image>")
+    config = Blip2Config(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=32, patch_size=16),
+        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=2, encoder_hidden_size=32, vocab_size=64),
+        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=32, ffn_dim=64,
+                         num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32,
+                         max_position_embeddings=128, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        num_query_tokens=4, image_token_index=image_token)
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config)
+    processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tok,
+                               num_query_tokens=4)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def blip2_base(tmp_path_factory):
+    return tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
+
+
+def test_labels_mask_image_tokens_and_padding(blip2_base):
+    from transformers import Blip2Processor
+
+    proc = Blip2Processor.from_pretrained(blip2_base)
+    prefix = image_prefix_ids(proc, "blip2")
+    assert len(prefix) == 4
+    ids, mask, labels = encode_captions(proc.tokenizer, ["A player.", "Two players in red."],
+                                        max_length=16, image_prefix=prefix)
+    assert (labels[:, :5] == IGNORE).all()
+    assert (labels[mask == 0] == IGNORE).all()
+    assert (labels[0, 5:][mask[0, 5:] == 1] != IGNORE).all()
+
+
+def test_default_lora_targets_hit_qformer_and_opt(blip2_base):
+    import re
+
+    from transformers import Blip2ForConditionalGeneration
+
+    cfg = load_config("flickr8k-blip2")
+    names = [n for n, _ in Blip2ForConditionalGeneration.from_pretrained(blip2_base)
+             .named_modules()]
+    hits = [n for n in names if re.fullmatch(lora_targets("blip2", cfg.lora), n)]
+    assert any("qformer" in n and n.endswith("query") for n in hits)
+    assert any("qformer" in n and n.endswith("value") for n in hits)
+    assert any(n.endswith("q_proj") for n in hits) and any(n.endswith("v_proj") for n in hits)
+    assert not any(n.endswith("key") or n.endswith("k_proj") for n in hits)
+
+
+@pytest.mark.slow
+def test_tiny_blip2_trains_saves_reloads_and_generates(blip2_base, tmp_path):
+    from PIL import Image
+
+    from vicap_utils.modeling import load_for_inference
+    from vicap_utils.predict import Decoding, caption_batch
+    from vicap_utils.synthetic import generate
+    from vicap_utils.train import train
+
+    data = tmp_path / "data"
+    generate(data, n_images=12, seed=3, lang="en")
+    cfg = load_config("flickr8k-blip2", overrides=[
+        f"model.base={blip2_base}", f"data.train_annotations={data / 'captions.json'}",
+        "data.source=coco", "train.epochs=1", "train.batch_size=4", "train.grad_accum=1",
+        "train.max_steps=2", "eval.num_beams=2", "eval.max_new_tokens=5", "eval.batch_size=4"])
+    assert cfg.model.load_in_8bit  # falls back with a notice on the CPU
+    summary = train(cfg, tmp_path / "run")
+    assert summary["global_step"] == 2
+    final = tmp_path / "run" / "final"
+    meta = json.loads((final / "vicap.json").read_text())
+    assert meta["family"] == "blip2" and (final / "adapter_model.safetensors").is_file()
+    loaded = load_for_inference(str(final))
+    out = caption_batch(loaded, images=[Image.new("RGB", (40, 30), "green")],
+                        dec=Decoding(num_beams=2, max_new_tokens=5, num_return_sequences=2))
+    assert len(out) == 1 and len(out[0]) == 2
+    assert all(isinstance(c, str) and isinstance(s, float) for c, s in out[0])

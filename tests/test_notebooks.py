@@ -1,0 +1,208 @@
+"""The notebooks: each `.py` twin runs headless on `mini` in order 01→05 and writes what it
+promises; committed `.ipynb` files match their twins and carry no outputs."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import pandas as pd
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+ORDER = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery"]
+PARAMETERS: dict[str, dict[str, Any]] = {"03_finetune_lora": {"OVERRIDES": ["train.epochs=3"]}}
+KERNEL = "python3"  # the venv's own kernelspec (share/jupyter/kernels/python3)
+VIETNAMESE = set("ăâđêôơưàáảãạằắẳẵặầấẩẫậèéẻẽẹềếểễệìíỉĩịòóỏõọồốổỗộờớởỡợùúủũụừứửữựỳýỷỹỵ")
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """Set environment variables (which the kernel inherits) for the block."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def execute(name: str, output: Path, workdir: Path, parameters: dict[str, Any]) -> dict:
+    """Convert a `.py` twin to a notebook and run it with papermill on `mini`."""
+    import papermill
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / f"{name}.ipynb"
+    jupytext.write(jupytext.read(NOTEBOOKS / f"{name}.py"), source)
+    with environment(VICAP_PROFILE="mini", VICAP_OUTPUT=str(output)):
+        return papermill.execute_notebook(
+            str(source), str(workdir / f"{name}.out.ipynb"), parameters=parameters,
+            kernel_name=KERNEL, cwd=str(workdir), progress_bar=False)
+
+
+class Runner:
+    """Runs the notebooks once each, in order, into one shared output folder."""
+
+    def __init__(self, root: Path) -> None:
+        self.output, self.workdir = root / "outputs", root / "work"
+        self.done: dict[str, dict] = {}
+
+    def run(self, name: str) -> dict:
+        """Execute every notebook up to `name` not yet run; return `name`'s executed notebook."""
+        for step in ORDER[: ORDER.index(name) + 1]:
+            if step not in self.done:
+                self.done[step] = execute(step, self.output, self.workdir,
+                                          PARAMETERS.get(step, {}))
+        return self.done[name]
+
+    @property
+    def data(self) -> Path:
+        return self.output / "data" / "mini"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output / "runs" / "mini"
+
+
+@pytest.fixture(scope="session")
+def runner(tmp_path_factory) -> Runner:
+    return Runner(tmp_path_factory.mktemp("notebooks"))
+
+
+def outputs_text(nb: dict) -> str:
+    """All text a notebook printed or displayed."""
+    parts = []
+    for cell in nb["cells"]:
+        for out in cell.get("outputs", []):
+            parts.append("".join(out.get("text", "")))
+            parts.append("".join(out.get("data", {}).get("text/plain", "")))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------- twins and clean notebooks
+
+
+def test_every_notebook_has_its_twin():
+    ipynb = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
+    py = {p.stem for p in NOTEBOOKS.glob("*.py")}
+    assert set(ORDER) <= ipynb
+    assert ipynb == py
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_ipynb_matches_py_twin(path: Path):
+    def cells(p: Path) -> list[tuple[str, str, list]]:
+        nb = jupytext.read(p)
+        return [(c.cell_type, c.source.strip(), c.metadata.get("tags", [])) for c in nb.cells]
+
+    assert cells(path) == cells(path.with_suffix(".py"))
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_committed_ipynb_has_no_outputs(path: Path):
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert not cell.get("outputs"), cell["source"]
+            assert cell.get("execution_count") is None, cell["source"]
+
+
+@pytest.mark.parametrize("name", ORDER)
+def test_notebook_opens_with_parameters_then_environment(name: str):
+    cells = [c for c in jupytext.read(NOTEBOOKS / f"{name}.py").cells if c.cell_type == "code"]
+    assert "parameters" in cells[0].metadata.get("tags", [])
+    assert 'PROFILE = "auto"' in cells[0].source
+    assert "setup(" in cells[1].source  # prints versions and hardware
+    assert "wrote(" in cells[-1].source
+
+
+# ---------------------------------------------------------------- executed on mini
+
+
+@pytest.mark.slow
+def test_01_audits_and_splits(runner: Runner):
+    runner.run("01_data_audit")
+    audit = json.loads((runner.data / "audit.json").read_text(encoding="utf-8"))
+    assert audit["images_total"] == audit["images_ok"] == 600
+    assert audit["annotations_ok"] == 3000
+    split = json.loads((runner.data / "split.json").read_text(encoding="utf-8"))
+    assert (len(split["train"]), len(split["val"])) == (540, 60)
+    assert not set(split["train"]) & set(split["val"])
+    for name in ("clean.json", "rejects.csv", "train.json", "val.json", "image_stats.png"):
+        assert (runner.data / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_02_recommends_max_length_and_audits_tokenizers(runner: Runner):
+    nb = runner.run("02_caption_lengths")
+    lengths = json.loads((runner.data / "lengths.json").read_text(encoding="utf-8"))
+    p99 = lengths["percentiles"]["tokens"]["p99"]
+    assert lengths["recommended_max_length"] >= p99 + 2
+    tok = pd.read_csv(runner.data / "tokenizer_audit.csv", index_col=0)
+    assert tok.loc["extended", "roundtrip_rate"] == 1.0
+    assert tok.loc["stock, strip_accents=False", "unk_rate"] > 0.3
+    assert tok.loc["stock (strips accents)", "roundtrip_rate"] < 0.1
+    assert "[UNK]" in outputs_text(nb)
+    assert (runner.data / "caption_lengths.png").is_file()
+
+
+@pytest.mark.slow
+def test_03_trains_and_keeps_the_best_adapter(runner: Runner):
+    nb = runner.run("03_finetune_lora")
+    run = runner.run_dir
+    history = pd.read_csv(run / "history.csv")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert summary["best_epoch"] == int(history["val_CIDEr"].idxmax()) + 1
+    assert (run / "best" / "adapter_model.safetensors").is_file()
+    assert json.loads((run / "config.json").read_text(encoding="utf-8"))["train"]["epochs"] == 3
+    text = outputs_text(nb)
+    assert "text_decoder" in text and "trainable" in text  # the parameter table
+    assert "best epoch" in text
+
+
+@pytest.mark.slow
+def test_04_scores_zero_shot_and_fine_tuned(runner: Runner):
+    runner.run("04_evaluate")
+    ev = runner.run_dir / "eval"
+    metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
+    assert set(metrics) == {"zero-shot", "fine-tuned"}
+    assert metrics["fine-tuned"]["CIDEr"] > metrics["zero-shot"]["CIDEr"]
+    predictions = json.loads((ev / "predictions_fine_tuned.json").read_text(encoding="utf-8"))
+    assert len(predictions) == 60
+    table = pd.read_csv(ev / "predictions.csv")
+    assert {"zero_shot", "fine_tuned", "cider_fine_tuned", "references"} <= set(table.columns)
+    assert len(table) == 60
+    for name in ("metrics_zero_shot.json", "per_image_fine_tuned.csv", "scores.png",
+                 "cider_per_image.png"):
+        assert (ev / name).is_file()
+
+
+@pytest.mark.slow
+def test_05_gallery_png_and_self_contained_html(runner: Runner):
+    nb = runner.run("05_gallery")
+    ev = runner.run_dir / "eval"
+    assert (ev / "gallery.png").stat().st_size > 10_000
+    page = (ev / "gallery.html").read_text(encoding="utf-8")
+    assert page.count("data:image/jpeg;base64,") == 6
+    assert VIETNAMESE & set(page)
+    assert "src=\"/" not in page and "src=\"http" not in page
+    assert "evaluate: tokenizing" not in outputs_text(nb)  # 04's results were reused
+
+
+@pytest.mark.slow
+def test_04_without_an_adapter_says_run_03_first(tmp_path: Path):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError) as err:
+        execute("04_evaluate", tmp_path / "empty", tmp_path / "work", {})
+    assert err.value.ename == "VicapError"
+    assert "run notebook 03_finetune_lora first" in err.value.evalue

@@ -1,0 +1,131 @@
+"""report.py: audit, length, tokenizer and metric tables, figures and the gallery pages."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from vicap_utils import report
+from vicap_utils.data import Annotation, CaptionSet, ImageInfo
+from vicap_utils.mini import stock_blip_tokenizer
+from vicap_utils.vocab import extend_tokenizer
+
+CAPTIONS = ["Một người đàn ông đang chơi bóng đá.", "Hai cô gái chơi bóng chuyền trên bãi biển.",
+            "Cậu bé ném quả bóng rổ."]
+SUMMARY = {"images_total": 10, "images_ok": 8, "annotations_total": 50, "annotations_ok": 41,
+           "normalized_captions": 3,
+           "rejects": {"missing_file": 1, "unreadable_image": 1, "empty_caption": 9}}
+
+
+@pytest.fixture
+def caption_set(tmp_path) -> CaptionSet:
+    """Four coloured images, with 1–3 captions each, on disk."""
+    images, anns = {}, []
+    for i in range(4):
+        name = f"im{i}.png"
+        Image.new("RGB", (40 + 10 * i, 30), (60 * i, 100, 200)).save(tmp_path / name)
+        images[i] = ImageInfo(i, name, 40 + 10 * i, 30)
+        anns += [Annotation(len(anns), i, c) for c in CAPTIONS[: 1 + i % 3]]
+    return CaptionSet(images, anns)
+
+
+def test_audit_tables_count_kept_and_rejected():
+    counts = report.audit_counts(SUMMARY)
+    assert counts.loc["images"].tolist() == [10, 8, 2]
+    assert counts.loc["captions", "rejected"] == 9
+    assert report.reject_reasons(SUMMARY).loc["empty_caption", "count"] == 9
+
+
+def test_reject_examples_keeps_a_few_per_reason(tmp_path):
+    path = tmp_path / "rejects.csv"
+    rows = [("annotation", i, "a.jpg", "empty_caption", "") for i in range(5)]
+    rows.append(("image", 9, "b.jpg", "missing_file", "not found"))
+    pd.DataFrame(rows, columns=["kind", "id", "file", "reason", "detail"]).to_csv(path, index=False)
+    examples = report.reject_examples(path, per_reason=2)
+    assert examples["reason"].value_counts().to_dict() == {"empty_caption": 2, "missing_file": 1}
+
+
+def test_image_table_and_plot(caption_set, tmp_path):
+    table = report.image_table(caption_set)
+    assert table["captions"].tolist() == [1, 2, 3, 1]
+    assert table["width"].tolist() == [40, 50, 60, 70]
+    report.plot_image_stats(table, tmp_path / "stats.png")
+    assert (tmp_path / "stats.png").stat().st_size > 1000
+
+
+def test_caption_lengths_and_max_length(tmp_path):
+    lengths = report.caption_lengths(CAPTIONS, stock_blip_tokenizer())
+    assert lengths["syllables"].tolist() == [8, 9, 6]
+    assert (lengths["tokens"] >= lengths["syllables"]).all()
+    table = report.length_percentiles(lengths)
+    assert table.loc["p100", "syllables"] == 9
+    assert report.recommended_max_length([5, 6, 7, 8, 30], q=100) == 32
+    assert report.recommended_max_length([10] * 99 + [40], q=99) == 13
+    report.plot_lengths(lengths, 12, tmp_path / "len.png")
+    assert (tmp_path / "len.png").is_file()
+
+
+def test_tokenizer_audit_ranks_the_extended_tokenizer_first():
+    stock = stock_blip_tokenizer()
+    extended, _ = extend_tokenizer(stock, CAPTIONS)
+    tokenizers = {"stock": stock, "extended": extended}
+    table = report.tokenizer_audit(tokenizers, CAPTIONS)
+    assert list(table.columns) == ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
+    assert table.loc["stock", "roundtrip_rate"] == 0.0
+    assert table.loc["extended", "roundtrip_rate"] == 1.0
+    examples = report.decoded_examples(tokenizers, CAPTIONS[:1])
+    assert "người" in examples.loc[0, "extended"]
+    assert "nguoi" in examples.loc[0, "stock"]
+
+
+def test_config_table_flattens_sections():
+    table = report.config_table({"profile": "mini", "train": {"epochs": 3, "lr": 1e-3},
+                                 "model": {"base": "mini"}})
+    assert table.loc["train.epochs", "value"] == 3
+    assert table.loc["model.base", "value"] == "'mini'"
+    assert table.loc["profile", "value"] == "mini"
+
+
+def test_score_and_diversity_tables_drop_metrics_nobody_has(tmp_path):
+    rows = {"a": {"CIDEr": 0.5, "BLEU-1": 0.4, "SPICE": None, "TTR": 0.3, "vocab_size": 12},
+            "published": {"CIDEr": 0.7, "SPICE": 0.16}}
+    scores = report.score_table(rows)
+    assert list(scores.columns) == ["BLEU-1", "CIDEr", "SPICE"]
+    assert math.isnan(scores.loc["a", "SPICE"]) and scores.loc["published", "SPICE"] == 0.16
+    diversity = report.diversity_table(rows)
+    assert list(diversity.columns) == ["TTR", "vocab_size"]
+    report.plot_scores(scores, out=tmp_path / "bars.png")
+    assert (tmp_path / "bars.png").is_file()
+
+
+def test_cider_histogram(tmp_path):
+    frames = {"x": pd.DataFrame({"cider": [0.0, 0.5, 1.2]}),
+              "y": pd.DataFrame({"cider": [0.0, 0.0, 0.0]})}
+    report.plot_cider_hist(frames, tmp_path / "hist.png")
+    assert (tmp_path / "hist.png").is_file()
+
+
+def test_gallery_picks_best_and_worst_and_writes_png_and_html(caption_set, tmp_path):
+    cider = {0: 0.1, 1: 2.0, 2: 0.9, "3": 0.0}  # ids compare as text
+    preds = {"zero-shot": {i: "a ball" for i in range(4)},
+             "fine-tuned": {str(i): f"quả bóng {i}" for i in range(4)}}
+    items = report.gallery_items(caption_set, tmp_path, preds, cider, n_best=2, n_worst=2)
+    assert [(it.image_id, it.group) for it in items] == [
+        (1, "best"), (2, "best"), (3, "worst"), (0, "worst")]
+    assert items[0].captions == {"zero-shot": "a ball", "fine-tuned": "quả bóng 1"}
+    assert items[0].references == CAPTIONS[:2]
+    report.plot_gallery(items, tmp_path / "gallery.png", columns=2)
+    with Image.open(tmp_path / "gallery.png") as im:
+        assert im.width > 400
+    page = report.gallery_html(items, tmp_path / "gallery.html").read_text("utf-8")
+    assert page.count("data:image/jpeg;base64,") == 4
+    assert "quả bóng 1" in page and "Hai cô gái" in page
+    assert 'src="im' not in page  # nothing refers to a file beside the page
+
+
+def test_gallery_never_shows_an_image_twice(caption_set, tmp_path):
+    items = report.gallery_items(caption_set, tmp_path, {"m": {}}, {0: 1.0, 1: 0.5},
+                                 n_best=3, n_worst=3)
+    assert sorted(it.image_id for it in items) == [0, 1]

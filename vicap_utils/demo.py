@@ -1,0 +1,477 @@
+"""The ipywidgets captioning app of notebook 06: pick an image and a model, read the caption.
+
+The notebook only displays `build_app().widget`; everything else lives here. Models load once
+and stay cached by (folder, no_adapter). Uploads are decoded from bytes in memory by
+`vicap_utils.uploads`; every failure becomes a message in the app, never a traceback.
+"""
+from __future__ import annotations
+
+import functools
+import html
+import io
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import ipywidgets as w
+from PIL import Image
+
+from vicap_utils.predict import Decoding
+
+ADAPTER_FILES = ("vicap.json", "adapter_model.safetensors")
+THUMB_SIZE = (360, 270)
+N_SAMPLES = 8
+ImageSource = Path | Image.Image
+
+CSS = """<style>
+.vicap-title h2 {margin: 0 0 2px 0;}
+.vicap-sub {color: #555; margin-bottom: 6px;}
+.vicap-note, .vicap-error {padding: 6px 10px; line-height: 1.45;}
+.vicap-note {background: #fff8e1; border-left: 4px solid #f0b400;}
+.vicap-error {background: #fdecea; border-left: 4px solid #d93025; color: #8c1d18;}
+.vicap-busy {color: #1a73e8;}
+.vicap-ok {color: #3c4043;}
+.vicap-note code {background: #f1f3f4; padding: 1px 4px; border-radius: 3px;}
+.vicap-spin {display: inline-block; width: 12px; height: 12px; border: 2px solid #1a73e8;
+  border-top-color: transparent; border-radius: 50%; animation: vicap-rot .8s linear infinite;
+  vertical-align: -2px; margin-right: 6px;}
+@keyframes vicap-rot {to {transform: rotate(360deg);}}
+.vicap-cards {display: flex; gap: 12px; flex-wrap: wrap;}
+.vicap-card {border: 1px solid #dadce0; border-radius: 8px; padding: 10px 14px; min-width: 260px;
+  max-width: 420px; flex: 1; background: #fff;}
+.vicap-model {font-size: 12px; color: #5f6368; text-transform: uppercase; letter-spacing: .03em;}
+.vicap-caption {font-size: 20px; line-height: 1.35; margin: 6px 0; color: #202124;}
+.vicap-meta {font-size: 12px; color: #5f6368;}
+.vicap-beams {border-collapse: collapse; margin-top: 8px; font-size: 13px; width: 100%;}
+.vicap-beams td, .vicap-beams th {padding: 2px 6px; border-top: 1px solid #eee; text-align: left;}
+.vicap-beams td.score {text-align: right; font-variant-numeric: tabular-nums; color: #5f6368;}
+</style>"""
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """One entry of the model menu: an adapter folder, or a base loaded without adapter."""
+
+    label: str
+    source: str  # adapter folder, or what load_for_inference takes with no_adapter
+    no_adapter: bool
+    base: str  # the base model (an adapter's recorded one)
+
+    @property
+    def key(self) -> tuple[str, bool]:
+        """The model cache key."""
+        return (self.source, self.no_adapter)
+
+
+@dataclass
+class CaptionResult:
+    """What one model said about the current image, and how long it took."""
+
+    model: str
+    captions: list[tuple[str, float | None]]
+    seconds: float
+    load_seconds: float = 0.0
+
+    @property
+    def caption(self) -> str:
+        """The best caption."""
+        return self.captions[0][0]
+
+
+# ---------------------------------------------------------------- models
+
+
+def find_adapters(*roots: str | Path) -> list[Path]:
+    """Adapter folders (vicap.json + adapter_model.safetensors) under `roots`, newest first.
+
+    Hidden folders (atomic-write temporaries) are skipped.
+    """
+    found: set[Path] = set()
+    for root in roots:
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if all(name in files for name in ADAPTER_FILES):
+                found.add(Path(folder))
+    return sorted(found, key=_adapter_mtime, reverse=True)
+
+
+def _adapter_mtime(folder: Path) -> float:
+    return (folder / "adapter_model.safetensors").stat().st_mtime
+
+
+def adapter_base(folder: Path) -> str:
+    """The base model an adapter was trained on, from its vicap.json ("unknown" if unreadable)."""
+    from vicap_utils.modeling import read_meta
+
+    try:
+        return str(read_meta(folder).get("base", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def model_choices(adapters: list[Path], root: Path, default_base: str = "mini"
+                  ) -> list[ModelChoice]:
+    """Adapters (newest first), then each base alone: the adapters' bases and `default_base`.
+
+    A base used by an adapter loads through that adapter's folder (its recorded base).
+    """
+    choices, bases = [], {}
+    for folder in adapters:
+        stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%Y-%m-%d %H:%M")
+        base = adapter_base(folder)
+        choices.append(ModelChoice(f"adapter: {_relative(folder, root)} ({stamp})",
+                                   str(folder), False, base))
+        bases.setdefault(base, str(folder))
+    bases.setdefault(default_base, default_base)
+    choices += [ModelChoice(f"base only: {name}", source, True, name)
+                for name, source in bases.items()]
+    return choices
+
+
+def _relative(folder: Path, root: Path) -> str:
+    try:
+        return str(folder.relative_to(root))
+    except ValueError:
+        return str(folder)
+
+
+def partner(choice: ModelChoice, choices: list[ModelChoice]) -> ModelChoice | None:
+    """What to compare with: an adapter's base alone, or the newest adapter on a base."""
+    return next((c for c in choices if c.no_adapter != choice.no_adapter
+                 and c.base == choice.base), None)
+
+
+def decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: float,
+             top_p: float, repetition_penalty: float) -> Decoding:
+    """Generation settings; beam search returns every beam so the app can list them."""
+    beams = 1 if do_sample else max(1, num_beams)
+    return Decoding(num_beams=beams, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                    temperature=temperature, top_p=top_p,
+                    repetition_penalty=repetition_penalty, num_return_sequences=beams)
+
+
+def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
+                  ) -> CaptionResult:
+    """Caption one image and time it."""
+    from vicap_utils.predict import caption_batch
+
+    start = time.perf_counter()
+    captions = caption_batch(loaded, images=[image], dec=dec)[0]
+    return CaptionResult(label, captions, time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------- sample images
+
+
+def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
+    """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
+    from vicap_utils.io import read_json
+
+    data = adapter.parent / "data"
+    try:
+        folder = Path(read_json(data / "sources.json")["val_images"])
+        images = read_json(data / "val.json")["images"]
+    except Exception:  # an older or partial run folder: fall back to drawn samples
+        return {}
+    paths = [folder / im["file_name"] for im in images[:n]]
+    return {f"validation: {p.name}": p for p in paths if p.is_file()}
+
+
+def synthetic_samples(n: int = N_SAMPLES, seed: int = 2024) -> dict[str, ImageSource]:
+    """Synthetic ball-sports scenes drawn in memory (the mini profile's kind of image)."""
+    from vicap_utils.synthetic import draw_scene, random_scene
+
+    out: dict[str, ImageSource] = {}
+    for i in range(n):
+        rng = random.Random(f"vicap-demo:{seed}:{i}")
+        scene = random_scene(rng)
+        out[f"synthetic {i + 1} · {scene['sport']}"] = draw_scene(scene, (320, 240), rng)
+    return out
+
+
+def open_sample(source: ImageSource) -> Image.Image:
+    """A sample as RGB (files here come from the run folder, never from the user)."""
+    from vicap_utils.images import load_rgb
+
+    return source if isinstance(source, Image.Image) else load_rgb(source)
+
+
+def png_thumbnail(image: Image.Image, size: tuple[int, int] = THUMB_SIZE) -> bytes:
+    """PNG bytes of the image scaled (up or down) to fit `size`, for display."""
+    scale = min(size[0] / image.width, size[1] / image.height)
+    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
+                         Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    shown.save(buf, "PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def card_html(result: CaptionResult, dec: Decoding) -> str:
+    """One result card: model, caption, timing and, with beam search, every beam's score."""
+    how = (f"sampling, T={dec.temperature:g}, top-p={dec.top_p:g}" if dec.do_sample
+           else f"beam {dec.num_beams}")
+    load = f" · model loaded in {result.load_seconds:.1f} s" if result.load_seconds else ""
+    rows = ""
+    if len(result.captions) > 1:
+        rows = "".join(
+            f"<tr><td>{i}</td><td>{html.escape(text)}</td>"
+            f"<td class='score'>{'' if score is None else f'{score:.3f}'}</td></tr>"
+            for i, (text, score) in enumerate(result.captions, 1))
+        rows = (f"<table class='vicap-beams'><tr><th>#</th><th>beam</th>"
+                f"<th class='score'>log-prob</th></tr>{rows}</table>")
+    return (f"<div class='vicap-card'><div class='vicap-model'>{html.escape(result.model)}</div>"
+            f"<div class='vicap-caption'>{html.escape(result.caption)}</div>"
+            f"<div class='vicap-meta'>{result.seconds:.2f} s · {how} · max "
+            f"{dec.max_new_tokens} tokens{load}</div>{rows}</div>")
+
+
+def cards_html(results: list[CaptionResult], dec: Decoding) -> str:
+    """Result cards side by side."""
+    return f"<div class='vicap-cards'>{''.join(card_html(r, dec) for r in results)}</div>"
+
+
+def message_html(kind: str, text: str) -> str:
+    """A status line: kind is busy, error, note or ok."""
+    spin = "<span class='vicap-spin'></span>" if kind == "busy" else ""
+    return f"<div class='vicap-{kind}'>{spin}{html.escape(text)}</div>"
+
+
+def train_command(root: Path) -> str:
+    """The command that trains the mini adapter where this app looks for adapters."""
+    return f"vicap train --profile mini --out {root / 'runs' / 'mini'}"
+
+
+def train_hint(root: Path) -> str:
+    """What to do when no adapter was found, as HTML."""
+    return (f"<div class='vicap-note'>No trained adapter found under "
+            f"<code>{html.escape(str(root))}</code>, so only the base model is offered (it "
+            f"writes English). To train a Vietnamese adapter (minutes on a CPU) run "
+            f"<code>{html.escape(train_command(root))}</code> or notebook 03_finetune_lora, "
+            "then run this app's cell again.</div>")
+
+
+# ---------------------------------------------------------------- the app
+
+
+def _guarded(method: Callable) -> Callable:
+    """Run a widget callback; show any failure as a message instead of a traceback."""
+
+    @functools.wraps(method)
+    def run(self: CaptionApp, *args: Any) -> None:
+        try:
+            method(self, *args)
+        except Exception as exc:  # the app must stay usable whatever went wrong
+            self.fail(str(exc) or type(exc).__name__)
+        finally:
+            self.set_busy(False)
+
+    return run
+
+
+class CaptionApp:
+    """The captioning app; display `.widget`. Callbacks are plain methods, easy to test."""
+
+    def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
+                 root: Path, loader: Callable | None = None) -> None:
+        from vicap_utils.modeling import load_for_inference
+
+        self.root = root
+        self.choices = choices
+        self.samples = samples
+        self.loader = loader or load_for_inference
+        self.models: dict[tuple[str, bool], Any] = {}
+        self.image: Image.Image | None = None
+        self.image_name = ""
+        self.results: list[CaptionResult] = []
+        self.error = ""
+        has_adapter = any(not c.no_adapter for c in choices)
+        self._build_widgets("" if has_adapter else train_hint(root))
+        if samples:
+            self.sample.value = next(iter(samples))
+
+    # -- widgets
+
+    def _build_widgets(self, notice: str) -> None:
+        """Create the controls and lay them out: controls left, image and captions right."""
+        wide = w.Layout(width="350px")
+        style = {"description_width": "128px"}
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload image",
+                                   layout=w.Layout(width="350px"))
+        self.sample = w.Dropdown(options=[("—", "")] + [(k, k) for k in self.samples],
+                                 description="or a sample", layout=wide, style=style)
+        self.model = w.Dropdown(options=[(c.label, i) for i, c in enumerate(self.choices)],
+                                value=0, description="Model", layout=wide, style=style)
+        self.beams = w.IntSlider(3, min=1, max=8, description="Beam size", layout=wide,
+                                 style=style)
+        self.max_tokens = w.IntSlider(30, min=5, max=60, step=1, description="Max new tokens",
+                                      layout=wide, style=style)
+        self.sampling = w.Checkbox(False, description="Sampling instead of beam search",
+                                   indent=False, layout=wide)
+        self.temperature = w.FloatSlider(1.0, min=0.1, max=2.0, step=0.05,
+                                         description="Temperature", disabled=True, layout=wide,
+                                         style=style)
+        self.top_p = w.FloatSlider(0.9, min=0.05, max=1.0, step=0.05, description="Top-p",
+                                   disabled=True, layout=wide, style=style)
+        self.repetition = w.FloatSlider(1.0, min=1.0, max=2.0, step=0.05,
+                                        description="Repetition penalty", layout=wide,
+                                        style=style)
+        self.button = w.Button(description="Caption", button_style="primary", icon="pencil",
+                               layout=w.Layout(width="120px"))
+        self.compare_button = w.Button(description="Compare base vs adapter", icon="columns",
+                                       layout=w.Layout(width="204px"))
+        self.notice = w.HTML(notice)
+        self.status = w.HTML("")
+        self.preview = w.Image(format="png", layout=w.Layout(max_width=f"{THUMB_SIZE[0]}px"))
+        self.output = w.HTML("")
+        self._wire()
+        controls = w.VBox([
+            w.HTML("<b>1 · Image</b>"), self.upload, self.sample,
+            w.HTML("<b>2 · Model</b>"), self.model,
+            w.HTML("<b>3 · Decoding</b>"), self.beams, self.max_tokens, self.sampling,
+            self.temperature, self.top_p, self.repetition,
+            w.HBox([self.button, self.compare_button]),
+        ], layout=w.Layout(width="360px", min_width="360px"))
+        shown = w.VBox([self.status, self.preview, self.output],
+                       layout=w.Layout(flex="1", padding="0 0 0 16px"))
+        title = w.HTML(f"{CSS}<div class='vicap-title'><h2>Chú thích ảnh tiếng Việt</h2>"
+                       "<div class='vicap-sub'>BLIP + LoRA · pick an image and a model, then "
+                       "press Caption</div></div>")
+        self.widget = w.VBox([title, self.notice, w.HBox([controls, shown])],
+                             layout=w.Layout(padding="4px"))
+        self.widget.add_class("vicap-app")
+
+    def _wire(self) -> None:
+        """Connect callbacks."""
+        self.upload.observe(self.on_upload, names="value")
+        self.sample.observe(self.on_sample, names="value")
+        self.sampling.observe(self.on_sampling, names="value")
+        self.button.on_click(self.caption)
+        self.compare_button.on_click(self.compare)
+
+    # -- state shown to the user
+
+    def set_busy(self, busy: bool, text: str = "") -> None:
+        """Disable the buttons and show a spinner line while working."""
+        self.button.disabled = self.compare_button.disabled = busy
+        if busy:
+            self.status.value = message_html("busy", text)
+
+    def fail(self, text: str) -> None:
+        """Show an error message (and remember it for tests)."""
+        self.error = text
+        self.status.value = message_html("error", text)
+
+    def set_image(self, image: Image.Image, name: str) -> None:
+        """Make `image` the one to caption and show it."""
+        self.image, self.image_name = image, name
+        self.preview.value = png_thumbnail(image)
+        self.output.value = ""
+        self.results = []
+        self.error = ""
+        self.status.value = message_html("ok", f"{name} · {image.width}×{image.height}")
+
+    # -- callbacks
+
+    @_guarded
+    def on_upload(self, change: dict | None = None) -> None:
+        """Decode the uploaded bytes in memory; a bad file gives a message, not a traceback."""
+        from vicap_utils.uploads import decode_upload, first_upload
+
+        if not self.upload.value:
+            return
+        name, data = first_upload(self.upload.value)
+        self.image, self.preview.value, self.output.value = None, b"", ""
+        decoded = decode_upload(data, name)
+        self.set_image(decoded.image, f"{name} ({decoded.format}, {decoded.mode})")
+        self.sample.value = ""
+
+    @_guarded
+    def on_sample(self, change: dict | None = None) -> None:
+        """Show the chosen sample image."""
+        if self.sample.value:
+            self.set_image(open_sample(self.samples[self.sample.value]), self.sample.value)
+
+    def on_sampling(self, change: dict | None = None) -> None:
+        """Sampling enables temperature/top-p and draws one caption (no beams)."""
+        on = self.sampling.value
+        self.temperature.disabled = self.top_p.disabled = not on
+        self.beams.disabled = on
+
+    @property
+    def choice(self) -> ModelChoice:
+        """The selected model entry."""
+        return self.choices[self.model.value]
+
+    @property
+    def dec(self) -> Decoding:
+        """Decoding settings from the controls."""
+        return decoding(self.beams.value, self.max_tokens.value, self.sampling.value,
+                        self.temperature.value, self.top_p.value, self.repetition.value)
+
+    def load(self, choice: ModelChoice) -> tuple[Any, float]:
+        """The cached model for an entry (loaded on first use) and the seconds loading took."""
+        if choice.key in self.models:
+            return self.models[choice.key], 0.0
+        self.set_busy(True, f"Loading {choice.label} (first use only) …")
+        start = time.perf_counter()
+        self.models[choice.key] = self.loader(choice.source, no_adapter=choice.no_adapter)
+        return self.models[choice.key], time.perf_counter() - start
+
+    def run(self, choices: list[ModelChoice]) -> list[CaptionResult]:
+        """Caption the current image with each model and show the cards side by side."""
+        if self.image is None:
+            raise ValueError("Pick a sample image or upload one first.")
+        dec, results = self.dec, []
+        for choice in choices:
+            loaded, load_s = self.load(choice)
+            self.set_busy(True, f"Captioning with {choice.label} …")
+            result = caption_image(loaded, self.image, dec, choice.label)
+            result.load_seconds = load_s
+            results.append(result)
+        self.results, self.error = results, ""
+        self.output.value = cards_html(results, dec)
+        total = sum(r.seconds for r in results)
+        self.status.value = message_html("ok", f"{self.image_name} · done in {total:.2f} s")
+        return results
+
+    @_guarded
+    def caption(self, button: Any = None) -> None:
+        """Caption button: the selected model."""
+        self.set_busy(True, "Working …")
+        self.run([self.choice])
+
+    @_guarded
+    def compare(self, button: Any = None) -> None:
+        """Compare button: the adapter and its base model alone, side by side."""
+        self.set_busy(True, "Working …")
+        choice = self.choice
+        other = partner(choice, self.choices)
+        if other is None:
+            raise ValueError("No adapter to compare with; train one with "
+                             f"{train_command(self.root)}")
+        adapter, base = (other, choice) if choice.no_adapter else (choice, other)
+        self.run([adapter, base])
+
+
+def build_app(output_dir: str | Path | None = None,
+              samples: dict[str, ImageSource] | None = None, *, base: str = "mini",
+              also_search: Iterable[str | Path] = (), loader: Callable | None = None
+              ) -> CaptionApp:
+    """The app over the adapters found under `output_dir` (default: the environment's) and
+    `also_search` (e.g. /kaggle/input); `base` is the base model offered when none is found."""
+    from vicap_utils.env import output_dir as default_output_dir
+
+    root = Path(output_dir) if output_dir else default_output_dir()
+    roots = [root, *[Path(p) for p in also_search if Path(p).is_dir()]]
+    adapters = find_adapters(*roots)
+    if samples is None:
+        samples = (run_samples(adapters[0]) if adapters else {}) or synthetic_samples()
+    return CaptionApp(model_choices(adapters, root, base), samples, root, loader)

@@ -1,0 +1,264 @@
+"""Small helpers the notebooks share: set-up, where the profile's data and run live, the
+data split, the tokenizers compared in notebook 02, and the evaluation of a run (04, 05)."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vicap_utils.config import Config, load_config
+from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco
+from vicap_utils.env import output_dir, print_environment
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
+
+ZERO_SHOT = "zero-shot"
+FINE_TUNED = "fine-tuned"
+SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-name slug
+
+
+def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
+    """Resolve the profile's config, print versions and hardware; return (cfg, run folder)."""
+    cfg = load_config(profile, overrides=overrides)
+    print_environment()
+    folder = run_dir(cfg.profile)
+    print(f"{'profile':>13}: {cfg.profile}\n{'run folder':>13}: {folder}")
+    return cfg, folder
+
+
+def run_dir(profile: str) -> Path:
+    """The run folder of a profile: <output dir>/runs/<profile> (created)."""
+    return output_dir(f"runs/{profile}")
+
+
+def data_dir(profile: str) -> Path:
+    """Where notebook 01 writes the audited, split data: <output dir>/data/<profile>."""
+    return output_dir(f"data/{profile}")
+
+
+def wrote(paths: list[str | Path]) -> None:
+    """Print each output path with its size (closing cell); fail if one is missing."""
+    out = [Path(p) for p in paths]
+    missing = [str(p) for p in out if not p.exists()]
+    if missing:
+        raise VicapError(f"expected outputs missing: {', '.join(missing)}")
+    for path in out:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
+            else path.stat().st_size
+        print(f"{_human(size):>9}  {path}")
+
+
+def data_files(cfg: Config) -> tuple[Path, Path]:
+    """(captions file, images folder) of the profile's data: the synthetic set for `mini`,
+    the configured paths, or the data set discovered under /kaggle/input."""
+    from vicap_utils.env import DATA_GLOBS, find_inputs
+    from vicap_utils.sources import guess_images_dir
+
+    d = cfg.data
+    if d.source == "synthetic" and not d.train_annotations:
+        from vicap_utils.mini import synthetic_set
+
+        folder = synthetic_set(d.lang, d.synthetic_images, d.synthetic_seed)
+        return folder / "captions.json", folder / "images"
+    if d.train_annotations:
+        annotations = Path(d.train_annotations)
+    else:
+        hits = find_inputs(DATA_GLOBS.get(cfg.profile, []))
+        if not hits:
+            raise VicapError(f"profile {cfg.profile}: no data set found under /kaggle/input; "
+                             "attach it or set data.train_annotations=/path/to/captions")
+        annotations = hits[0]
+    return annotations, guess_images_dir(annotations, load_captions(annotations), d.images)
+
+
+def write_split(cs: CaptionSet, out: Path, val_fraction: float, seed: int) -> dict[str, Path]:
+    """Seeded split by image; writes train.json, val.json and split.json (the image ids)."""
+    train, val = split_by_image(cs, val_fraction, seed)
+    paths = {"train": out / "train.json", "val": out / "val.json", "split": out / "split.json"}
+    write_coco(train, paths["train"])
+    write_coco(val, paths["val"])
+    atomic_write_json(paths["split"], {"seed": seed, "val_fraction": val_fraction,
+                                       "train": list(train.images), "val": list(val.images)})
+    print(f"split {len(cs.images)} images (seed {seed}): {len(train.images)} train, "
+          f"{len(val.images)} val")
+    return paths
+
+
+# ---------------------------------------------------------------- notebook 02
+
+
+def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
+    """BLIP-1's stock tokenizer, the same keeping accents, and the one extended for `captions`."""
+    from vicap_utils.mini import stock_blip_tokenizer
+    from vicap_utils.vocab import extend_tokenizer
+
+    stock = stock_blip_tokenizer()
+    extended, entries = extend_tokenizer(stock, captions)
+    print(f"extended vocabulary: {len(stock)} + {len(entries)} entries")
+    return {"stock (strips accents)": stock, "stock, strip_accents=False": _keep_accents(),
+            "extended": extended}
+
+
+def model_tokenizer(cfg: Config, variants: dict[str, Any]):
+    """The tokenizer the profile trains with: BLIP-1 extended (or stock), BLIP-2 its own."""
+    if cfg.model.family == "blip":
+        return variants["extended" if cfg.model.extend_vocab else "stock (strips accents)"]
+    try:
+        from transformers import AutoProcessor
+
+        from vicap_utils.modeling import resolve_base
+
+        return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
+    except (OSError, ValueError, VicapError) as exc:
+        print(f"notice: {cfg.model.base} tokenizer unavailable ({exc}); counting stock BLIP "
+              "tokens instead")
+        return variants["stock (strips accents)"]
+
+
+def _keep_accents():
+    """BLIP-1's stock tokenizer with strip_accents=False (diacritics kept, mostly [UNK])."""
+    from transformers import BertTokenizer
+
+    from vicap_utils.mini import bert_vocab_path
+
+    tok = BertTokenizer(vocab=str(bert_vocab_path()), do_lower_case=True, strip_accents=False)
+    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    return tok
+
+
+# ---------------------------------------------------------------- notebook 03
+
+
+def trainable_parameters(adapter_dir: str | Path) -> pd.DataFrame:
+    """Trainable vs total parameters per model part, for an adapter folder read back.
+
+    LoRA matrices and the new token rows count as trainable, as they were in training.
+    """
+    from vicap_utils.modeling import load_for_inference, trainable_table
+
+    model = load_for_inference(str(adapter_dir), device="cpu").model
+    for name, param in model.named_parameters():
+        param.requires_grad_("lora_" in name or "trainable_tokens" in name)
+    return pd.DataFrame(trainable_table(model)).set_index("part")
+
+
+def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
+    """Training captions with the stock tokenizer ("before") and the extended one ("after")."""
+    if not vocabulary:
+        return pd.DataFrame({"note": ["vocabulary not extended for this profile"]})
+    rows = {k: vocabulary[k] for k in ("before", "after")}
+    table = pd.DataFrame(rows).T.drop(columns="example", errors="ignore")
+    table["added_entries"] = [0, vocabulary["added_entries"]]
+    return table
+
+
+# ---------------------------------------------------------------- notebooks 04 and 05
+
+
+@dataclass
+class RunEval:
+    """Predictions and scores of the zero-shot base and the fine-tuned adapter of one run."""
+
+    val: CaptionSet
+    images: Path
+    predictions: dict[str, dict[Any, str]]
+    metrics: dict[str, dict[str, Any]]
+    per_image: dict[str, pd.DataFrame]
+    files: list[Path] = field(default_factory=list)
+
+
+def eval_inputs(run: Path) -> tuple[Path, Path]:
+    """(val.json, images folder) that the run trained against, or a hint to run 03 first."""
+    best = run / "best"
+    if not (best / "vicap.json").is_file():
+        raise VicapError(f"{best}: no fine-tuned adapter; run notebook 03_finetune_lora first")
+    sources = read_json(run / "data" / "sources.json", "run data sources")
+    return run / "data" / "val.json", Path(sources["val_images"])
+
+
+def evaluate_run(run: Path, reuse: bool = False) -> RunEval:
+    """Caption the run's validation images with the base alone and with the adapter, score
+    both, and write predictions, metrics and per-image CSVs under run/eval/.
+
+    With `reuse`, results already in run/eval/ that are newer than the adapter are read back.
+    """
+    val_file, images = eval_inputs(run)
+    out = run / "eval"
+    result = RunEval(load_captions(val_file), images, {}, {}, {})
+    for label, slug in SYSTEMS.items():
+        files = _system_files(out, slug)
+        if not (reuse and _fresh(files.values(), run / "best")):
+            _score_system(run, val_file, images, label == ZERO_SHOT, files)
+        result.predictions[label] = {p["image_id"]: p["caption"]
+                                     for p in read_json(files["predictions"])}
+        result.metrics[label] = read_json(files["metrics"])
+        result.per_image[label] = pd.read_csv(files["per_image"])
+        result.files += list(files.values())
+    result.files += _write_combined(result, out)
+    return result
+
+
+def _system_files(out: Path, slug: str) -> dict[str, Path]:
+    """Where one system's predictions, metrics and per-image scores go."""
+    return {"predictions": out / f"predictions_{slug}.json",
+            "metrics": out / f"metrics_{slug}.json",
+            "per_image": out / f"per_image_{slug}.csv"}
+
+
+def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
+                  files: dict[str, Path]) -> None:
+    """Predict with one system and evaluate against the run's validation references."""
+    from vicap_utils.metrics import evaluate_detailed
+    from vicap_utils.predict import predict_file
+
+    predictions = predict_file(str(run / "best"), str(val_file), str(images),
+                               str(files["predictions"]), no_adapter=no_adapter)
+    metrics, per_image = evaluate_detailed(predictions, str(val_file),
+                                           train_captions=str(run / "data" / "train.json"))
+    atomic_write_json(files["metrics"], metrics)
+    atomic_write_text(files["per_image"], per_image.to_csv(index=False))
+
+
+def _write_combined(result: RunEval, out: Path) -> list[Path]:
+    """metrics.json (every system) and predictions.csv (one row per image, all captions)."""
+    refs = result.val.captions_by_image()
+    rows = []
+    for image_id, info in result.val.images.items():
+        row = {"image_id": image_id, "file_name": info.file_name,
+               "references": " | ".join(refs[image_id])}
+        for label, slug in SYSTEMS.items():
+            row[slug] = result.predictions[label].get(image_id, "")
+            scores = result.per_image[label].set_index(result.per_image[label]["image_id"]
+                                                       .astype(str))["cider"]
+            row[f"cider_{slug}"] = scores.get(str(image_id))
+        rows.append(row)
+    csv_path = atomic_write_text(out / "predictions.csv", pd.DataFrame(rows).to_csv(index=False))
+    json_path = atomic_write_json(out / "metrics.json", result.metrics)
+    return [json_path, csv_path]
+
+
+def _fresh(paths: Any, than: Path) -> bool:
+    """True when every path exists and is newer than `than` (e.g. the adapter folder)."""
+    paths = list(paths)
+    if not all(p.is_file() for p in paths):
+        return False
+    newest_input = max(f.stat().st_mtime for f in [than, *than.rglob("*")])
+    return min(p.stat().st_mtime for p in paths) >= newest_input
+
+
+def _human(size: int) -> str:
+    """A byte count as B/KB/MB/GB."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GB"
+
+
+def show_json(data: Any) -> None:
+    """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+

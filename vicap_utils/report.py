@@ -1,0 +1,336 @@
+"""Tables and figures the notebooks show: data audit, caption lengths, tokenizers, metrics,
+and the caption gallery (PNG grid and a self-contained HTML page)."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from vicap_utils.data import CaptionSet, ImageId
+from vicap_utils.io import atomic_write_text
+from vicap_utils.text import syllable_count
+from vicap_utils.viz import plt
+
+FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
+PERCENTILES = (50, 90, 95, 99, 100)
+TOKENIZER_COLUMNS = ("roundtrip_rate", "unk_rate", "tokens_per_caption")
+DIVERSITY_COLUMNS = ("TTR", "repetition_rate", "distinct-1", "distinct-2", "vocab_size",
+                     "mean_length", "novel_rate")
+SCORE_COLUMNS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L",
+                 "CIDEr", "SPICE", "ROUGE-1", "ROUGE-2")
+
+
+# ---------------------------------------------------------------- data audit
+
+
+def audit_counts(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Images and captions: total, kept, rejected, from an audit.json summary."""
+    rows = {
+        "images": (summary["images_total"], summary["images_ok"]),
+        "captions": (summary["annotations_total"], summary["annotations_ok"]),
+    }
+    return pd.DataFrame(
+        [{"what": k, "total": t, "kept": ok, "rejected": t - ok} for k, (t, ok) in rows.items()]
+    ).set_index("what")
+
+
+def reject_reasons(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per reject reason code with its count (zeros included, so every check shows)."""
+    return pd.DataFrame(
+        [{"reason": r, "count": n} for r, n in summary["rejects"].items()]
+    ).set_index("reason")
+
+
+def reject_examples(rejects_csv: str | Path, per_reason: int = 2) -> pd.DataFrame:
+    """The first few rows of rejects.csv for each reason."""
+    frame = pd.read_csv(rejects_csv, dtype=str, keep_default_na=False)
+    return frame.groupby("reason", sort=False).head(per_reason).reset_index(drop=True)
+
+
+def image_table(cs: CaptionSet) -> pd.DataFrame:
+    """One row per image: id, width, height and its number of captions."""
+    per_image = cs.captions_by_image()
+    return pd.DataFrame([{"image_id": i, "width": info.width, "height": info.height,
+                          "captions": len(per_image[i])} for i, info in cs.images.items()])
+
+
+def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
+    """Image sizes (scatter of width × height) and the captions-per-image histogram."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.scatter(images["width"], images["height"], s=8, alpha=0.5)
+    ax1.set_xlabel("width (px)")
+    ax1.set_ylabel("height (px)")
+    ax1.set_title("image sizes")
+    ax1.grid(alpha=0.3)
+    counts = images["captions"].value_counts().sort_index()
+    ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
+    ax2.set_xlabel("captions per image")
+    ax2.set_ylabel("images")
+    ax2.set_title("captions per image")
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------- caption lengths
+
+
+def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
+    """Per caption: its length in syllables and in model tokens (no special tokens)."""
+    ids = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+    return pd.DataFrame({"caption": list(captions),
+                         "syllables": [syllable_count(c) for c in captions],
+                         "tokens": [len(x) for x in ids]})
+
+
+def length_percentiles(lengths: pd.DataFrame, qs: Sequence[int] = PERCENTILES) -> pd.DataFrame:
+    """Percentiles of the syllable and token lengths (rows: p50 … p100, plus the mean)."""
+    cols = ["syllables", "tokens"]
+    table = pd.DataFrame({f"p{q}": np.percentile(lengths[cols], q, axis=0) for q in qs},
+                         index=cols).T
+    table.loc["mean"] = lengths[cols].mean()
+    return table.round(1)
+
+
+def recommended_max_length(token_lengths: Sequence[int], q: float = 99, specials: int = 2) -> int:
+    """The q-th percentile of caption token lengths (rounded up) plus bos and eos."""
+    return int(np.ceil(np.percentile(np.asarray(token_lengths), q))) + specials
+
+
+def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
+                 out: str | Path | None = None):
+    """Histograms of caption length in syllables and in tokens (with the chosen max_length)."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, col, color in ((ax1, "syllables", "tab:blue"), (ax2, "tokens", "tab:purple")):
+        values = lengths[col]
+        ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, color=color)
+        ax.set_xlabel(f"caption length ({col})")
+        ax.set_ylabel("captions")
+        ax.grid(alpha=0.3)
+    if max_length is not None:
+        ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
+                    label=f"max_length {max_length} − bos/eos")
+        ax2.legend()
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
+def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
+    """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
+    from vicap_utils.vocab import tokenizer_report
+
+    rows = {name: tokenizer_report(tok, list(captions)).as_dict()
+            for name, tok in tokenizers.items()}
+    return pd.DataFrame.from_dict(rows, orient="index")[list(TOKENIZER_COLUMNS)]
+
+
+def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
+    """Each caption as written, then as each tokenizer gives it back after encode→decode."""
+    rows = []
+    for caption in captions:
+        row = {"caption": caption}
+        for name, tok in tokenizers.items():
+            row[name] = tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+
+def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
+    """A nested config dict as one row per dotted key (section.key → value)."""
+    rows = []
+    for section, values in config.items():
+        if isinstance(values, Mapping):
+            rows += [{"key": f"{section}.{k}", "value": repr(v) if isinstance(v, str) else v}
+                     for k, v in values.items()]
+        else:
+            rows.append({"key": section, "value": values})
+    return pd.DataFrame(rows).set_index("key")
+
+
+def score_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Reference-based scores, one row per system; a metric no system has is left out."""
+    return _numeric_table(rows, SCORE_COLUMNS)
+
+
+def diversity_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """Diversity of each system's captions (TTR, repetition, distinct-n, vocabulary, length)."""
+    return _numeric_table(rows, DIVERSITY_COLUMNS)
+
+
+def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR-vi",
+                                                               "ROUGE-L", "CIDEr"),
+                out: str | Path | None = None):
+    """Grouped bars: one group per metric, one bar per system (missing values left out)."""
+    cols = [m for m in metrics if m in table.columns]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 3.8))
+    width = 0.8 / max(len(table), 1)
+    x = np.arange(len(cols))
+    for k, (label, row) in enumerate(table[cols].iterrows()):
+        ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label)
+    ax.set_xticks(x, cols)
+    ax.set_ylabel("score")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
+def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | None = None):
+    """Histogram of per-image CIDEr for each system (each scored against the whole set)."""
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    top = max(float(f["cider"].max()) for f in per_image.values())
+    bins = np.linspace(0, max(top, 1e-6), 30)
+    for label, frame in per_image.items():
+        ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
+    ax.set_xlabel("per-image CIDEr (document frequencies from the whole evaluated set)")
+    ax.set_ylabel("images")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
+# ---------------------------------------------------------------- gallery
+
+
+@dataclass
+class GalleryItem:
+    """One image with its references and the captions of each system."""
+
+    image_id: ImageId
+    path: Path
+    references: list[str]
+    captions: dict[str, str] = field(default_factory=dict)
+    cider: float | None = None
+    group: str = ""
+
+
+def gallery_items(val: CaptionSet, images_dir: str | Path,
+                  predictions: Mapping[str, Mapping[Any, str]],
+                  cider: Mapping[Any, float], n_best: int = 3, n_worst: int = 3
+                  ) -> list[GalleryItem]:
+    """The n best and n worst images by per-image CIDEr, with every system's caption.
+
+    `predictions` maps a system label to {image_id: caption}; ids compare as strings.
+    """
+    by_key = {str(i): i for i in val.images}
+    scores = {str(k): float(v) for k, v in cider.items() if str(k) in by_key}
+    ranked = sorted(scores, key=lambda k: (-scores[k], k))
+    worst = [k for k in ranked[::-1] if k not in ranked[:n_best]][:n_worst]
+    chosen = [(k, "best") for k in ranked[:n_best]] + [(k, "worst") for k in worst]
+    refs = val.captions_by_image()
+    preds = {label: {str(k): v for k, v in p.items()} for label, p in predictions.items()}
+    return [GalleryItem(image_id=by_key[k], path=Path(images_dir) / val.images[by_key[k]].file_name,
+                        references=refs[by_key[k]],
+                        captions={label: p.get(k, "") for label, p in preds.items()},
+                        cider=scores[k], group=group) for k, group in chosen]
+
+
+def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
+                 columns: int = 3, n_refs: int = 2, wrap: int = 50):
+    """A grid: each image above its references and each system's caption (DejaVu Sans)."""
+    from vicap_utils.images import load_rgb
+
+    rows = max(1, -(-len(items) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 6.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, item in zip(axes.flat, items):
+        ax.imshow(load_rgb(item.path))
+        ax.set_title(f"{item.group} · image {item.image_id} · CIDEr {item.cider:.2f}",
+                     fontsize=9, family=FONT)
+        ax.text(0, -0.04, _caption_block(item, n_refs, wrap), transform=ax.transAxes,
+                va="top", ha="left", fontsize=8, family=FONT)
+    fig.tight_layout(h_pad=3)
+    _save(fig, out)
+    return fig
+
+
+def gallery_html(items: Sequence[GalleryItem], out: str | Path,
+                 title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
+    """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""
+    cards = "\n".join(_html_card(item) for item in items)
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n<div class=\"grid\">\n{cards}\n</div>\n"
+        "</body>\n</html>\n"
+    )
+    return atomic_write_text(out, page)
+
+
+_CSS = (
+    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1.2em}"
+    ".card{border:1px solid #ddd;border-radius:6px;padding:.6em}"
+    ".card img{width:100%;image-rendering:pixelated}"
+    ".best{border-color:#4a4}.worst{border-color:#c44}"
+    "dt{font-weight:bold;font-size:.85em;margin-top:.4em}dd{margin:0;font-size:.9em}"
+)
+
+
+def _html_card(item: GalleryItem) -> str:
+    """One figure of the HTML gallery."""
+    refs = "".join(f"<dd>{html.escape(r)}</dd>" for r in item.references)
+    systems = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>"
+                      for label, text in item.captions.items())
+    score = "" if item.cider is None else f" · CIDEr {item.cider:.2f}"
+    return (f"<figure class=\"card {html.escape(item.group)}\">"
+            f"<img alt=\"image {html.escape(str(item.image_id))}\" "
+            f"src=\"data:image/jpeg;base64,{_jpeg_base64(item.path)}\">"
+            f"<figcaption><b>{html.escape(item.group)}</b> · image "
+            f"{html.escape(str(item.image_id))}{score}<dl><dt>references</dt>{refs}{systems}"
+            "</dl></figcaption></figure>")
+
+
+def _jpeg_base64(path: Path, size: int = 384) -> str:
+    """The image as base64 JPEG text, shrunk to at most `size` pixels a side."""
+    from vicap_utils.images import load_rgb
+
+    im = load_rgb(path)
+    im.thumbnail((size, size))
+    buffer = io.BytesIO()
+    im.save(buffer, format="JPEG", quality=88)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _caption_block(item: GalleryItem, n_refs: int, wrap: int) -> str:
+    """The text under one gallery image: references, then each system's caption."""
+    lines = [f"ref: {r}" for r in item.references[:n_refs]]
+    lines += [f"{label}: {text}" for label, text in item.captions.items()]
+    return "\n".join(textwrap.fill(line, wrap, subsequent_indent="   ") for line in lines)
+
+
+def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    """Rows of the given columns as floats (NaN when missing); all-missing columns dropped."""
+    data = {label: {c: _as_float(row.get(c)) for c in columns} for label, row in rows.items()}
+    table = pd.DataFrame.from_dict(data, orient="index", columns=list(columns))
+    return table.dropna(axis=1, how="all")
+
+
+def _as_float(value: Any) -> float:
+    """A number as float; None, bools and other values become NaN."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
+
+
+def _save(fig, out: str | Path | None) -> None:
+    """Save a figure as PNG when a path is given."""
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out, dpi=110, bbox_inches="tight")
