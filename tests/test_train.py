@@ -21,7 +21,7 @@ FAST = ["--set", "data.synthetic_images=48", "--set", "train.epochs=4",
 
 def vicap(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "vicap_utils", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1200)
     if check and proc.returncode != 0:
         raise AssertionError(proc.stderr[-3000:])
     return proc
