@@ -59,13 +59,20 @@ def encode_captions(
     return input_ids, mask, lab
 
 
-def image_prefix_ids(processor, family: str) -> list[int]:
-    """BLIP-2's image placeholders (one per query token); nothing for BLIP-1."""
+def image_prefix_ids(processor, family: str, num_query_tokens: int | None = None) -> list[int]:
+    """BLIP-2's image placeholders (one per query token); nothing for BLIP-1.
+
+    The count comes from the processor, or from the model config for processors saved
+    without it.
+    """
     if family != "blip2":
         return []
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token.content)
-    return [image_id] * int(processor.num_query_tokens)
+    count = processor.num_query_tokens or num_query_tokens
+    if not count:
+        raise ValueError("BLIP-2 processor and model config give no num_query_tokens")
+    return [image_id] * int(count)
 
 
 class CaptionPairs(Dataset):

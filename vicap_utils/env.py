@@ -45,8 +45,9 @@ def cache_dir(sub: str = "") -> Path:
     return path
 
 
-def find_inputs(patterns: list[str], root: Path = KAGGLE_INPUT) -> list[Path]:
-    """Files under `root` matching any glob, sorted, shortest path first (the likeliest)."""
+def find_inputs(patterns: list[str], root: Path | None = None) -> list[Path]:
+    """Files under `root` (default /kaggle/input) matching any glob, shortest path first."""
+    root = KAGGLE_INPUT if root is None else root
     if not root.is_dir():
         return []
     hits = {Path(p) for pat in patterns for p in glob.glob(str(root / pat), recursive=True)}

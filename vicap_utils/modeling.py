@@ -63,7 +63,43 @@ def resolve_base(base: str) -> str:
     tail = base.rstrip("/").split("/")[-1]
     for cfg in find_inputs([f"**/{tail}/config.json", f"**/{tail}/**/config.json"]):
         return str(cfg.parent)
+    cached = _hub_cache(base)
+    if cached:
+        return cached
+    if not _hub_reachable():
+        raise VicapError(
+            f"model {base!r}: not a local folder, not under /kaggle/input, not in the Hugging "
+            "Face cache, and the hub is unreachable; attach it as a Kaggle input or set "
+            "model.base=/path/to/saved/model")
     return base
+
+
+def _hub_cache(repo_id: str) -> str | None:
+    """The locally cached snapshot of a hub model, if a previous run downloaded it."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure just means "not cached"
+        return None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host resolves and accepts a connection (fails fast offline)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _classes(family: str):
@@ -203,6 +239,9 @@ def add_lora(loaded: LoadedModel, lora: LoraSettings) -> Any:
     for p in loaded.model.parameters():
         p.requires_grad_(False)
     loaded.model = get_peft_model(loaded.model, config)
+    for p in loaded.model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()  # the optimizer and GradScaler need fp32 master weights
     return loaded.model
 
 

@@ -68,7 +68,13 @@ def generate_ids(model, family: str, tokenizer, dec: Decoding,
                  image_embeds: torch.Tensor | None = None):
     """Run generation; BLIP-1 starts from `[DEC]` exactly as in training."""
     inner = base_model(model)
-    kwargs = _generate_kwargs(dec)
+    device = next(inner.parameters()).device
+    with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        return _generate(inner, family, tokenizer, _generate_kwargs(dec), pixel_values,
+                         image_embeds, model)
+
+
+def _generate(inner, family: str, tokenizer, kwargs: dict, pixel_values, image_embeds, model):
     if family == "blip":
         if image_embeds is None:
             image_embeds = image_embeddings(model, pixel_values)

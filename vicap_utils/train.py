@@ -184,7 +184,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.main:
             save_config(cfg, self.out / "config.json")
-        self.data = resolve_data(cfg, self.out if self.main else None)
+        with self.accelerator.main_process_first():
+            self.data = resolve_data(cfg, self.out if self.main else None)
         self.log(f"data: {len(self.data.train.images)} train / {len(self.data.val.images)} val "
                  f"images, {len(self.data.train.annotations)} training captions")
 
@@ -219,7 +220,8 @@ class Trainer:
                                                    "train")
         self.val_src, self.val_rows = self._image_source(self.data.val, self.data.val_images,
                                                          "val")
-        prefix = image_prefix_ids(self.loaded.processor, self.family)
+        prefix = image_prefix_ids(self.loaded.processor, self.family,
+                                  getattr(self.loaded.model.config, "num_query_tokens", None))
         self.train_ds = self._pairs(self.data.train, train_src, train_rows, prefix)
         self.val_ds = self._pairs(self.data.val, self.val_src, self.val_rows, prefix)
 

@@ -1,0 +1,105 @@
+"""Config profiles and overrides, environment rules, and base-model resolution."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vicap_utils import env, modeling
+from vicap_utils.config import config_from_dict, load_config, save_config
+from vicap_utils.io import VicapError
+
+
+def test_overrides_are_type_checked():
+    cfg = load_config("mini", overrides=["train.lr=1e-4", "train.epochs=3",
+                                         "lora.cross_attention=false", "model.base=/x"])
+    assert (cfg.train.lr, cfg.train.epochs, cfg.lora.cross_attention, cfg.model.base) == \
+        (1e-4, 3, False, "/x")
+    with pytest.raises(VicapError, match="train.epochs: expected int"):
+        load_config("mini", overrides=["train.epochs=2.5"])
+    with pytest.raises(VicapError, match="unknown key train.nope; valid keys: train.epochs"):
+        load_config("mini", overrides=["train.nope=1"])
+    with pytest.raises(VicapError, match="expected SECTION.KEY=VALUE"):
+        load_config("mini", overrides=["lr=1"])
+
+
+def test_profiles_differ_where_they_should():
+    mini, blip, blip2 = (load_config(p) for p in ("mini", "uitviic-blip", "flickr8k-blip2"))
+    assert mini.model.base == "mini" and mini.data.source == "synthetic"
+    assert blip.model.base == "Salesforce/blip-image-captioning-base"
+    assert (blip.train.lr, blip.train.batch_size, blip.train.label_smoothing) == (5e-5, 8, 0.05)
+    assert blip2.model.family == "blip2" and blip2.model.load_in_8bit
+    assert not blip2.model.extend_vocab
+
+
+def test_config_file_round_trip(tmp_path):
+    cfg = load_config("uitviic-blip", overrides=["train.epochs=7"])
+    save_config(cfg, tmp_path / "config.json")
+    again = load_config(config_file=str(tmp_path / "config.json"))
+    assert again == cfg
+    assert config_from_dict(json.loads((tmp_path / "config.json").read_text())) == cfg
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(VicapError, match="bad.json: not valid JSON"):
+        load_config(config_file=str(tmp_path / "bad.json"))
+
+
+def test_auto_profile_and_output_dir(monkeypatch, tmp_path):
+    monkeypatch.delenv("VICAP_PROFILE", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setattr(env, "KAGGLE_WORKING", tmp_path / "no-kaggle")
+    assert env.auto_profile() == "mini"
+    monkeypatch.setenv("VICAP_PROFILE", "uitviic-blip")
+    assert load_config("auto").profile == "uitviic-blip"
+    monkeypatch.setenv("VICAP_OUTPUT", str(tmp_path / "out"))
+    assert env.output_dir("runs") == tmp_path / "out" / "runs"
+    monkeypatch.delenv("VICAP_OUTPUT")
+    monkeypatch.chdir(tmp_path)
+    assert env.output_dir().resolve() == (tmp_path / "outputs").resolve()
+
+
+def test_kaggle_input_discovery_in_both_layouts(monkeypatch, tmp_path):
+    flat = tmp_path / "uitviic" / "uitviic_captions_train2017.json"
+    nested = tmp_path / "datasets" / "someone" / "flickr8k" / "Flickr8k.token.txt"
+    for path in (flat, nested):
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path)
+    assert env.find_inputs(env.DATA_GLOBS["uitviic-blip"]) == [flat]
+    assert env.find_inputs(env.DATA_GLOBS["flickr8k-blip2"]) == [nested]
+
+
+def test_base_model_found_under_kaggle_input(monkeypatch, tmp_path):
+    model_dir = tmp_path / "blip-base" / "blip-image-captioning-base"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text("{}")
+    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path)
+    assert modeling.resolve_base("Salesforce/blip-image-captioning-base") == str(model_dir)
+
+
+def test_unreachable_hub_fails_fast_with_one_line(monkeypatch, tmp_path, capsys):
+    from vicap_utils.__main__ import main
+
+    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path / "none")
+    monkeypatch.setattr(modeling, "_hub_cache", lambda repo: None)
+    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: False)
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": []}))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "x.jpg").write_bytes(b"")
+    code = main(["predict", "--model", "Salesforce/blip-image-captioning-base", "--no-adapter",
+                 "--annotations", str(ann), "--images", str(tmp_path / "img"),
+                 "--out", str(tmp_path / "p.json")])
+    err = capsys.readouterr().err
+    assert code == 2 and "hub is unreachable" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_predict_refuses_a_folder_that_is_not_an_adapter(tmp_path, capsys):
+    from vicap_utils.__main__ import main
+
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [], "annotations": []}))
+    code = main(["predict", "--model", str(tmp_path), "--annotations", str(ann),
+                 "--images", str(tmp_path), "--out", str(tmp_path / "p.json")])
+    assert code == 2 and "not an adapter folder" in capsys.readouterr().err
