@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -113,7 +114,8 @@ def test_upload_and_caption_in_chromium(voila_url: str, tmp_path: Path):
                 upload.click()
             chooser.value.set_files(str(photo))
             expect(page.locator(".vicap-ok")).to_contain_text("match.png", timeout=60_000)
-            page.get_by_role("button", name="Caption", exact=True).click()
+            # by text: the icon's glyph is part of the button's accessible name
+            page.locator("button", has_text=re.compile(r"^\s*Caption\s*$")).click()
             caption = page.locator(".vicap-caption").first
             expect(caption).to_be_visible(timeout=120_000)
             text = caption.inner_text()

@@ -43,12 +43,14 @@ CSS = """<style>
 @keyframes vicap-rot {to {transform: rotate(360deg);}}
 .vicap-cards {display: flex; gap: 12px; flex-wrap: wrap;}
 .vicap-card {border: 1px solid #dadce0; border-radius: 8px; padding: 10px 14px; min-width: 260px;
-  max-width: 420px; flex: 1; background: #fff;}
+  max-width: 420px; flex: 1; background: #fff; line-height: 1.35;}
 .vicap-model {font-size: 12px; color: #5f6368; text-transform: uppercase; letter-spacing: .03em;}
 .vicap-caption {font-size: 20px; line-height: 1.35; margin: 6px 0; color: #202124;}
 .vicap-meta {font-size: 12px; color: #5f6368;}
 .vicap-beams {border-collapse: collapse; margin-top: 8px; font-size: 13px; width: 100%;}
-.vicap-beams td, .vicap-beams th {padding: 2px 6px; border-top: 1px solid #eee; text-align: left;}
+.vicap-beams td, .vicap-beams th {padding: 3px 6px; border-top: 1px solid #eee; text-align: left;
+  vertical-align: top;}
+.vicap-beams th {white-space: nowrap;}
 .vicap-beams td.score {text-align: right; font-variant-numeric: tabular-nums; color: #5f6368;}
 </style>"""
 
@@ -122,9 +124,9 @@ def model_choices(adapters: list[Path], root: Path, default_base: str = "mini"
     """
     choices, bases = [], {}
     for folder in adapters:
-        stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%Y-%m-%d %H:%M")
+        stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%d %b %H:%M")
         base = adapter_base(folder)
-        choices.append(ModelChoice(f"adapter: {_relative(folder, root)} ({stamp})",
+        choices.append(ModelChoice(f"adapter: {_relative(folder, root)} · {stamp}",
                                    str(folder), False, base))
         bases.setdefault(base, str(folder))
     bases.setdefault(default_base, default_base)
@@ -218,7 +220,7 @@ def card_html(result: CaptionResult, dec: Decoding) -> str:
     """One result card: model, caption, timing and, with beam search, every beam's score."""
     how = (f"sampling, T={dec.temperature:g}, top-p={dec.top_p:g}" if dec.do_sample
            else f"beam {dec.num_beams}")
-    load = f" · model loaded in {result.load_seconds:.1f} s" if result.load_seconds else ""
+    load = f" · model loaded in {result.load_seconds:.2f} s" if result.load_seconds else ""
     rows = ""
     if len(result.captions) > 1:
         rows = "".join(
@@ -301,10 +303,10 @@ class CaptionApp:
 
     def _build_widgets(self, notice: str) -> None:
         """Create the controls and lay them out: controls left, image and captions right."""
-        wide = w.Layout(width="350px")
+        wide = w.Layout(width="380px")
         style = {"description_width": "128px"}
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload image",
-                                   layout=w.Layout(width="350px"))
+                                   layout=w.Layout(width="380px"))
         self.sample = w.Dropdown(options=[("—", "")] + [(k, k) for k in self.samples],
                                  description="or a sample", layout=wide, style=style)
         self.model = w.Dropdown(options=[(c.label, i) for i, c in enumerate(self.choices)],
@@ -326,7 +328,7 @@ class CaptionApp:
         self.button = w.Button(description="Caption", button_style="primary", icon="pencil",
                                layout=w.Layout(width="120px"))
         self.compare_button = w.Button(description="Compare base vs adapter", icon="columns",
-                                       layout=w.Layout(width="204px"))
+                                       layout=w.Layout(width="254px"))
         self.notice = w.HTML(notice)
         self.status = w.HTML("")
         self.preview = w.Image(format="png", layout=w.Layout(max_width=f"{THUMB_SIZE[0]}px"))
@@ -338,7 +340,7 @@ class CaptionApp:
             w.HTML("<b>3 · Decoding</b>"), self.beams, self.max_tokens, self.sampling,
             self.temperature, self.top_p, self.repetition,
             w.HBox([self.button, self.compare_button]),
-        ], layout=w.Layout(width="360px", min_width="360px"))
+        ], layout=w.Layout(width="390px", min_width="390px"))
         shown = w.VBox([self.status, self.preview, self.output],
                        layout=w.Layout(flex="1", padding="0 0 0 16px"))
         title = w.HTML(f"{CSS}<div class='vicap-title'><h2>Chú thích ảnh tiếng Việt</h2>"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vicap_utils.io import atomic_dir
+from vicap_utils.io import atomic_dir, file_lock
 
 
 @dataclass(frozen=True)
@@ -132,9 +132,10 @@ def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
     from vicap_utils.synthetic import generate
 
     folder = cache_dir("synthetic") / f"{lang}-n{n_images}-s{seed}"
-    if not (folder / "captions.json").is_file():
-        with atomic_dir(folder) as tmp:
-            generate(tmp, n_images=n_images, seed=seed, lang=lang)
+    with file_lock(folder.with_name(f".{folder.name}.lock")):
+        if not (folder / "captions.json").is_file():
+            with atomic_dir(folder) as tmp:
+                generate(tmp, n_images=n_images, seed=seed, lang=lang)
     return folder
 
 
@@ -195,6 +196,14 @@ def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
     folder = cache_dir("mini-base") / spec.key()
     if (folder / "config.json").is_file():
         return folder
+    with file_lock(folder.with_name(f".{folder.name}.lock")):
+        if (folder / "config.json").is_file():
+            return folder
+        return _build_mini_base(spec, folder, log)
+
+
+def _build_mini_base(spec: MiniSpec, folder: Path, log) -> Path:
+    """Build, pre-train and save the tiny base into `folder` (the caller holds the lock)."""
     log(f"Building the mini base model (first use only) into {folder}")
     start = time.time()
     torch.manual_seed(spec.seed)

@@ -169,16 +169,18 @@ def diversity_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     return _numeric_table(rows, DIVERSITY_COLUMNS)
 
 
-def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR-vi",
-                                                               "ROUGE-L", "CIDEr"),
+def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR",
+                                                               "METEOR-vi", "ROUGE-L", "CIDEr"),
                 out: str | Path | None = None):
-    """Grouped bars: one group per metric, one bar per system (missing values left out)."""
+    """Grouped bars: one group per metric, one bar per system (missing values left out);
+    published rows are hatched, as they were not measured here."""
     cols = [m for m in metrics if m in table.columns]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 3.8))
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(cols))
     for k, (label, row) in enumerate(table[cols].iterrows()):
-        ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label)
+        ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label,
+               hatch="//" if "published" in str(label) else None)
     ax.set_xticks(x, cols)
     ax.set_ylabel("score")
     ax.legend(fontsize=8)
