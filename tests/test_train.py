@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from vicap_utils.__main__ import main
 
 FAST = ["--set", "data.synthetic_images=48", "--set", "train.epochs=4",
-        "--set", "train.batch_size=8", "--set", "train.patience=0",
+        "--set", "train.batch_size=8", "--set", "train.grad_accum=2", "--set", "train.patience=0",
         "--set", "eval.num_beams=1", "--set", "eval.max_new_tokens=6"]
 
 
@@ -79,7 +79,7 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path):
                     step = json.loads(state.read_text())["global_step"]
                 except (json.JSONDecodeError, KeyError):
                     step = 0
-                if step >= 40:
+                if step >= 20:
                     break
             assert proc.poll() is None, "training ended before it could be killed"
             time.sleep(0.05)
