@@ -30,6 +30,8 @@ PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with 
 # First, the versions and hardware this run used.
 
 # %%
+from IPython.display import display
+
 from vicap_utils.config import load_config
 from vicap_utils.demo import build_app
 from vicap_utils.env import KAGGLE_INPUT, is_kaggle, output_dir, print_environment
@@ -55,7 +57,7 @@ environment = print_environment()
 # %%
 app = build_app(output_dir(), base=cfg.model.base,
                 also_search=[KAGGLE_INPUT] if is_kaggle() else [])
-app.widget
+display(app.widget)
 
 # %% [markdown]
 # ## What this notebook wrote

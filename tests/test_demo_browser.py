@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,14 +41,16 @@ def free_port() -> int:
 
 
 def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Poll `url` until it answers; fail with Voila's log if the server dies or never answers."""
+    """Poll the server until it answers HTTP; fail with its log if it dies or never answers."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"voila exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(url + "api", timeout=5):
+            with urllib.request.urlopen(url + "voila/static/", timeout=5):
                 return
+        except urllib.error.HTTPError:  # any HTTP answer means the server is up
+            return
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"voila did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
