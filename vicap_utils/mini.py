@@ -181,7 +181,7 @@ def pretrain_english(model, processor, spec: MiniSpec, log=print) -> list[float]
             opt.zero_grad(set_to_none=True)
             total += out.loss.item() * len(b)
             bar.update()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
         losses.append(total / len(pairs))
     bar.close()
     model.eval()

@@ -9,6 +9,7 @@ def progress(iterable: Any = None, **kwargs: Any):
     """A tqdm.auto bar; when stderr is not a terminal (CI logs) it redraws every 15 s only."""
     from tqdm.auto import tqdm
 
-    if not sys.stderr.isatty() and "ipykernel" not in sys.modules:
+    in_notebook = type(sys.stdout).__module__.startswith("ipykernel")
+    if not sys.stderr.isatty() and not in_notebook:
         kwargs.setdefault("mininterval", 15.0)
     return tqdm(iterable, **kwargs)

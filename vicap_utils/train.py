@@ -388,7 +388,7 @@ class Trainer:
             if self.accelerator.sync_gradients:
                 self.state.global_step += 1
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 if save_every and self.state.global_step % save_every == 0:
                     self.save_last()
                 if cfg.max_steps and self.state.global_step >= cfg.max_steps:
