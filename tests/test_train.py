@@ -123,3 +123,21 @@ def test_resume_without_checkpoint_and_bad_override(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.nope" in err and "train.lr" in err
     assert main(["train", "--profile", "nosuch", "--out", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
+    import torch
+
+    run = tmp_path / "run"
+    proc = vicap("train", "--profile", "mini", "--out", str(run), *FAST,
+                 "--set", "train.lr=1e30", "--set", "train.embedding_lr=1e30",
+                 "--set", "train.warmup_ratio=0.5", "--set", "train.save_every_steps=1",
+                 check=False)
+    assert proc.returncode == 2
+    assert "loss became nan" in proc.stderr and "last good checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert state["global_step"] >= 1 and not (run / "final").exists()
+    weights = load_file(str(run / "last" / "trainable.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())

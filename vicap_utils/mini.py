@@ -84,14 +84,14 @@ def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
 
 def mini_vocab() -> dict[str, int]:
     """The mini base's WordPiece vocabulary: the real BERT subset described above."""
-    from vicap_utils.vocab import strip_accents
+    from vicap_utils.text import strip_diacritics
 
     full = stock_blip_tokenizer()
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
     keep |= {t for t in lines if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
     texts = synthetic_vocabulary()
-    texts += [strip_accents(t) for t in texts]
+    texts += [strip_diacritics(t) for t in texts]
     raw = full.backend_tokenizer
     for text in texts:
         keep |= set(raw.encode(text, add_special_tokens=False).tokens)

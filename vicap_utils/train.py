@@ -357,10 +357,11 @@ class Trainer:
     # ---- loop ----------------------------------------------------------------------------
     def _stop_for_nan(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
+            kept = (f"the last good checkpoint is in {self.out}/last"
+                    if (self.out / "last").is_dir() else "no checkpoint had been written yet")
             raise VicapError(
-                f"loss became {loss.item()} at step {self.state.global_step}; stopped. The last "
-                f"good checkpoint is in {self.out}/last (try a lower train.lr, "
-                "train.mixed_precision=no, or model.vision_fp32=true)")
+                f"loss became {loss.item()} at step {self.state.global_step}; stopped, {kept} "
+                "(try a lower train.lr, train.mixed_precision=no, or model.vision_fp32=true)")
 
     def train_epoch(self, epoch: int, bar) -> float:
         """One epoch (or its remainder after a resume); returns the mean training loss."""
@@ -446,8 +447,11 @@ class Trainer:
         self.setup()
         cfg = self.cfg.train
         if self.state.finished and (self.out / "final").is_dir():
-            self.log(f"{self.out}: this run already finished")
-            return self.summary()
+            if self.state.stop or self.state.epoch >= cfg.epochs:
+                self.log(f"{self.out}: this run already finished (raise train.epochs to go on)")
+                return self.summary()
+            self.log(f"continuing the finished run from epoch {self.state.epoch} to {cfg.epochs}")
+            self.state.finished = False
         total = self.steps_per_epoch * cfg.epochs
         bar = tqdm(total=min(total, cfg.max_steps) if cfg.max_steps else total,
                    initial=self.state.global_step, desc="training", unit="step",

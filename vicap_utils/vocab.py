@@ -18,11 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from vicap_utils.io import VicapError
+from vicap_utils.text import VIETNAMESE_LETTERS, strip_diacritics
 
-VIETNAMESE_LETTERS = unicodedata.normalize(
-    "NFC",
-    "àáảãạăằắẳẵặâầấẩẫậèéẻẽẹêềếểễệìíỉĩịòóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵđ",
-)
 _PUNCT_SPACE = re.compile(r"\s+([.,;:!?)\]])")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -37,14 +34,6 @@ def canonical(text: str) -> str:
     text = " ".join(text.split())
     text = _PUNCT_SPACE.sub(r"\1", text)
     return text.replace("( ", "(").replace("[ ", "[")
-
-
-def strip_accents(text: str) -> str:
-    """Remove Vietnamese diacritics ("người" → "nguoi", "đ" → "d")."""
-    decomposed = unicodedata.normalize("NFD", text.replace("đ", "d").replace("Đ", "D"))
-    return unicodedata.normalize(
-        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
-    )
 
 
 def syllables(captions: Iterable[str]) -> Counter[str]:
@@ -162,7 +151,7 @@ def extend_tokenizer(tokenizer, captions: list[str], min_count: int = 1):
 def piece_ids(stock_tokenizer, entry: str) -> list[int]:
     """Stock-vocabulary ids of an entry's accent-stripped form (keeping `##` continuation)."""
     cont = entry.startswith("##")
-    plain = strip_accents(entry[2:] if cont else entry)
+    plain = strip_diacritics(entry[2:] if cont else entry)
     ids = stock_tokenizer(plain, add_special_tokens=False)["input_ids"]
     if cont and ids:
         first = stock_tokenizer.convert_ids_to_tokens(ids[0])
