@@ -141,3 +141,22 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
     assert state["global_step"] >= 1 and not (run / "final").exists()
     weights = load_file(str(run / "last" / "trainable.safetensors"))
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+@pytest.mark.slow
+def test_two_process_ddp_training_on_cpu(tmp_path):
+    """The multi-GPU path (DDP through Accelerate), run with two CPU processes over gloo."""
+    run = tmp_path / "ddp"
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "-m", "vicap_utils", "train", "--profile", "mini", "--out", str(run), *FAST,
+         "--set", "train.epochs=1"],
+        capture_output=True, text=True, timeout=1200, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("best val CIDEr") == 1
+    assert (run / "final" / "adapter_model.safetensors").is_file()
+    state = json.loads((run / "last" / "state.json").read_text())
+    captions = len(json.loads((run / "data" / "train.json").read_text())["annotations"])
+    per_process_batches = -(-captions // (8 * 2))  # batch 8, two processes: each sees half
+    assert state["finished"] and state["global_step"] == -(-per_process_batches // 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
 import shutil
 import time
@@ -107,6 +108,20 @@ def forward_logits(model, family: str, batch: dict[str, torch.Tensor], cached: b
                  attention_mask=batch["attention_mask"], return_dict=True).logits
 
 
+class CaptionLM(torch.nn.Module):
+    """The trainable model behind one forward, so DDP sees (and syncs) every training step,
+    cached-feature path included."""
+
+    def __init__(self, model, family: str, cached: bool) -> None:
+        super().__init__()
+        self.model, self.family, self.cached = model, family, cached
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        batch = {"image": image, "input_ids": input_ids, "attention_mask": attention_mask}
+        return forward_logits(self.model, self.family, batch, self.cached)
+
+
 def quick_cider(predictions: dict[Any, str], references: dict[Any, list[str]]) -> float:
     """CIDEr-D with the pure-Python tokenizer (no JVM per epoch) for model selection."""
     from pycocoevalcap.cider.cider import Cider
@@ -180,6 +195,8 @@ class Trainer:
         self.accelerator = Accelerator(mixed_precision=mixed_precision(cfg.train.mixed_precision),
                                        gradient_accumulation_steps=cfg.train.grad_accum)
         self.main = self.accelerator.is_main_process
+        if not self.main:
+            self.log = lambda *args, **kwargs: None
         set_seed(cfg.train.seed)
         self.out.mkdir(parents=True, exist_ok=True)
         if self.main:
@@ -246,7 +263,8 @@ class Trainer:
                                   num_warmup_steps=int(cfg.train.warmup_ratio * total),
                                   num_training_steps=max(total, 1))
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
-            model, optimizer, loader, scheduler)
+            CaptionLM(model, self.family, self.cached), optimizer, loader, scheduler)
+        self.steps_per_epoch = math.ceil(len(self.loader) / cfg.train.grad_accum)
         if saved:
             self._load_checkpoint(saved)
 
@@ -297,6 +315,10 @@ class Trainer:
                                             prefix)
         return CaptionPairs([rows[a.image_id] for a in anns], ids, mask, labels, source)
 
+    def peft_model(self):
+        """The peft model inside the (possibly DDP-wrapped) training module."""
+        return self.accelerator.unwrap_model(self.model).model
+
     # ---- checkpoints ---------------------------------------------------------------------
     def _state_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -310,7 +332,7 @@ class Trainer:
             return
         from safetensors.torch import save_file
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.peft_model()
         with atomic_dir(self.out / "last") as tmp:
             save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
@@ -325,7 +347,7 @@ class Trainer:
         from safetensors.torch import load_file
 
         last = self.out / "last"
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.peft_model()
         weights = load_file(str(last / "trainable.safetensors"))
         missing = set(weights) - {n for n, _ in model.named_parameters()}
         if missing:
@@ -346,7 +368,7 @@ class Trainer:
         """Write an adapter folder (best/ or final/) atomically."""
         from vicap_utils.modeling import save_adapter
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.peft_model()
         self.loaded.model = model
         extra = {"epoch": self.state.epoch, "val_CIDEr": self.state.best_cider,
                  "vocabulary": self.vocab_summary}
@@ -374,7 +396,7 @@ class Trainer:
         save_every = cfg.save_every_steps
         for batch in batches:
             with self.accelerator.accumulate(self.model):
-                logits = forward_logits(self.model, self.family, batch, self.cached)
+                logits = self.model(batch["image"], batch["input_ids"], batch["attention_mask"])
                 loss = compute_loss(logits, batch["labels"], cfg.label_smoothing)
                 self._stop_for_nan(loss)
                 self.accelerator.backward(loss)
@@ -404,7 +426,7 @@ class Trainer:
         from vicap_utils.batches import collate
         from vicap_utils.predict import Decoding, caption_batch
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.peft_model()
         model.eval()
         total, count = 0.0, 0
         for batch in DataLoader(self.val_ds, batch_size=self.cfg.eval.batch_size,
@@ -473,9 +495,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.main:
             self.save_adapter("final")
-            self.state.finished = True
-            self.save_last()
+        self.state.finished = True
+        self.save_last()
+        if self.main:
             self.write_reports()
+        self.accelerator.wait_for_everyone()
         return self.summary()
 
     def _end_epoch(self, epoch: int, train_loss: float, start: float, hit_max: bool) -> None:
@@ -549,6 +573,8 @@ def cli_train(args) -> int:
     """`vicap train (--profile NAME | --config FILE) [--set k=v …] --out DIR [--resume]`."""
     cfg = load_config(args.profile, args.config, args.overrides)
     summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     print(f"best val CIDEr {summary['best_val_CIDEr']:.3f} at epoch {summary['best_epoch']}; "
           f"adapters in {summary['best']} and {summary['final']}")
     return 0
