@@ -75,6 +75,7 @@ def generate_ids(model, family: str, tokenizer, dec: Decoding,
 
 
 def _generate(inner, family: str, tokenizer, kwargs: dict, pixel_values, image_embeds, model):
+    """BLIP-1 from `[DEC]` over image embeddings; BLIP-2 through its own generate()."""
     if family == "blip":
         if image_embeds is None:
             image_embeds = image_embeddings(model, pixel_values)
