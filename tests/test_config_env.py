@@ -103,3 +103,19 @@ def test_predict_refuses_a_folder_that_is_not_an_adapter(tmp_path, capsys):
     code = main(["predict", "--model", str(tmp_path), "--annotations", str(ann),
                  "--images", str(tmp_path), "--out", str(tmp_path / "p.json")])
     assert code == 2 and "not an adapter folder" in capsys.readouterr().err
+
+
+def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path, capsys):
+    from vicap_utils.__main__ import main
+
+    ann = tmp_path / "a.json"
+    ann.write_text(json.dumps({"images": [], "annotations": []}))
+    (tmp_path / "folder").mkdir()
+    code = main(["predict", "--model", "mini", "--no-adapter", "--annotations", str(ann),
+                 "--images", str(tmp_path), "--out", str(tmp_path / "folder")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder" in err and "Traceback" not in err
+    (tmp_path / "afile").write_text("x")
+    assert main(["train", "--profile", "mini", "--out", str(tmp_path / "afile")]) == 2
+    assert "needs a folder" in capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"

@@ -87,8 +87,8 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path):
     finally:
         proc.wait()
     killed_at = json.loads(state.read_text())
-    assert 0 < killed_at["batches_done"] or killed_at["epoch"] > 0
-    assert not (broken / "final").exists()
+    assert killed_at["global_step"] >= 20 and not killed_at["finished"]
+    assert killed_at["epoch"] < 4 and not (broken / "final").exists()
     vicap("train", "--profile", "mini", "--out", str(broken), *FAST,
           "--set", "train.save_every_steps=3", "--resume")
     a, b = adapter(straight), adapter(broken)
@@ -105,14 +105,15 @@ def test_run_folder_is_protected_and_resume_checks_config(tmp_path, capsys):
     assert main(["train", "--profile", "mini", "--out", str(run), *FAST[:2],
                  "--set", "train.epochs=1", "--set", "train.batch_size=16"]) == 0
     capsys.readouterr()
+    adapter_file = run / "final" / "adapter_model.safetensors"
+    before = adapter_file.read_bytes()
     assert main(["train", "--profile", "mini", "--out", str(run)]) == 2
     assert "finished run" in capsys.readouterr().err
     assert main(["train", "--profile", "mini", "--out", str(run), "--resume",
-                 "--set", "lora.r=4"]) == 2
+                 "--set", "lora.r=4", "--set", "model.max_length=20"]) == 2
     err = capsys.readouterr().err
-    assert "lora.r" in err and "Traceback" not in err
-    before = (run / "final" / "adapter_model.safetensors").read_bytes()
-    assert (run / "final" / "adapter_model.safetensors").read_bytes() == before
+    assert "lora.r" in err and "model.max_length" in err and "Traceback" not in err
+    assert adapter_file.read_bytes() == before  # the refusals left the finished run alone
 
 
 def test_resume_without_checkpoint_and_bad_override(tmp_path, capsys):

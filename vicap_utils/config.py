@@ -252,7 +252,7 @@ def load_config(
         raw = read_json(config_file, "config file")
         if not isinstance(raw, dict):
             raise VicapError(f"{config_file}: a config must be a JSON object")
-        cfg = profile_config(raw.get("profile", "mini")) if "profile" in raw else Config()
+        cfg = profile_config(raw["profile"]) if "profile" in raw else Config()
         cfg = apply_values(cfg, raw, str(config_file))
     else:
         cfg = profile_config(profile or "auto")

@@ -24,7 +24,7 @@ def is_kaggle() -> bool:
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or KAGGLE_WORKING.is_dir()
 
 
-def output_dir(sub: str = "") -> Path:
+def output_dir(sub: str = "", create: bool = True) -> Path:
     """VICAP_OUTPUT when set, else /kaggle/working on Kaggle, else ./outputs (created)."""
     if os.environ.get("VICAP_OUTPUT"):
         base = Path(os.environ["VICAP_OUTPUT"])
@@ -33,7 +33,8 @@ def output_dir(sub: str = "") -> Path:
     else:
         base = Path("outputs")
     path = base / sub if sub else base
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -115,7 +116,7 @@ def describe() -> dict[str, object]:
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
         "kaggle": is_kaggle(),
         "gpu": asdict(gpu_info()),
-        "output_dir": str(output_dir()),
+        "output_dir": str(output_dir(create=False)),
         "profile_auto": auto_profile(),
     }
 

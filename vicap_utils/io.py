@@ -29,6 +29,19 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise VicapError(f"{path}: not UTF-8 text") from None
 
 
+def output_file(path: str | Path, what: str = "output file") -> Path:
+    """Check, before any work, that `path` can be written as a file (not an existing folder)."""
+    path = Path(path)
+    if path.is_dir():
+        raise VicapError(f"{path}: is a folder; give a file name for the {what}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise VicapError(f"{path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text to a temporary sibling, then rename it: a crash never leaves half a file."""
     path = Path(path)

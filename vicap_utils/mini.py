@@ -139,7 +139,7 @@ def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
     return folder
 
 
-def pretrain_english(model, processor, spec: MiniSpec, log=print) -> list[float]:
+def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
     from vicap_utils.batches import encode_captions
     from vicap_utils.data import load_captions
@@ -208,7 +208,7 @@ def _build_mini_base(spec: MiniSpec, folder: Path, log) -> Path:
     start = time.time()
     torch.manual_seed(spec.seed)
     model, processor = build_tiny_blip(spec)
-    losses = pretrain_english(model, processor, spec, log)
+    losses = pretrain_english(model, processor, spec)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)

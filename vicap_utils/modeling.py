@@ -319,10 +319,8 @@ def load_for_inference(model_dir: str, no_adapter: bool = False,
     from vicap_utils.config import config_from_dict
 
     is_adapter = (Path(model_dir) / META_FILE).is_file()
-    if not is_adapter and not no_adapter:
-        read_meta(model_dir)
-    if is_adapter:
-        meta = read_meta(model_dir)
+    if is_adapter or not no_adapter:
+        meta = read_meta(model_dir)  # a clear error when an adapter was expected
         model_cfg = config_from_dict(meta["config"], f"{model_dir}/{META_FILE}").model
     else:
         meta = {}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from vicap_utils.io import VicapError, atomic_write_json
+from vicap_utils.io import VicapError, atomic_write_json, output_file
 
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 
@@ -98,21 +98,21 @@ def _generate(inner, family: str, tokenizer, kwargs: dict, pixel_values, image_e
                           eos_token_id=tokenizer.eos_token_id, **kwargs)
 
 
-def decode(tokenizer, sequences: torch.Tensor, family: str) -> list[str]:
-    """Token ids → tidy captions (BLIP-2's output also holds the image placeholders)."""
+def decode(tokenizer, sequences: torch.Tensor) -> list[str]:
+    """Token ids → tidy captions (special tokens, BLIP-2's image placeholders included, dropped)."""
     texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
     return [tidy(t) for t in texts]
 
 
-def caption_batch(loaded, images=None, image_embeds=None, dec: Decoding | None = None
+def caption_batch(loaded, images=None, image_embeds=None, dec: Decoding | None = None,
+                  pixel_values: torch.Tensor | None = None
                   ) -> list[list[tuple[str, float | None]]]:
-    """Captions for PIL images (or BLIP-1 embeddings): per image, [(caption, score), …].
+    """Captions for PIL images, pixel values or BLIP-1 embeddings: per image, [(caption, score)].
 
     With `num_return_sequences > 1` each image gets its alternative beams with their
     log-probability scores; otherwise one caption with score None.
     """
     dec = dec or Decoding()
-    pixel_values = None
     if images is not None:
         pixel_values = loaded.processor.image_processor(images, return_tensors="pt")[
             "pixel_values"]
@@ -120,12 +120,12 @@ def caption_batch(loaded, images=None, image_embeds=None, dec: Decoding | None =
                        pixel_values=pixel_values, image_embeds=image_embeds)
     k = dec.num_return_sequences
     if k > 1:
-        texts = decode(loaded.tokenizer, out.sequences, loaded.family)
+        texts = decode(loaded.tokenizer, out.sequences)
         raw = out.sequences_scores
         scores = raw.tolist() if raw is not None else [None] * len(texts)
         return [list(zip(texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]))
                 for i in range(len(texts) // k)]
-    return [[(t, None)] for t in decode(loaded.tokenizer, out, loaded.family)]
+    return [[(t, None)] for t in decode(loaded.tokenizer, out)]
 
 
 def predict_images(loaded, paths: list[Path], dec: Decoding, batch_size: int = 16,
@@ -148,6 +148,7 @@ def predict_file(model_dir: str, annotations: str, images: str, out: str,
     from vicap_utils.data import load_captions
     from vicap_utils.modeling import load_for_inference
 
+    output_file(out, "predictions JSON")
     cs = load_captions(annotations)
     folder = Path(images)
     if not folder.is_dir():

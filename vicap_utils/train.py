@@ -149,6 +149,8 @@ class Trainer:
     # ---- folder checks -------------------------------------------------------------------
     def _check_folder(self) -> dict[str, Any] | None:
         """Refuse to clobber a run; return the checkpoint's state when resuming."""
+        if self.out.exists() and not self.out.is_dir():
+            raise VicapError(f"{self.out}: is a file; --out needs a folder for the run")
         last = recover_dir(self.out / "last")
         finished = (self.out / "final").is_dir()
         if self.overwrite and not self.resume:
@@ -448,19 +450,12 @@ class Trainer:
         for start in range(0, len(ids), bs):
             chunk = ids[start:start + bs]
             srcs = torch.stack([self.val_src(rows[i]) for i in chunk]).to(self.accelerator.device)
+            source = {"image_embeds" if self.cached else "pixel_values": srcs}
             with self.accelerator.autocast():
-                out = (caption_batch(self.loaded, image_embeds=srcs, dec=dec) if self.cached
-                       else self._caption_pixels(srcs, dec))
+                out = caption_batch(self.loaded, dec=dec, **source)
             preds.update({i: alts[0][0] for i, alts in zip(chunk, out)})
         refs = self.data.val.captions_by_image()
         return total / max(count, 1), quick_cider(preds, refs), preds
-
-    def _caption_pixels(self, pixel_values: torch.Tensor, dec):
-        from vicap_utils.predict import decode, generate_ids
-
-        out = generate_ids(self.loaded.model, self.family, self.loaded.tokenizer, dec,
-                           pixel_values=pixel_values)
-        return [[(t, None)] for t in decode(self.loaded.tokenizer, out, self.family)]
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or early stop), keeping best/, last/ and final/ current."""

@@ -4,11 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(
-    ("module://matplotlib_inline", "module://ipykernel")) else None
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
