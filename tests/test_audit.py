@@ -153,6 +153,14 @@ def test_load_rgb_modes(defective, name):
     _, images, _ = defective
     im = load_rgb(images / name)
     assert im.mode == "RGB" and im.size == (48, 32)
+    with Image.open(images / name) as original:
+        expected = original.convert("RGB") if name != "clear.png" else Image.new(
+            "RGB", (48, 32), (255, 255, 255))
+        assert np.array_equal(np.asarray(im), np.asarray(expected))
+    pixels = np.asarray(im).astype(int)
+    if name == "grey.jpg":
+        assert (pixels[..., 0] == pixels[..., 1]).all() and (pixels[..., 1] == pixels[..., 2]).all()
+    assert name == "clear.png" or pixels.std() > 20  # the noise survived the conversion
 
 
 def test_load_rgb_applies_exif_and_white_background(defective):
@@ -230,6 +238,13 @@ def test_output_path_is_a_file_exit_2(defective, capsys):
     out.write_text("in the way", encoding="utf-8")
     assert run_cli(annotations, images, out) == 2
     assert_one_line_error(capsys, str(out), "not a folder")
+
+
+def test_output_under_a_file_exit_2(defective, capsys):
+    annotations, images, out = defective
+    out.write_text("in the way", encoding="utf-8")
+    assert run_cli(annotations, images, out / "report") == 2
+    assert_one_line_error(capsys, str(out / "report"), "cannot create the output folder")
 
 
 def assert_one_line_error(capsys, file_name, message):

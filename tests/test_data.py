@@ -99,6 +99,8 @@ def test_to_frame_and_subset(tmp_path):
          '"annotations": []}', "images[1] repeats image id 1"),
         ('{"images": [{"id": [1], "file_name": "a.jpg"}], "annotations": []}',
          "images[0] 'id' must be an integer or text"),
+        ('{"images": [{"id": true, "file_name": "a.jpg"}], "annotations": []}',
+         "images[0] 'id' must be an integer or text"),
     ],
 )
 def test_bad_coco_names_file_and_problem(tmp_path, content, message):
@@ -246,3 +248,15 @@ def test_cli_split_bad_input_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(bad) in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "train.json").exists()
+
+
+@pytest.mark.parametrize(("out", "message"), [("a_file", "exists and is not a folder"),
+                                              ("a_file/split", "cannot create the output folder")])
+def test_cli_split_unusable_out_exits_2(tmp_path, capsys, out, message):
+    source = write_coco(small_set(4), tmp_path / "clean.json")
+    (tmp_path / "a_file").write_text("in the way", encoding="utf-8")
+    assert main(["split", "--annotations", str(source), "--out", str(tmp_path / out)]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
+    assert str(tmp_path / out) in captured.err and message in captured.err
+    assert (tmp_path / "a_file").read_text(encoding="utf-8") == "in the way"

@@ -18,6 +18,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from vicap_utils import meteor, metrics
 from vicap_utils.__main__ import main
+from vicap_utils.text import strip_diacritics
 
 REFS = {
     1: ["Một người đàn ông đang chơi bóng đá trên sân cỏ.", "Người đàn ông đá quả bóng trên sân.",
@@ -76,12 +77,6 @@ def coco_refs(refs: dict = REFS) -> dict:
 def coco_preds(preds: dict = PREDS) -> list[dict]:
     """COCO results from {image_id: caption}."""
     return [{"image_id": k, "caption": c} for k, c in preds.items()]
-
-
-def strip_diacritics(text: str) -> str:
-    """Vietnamese without tone marks and letter diacritics (đ -> d)."""
-    text = unicodedata.normalize("NFD", text).replace("đ", "d").replace("Đ", "D")
-    return "".join(ch for ch in text if not unicodedata.combining(ch))
 
 
 def write_inputs(tmp_path: Path, preds: object, refs: object) -> tuple[str, str]:
@@ -321,6 +316,35 @@ def test_cli_empty_caption_is_scored_as_empty(tmp_path: Path, fast_meteor: None)
     rows = (tmp_path / "metrics_per_image.csv").read_text("utf-8").splitlines()
     assert rows[3].startswith("3,0.0,,")
     assert json.loads(out.read_text("utf-8"))["BLEU-1"] > 0
+
+
+@pytest.mark.parametrize("out", ["folder", "a_file/metrics.json"])
+def test_cli_bad_out_fails_before_scoring(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch, out: str) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("x", "utf-8")
+    monkeypatch.setattr(metrics, "evaluate_detailed",
+                        lambda *a, **k: pytest.fail("scored despite an unusable --out"))
+    p, r = write_inputs(tmp_path, coco_preds(), coco_refs())
+    assert main(["evaluate", "--predictions", p, "--references", r,
+                 "--out", str(tmp_path / out)]) == 2
+    line = one_error_line(capsys)
+    assert str(tmp_path / out) in line and "folder" in line
+
+
+def test_cli_bad_train_captions_are_named_as_such(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    p, r = write_inputs(tmp_path, coco_preds(), coco_refs())
+    train = tmp_path / "train.json"
+    train.write_text("[]", "utf-8")
+    assert main(["evaluate", "--predictions", p, "--references", r,
+                 "--train-captions", str(train)]) == 2
+    line = one_error_line(capsys)
+    assert str(train) in line and "'annotations' list" in line
+    missing = tmp_path / "nope.json"
+    assert main(["evaluate", "--predictions", p, "--references", r,
+                 "--train-captions", str(missing)]) == 2
+    assert "training captions JSON not found" in one_error_line(capsys)
 
 
 def test_comparison_table_marks_published_row() -> None:

@@ -141,10 +141,13 @@ def test_shirt_colour_is_visible_in_the_image():
 
 
 def test_unknown_language_and_bad_count_are_refused(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown caption language 'fr'"):
         captions_for(_scenes(1)[0], "fr", random.Random(0))
-    with pytest.raises(VicapError):
+    with pytest.raises(VicapError, match="--n-images must be at least 1"):
         generate(tmp_path, n_images=0)
+    with pytest.raises(VicapError, match="unknown language 'fr'"):
+        generate(tmp_path, n_images=1, lang="fr")
+    assert not (tmp_path / "images").exists()
 
 
 def test_cli_writes_the_set_and_rejects_zero_images(tmp_path, capsys):
@@ -159,3 +162,13 @@ def test_cli_writes_the_set_and_rejects_zero_images(tmp_path, capsys):
     assert main(["synth", "--out", str(tmp_path / "none"), "--n-images", "0"]) == 2
     assert "--n-images" in capsys.readouterr().err
     assert not (tmp_path / "none" / "captions.json").exists()
+
+
+def test_cli_unusable_out_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("in the way", encoding="utf-8")
+    for out, message in ((blocker, "exists and is not a folder"),
+                         (blocker / "synth", "cannot create the output folder")):
+        assert main(["synth", "--out", str(out), "--n-images", "1"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and str(out) in err and message in err

@@ -8,6 +8,7 @@ import pytest
 
 from vicap_utils.io import VicapError
 from vicap_utils.text import (
+    LINE_BREAKS,
     VIETNAMESE_LETTERS,
     has_diacritics,
     normalize_caption,
@@ -77,6 +78,12 @@ def test_vietnamese_letters():
     assert VIETNAMESE_LETTERS == VIETNAMESE_LETTERS.lower()
     assert unicodedata.normalize("NFC", VIETNAMESE_LETTERS) == VIETNAMESE_LETTERS
     assert all(has_diacritics(letter) for letter in VIETNAMESE_LETTERS)
+
+
+def test_line_breaks_are_what_splitlines_splits_on():
+    breaks = {chr(c) for c in range(0x3000) if len(f"a{chr(c)}b".splitlines()) == 2}
+    assert breaks == set(LINE_BREAKS.findall("".join(map(chr, range(0x3000)))))
+    assert LINE_BREAKS.sub(" ", "một\r\nhai\u2028ba") == "một  hai ba"
 
 
 def test_segment_words_without_pyvi(monkeypatch):

@@ -17,9 +17,16 @@ from typing import Any
 from PIL import ImageFile
 from tqdm.auto import tqdm
 
-from vicap_utils.data import Annotation, CaptionSet, ImageId, ImageInfo, load_captions, write_coco
+from vicap_utils.data import (
+    Annotation,
+    CaptionSet,
+    ImageId,
+    ImageInfo,
+    load_captions,
+    write_coco,
+)
 from vicap_utils.images import ImageCheck, check_image
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, make_output_dir
 from vicap_utils.text import normalize_caption, syllable_count
 
 REASONS = (
@@ -108,12 +115,11 @@ def audit(
     Returns the audit.json content. Defects are reported, not raised; bad input raises
     VicapError before anything is written.
     """
-    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise VicapError(f"{images_dir}: images folder not found")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VicapError(f"{out_dir}: output path exists and is not a folder")
     cs = load_captions(annotations_path, images_dir)
+    out_dir = make_output_dir(out_dir)
     paths = [images_dir / info.file_name for info in cs.images.values()]
     checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
     result = screen(cs, checks)

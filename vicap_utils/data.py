@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vicap_utils.io import VicapError, atomic_write_json, read_json
+from vicap_utils.io import VicapError, atomic_write_json, make_output_dir, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -261,7 +261,8 @@ def _require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> No
     for key in keys:
         if key not in entry:
             raise VicapError(f"{path}: {where} has no '{key}'")
-        if key.endswith("id") and not isinstance(entry[key], int | str):
+        value = entry[key]
+        if key.endswith("id") and (isinstance(value, bool) or not isinstance(value, int | str)):
             raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
 
 
@@ -350,7 +351,7 @@ def cli_split(args: argparse.Namespace) -> int:
     """`vicap split`: write train.json, val.json and split.json into args.out."""
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
-    out = Path(args.out)
+    out = make_output_dir(args.out)
     write_coco(train, out / "train.json")
     write_coco(val, out / "val.json")
     record = {

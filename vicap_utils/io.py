@@ -18,15 +18,32 @@ class VicapError(Exception):
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Load JSON, turning a missing or malformed file into a one-line VicapError."""
     path = Path(path)
+    if path.is_dir():
+        raise VicapError(f"{path}: is a folder, not a {what}")
     if not path.is_file():
         raise VicapError(f"{path}: {what} not found")
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:
             return json.load(fh)
     except json.JSONDecodeError as exc:
         raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     except UnicodeDecodeError:
         raise VicapError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def make_output_dir(path: str | Path) -> Path:
+    """Create an output folder (and its parents) before any output is written, so a path that
+    cannot be a folder (a file, a file as parent, no permission) fails as one line."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise VicapError(f"{path}: output path exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise VicapError(f"{path}: cannot create the output folder ({exc.strerror})") from None
+    return path
 
 
 def output_file(path: str | Path, what: str = "output file") -> Path:

@@ -9,7 +9,6 @@ gives a score per image and the corpus score.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 import subprocess
 import tempfile
@@ -18,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pycocoevalcap
+
+from vicap_utils.text import LINE_BREAKS
 
 METEOR_JAR = Path(next(iter(pycocoevalcap.__path__))) / "meteor" / "meteor-1.5.jar"
 # What pycocoevalcap runs: English with the jar's normaliser (which splits Vietnamese letters
@@ -28,8 +29,6 @@ METEOR_EN_ARGS = ("-l", "en", "-norm")
 METEOR_VI_ARGS = ("-l", "other")
 METEOR_TIMEOUT_S = 300.0
 
-_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
-
 
 class MeteorError(RuntimeError):
     """METEOR could not be computed; the message says why."""
@@ -37,7 +36,7 @@ class MeteorError(RuntimeError):
 
 def sanitize(text: str) -> str:
     """One protocol-safe line: no line breaks, no `|||` field separator, single spaces."""
-    text = _LINE_BREAKS.sub(" ", text).replace("|||", "")
+    text = LINE_BREAKS.sub(" ", text).replace("|||", "")
     return " ".join(text.split())
 
 
@@ -48,6 +47,8 @@ def meteor_command(args: Sequence[str], jar: Path = METEOR_JAR) -> list[str]:
         raise MeteorError("java not found on PATH")
     if not Path(jar).is_file():
         raise MeteorError(f"METEOR jar not found: {jar}")
+    # The English run is pycocoevalcap's exact command line (same scores); METEOR-vi must read
+    # the UTF-8 it is sent whatever the platform's default encoding.
     encoding = ["-Dfile.encoding=UTF-8"] if tuple(args) != METEOR_EN_ARGS else []
     return [java, *encoding, "-jar", "-Xmx2G", str(jar), "-", "-", "-stdio", *args]
 

@@ -32,7 +32,8 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 from vicap_utils import meteor
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, output_file, read_json
+from vicap_utils.text import LINE_BREAKS
 
 PKG_DIR = Path(next(iter(pycocoevalcap.__path__)))
 PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
@@ -63,7 +64,6 @@ NOTES = (
     "reference per image, mean over images. Diversity metrics use the tokenized predictions.",
 )
 
-_LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 _WORD = r"[\w\u0300-\u036f]+"
 _FALLBACK_TOKEN = re.compile(rf"\.\.\.|--|'[^\W\d_]+|{_WORD}(?:[-.]{_WORD})*|\S")
 _FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
@@ -122,7 +122,7 @@ def evaluate_detailed(
 
 def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str]]:
     """{str(image_id): (image_id, caption)} from COCO results, checking their shape."""
-    label, data = _load(predictions, "predictions JSON", "predictions")
+    label, data = _load(predictions, "predictions")
     if not isinstance(data, list):
         raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
     out: dict[str, tuple[Any, str]] = {}
@@ -140,9 +140,11 @@ def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str
     return out
 
 
-def load_references(references: str | Path | Mapping) -> dict[str, tuple[Any, list[str]]]:
-    """{str(image_id): (image_id, captions)} from COCO-style captions JSON."""
-    label, data = _load(references, "references JSON", "references")
+def load_references(references: str | Path | Mapping,
+                    what: str = "references") -> dict[str, tuple[Any, list[str]]]:
+    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names the
+    input in error messages."""
+    label, data = _load(references, what)
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
         raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
     out: dict[str, tuple[Any, list[str]]] = {}
@@ -160,7 +162,7 @@ def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str
     """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
     if isinstance(train, Sequence) and not isinstance(train, str):
         return [str(c) for c in train]
-    return [c for _, caps in load_references(train).values() for c in caps]
+    return [c for _, caps in load_references(train, "training captions").values() for c in caps]
 
 
 def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
@@ -183,7 +185,7 @@ def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
 
 def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
     """NFC, then PTB as pycocoevalcap runs it, else the Python stand-in: (tokens, name, why)."""
-    texts = [_LINE_BREAKS.sub(" ", unicodedata.normalize("NFC", c)) for c in captions]
+    texts = [LINE_BREAKS.sub(" ", unicodedata.normalize("NFC", c)) for c in captions]
     if shutil.which("java") is None:
         why = "java not found on PATH"
     else:
@@ -216,7 +218,9 @@ def python_tokenize(text: str) -> str:
 
 
 def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[float]]:
-    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr)."""
+    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr).
+
+    Both tokenizers give NFC, lower-cased text, which is what METEOR-vi needs as it is."""
     gts = {i: r for i, r in enumerate(refs)}
     res = {i: [h] for i, h in enumerate(hyps)}
     values: dict[str, Any] = {}
@@ -228,8 +232,7 @@ def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[
     values["CIDEr"] = float(cider)
     jobs: dict[str, Callable[[], float]] = {
         "METEOR": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_EN_ARGS)[0],
-        "METEOR-vi": lambda: meteor.meteor_score(_lower(hyps), [_lower(r) for r in refs],
-                                                 meteor.METEOR_VI_ARGS)[0],
+        "METEOR-vi": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_VI_ARGS)[0],
         "SPICE": lambda: spice_score(hyps, refs),
     }
     for name, job in jobs.items():
@@ -260,8 +263,11 @@ def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_T
         cmd = [java, "-jar", "-Xmx8G", str(SPICE_DIR / "spice-1.0.jar"), str(src),
                "-out", str(dst), "-subset", "-silent"]
         _run_java(cmd, timeout, "SPICE", cwd=SPICE_DIR)
-        results = json.loads(dst.read_text("utf-8"))
-    values = [_float(item["scores"]["All"]["f"]) for item in results]
+        try:
+            results = json.loads(dst.read_text("utf-8"))
+            values = [_float(item["scores"]["All"]["f"]) for item in results]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ScorerUnavailable(f"SPICE output unreadable: {exc!r}") from None
     score = float(np.mean(values)) if values else math.nan
     if not math.isfinite(score):
         raise ScorerUnavailable("SPICE returned no score")
@@ -317,15 +323,18 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def cli_evaluate(args: Any) -> int:
-    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV."""
+    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV.
+
+    The output paths are checked first, so a bad --out fails before minutes of scoring."""
+    if args.out:
+        out = output_file(args.out, "metrics JSON")
+        csv_path = output_file(out.with_name(f"{out.stem}_per_image.csv"), "per-image CSV")
     metrics, per_image = evaluate_detailed(args.predictions, args.references,
                                            args.train_captions, args.allow_missing)
     if args.out:
-        out = Path(args.out)
         atomic_write_json(out, metrics)
-        csv = atomic_write_text(out.with_name(f"{out.stem}_per_image.csv"),
-                                per_image.to_csv(index=False))
-        _progress(f"wrote {out} and {csv}")
+        atomic_write_text(csv_path, per_image.to_csv(index=False))
+        _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
     return 0
 
@@ -346,11 +355,11 @@ def _run_java(cmd: list[str], timeout: float, what: str, cwd: Path) -> bytes:
     return proc.stdout
 
 
-def _load(obj: Any, what: str, name: str) -> tuple[str, Any]:
+def _load(obj: Any, what: str) -> tuple[str, Any]:
     """(label for messages, data): read a path, or take already-loaded JSON as it is."""
     if isinstance(obj, (str, Path)):
-        return str(obj), read_json(obj, what)
-    return name, obj
+        return str(obj), read_json(obj, f"{what} JSON")
+    return what, obj
 
 
 def _is_id(value: Any) -> bool:
@@ -362,11 +371,6 @@ def _is_id(value: Any) -> bool:
 def _first(ids: Sequence[Any], n: int = 5) -> str:
     """The first few ids for an error message."""
     return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
-
-
-def _lower(texts: Sequence[str]) -> list[str]:
-    """NFC, lower-cased copies (METEOR-vi's input)."""
-    return [unicodedata.normalize("NFC", t).lower() for t in texts]
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:

@@ -7,7 +7,6 @@ An adapter folder holds the peft adapter, the tokenizer/processor and `vicap.jso
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from vicap_utils.config import LoraSettings, ModelConfig
-from vicap_utils.io import VicapError, atomic_write_json
+from vicap_utils.io import VicapError, atomic_write_json, read_json
 
 META_FILE = "vicap.json"
 
@@ -305,8 +304,7 @@ def read_meta(model_dir: str | Path) -> dict:
     if not path.is_file():
         raise VicapError(f"{model_dir}: not an adapter folder (no {META_FILE}); "
                          "use a run's best/ or final/, or --no-adapter with a base model")
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    return read_json(path, "adapter metadata")
 
 
 def load_for_inference(model_dir: str, no_adapter: bool = False,
@@ -345,6 +343,6 @@ def _guess_family(base: str) -> str:
         return "blip"
     path = Path(resolve_base(base)) / "config.json"
     if path.is_file():
-        with open(path, encoding="utf-8") as fh:
-            return "blip2" if "blip-2" in json.load(fh).get("model_type", "") else "blip"
+        model_type = read_json(path, "model config").get("model_type", "")
+        return "blip2" if "blip-2" in model_type else "blip"
     return "blip2" if "blip2" in base.lower() else "blip"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import math
 import random
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from vicap_utils.io import VicapError, atomic_write_json
+from vicap_utils.io import VicapError, atomic_write_json, make_output_dir
+from vicap_utils.text import normalize_caption
 
 RGB = tuple[int, int, int]
 
@@ -100,8 +100,8 @@ def random_scene(rng: random.Random) -> dict[str, Any]:
 
 
 def _finish(text: str) -> str:
-    """Capitalise the first letter and normalise to NFC, the form every caption is kept in."""
-    return unicodedata.normalize("NFC", text[:1].upper() + text[1:])
+    """Capitalise the first letter and normalise as the audit does (the form captions keep)."""
+    return normalize_caption(text[:1].upper() + text[1:])
 
 
 def _fill_vi(template: str, scene: dict[str, Any], rng: random.Random) -> str:
@@ -418,11 +418,8 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
         raise VicapError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise VicapError(f"{out_dir}: exists and is not a folder")
-    image_dir = out_dir / "images"
-    image_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_output_dir(out_dir)
+    image_dir = make_output_dir(out_dir / "images")
     images, annotations = [], []
     for i in tqdm(range(n_images), desc="vicap synth", unit="img",
                   disable=True if n_images < 50 else None):

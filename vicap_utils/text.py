@@ -18,6 +18,8 @@ VIETNAMESE_LETTERS = (
     "ỳýỷỹỵ"
 )
 
+# What str.splitlines() breaks on; the Java tools read one caption per line.
+LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 _WORD_CHAR = re.compile(r"\w")

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 from vicap_utils.config import Config, config_from_dict, diff_keys, load_config, save_config
-from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, atomic_write_text, recover_dir
+from vicap_utils.io import (
+    VicapError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    make_output_dir,
+    read_json,
+    recover_dir,
+)
 
 # Settings a resumed run must share with the checkpoint; everything else may change.
 RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_length",
@@ -151,6 +159,7 @@ class Trainer:
         """Refuse to clobber a run; return the checkpoint's state when resuming."""
         if self.out.exists() and not self.out.is_dir():
             raise VicapError(f"{self.out}: is a file; --out needs a folder for the run")
+        make_output_dir(self.out)
         last = recover_dir(self.out / "last")
         finished = (self.out / "final").is_dir()
         if self.overwrite and not self.resume:
@@ -170,9 +179,7 @@ class Trainer:
         if last is None or not (last / "state.json").is_file():
             raise VicapError(f"{self.out}/last: no checkpoint to resume from; "
                              "run without --resume to start")
-        import json
-
-        saved = json.loads((last / "state.json").read_text(encoding="utf-8"))
+        saved = read_json(last / "state.json", "checkpoint state")
         changed = diff_keys(config_from_dict(saved["config"], f"{last}/state.json"),
                             self.cfg, RESUME_KEYS)
         if changed:
