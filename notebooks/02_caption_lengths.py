@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,8 +28,14 @@ N_EXAMPLES = 4
 
 # %%
 from vicap_utils import report
-from vicap_utils.io import atomic_write_json
-from vicap_utils.notebook import data_dir, model_tokenizer, setup, tokenizer_variants, wrote
+from vicap_utils.notebook import (
+    data_dir,
+    model_tokenizer,
+    setup,
+    tokenizer_variants,
+    write_lengths,
+    wrote,
+)
 from vicap_utils.sources import resolve_data
 
 cfg, _ = setup(PROFILE)
@@ -52,7 +60,6 @@ print(f"{len(captions)} training captions")
 # %%
 tokenizers = tokenizer_variants(captions)
 audit_table = report.tokenizer_audit(tokenizers, captions)
-audit_table.to_csv(out / "tokenizer_audit.csv")
 audit_table.style.format({"roundtrip_rate": "{:.1%}", "unk_rate": "{:.1%}",
                           "tokens_per_caption": "{:.1f}"})
 
@@ -69,7 +76,8 @@ report.decoded_examples(tokenizers, captions[:: max(1, len(captions) // N_EXAMPL
 
 # %%
 lengths = report.caption_lengths(captions, model_tokenizer(cfg, tokenizers))
-report.length_percentiles(lengths)
+percentiles = report.length_percentiles(lengths)
+percentiles.style.format("{:.1f}")
 
 # %% [markdown]
 # ## The recommended `max_length`
@@ -84,13 +92,9 @@ fig = report.plot_lengths(lengths, recommended, out / "caption_lengths.png")
 
 # %% [markdown]
 # ## What this notebook wrote
+# Per-caption lengths, the tokenizer audit, and `lengths.json` with the recommendation.
 
 # %%
-lengths.to_csv(out / "caption_lengths.csv", index=False)
-atomic_write_json(out / "lengths.json", {
-    "recommended_max_length": recommended, "percentile": PERCENTILE,
-    "profile_max_length": cfg.model.max_length,
-    "percentiles": report.length_percentiles(lengths).to_dict(),
-    "tokenizers": audit_table.to_dict(orient="index")})
-wrote([out / "tokenizer_audit.csv", out / "caption_lengths.csv", out / "caption_lengths.png",
-       out / "lengths.json"])
+files = write_lengths(out, lengths, percentiles, audit_table, recommended, PERCENTILE,
+                      cfg.model.max_length)
+wrote([*files, out / "caption_lengths.png"])

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -61,11 +63,11 @@ summary = train(cfg, run, resume=not OVERWRITE and (run / "last").is_dir(), over
 
 # %% [markdown]
 # ## What was trained
-# Trainable parameters per part of the model, read back from the saved adapter: LoRA matrices
+# Trainable parameters per part of the model, as training counted them: LoRA matrices
 # and the new embedding rows are a small share of the whole.
 
 # %%
-trainable_parameters(summary["best"])
+trainable_parameters(summary)
 
 # %% [markdown]
 # ## Vocabulary

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -46,9 +48,8 @@ result = evaluate_run(run, reuse=True)
 # Vietnamese letter.
 
 # %%
-cider = dict(zip(result.per_image[FINE_TUNED]["image_id"], result.per_image[FINE_TUNED]["cider"]))
-items = report.gallery_items(result.val, result.images, result.predictions, cider,
-                             N_BEST, N_WORST)
+items = report.gallery_items(result.val, result.images, result.predictions,
+                             result.cider(FINE_TUNED), N_BEST, N_WORST)
 fig = report.plot_gallery(items, out=run / "eval" / "gallery.png")
 
 # %% [markdown]

@@ -32,12 +32,10 @@ PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with 
 # %%
 from IPython.display import display
 
-from vicap_utils.config import load_config
 from vicap_utils.demo import build_app
-from vicap_utils.env import KAGGLE_INPUT, is_kaggle, output_dir, print_environment
+from vicap_utils.notebook import setup, wrote
 
-cfg = load_config(PROFILE)
-environment = print_environment()
+cfg, _ = setup(PROFILE)
 
 # %% [markdown]
 # ## The app
@@ -55,8 +53,7 @@ environment = print_environment()
 # upright from their EXIF orientation and converted to RGB.
 
 # %%
-app = build_app(output_dir(), base=cfg.model.base,
-                also_search=[KAGGLE_INPUT] if is_kaggle() else [])
+app = build_app(base=cfg.model.base)
 display(app.widget)
 
 # %% [markdown]
@@ -65,4 +62,5 @@ display(app.widget)
 # adapters (and, the first time, builds the cached `mini` base model under `~/.cache/vicap`).
 
 # %%
-print("wrote nothing; models read from:", output_dir())
+wrote([])
+print(f"adapters read from {app.root}")

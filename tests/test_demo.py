@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vicap_utils.demo import build_app, find_adapters
+from vicap_utils.data import load_captions
+from vicap_utils.demo import N_SAMPLES, build_app, find_adapters
 from vicap_utils.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
 
 VIETNAMESE = re.compile(r"[ăâđêôơưáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ]",
@@ -86,6 +87,14 @@ def test_model_menu_lists_adapters_newest_first_then_base(app, demo_output):
     mtimes = [(p / "adapter_model.safetensors").stat().st_mtime for p in found]
     assert mtimes == sorted(mtimes, reverse=True)
     assert app.notice.value == ""
+
+
+def test_samples_are_the_runs_validation_images(app, demo_output):
+    val = load_captions(demo_output / "runs" / "mini" / "data" / "val.json")
+    names = [info.file_name for info in val.images.values()][:N_SAMPLES]
+    assert list(app.samples) == [f"validation: {Path(n).name}" for n in names]
+    assert app.sample.value == f"validation: {Path(names[0]).name}"
+    assert app.image is not None and app.image_name == app.sample.value
 
 
 def test_caption_button_writes_vietnamese_with_beams(app):
@@ -169,8 +178,10 @@ def test_without_adapter_the_base_works_and_the_app_says_how_to_train(tmp_path):
     app = build_app(tmp_path)
     assert [c.label for c in app.choices] == ["base only: mini"]
     assert "vicap train --profile mini" in app.notice.value
+    assert len(app.samples) == N_SAMPLES and all(k.startswith("synthetic ") for k in app.samples)
     app.button.click()
-    assert app.error == "" and app.results[0].caption
+    assert app.error == "" and app.results[0].model == "base only: mini"
+    assert app.results[0].caption in app.output.value
     app.compare_button.click()
     assert "No adapter to compare with" in app.error
 

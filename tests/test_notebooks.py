@@ -1,5 +1,6 @@
 """The notebooks: each `.py` twin runs headless on `mini` in order 01→05 and writes what it
-promises; committed `.ipynb` files match their twins and carry no outputs."""
+promises (06, the app, runs in test_demo_browser); committed `.ipynb` files match their twins
+and carry no outputs."""
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ORDER = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery"]
+ALL = [*ORDER, "06_caption_demo"]
 PARAMETERS: dict[str, dict[str, Any]] = {"03_finetune_lora": {"OVERRIDES": ["train.epochs=2"]}}
 KERNEL = "python3"  # the venv's own kernelspec (share/jupyter/kernels/python3)
 VIETNAMESE = set("ăâđêôơưàáảãạằắẳẵặầấẩẫậèéẻẽẹềếểễệìíỉĩịòóỏõọồốổỗộờớởỡợùúủũụừứửữựỳýỷỹỵ")
@@ -93,8 +95,7 @@ def outputs_text(nb: dict) -> str:
 def test_every_notebook_has_its_twin():
     ipynb = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
     py = {p.stem for p in NOTEBOOKS.glob("*.py")}
-    assert set(ORDER) <= ipynb
-    assert ipynb == py
+    assert ipynb == py == set(ALL)
 
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
@@ -115,7 +116,7 @@ def test_committed_ipynb_has_no_outputs(path: Path):
             assert cell.get("execution_count") is None, cell["source"]
 
 
-@pytest.mark.parametrize("name", ORDER)
+@pytest.mark.parametrize("name", ALL)
 def test_notebook_opens_with_parameters_then_environment(name: str):
     cells = [c for c in jupytext.read(NOTEBOOKS / f"{name}.py").cells if c.cell_type == "code"]
     assert "parameters" in cells[0].metadata.get("tags", [])
@@ -206,3 +207,4 @@ def test_04_without_an_adapter_says_run_03_first(tmp_path: Path):
         execute("04_evaluate", tmp_path / "empty", tmp_path / "work", {})
     assert err.value.ename == "VicapError"
     assert "run notebook 03_finetune_lora first" in err.value.evalue
+    assert err.value.traceback == [f"VicapError: {err.value.evalue}"]  # one line, no traceback

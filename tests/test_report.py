@@ -51,7 +51,10 @@ def test_image_table_and_plot(caption_set, tmp_path):
     table = report.image_table(caption_set)
     assert table["captions"].tolist() == [1, 2, 3, 1]
     assert table["width"].tolist() == [40, 50, 60, 70]
-    report.plot_image_stats(table, tmp_path / "stats.png")
+    fig = report.plot_image_stats(table, tmp_path / "stats.png")
+    sizes, per_image = fig.axes
+    assert len(sizes.collections[0].get_offsets()) == 4
+    assert [p.get_height() for p in per_image.patches] == [2, 1, 1]  # 1, 2 and 3 captions
     assert (tmp_path / "stats.png").stat().st_size > 1000
 
 
@@ -63,7 +66,9 @@ def test_caption_lengths_and_max_length(tmp_path):
     assert table.loc["p100", "syllables"] == 9
     assert report.recommended_max_length([5, 6, 7, 8, 30], q=100) == 32
     assert report.recommended_max_length([10] * 99 + [40], q=99) == 13
-    report.plot_lengths(lengths, 12, tmp_path / "len.png")
+    fig = report.plot_lengths(lengths, 12, tmp_path / "len.png")
+    assert [sum(p.get_height() for p in ax.patches) for ax in fig.axes] == [3, 3]
+    assert fig.axes[1].get_legend().get_texts()[0].get_text() == "max_length 12 − bos/eos"
     assert (tmp_path / "len.png").is_file()
 
 
@@ -96,14 +101,21 @@ def test_score_and_diversity_tables_drop_metrics_nobody_has(tmp_path):
     assert math.isnan(scores.loc["a", "SPICE"]) and scores.loc["published", "SPICE"] == 0.16
     diversity = report.diversity_table(rows)
     assert list(diversity.columns) == ["TTR", "vocab_size"]
-    report.plot_scores(scores, out=tmp_path / "bars.png")
+    fig = report.plot_scores(scores, out=tmp_path / "bars.png")
+    bars = fig.axes[0].patches
+    assert [b.get_height() for b in bars] == [0.4, 0.5, 0.0, 0.7]  # a, then published
+    assert [b.get_hatch() for b in bars] == [None, None, "//", "//"]
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["BLEU-1", "CIDEr"]
     assert (tmp_path / "bars.png").is_file()
 
 
 def test_cider_histogram(tmp_path):
     frames = {"x": pd.DataFrame({"cider": [0.0, 0.5, 1.2]}),
               "y": pd.DataFrame({"cider": [0.0, 0.0, 0.0]})}
-    report.plot_cider_hist(frames, tmp_path / "hist.png")
+    fig = report.plot_cider_hist(frames, tmp_path / "hist.png")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+    assert sum(p.get_height() for p in ax.patches) == 6  # three images per system
     assert (tmp_path / "hist.png").is_file()
 
 

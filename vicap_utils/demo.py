@@ -21,6 +21,7 @@ from typing import Any
 import ipywidgets as w
 from PIL import Image
 
+from vicap_utils.env import KAGGLE_INPUT
 from vicap_utils.predict import Decoding
 
 ADAPTER_FILES = ("vicap.json", "adapter_model.safetensors")
@@ -172,15 +173,16 @@ def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
 
 def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
-    from vicap_utils.io import read_json
+    from vicap_utils.data import load_captions
+    from vicap_utils.io import VicapError
+    from vicap_utils.notebook import run_validation
 
-    data = adapter.parent / "data"
     try:
-        folder = Path(read_json(data / "sources.json")["val_images"])
-        images = read_json(data / "val.json")["images"]
-    except Exception:  # an older or partial run folder: fall back to drawn samples
+        val_file, folder = run_validation(adapter.parent)
+        infos = list(load_captions(val_file).images.values())[:n]
+    except VicapError:  # not a training run folder (e.g. an attached adapter): drawn samples
         return {}
-    paths = [folder / im["file_name"] for im in images[:n]]
+    paths = [folder / info.file_name for info in infos]
     return {f"validation: {p.name}": p for p in paths if p.is_file()}
 
 
@@ -465,10 +467,11 @@ class CaptionApp:
 
 def build_app(output_dir: str | Path | None = None,
               samples: dict[str, ImageSource] | None = None, *, base: str = "mini",
-              also_search: Iterable[str | Path] = (), loader: Callable | None = None
+              also_search: Iterable[str | Path] = (KAGGLE_INPUT,), loader: Callable | None = None
               ) -> CaptionApp:
     """The app over the adapters found under `output_dir` (default: the environment's) and
-    `also_search` (e.g. /kaggle/input); `base` is the base model offered when none is found."""
+    the folders of `also_search` that exist (by default /kaggle/input, where a previous
+    notebook's output can be attached); `base` is the base model offered alone."""
     from vicap_utils.env import output_dir as default_output_dir
 
     root = Path(output_dir) if output_dir else default_output_dir()

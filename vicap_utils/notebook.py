@@ -20,12 +20,38 @@ SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-n
 
 
 def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
-    """Resolve the profile's config, print versions and hardware; return (cfg, run folder)."""
+    """Resolve the profile's config, print versions and hardware; return (cfg, run folder).
+
+    From here on a VicapError in the notebook shows as one line (see `one_line_user_errors`).
+    """
+    one_line_user_errors()
     cfg = load_config(profile, overrides=overrides)
     print_environment()
     folder = run_dir(cfg.profile)
     print(f"{'profile':>13}: {cfg.profile}\n{'run folder':>13}: {folder}")
     return cfg, folder
+
+
+def one_line_user_errors() -> None:
+    """In IPython, show a VicapError as its one-line message instead of a traceback.
+
+    Such an error is the user's to fix (a missing file, a notebook run out of order), as in
+    the CLI; the cell still fails, so papermill and "run all" stop there. Other exceptions
+    keep their full traceback. Outside IPython this does nothing.
+    """
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((VicapError,), _show_one_line)
+
+
+def _show_one_line(shell: Any, etype: type, value: BaseException, tb: Any,
+                   tb_offset: int | None = None) -> list[str]:
+    """IPython custom-exception handler: report the error with its message as the only line."""
+    stb = [f"{etype.__name__}: {value}"]
+    shell._showtraceback(etype, value, stb)  # what showtraceback does, with our one line
+    return stb
 
 
 def run_dir(profile: str) -> Path:
@@ -41,6 +67,8 @@ def data_dir(profile: str) -> Path:
 def wrote(paths: list[str | Path]) -> None:
     """Print each output path with its size (closing cell); fail if one is missing."""
     out = [Path(p) for p in paths]
+    if not out:
+        print("nothing written")
     missing = [str(p) for p in out if not p.exists()]
     if missing:
         raise VicapError(f"expected outputs missing: {', '.join(missing)}")
@@ -53,24 +81,10 @@ def wrote(paths: list[str | Path]) -> None:
 def data_files(cfg: Config) -> tuple[Path, Path]:
     """(captions file, images folder) of the profile's data: the synthetic set for `mini`,
     the configured paths, or the data set discovered under /kaggle/input."""
-    from vicap_utils.env import DATA_GLOBS, find_inputs
-    from vicap_utils.sources import guess_images_dir
+    from vicap_utils.sources import training_source
 
-    d = cfg.data
-    if d.source == "synthetic" and not d.train_annotations:
-        from vicap_utils.mini import synthetic_set
-
-        folder = synthetic_set(d.lang, d.synthetic_images, d.synthetic_seed)
-        return folder / "captions.json", folder / "images"
-    if d.train_annotations:
-        annotations = Path(d.train_annotations)
-    else:
-        hits = find_inputs(DATA_GLOBS.get(cfg.profile, []))
-        if not hits:
-            raise VicapError(f"profile {cfg.profile}: no data set found under /kaggle/input; "
-                             "attach it or set data.train_annotations=/path/to/captions")
-        annotations = hits[0]
-    return annotations, guess_images_dir(annotations, load_captions(annotations), d.images)
+    annotations, images, _ = training_source(cfg)
+    return annotations, images
 
 
 def write_split(cs: CaptionSet, out: Path, val_fraction: float, seed: int) -> dict[str, Path]:
@@ -97,8 +111,24 @@ def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
     stock = stock_blip_tokenizer()
     extended, entries = extend_tokenizer(stock, captions)
     print(f"extended vocabulary: {len(stock)} + {len(entries)} entries")
-    return {"stock (strips accents)": stock, "stock, strip_accents=False": _keep_accents(),
+    return {"stock (strips accents)": stock,
+            "stock, strip_accents=False": stock_blip_tokenizer(strip_accents=False),
             "extended": extended}
+
+
+def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
+                  tokenizers: pd.DataFrame, recommended: int, percentile: float,
+                  profile_max_length: int) -> list[Path]:
+    """Notebook 02's results: caption_lengths.csv (per caption), tokenizer_audit.csv, and
+    lengths.json (the recommended max_length, the percentiles and the tokenizer audit)."""
+    return [
+        atomic_write_text(out / "caption_lengths.csv", lengths.to_csv(index=False)),
+        atomic_write_text(out / "tokenizer_audit.csv", tokenizers.to_csv()),
+        atomic_write_json(out / "lengths.json", {
+            "recommended_max_length": recommended, "percentile": percentile,
+            "profile_max_length": profile_max_length, "percentiles": percentiles.to_dict(),
+            "tokenizers": tokenizers.to_dict(orient="index")}),
+    ]
 
 
 def model_tokenizer(cfg: Config, variants: dict[str, Any]):
@@ -117,31 +147,12 @@ def model_tokenizer(cfg: Config, variants: dict[str, Any]):
         return variants["stock (strips accents)"]
 
 
-def _keep_accents():
-    """BLIP-1's stock tokenizer with strip_accents=False (diacritics kept, mostly [UNK])."""
-    from transformers import BertTokenizer
-
-    from vicap_utils.mini import bert_vocab_path
-
-    tok = BertTokenizer(vocab=str(bert_vocab_path()), do_lower_case=True, strip_accents=False)
-    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-    return tok
-
-
 # ---------------------------------------------------------------- notebook 03
 
 
-def trainable_parameters(adapter_dir: str | Path) -> pd.DataFrame:
-    """Trainable vs total parameters per model part, for an adapter folder read back.
-
-    LoRA matrices and the new token rows count as trainable, as they were in training.
-    """
-    from vicap_utils.modeling import load_for_inference, trainable_table
-
-    model = load_for_inference(str(adapter_dir), device="cpu").model
-    for name, param in model.named_parameters():
-        param.requires_grad_("lora_" in name or "trainable_tokens" in name)
-    return pd.DataFrame(trainable_table(model)).set_index("part")
+def trainable_parameters(summary: dict[str, Any]) -> pd.DataFrame:
+    """Trainable vs total parameters per model part, as `train()` measured them."""
+    return pd.DataFrame(summary["trainable"]).set_index("part")
 
 
 def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
@@ -168,12 +179,22 @@ class RunEval:
     per_image: dict[str, pd.DataFrame]
     files: list[Path] = field(default_factory=list)
 
+    def cider(self, label: str) -> dict[Any, float]:
+        """{image_id: per-image CIDEr} of one system."""
+        frame = self.per_image[label]
+        return dict(zip(frame["image_id"], frame["cider"]))
+
 
 def eval_inputs(run: Path) -> tuple[Path, Path]:
     """(val.json, images folder) that the run trained against, or a hint to run 03 first."""
     best = run / "best"
     if not (best / "vicap.json").is_file():
         raise VicapError(f"{best}: no fine-tuned adapter; run notebook 03_finetune_lora first")
+    return run_validation(run)
+
+
+def run_validation(run: Path) -> tuple[Path, Path]:
+    """(val.json, images folder) recorded in a run folder by training (run/data/)."""
     sources = read_json(run / "data" / "sources.json", "run data sources")
     return run / "data" / "val.json", Path(sources["val_images"])
 
@@ -224,15 +245,14 @@ def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
 def _write_combined(result: RunEval, out: Path) -> list[Path]:
     """metrics.json (every system) and predictions.csv (one row per image, all captions)."""
     refs = result.val.captions_by_image()
+    cider = {label: {str(k): v for k, v in result.cider(label).items()} for label in SYSTEMS}
     rows = []
     for image_id, info in result.val.images.items():
         row = {"image_id": image_id, "file_name": info.file_name,
                "references": " | ".join(refs[image_id])}
         for label, slug in SYSTEMS.items():
             row[slug] = result.predictions[label].get(image_id, "")
-            scores = result.per_image[label].set_index(result.per_image[label]["image_id"]
-                                                       .astype(str))["cider"]
-            row[f"cider_{slug}"] = scores.get(str(image_id))
+            row[f"cider_{slug}"] = cider[label].get(str(image_id))
         rows.append(row)
     csv_path = atomic_write_text(out / "predictions.csv", pd.DataFrame(rows).to_csv(index=False))
     json_path = atomic_write_json(out / "metrics.json", result.metrics)

@@ -73,19 +73,25 @@ def _limit(cs: CaptionSet, n: int) -> CaptionSet:
     return cs.subset(sorted(cs.images, key=str)[:n]) if n and n < len(cs.images) else cs
 
 
-def resolve_data(cfg: Config, run_dir: Path | None = None) -> DataSplit:
-    """Load (or synthesise) the configured data, split it, and record the split in run_dir."""
+def training_source(cfg: Config) -> tuple[Path, Path, CaptionSet]:
+    """(captions file, images folder, caption set) of the configured training data: the
+    cached synthetic set for `mini`, the configured paths, or what /kaggle/input holds."""
     d = cfg.data
     if d.source == "synthetic" and not d.train_annotations:
         from vicap_utils.mini import synthetic_set
 
         folder = synthetic_set(d.lang, d.synthetic_images, d.synthetic_seed)
-        train_file, images = folder / "captions.json", folder / "images"
-    else:
-        train_file = Path(d.train_annotations) if d.train_annotations else _discover(cfg)
-        images = None
+        train_file = folder / "captions.json"
+        return train_file, folder / "images", load_captions(train_file)
+    train_file = Path(d.train_annotations) if d.train_annotations else _discover(cfg)
     full = load_captions(train_file)
-    images = images or guess_images_dir(train_file, full, d.images)
+    return train_file, guess_images_dir(train_file, full, d.images), full
+
+
+def resolve_data(cfg: Config, run_dir: Path | None = None) -> DataSplit:
+    """Load (or synthesise) the configured data, split it, and record the split in run_dir."""
+    d = cfg.data
+    train_file, images, full = training_source(cfg)
     full = _keep_existing(full, images)
     if d.val_annotations:
         val_file = Path(d.val_annotations)

@@ -196,7 +196,13 @@ class Trainer:
         from transformers import get_scheduler
 
         from vicap_utils.batches import EpochSampler, collate, image_prefix_ids
-        from vicap_utils.modeling import add_lora, extend_vocabulary, load_base, print_trainable
+        from vicap_utils.modeling import (
+            add_lora,
+            extend_vocabulary,
+            load_base,
+            print_trainable,
+            trainable_table,
+        )
         from vicap_utils.sources import resolve_data
 
         cfg = self.cfg
@@ -234,6 +240,7 @@ class Trainer:
         self.state.vocab_entries = entries
         self.state.config = cfg.to_dict()
         model = add_lora(self.loaded, cfg.lora)
+        self.trainable = trainable_table(model)
         if self.main:
             print_trainable(model)
 
@@ -555,6 +562,7 @@ class Trainer:
         return {"out": str(self.out), "epochs_run": self.state.epoch,
                 "best_epoch": self.state.best_epoch, "best_val_CIDEr": self.state.best_cider,
                 "global_step": self.state.global_step, "vocabulary": self.vocab_summary,
+                "trainable": self.trainable,
                 "best": str(self.out / "best"), "final": str(self.out / "final")}
 
 
