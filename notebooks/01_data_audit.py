@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,15 +23,19 @@ EXAMPLES_PER_REASON = 2
 #
 # Before training on a caption set we check it: every image must decode, every caption must
 # have words, and no caption may be counted twice. The audit writes the clean set; we then
-# split it, by image, into training and validation sets with a fixed seed.
+# split it, by image, into training and validation sets with a fixed seed. Notebook 03 trains
+# on exactly the files written here (same folder, same fingerprint).
 #
 # First, the versions and hardware this run used.
 
 # %%
+from pathlib import Path
+
 from vicap_utils import report
-from vicap_utils.audit import audit
 from vicap_utils.data import load_captions
-from vicap_utils.notebook import data_dir, data_files, setup, write_split, wrote
+from vicap_utils.io import read_json
+from vicap_utils.notebook import setup, wrote
+from vicap_utils.prepare import prepare, raw_data
 
 cfg, _ = setup(PROFILE)
 
@@ -39,17 +45,21 @@ cfg, _ = setup(PROFILE)
 # profiles find UIT-ViIC or Flickr8k under `/kaggle/input`, or take `data.train_annotations`.
 
 # %%
-annotations, images = data_files(cfg)
-out = data_dir(cfg.profile)
-print(f"captions: {annotations}\nimages:   {images}\noutputs:  {out}")
+raw = raw_data(cfg)
+out = Path(cfg.data.prepared)
+print(f"captions: {raw.train}\nimages:   {raw.images}\noutputs:  {out}")
 
 # %% [markdown]
-# ## The audit
+# ## The audit and the split
 # Every image is fully decoded (a truncated JPEG passes a header check but fails training),
 # captions are NFC-normalised, and empty or duplicate captions are rejected with a reason.
+# Then the clean set is split by image (all captions of an image on one side), seeded, the
+# same on every machine: images are ranked by a hash of `seed:image_id`. `prepare` does both
+# and records a fingerprint of the inputs, so training reuses this work instead of redoing it.
 
 # %%
-summary = audit(annotations, images, out, workers=AUDIT_WORKERS)
+data = prepare(cfg, out, workers=AUDIT_WORKERS)
+summary = read_json(out / "audit.json")
 report.audit_counts(summary)
 
 # %% [markdown]
@@ -85,15 +95,15 @@ clean.to_frame().head(8)
 
 # %% [markdown]
 # ## Train / validation split
-# The split is by image (all captions of an image on one side), seeded, and identical on every
-# machine: images are ranked by a hash of `seed:image_id`.
+# What training will read: `train.json` and `val.json` in the same folder.
 
 # %%
-split = write_split(clean, out, cfg.data.val_fraction, cfg.data.split_seed)
+print(f"{len(data.train.images)} training images ({len(data.train.annotations)} captions), "
+      f"{len(data.val.images)} validation images; fingerprint {data.fingerprint}")
 
 # %% [markdown]
 # ## What this notebook wrote
 
 # %%
 wrote([out / "audit.json", out / "clean.json", out / "rejects.csv", out / "image_stats.png",
-       *split.values()])
+       data.train_file, data.val_file, out / "split.json", out / "prepared.json"])

@@ -27,27 +27,22 @@ N_EXAMPLES = 4
 # First, the versions and hardware this run used.
 
 # %%
+from pathlib import Path
+
 from vicap_utils import report
-from vicap_utils.notebook import (
-    data_dir,
-    model_tokenizer,
-    setup,
-    tokenizer_variants,
-    write_lengths,
-    wrote,
-)
-from vicap_utils.sources import resolve_data
+from vicap_utils.notebook import model_tokenizer, setup, tokenizer_variants, write_lengths, wrote
+from vicap_utils.prepare import prepare
 
 cfg, _ = setup(PROFILE)
-out = data_dir(cfg.profile)
+out = Path(cfg.data.prepared)
 
 # %% [markdown]
 # ## The training captions
-# The same training split that notebook 03 trains on (`sources.resolve_data`), so the
-# extended vocabulary built here is the one training builds.
+# The training split notebook 01 prepared, which notebook 03 trains on, so the extended
+# vocabulary built here is the one training builds.
 
 # %%
-captions = [a.caption for a in resolve_data(cfg).train.annotations]
+captions = [a.caption for a in prepare(cfg, out).train.annotations]
 print(f"{len(captions)} training captions")
 
 # %% [markdown]

@@ -40,7 +40,6 @@ from vicap_utils.notebook import (
     wrote,
 )
 from vicap_utils.train import train
-from vicap_utils.viz import plot_history
 
 cfg, run = setup(PROFILE, OVERRIDES)
 
@@ -83,7 +82,7 @@ vocabulary_table(summary["vocabulary"])
 
 # %%
 history = pd.read_csv(run / "history.csv")
-fig = plot_history(history.to_dict("records"))
+fig = report.plot_history(history.to_dict("records"))
 history.round(4)
 
 # %%

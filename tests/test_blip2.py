@@ -6,9 +6,8 @@ import json
 import pytest
 import torch
 
-from vicap_utils.batches import IGNORE, encode_captions, image_prefix_ids
+from vicap_utils.captioner import IGNORE, Captioner, encode_captions, image_prefix, lora_targets
 from vicap_utils.config import load_config
-from vicap_utils.modeling import lora_targets
 
 
 def tiny_blip2(folder):
@@ -65,10 +64,10 @@ def test_labels_mask_image_tokens_and_padding(blip2_base):
     from transformers import Blip2Processor
 
     proc = Blip2Processor.from_pretrained(blip2_base)
-    prefix = image_prefix_ids(proc, "blip2")
+    prefix = image_prefix(Captioner(model=None, processor=proc, family="blip2", base=""))
     assert len(prefix) == 4
     ids, mask, labels = encode_captions(proc.tokenizer, ["A player.", "Two players in red."],
-                                        max_length=16, image_prefix=prefix)
+                                        max_length=16, prefix=prefix)
     assert (labels[:, :5] == IGNORE).all()
     assert (labels[mask == 0] == IGNORE).all()
     assert (labels[0, 5:][mask[0, 5:] == 1] != IGNORE).all()
@@ -93,8 +92,8 @@ def test_default_lora_targets_hit_qformer_and_opt(blip2_base):
 def test_tiny_blip2_trains_saves_reloads_and_generates(blip2_base, tmp_path, capsys):
     from PIL import Image
 
-    from vicap_utils.modeling import load_for_inference
-    from vicap_utils.predict import Decoding, caption_batch
+    from vicap_utils.adapters import load_model
+    from vicap_utils.captioner import Decoding, caption
     from vicap_utils.synthetic import generate
     from vicap_utils.train import train
 
@@ -110,8 +109,8 @@ def test_tiny_blip2_trains_saves_reloads_and_generates(blip2_base, tmp_path, cap
     final = tmp_path / "run" / "final"
     meta = json.loads((final / "vicap.json").read_text())
     assert meta["family"] == "blip2" and (final / "adapter_model.safetensors").is_file()
-    loaded = load_for_inference(str(final))
-    out = caption_batch(loaded, images=[Image.new("RGB", (40, 30), "green")],
+    loaded = load_model(str(final))
+    out = caption(loaded, images=[Image.new("RGB", (40, 30), "green")],
                         dec=Decoding(num_beams=2, max_new_tokens=5, num_return_sequences=2))
     assert len(out) == 1 and len(out[0]) == 2
     assert all(isinstance(c, str) and isinstance(s, float) for c, s in out[0])

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vicap_utils import env, modeling
+from vicap_utils import env, weights
 from vicap_utils.config import config_from_dict, load_config, save_config
 from vicap_utils.io import VicapError
 
@@ -73,15 +73,15 @@ def test_base_model_found_under_kaggle_input(monkeypatch, tmp_path):
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text("{}")
     monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path)
-    assert modeling.resolve_base("Salesforce/blip-image-captioning-base") == str(model_dir)
+    assert weights.resolve_base("Salesforce/blip-image-captioning-base") == str(model_dir)
 
 
 def test_unreachable_hub_fails_fast_with_one_line(monkeypatch, tmp_path, capsys):
     from vicap_utils.__main__ import main
 
     monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path / "none")
-    monkeypatch.setattr(modeling, "_hub_cache", lambda repo: None)
-    monkeypatch.setattr(modeling, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "hub_cache", lambda repo: None)
+    monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     ann = tmp_path / "a.json"
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "x.jpg"}], "annotations": []}))
     (tmp_path / "img").mkdir()
@@ -102,7 +102,7 @@ def test_predict_refuses_a_folder_that_is_not_an_adapter(tmp_path, capsys):
     ann.write_text(json.dumps({"images": [], "annotations": []}))
     code = main(["predict", "--model", str(tmp_path), "--annotations", str(ann),
                  "--images", str(tmp_path), "--out", str(tmp_path / "p.json")])
-    assert code == 2 and "not an adapter folder" in capsys.readouterr().err
+    assert code == 2 and "neither an adapter folder" in capsys.readouterr().err
 
 
 def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path, capsys):

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 import struct
-import subprocess
-import sys
 import time
 import zlib
 from pathlib import Path
@@ -23,21 +20,10 @@ VIETNAMESE = re.compile(r"[ăâđêôơưáàảãạấầẩẫậắằẳẵ
                         re.IGNORECASE)
 
 
-def trained_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An output folder holding one mini run (runs/mini/{best,final}), trained once a session."""
-    root = tmp_path_factory.getbasetemp() / "demo_output"
-    run = root / "runs" / "mini"
-    if not (run / "final" / "adapter_model.safetensors").is_file():
-        env = {**os.environ, "VICAP_OUTPUT": str(root)}
-        subprocess.run([sys.executable, "-m", "vicap_utils", "train", "--profile", "mini",
-                        "--out", str(run)], env=env, check=True, capture_output=True)
-    return root
-
-
 @pytest.fixture(scope="session")
-def demo_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """See trained_output."""
-    return trained_output(tmp_path_factory)
+def demo_output(mini_output: Path) -> Path:
+    """The output folder with the session's trained mini run (conftest.mini_output)."""
+    return mini_output
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_demo import VIETNAMESE, trained_output
+from test_demo import VIETNAMESE
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_caption_demo.ipynb"
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOT = ROOT / "test-outputs" / "demo_browser.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -57,10 +56,10 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 
 
 
 @pytest.fixture
-def voila_url(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[str]:
-    """Voila serving notebook 06 (mini profile, the trained run as output folder); always
-    stopped afterwards, its whole process group with it."""
-    output = trained_output(tmp_path_factory)
+def voila_url(mini_output: Path, tmp_path: Path) -> Iterator[str]:
+    """Voila serving notebook 06 (mini profile, the session's trained run as output folder);
+    always stopped afterwards, its whole process group with it."""
+    output = mini_output
     port = free_port()
     log = tmp_path / "voila.log"
     env = {**os.environ, "VICAP_PROFILE": "mini", "VICAP_OUTPUT": str(output),
@@ -105,7 +104,6 @@ def test_upload_and_caption_in_chromium(voila_url: str, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
     photo = synthetic_photo(tmp_path / "match.png")
-    SCREENSHOT.parent.mkdir(exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -122,7 +120,7 @@ def test_upload_and_caption_in_chromium(voila_url: str, tmp_path: Path):
             caption = page.locator(".vicap-caption").first
             expect(caption).to_be_visible(timeout=120_000)
             text = caption.inner_text()
-            page.locator(".vicap-app").screenshot(path=str(SCREENSHOT))
+            page.locator(".vicap-app").screenshot(path=str(tmp_path / "demo_browser.png"))
         finally:
             browser.close()
     assert VIETNAMESE.search(text), text

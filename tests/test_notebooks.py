@@ -168,6 +168,12 @@ def test_03_trains_and_keeps_the_best_adapter(runner: Runner):
     text = outputs_text(nb)
     assert "text_decoder" in text and "trainable" in text  # the parameter table
     assert "best epoch" in text
+    # notebook 01's files are the ones training read: same folder, same fingerprint
+    sources = json.loads((run / "data" / "sources.json").read_text(encoding="utf-8"))
+    prepared = json.loads((runner.data / "prepared.json").read_text(encoding="utf-8"))
+    assert Path(sources["prepared"]) == runner.data
+    assert sources["fingerprint"] == prepared["fingerprint"]
+    assert "audited set reused" in text
 
 
 @pytest.mark.slow

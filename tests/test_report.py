@@ -9,8 +9,7 @@ from PIL import Image
 
 from vicap_utils import report
 from vicap_utils.data import Annotation, CaptionSet, ImageInfo
-from vicap_utils.mini import stock_blip_tokenizer
-from vicap_utils.vocab import extend_tokenizer
+from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
 
 CAPTIONS = ["Một người đàn ông đang chơi bóng đá.", "Hai cô gái chơi bóng chuyền trên bãi biển.",
             "Cậu bé ném quả bóng rổ."]

@@ -32,11 +32,10 @@ def adapter(run: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_mini_profile_learns_vietnamese(tmp_path):
-    """The issue's bar: on a fresh synthetic set of another seed, adapter CIDEr >= 1.0 and
+def test_mini_profile_learns_vietnamese(tmp_path, mini_run):
+    """The quality bar: on a fresh synthetic set of another seed, adapter CIDEr >= 1.0 and
     the English base < 0.3, measured with `vicap predict` and `vicap evaluate`."""
-    run = tmp_path / "run"
-    vicap("train", "--profile", "mini", "--out", str(run))
+    run = mini_run
     for name in ("best", "final", "last"):
         assert (run / name).is_dir()
     history = (run / "history.csv").read_text().splitlines()
@@ -161,3 +160,33 @@ def test_two_process_ddp_training_on_cpu(tmp_path):
     captions = len(json.loads((run / "data" / "train.json").read_text())["annotations"])
     per_process_batches = -(-captions // (8 * 2))  # batch 8, two processes: each sees half
     assert state["finished"] and state["global_step"] == -(-per_process_batches // 2)
+
+
+@pytest.mark.slow
+def test_a_failing_validation_never_costs_the_epoch(tmp_path, monkeypatch):
+    """The epoch's checkpoint is written before validation starts; --resume validates it."""
+    import csv
+
+    from vicap_utils.config import load_config
+    from vicap_utils.train import Trainer, train
+
+    run = tmp_path / "run"
+    cfg = load_config("mini", overrides=[item for item in FAST if item != "--set"] +
+                      ["train.epochs=2"])
+    validate = Trainer.validate
+
+    def broken(self):
+        raise RuntimeError("the validation died")
+
+    monkeypatch.setattr(Trainer, "validate", broken)
+    with pytest.raises(RuntimeError, match="validation died"):
+        train(cfg, run, log=lambda *a: None)
+    state = json.loads((run / "last" / "state.json").read_text())
+    assert state["epoch"] == 1 and state["batches_done"] == 0 and state["global_step"] > 0
+    assert state["pending"] and not state["history"]
+    monkeypatch.setattr(Trainer, "validate", validate)
+    summary = train(cfg, run, resume=True, log=lambda *a: None)
+    rows = list(csv.DictReader((run / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["val_CIDEr"]) >= 0 for r in rows)
+    assert summary["global_step"] == 2 * state["global_step"]

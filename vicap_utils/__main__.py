@@ -25,7 +25,7 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for every command, per the CLI contract in ARCHITECTURE.md."""
+    """The argument parser for every command, per the CLI contract (docs/architecture.md)."""
     parser = argparse.ArgumentParser(
         prog="vicap", description="Vietnamese image captioning with BLIP + LoRA."
     )
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
 
-    p = sub.add_parser("train", help="LoRA fine-tuning")
+    p = sub.add_parser("train", help="audit the data, then LoRA fine-tuning")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--profile", help="named profile: mini, uitviic-blip, flickr8k-blip2, auto")
     src.add_argument("--config", help="config JSON (e.g. a run's config.json)")
@@ -60,9 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT")
 
-    p = sub.add_parser("predict", help="caption images with a base model or an adapter")
-    p.add_argument("--model", required=True, help="adapter folder (run/best, run/final) or base")
-    p.add_argument("--no-adapter", action="store_true", help="caption with the base model alone")
+    p = sub.add_parser("predict", help="caption images with an adapter or a base model")
+    p.add_argument("--model", required=True,
+                   help="an adapter folder (a run's best/ or final/), or a base model (hub id, "
+                        "saved-model folder, or mini) that captions zero-shot")
+    p.add_argument("--no-adapter", action="store_true",
+                   help="with an adapter folder: caption with its base model alone")
     p.add_argument("--annotations", required=True, help="COCO-style JSON listing the images")
     p.add_argument("--images", required=True, help="images folder")
     p.add_argument("--out", required=True, help="predictions JSON (COCO results)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -23,7 +24,9 @@ class DataConfig:
     source: str = "synthetic"  # synthetic | coco | flickr8k
     train_annotations: str = ""  # COCO JSON, Flickr8k token/CSV file; "" = discover or synthesise
     val_annotations: str = ""  # "" = hold out val_fraction of the training images
+    test_annotations: str = ""  # optional test captions, audited beside the others
     images: str = ""  # images folder ("" = beside the annotations / discovered)
+    prepared: str = ""  # folder of the audited, split data ("" = the run folder's data/)
     val_fraction: float = 0.1
     split_seed: int = 42
     max_train_images: int = 0  # 0 = all
@@ -77,7 +80,7 @@ class TrainConfig:
     patience: int = 3  # epochs without a better validation CIDEr before stopping; 0 = never
     seed: int = 42
     num_workers: int = 0
-    cache_vision_features: bool = False  # encode each image once when the ViT is frozen
+    cache_vision_features: bool = True  # encode each image once where the ViT is frozen
     val_every: int = 1  # validate every N epochs
     max_steps: int = 0  # 0 = no limit (tests use it to stop early)
     save_every_steps: int = 0  # also checkpoint last/ every N optimizer steps (0 = per epoch)
@@ -94,13 +97,6 @@ class EvalConfig:
 
 
 @dataclass
-class OutputConfig:
-    """Where results go ("" = the environment's output folder)."""
-
-    dir: str = ""
-
-
-@dataclass
 class Config:
     """Everything one run needs."""
 
@@ -110,7 +106,6 @@ class Config:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, JSON-ready."""
@@ -121,16 +116,22 @@ class Config:
         return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
 
 
-SECTIONS = ("data", "model", "lora", "train", "eval", "output")
+SECTIONS = ("data", "model", "lora", "train", "eval")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    # The real `uitviic-blip` recipe (LoRA r16/alpha32/dropout 0.05 on the decoder's
+    # self-attention, new token rows at 10x the LoRA learning rate, warmup + cosine, label
+    # smoothing 0.05, early stopping on validation CIDEr with patience 3), scaled down. The
+    # differences, all sizes or rates: a tiny base built here instead of BLIP-base, synthetic data;
+    # lr 2e-3 / embedding_lr 2e-2 instead of 5e-5 / 5e-4 (a tiny model trained from scratch on
+    # 600 images wants larger steps); batch 32 x 1 instead of 8 x 2; 12 epochs instead of 30;
+    # max_length 32 instead of 40; eval batch 64.
     "mini": {
         "data": {"source": "synthetic", "synthetic_images": 600, "val_fraction": 0.1},
         "model": {"family": "blip", "base": "mini", "max_length": 32},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "cross_attention": True},
-        "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 5e-3,
-                  "warmup_ratio": 0.05, "label_smoothing": 0.05, "patience": 4,
-                  "mixed_precision": "no", "cache_vision_features": True},
+        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
+        "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2,
+                  "label_smoothing": 0.05, "patience": 3, "cache_vision_features": True},
         "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 64},
     },
     "uitviic-blip": {
@@ -152,6 +153,75 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 8},
     },
 }
+
+
+# Allowed values and ranges, checked before any work (`validate`).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.source": ("synthetic", "coco", "flickr8k"),
+    "data.lang": ("vi", "en"),
+    "model.family": ("blip", "blip2"),
+    "train.scheduler": ("cosine", "linear", "constant"),
+    "train.mixed_precision": ("auto", "no", "fp16", "bf16"),
+}
+# key: (lowest, highest, lowest allowed itself, highest allowed itself); None = unbounded.
+RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "data.val_fraction": (0, 1, False, False),
+    "data.max_train_images": (0, None, True, True),
+    "data.max_val_images": (0, None, True, True),
+    "data.synthetic_images": (2, None, True, True),
+    "model.max_length": (3, 512, True, True),
+    "lora.r": (1, None, True, True),
+    "lora.alpha": (0, None, False, True),
+    "lora.dropout": (0, 1, True, False),
+    "train.epochs": (1, None, True, True),
+    "train.batch_size": (1, None, True, True),
+    "train.grad_accum": (1, None, True, True),
+    "train.lr": (0, None, False, True),
+    "train.embedding_lr": (0, None, True, True),
+    "train.weight_decay": (0, None, True, True),
+    "train.warmup_ratio": (0, 1, True, True),
+    "train.label_smoothing": (0, 1, True, False),
+    "train.max_grad_norm": (0, None, True, True),
+    "train.patience": (0, None, True, True),
+    "train.num_workers": (0, 64, True, True),
+    "train.val_every": (1, None, True, True),
+    "train.max_steps": (0, None, True, True),
+    "train.save_every_steps": (0, None, True, True),
+    "eval.num_beams": (1, 64, True, True),
+    "eval.max_new_tokens": (1, 512, True, True),
+    "eval.batch_size": (1, None, True, True),
+    "eval.repetition_penalty": (0, None, False, True),
+}
+
+
+def validate(cfg: Config, where: str = "config") -> Config:
+    """Check every value against its allowed set or range; the first bad one is a one-line
+    error naming the key, the value and what is allowed."""
+    values = cfg.to_dict()
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        if values[section][name] not in allowed:
+            raise VicapError(f"{where}: {key}={values[section][name]!r} is not one of "
+                             f"{', '.join(allowed)}")
+    for key, (low, high, low_ok, high_ok) in RANGES.items():
+        section, name = key.split(".")
+        value = values[section][name]
+        bad = not math.isfinite(value) or (
+            low is not None and (value < low or (value == low and not low_ok))) or (
+            high is not None and (value > high or (value == high and not high_ok)))
+        if bad:
+            raise VicapError(f"{where}: {key}={value!r} is out of range "
+                             f"({_describe_range(low, high, low_ok, high_ok)})")
+    return cfg
+
+
+def _describe_range(low, high, low_ok: bool, high_ok: bool) -> str:
+    """"at least 1", "between 0 and 1 (exclusive)"… for error messages."""
+    if high is None:
+        return f"must be {'at least' if low_ok else 'greater than'} {low:g}"
+    left = "[" if low_ok else "("
+    right = "]" if high_ok else ")"
+    return f"must be in {left}{low:g}, {high:g}{right}"
 
 
 def _section_types(section: Any) -> dict[str, Any]:
@@ -256,12 +326,15 @@ def load_config(
         cfg = apply_values(cfg, raw, str(config_file))
     else:
         cfg = profile_config(profile or "auto")
-    return apply_values(cfg, parse_overrides(overrides or []), "--set")
+    cfg = apply_values(cfg, parse_overrides(overrides or []), "--set")
+    return validate(cfg, str(config_file) if config_file else "--set")
 
 
 def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
     """Rebuild a Config from its `to_dict()` form (e.g. a checkpoint's saved config)."""
-    return apply_values(Config(), copy.deepcopy(raw), where)
+    if not isinstance(raw, dict):
+        raise VicapError(f"{where}: the saved config is not an object")
+    return validate(apply_values(Config(), copy.deepcopy(raw), where), where)
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
@@ -287,6 +360,6 @@ def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
 
 __all__ = [
     "Config", "DataConfig", "ModelConfig", "LoraSettings", "TrainConfig", "EvalConfig",
-    "OutputConfig", "PROFILES", "load_config", "profile_config", "parse_overrides",
-    "apply_values", "config_from_dict", "save_config", "diff_keys",
+"PROFILES", "load_config", "profile_config", "parse_overrides",
+    "apply_values", "config_from_dict", "save_config", "diff_keys", "validate",
 ]

@@ -10,7 +10,6 @@ import functools
 import html
 import io
 import os
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from typing import Any
 import ipywidgets as w
 from PIL import Image
 
+from vicap_utils.captioner import Decoding
+from vicap_utils.config import EvalConfig, ModelConfig
 from vicap_utils.env import KAGGLE_INPUT
-from vicap_utils.predict import Decoding
 
 ADAPTER_FILES = ("vicap.json", "adapter_model.safetensors")
 THUMB_SIZE = (360, 270)
@@ -109,15 +109,16 @@ def _adapter_mtime(folder: Path) -> float:
 
 def adapter_base(folder: Path) -> str:
     """The base model an adapter was trained on, from its vicap.json ("unknown" if unreadable)."""
-    from vicap_utils.modeling import read_meta
+    from vicap_utils.adapters import model_ref
+    from vicap_utils.io import VicapError
 
     try:
-        return str(read_meta(folder).get("base", "unknown"))
-    except (OSError, ValueError):
+        return model_ref(str(folder)).model.base
+    except VicapError:
         return "unknown"
 
 
-def model_choices(adapters: list[Path], root: Path, default_base: str = "mini"
+def model_choices(adapters: list[Path], root: Path, default_base: str = ModelConfig.base
                   ) -> list[ModelChoice]:
     """Adapters (newest first), then each base alone: the adapters' bases and `default_base`.
 
@@ -161,10 +162,10 @@ def decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: 
 def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
                   ) -> CaptionResult:
     """Caption one image and time it."""
-    from vicap_utils.predict import caption_batch
+    from vicap_utils.captioner import caption
 
     start = time.perf_counter()
-    captions = caption_batch(loaded, images=[image], dec=dec)[0]
+    captions = caption(loaded, images=[image], dec=dec)[0]
     return CaptionResult(label, captions, time.perf_counter() - start)
 
 
@@ -173,29 +174,17 @@ def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
 
 def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
+    from vicap_utils.checkpoint import run_references
     from vicap_utils.data import load_captions
     from vicap_utils.io import VicapError
-    from vicap_utils.notebook import run_validation
 
     try:
-        val_file, folder = run_validation(adapter.parent)
+        val_file, folder = run_references(adapter.parent)
         infos = list(load_captions(val_file).images.values())[:n]
     except VicapError:  # not a training run folder (e.g. an attached adapter): drawn samples
         return {}
     paths = [folder / info.file_name for info in infos]
     return {f"validation: {p.name}": p for p in paths if p.is_file()}
-
-
-def synthetic_samples(n: int = N_SAMPLES, seed: int = 2024) -> dict[str, ImageSource]:
-    """Synthetic ball-sports scenes drawn in memory (the mini profile's kind of image)."""
-    from vicap_utils.synthetic import draw_scene, random_scene
-
-    out: dict[str, ImageSource] = {}
-    for i in range(n):
-        rng = random.Random(f"vicap-demo:{seed}:{i}")
-        scene = random_scene(rng)
-        out[f"synthetic {i + 1} · {scene['sport']}"] = draw_scene(scene, (320, 240), rng)
-    return out
 
 
 def open_sample(source: ImageSource) -> Image.Image:
@@ -285,12 +274,12 @@ class CaptionApp:
 
     def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
                  root: Path, loader: Callable | None = None) -> None:
-        from vicap_utils.modeling import load_for_inference
+        from vicap_utils.adapters import load_model
 
         self.root = root
         self.choices = choices
         self.samples = samples
-        self.loader = loader or load_for_inference
+        self.loader = loader or load_model
         self.models: dict[tuple[str, bool], Any] = {}
         self.image: Image.Image | None = None
         self.image_name = ""
@@ -313,10 +302,10 @@ class CaptionApp:
                                  description="or a sample", layout=wide, style=style)
         self.model = w.Dropdown(options=[(c.label, i) for i, c in enumerate(self.choices)],
                                 value=0, description="Model", layout=wide, style=style)
-        self.beams = w.IntSlider(3, min=1, max=8, description="Beam size", layout=wide,
-                                 style=style)
-        self.max_tokens = w.IntSlider(30, min=5, max=60, step=1, description="Max new tokens",
-                                      layout=wide, style=style)
+        self.beams = w.IntSlider(EvalConfig.num_beams, min=1, max=8, description="Beam size",
+                                 layout=wide, style=style)
+        self.max_tokens = w.IntSlider(EvalConfig.max_new_tokens, min=5, max=60, step=1,
+                                      description="Max new tokens", layout=wide, style=style)
         self.sampling = w.Checkbox(False, description="Sampling instead of beam search",
                                    indent=False, layout=wide)
         self.temperature = w.FloatSlider(1.0, min=0.1, max=2.0, step=0.05,
@@ -466,17 +455,18 @@ class CaptionApp:
 
 
 def build_app(output_dir: str | Path | None = None,
-              samples: dict[str, ImageSource] | None = None, *, base: str = "mini",
+              samples: dict[str, ImageSource] | None = None, *, base: str = ModelConfig.base,
               also_search: Iterable[str | Path] = (KAGGLE_INPUT,), loader: Callable | None = None
               ) -> CaptionApp:
     """The app over the adapters found under `output_dir` (default: the environment's) and
     the folders of `also_search` that exist (by default /kaggle/input, where a previous
     notebook's output can be attached); `base` is the base model offered alone."""
+    from vicap_utils import toy
     from vicap_utils.env import output_dir as default_output_dir
 
     root = Path(output_dir) if output_dir else default_output_dir()
     roots = [root, *[Path(p) for p in also_search if Path(p).is_dir()]]
     adapters = find_adapters(*roots)
     if samples is None:
-        samples = (run_samples(adapters[0]) if adapters else {}) or synthetic_samples()
+        samples = (run_samples(adapters[0]) if adapters else {}) or toy.sample_images(N_SAMPLES)
     return CaptionApp(model_choices(adapters, root, base), samples, root, loader)

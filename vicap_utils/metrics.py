@@ -46,6 +46,10 @@ STANDARD_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L",
 DIVERSITY_METRICS = ("TTR", "repetition_rate", "distinct-1", "distinct-2", "vocab_size",
                      "mean_length")
 METRIC_KEYS = (*STANDARD_METRICS, "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS)
+# Tables: every reference-based score, then every diversity figure.
+SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr",
+              "SPICE", "ROUGE-1", "ROUGE-2")
+DIVERSITY_KEYS = (*DIVERSITY_METRICS, "novel_rate")
 
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
@@ -282,12 +286,19 @@ def rouge_n(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> float
 
 
 def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, float]:
-    """TTR, repetition rate, distinct-1/2, vocabulary, mean length; novel_rate given `train`."""
+    """Diversity of the predictions; novel_rate given the training captions `train`.
+
+    TTR is the type-token ratio within each caption, averaged (low when a caption repeats its
+    own words, "người người người"); distinct-n is the share of distinct n-grams over all
+    captions together (low when the model says the same thing about every image: mode
+    collapse); repetition_rate is the share of captions that repeat an earlier one word for word.
+    """
     toks = [h.split() for h in hyps]
     unigrams = [t for ts in toks for t in ts]
     bigrams = [b for ts in toks for b in zip(ts, ts[1:], strict=False)]
+    per_caption = [_ratio(len(set(ts)), len(ts)) for ts in toks if ts]
     out = {
-        "TTR": _ratio(len(set(unigrams)), len(unigrams)),
+        "TTR": _ratio(sum(per_caption), len(per_caption)),
         "repetition_rate": 1.0 - _ratio(len(set(hyps)), len(hyps)),
         "distinct-1": _ratio(len(set(unigrams)), len(unigrams)),
         "distinct-2": _ratio(len(set(bigrams)), len(bigrams)),
@@ -299,19 +310,19 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
     return out
 
 
-def comparison_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """One row per system (zero-shot, fine-tuned, published …), one column per metric."""
-    extra = ("METEOR-vi", "novel_rate")
-    columns = [k for k in (*METRIC_KEYS, *extra) if any(_is_num(r.get(k)) for r in rows.values())]
-    data = {label: {k: float(r[k]) if _is_num(r.get(k)) else math.nan for k in columns}
-            for label, r in rows.items()}
-    return pd.DataFrame.from_dict(data, orient="index", columns=columns)
+def quick_cider(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> float:
+    """CIDEr-D on the pure-Python tokenizer (no JVM), for model selection during training."""
+    keys = list(predictions)
+    if not keys:
+        return 0.0
+    res = {k: [python_tokenize(predictions[k])] for k in keys}
+    gts = {k: [python_tokenize(r) for r in references[k]] for k in keys}
+    return float(Cider().compute_score(gts, res)[0])
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
     """Readable two-column table of the metrics, with reasons for the unavailable ones."""
-    keys = [*STANDARD_METRICS, "METEOR-vi", "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS,
-            "novel_rate"]
+    keys = [*SCORE_KEYS, *DIVERSITY_KEYS]
     lines = [f"{'metric':<16} value", f"{'-' * 16} {'-' * 8}"]
     for key in (k for k in keys if k in metrics):
         value = metrics[key]

@@ -1,5 +1,5 @@
 """Small helpers the notebooks share: set-up, where the profile's data and run live, the
-data split, the tokenizers compared in notebook 02, and the evaluation of a run (04, 05)."""
+tokenizers compared in notebook 02, and the evaluation of a run (04, 05)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from vicap_utils.config import Config, load_config
-from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco
+from vicap_utils.data import CaptionSet, load_captions
 from vicap_utils.env import output_dir, print_environment
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
 
@@ -22,13 +22,18 @@ SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-n
 def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
     """Resolve the profile's config, print versions and hardware; return (cfg, run folder).
 
-    From here on a VicapError in the notebook shows as one line (see `one_line_user_errors`).
+    The audited data goes to <output dir>/data/<profile> (`data.prepared`), so notebook 01
+    writes the files notebook 03 trains on. From here on a vicap error (a missing file, a
+    notebook run out of order) shows as one line, as in the CLI (`one_line_user_errors`).
     """
     one_line_user_errors()
     cfg = load_config(profile, overrides=overrides)
+    if not cfg.data.prepared:
+        cfg.data.prepared = str(data_dir(cfg.profile))
     print_environment()
     folder = run_dir(cfg.profile)
-    print(f"{'profile':>13}: {cfg.profile}\n{'run folder':>13}: {folder}")
+    print(f"{'profile':>13}: {cfg.profile}\n{'data folder':>13}: {cfg.data.prepared}\n"
+          f"{'run folder':>13}: {folder}\n{'errors':>13}: vicap's own errors print as one line")
     return cfg, folder
 
 
@@ -78,35 +83,12 @@ def wrote(paths: list[str | Path]) -> None:
         print(f"{_human(size):>9}  {path}")
 
 
-def data_files(cfg: Config) -> tuple[Path, Path]:
-    """(captions file, images folder) of the profile's data: the synthetic set for `mini`,
-    the configured paths, or the data set discovered under /kaggle/input."""
-    from vicap_utils.sources import training_source
-
-    annotations, images, _ = training_source(cfg)
-    return annotations, images
-
-
-def write_split(cs: CaptionSet, out: Path, val_fraction: float, seed: int) -> dict[str, Path]:
-    """Seeded split by image; writes train.json, val.json and split.json (the image ids)."""
-    train, val = split_by_image(cs, val_fraction, seed)
-    paths = {"train": out / "train.json", "val": out / "val.json", "split": out / "split.json"}
-    write_coco(train, paths["train"])
-    write_coco(val, paths["val"])
-    atomic_write_json(paths["split"], {"seed": seed, "val_fraction": val_fraction,
-                                       "train": list(train.images), "val": list(val.images)})
-    print(f"split {len(cs.images)} images (seed {seed}): {len(train.images)} train, "
-          f"{len(val.images)} val")
-    return paths
-
-
 # ---------------------------------------------------------------- notebook 02
 
 
 def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
     """BLIP-1's stock tokenizer, the same keeping accents, and the one extended for `captions`."""
-    from vicap_utils.mini import stock_blip_tokenizer
-    from vicap_utils.vocab import extend_tokenizer
+    from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
 
     stock = stock_blip_tokenizer()
     extended, entries = extend_tokenizer(stock, captions)
@@ -138,7 +120,7 @@ def model_tokenizer(cfg: Config, variants: dict[str, Any]):
     try:
         from transformers import AutoProcessor
 
-        from vicap_utils.modeling import resolve_base
+        from vicap_utils.weights import resolve_base
 
         return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
     except (OSError, ValueError, VicapError) as exc:
@@ -187,16 +169,13 @@ class RunEval:
 
 def eval_inputs(run: Path) -> tuple[Path, Path]:
     """(val.json, images folder) that the run trained against, or a hint to run 03 first."""
+    from vicap_utils.adapters import is_adapter
+    from vicap_utils.checkpoint import run_references
+
     best = run / "best"
-    if not (best / "vicap.json").is_file():
+    if not is_adapter(best):
         raise VicapError(f"{best}: no fine-tuned adapter; run notebook 03_finetune_lora first")
-    return run_validation(run)
-
-
-def run_validation(run: Path) -> tuple[Path, Path]:
-    """(val.json, images folder) recorded in a run folder by training (run/data/)."""
-    sources = read_json(run / "data" / "sources.json", "run data sources")
-    return run / "data" / "val.json", Path(sources["val_images"])
+    return run_references(run)
 
 
 def evaluate_run(run: Path, reuse: bool = False) -> RunEval:
@@ -231,11 +210,12 @@ def _system_files(out: Path, slug: str) -> dict[str, Path]:
 def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
                   files: dict[str, Path]) -> None:
     """Predict with one system and evaluate against the run's validation references."""
+    from vicap_utils.adapters import model_ref
     from vicap_utils.metrics import evaluate_detailed
     from vicap_utils.predict import predict_file
 
-    predictions = predict_file(str(run / "best"), str(val_file), str(images),
-                               str(files["predictions"]), no_adapter=no_adapter)
+    predictions = predict_file(model_ref(str(run / "best"), no_adapter), val_file, images,
+                               files["predictions"])
     metrics, per_image = evaluate_detailed(predictions, str(val_file),
                                            train_captions=str(run / "data" / "train.json"))
     atomic_write_json(files["metrics"], metrics)

@@ -11,21 +11,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.io import atomic_write_text
+from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
 from vicap_utils.text import syllable_count
-from vicap_utils.viz import plt
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
 PERCENTILES = (50, 90, 95, 99, 100)
 TOKENIZER_COLUMNS = ("roundtrip_rate", "unk_rate", "tokens_per_caption")
-DIVERSITY_COLUMNS = ("TTR", "repetition_rate", "distinct-1", "distinct-2", "vocab_size",
-                     "mean_length", "novel_rate")
-SCORE_COLUMNS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L",
-                 "CIDEr", "SPICE", "ROUGE-1", "ROUGE-2")
 
 
 # ---------------------------------------------------------------- data audit
@@ -147,6 +144,30 @@ def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> 
 # ---------------------------------------------------------------- training and evaluation
 
 
+def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
+    """Train/val loss and val CIDEr per epoch, side by side; saved as PNG when `out` is given."""
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="val loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("cross-entropy")
+    ax1.legend()
+    ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [h["val_CIDEr"] for h in history], "o-", color="tab:green")
+    best = max(history, key=lambda h: h["val_CIDEr"] if h["val_CIDEr"] == h["val_CIDEr"] else -1)
+    ax2.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel("val CIDEr")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
+
+
 def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
     """A nested config dict as one row per dotted key (section.key → value)."""
     rows = []
@@ -161,12 +182,12 @@ def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
 
 def score_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Reference-based scores, one row per system; a metric no system has is left out."""
-    return _numeric_table(rows, SCORE_COLUMNS)
+    return _numeric_table(rows, SCORE_KEYS)
 
 
 def diversity_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Diversity of each system's captions (TTR, repetition, distinct-n, vocabulary, length)."""
-    return _numeric_table(rows, DIVERSITY_COLUMNS)
+    return _numeric_table(rows, DIVERSITY_KEYS)
 
 
 def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR",

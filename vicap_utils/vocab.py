@@ -14,6 +14,8 @@ import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -22,6 +24,26 @@ from vicap_utils.text import VIETNAMESE_LETTERS, strip_diacritics
 
 _PUNCT_SPACE = re.compile(r"\s+([.,;:!?)\]])")
 _WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def bert_vocab_path() -> Path:
+    """The BERT-base uncased WordPiece vocabulary shipped with the package (see assets/)."""
+    return Path(str(resources.files("vicap_utils") / "assets" / "bert-base-uncased-vocab.txt"))
+
+
+def stock_blip_tokenizer(vocab: dict[str, int] | None = None, strip_accents: bool | None = None):
+    """BLIP-1's captioning tokenizer: BERT uncased + `[DEC]` (bos) and `[ENC]`, as on the hub.
+
+    With `vocab`, the same tokenizer over that (subset) vocabulary; `strip_accents=False`
+    gives the variant that keeps diacritics (and writes [UNK] for most Vietnamese syllables).
+    """
+    from transformers import BertTokenizer
+
+    tok = BertTokenizer(vocab=vocab or str(bert_vocab_path()), do_lower_case=True,
+                        strip_accents=strip_accents)
+    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
+    tok.model_max_length = 512
+    return tok
 
 
 def canonical(text: str) -> str:

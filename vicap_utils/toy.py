@@ -1,13 +1,15 @@
-"""The `mini` profile's base model: a tiny BLIP that speaks English about synthetic sports.
+"""The toy world, behind one seam: the `mini` base model and the synthetic ball-sports data.
 
-Built on first use (about a minute on a laptop CPU) and cached under the user cache folder,
-keyed by its settings: a BLIP-1 architecture trained from scratch on the synthetic set's
-English captions. Its vocabulary is a subset of the real BERT uncased one: every special,
+Nothing else in the package names them: `weights.resolve_base` asks `builtin_model(name)`,
+data preparation asks `builtin_data(data_config)`, the demo asks `sample_images()`.
+
+The `mini` base is a tiny BLIP-1 trained from scratch on the synthetic set's English captions,
+built on first use (about a minute on a laptop CPU) and cached under the user cache folder,
+keyed by its settings. Its vocabulary is a subset of the real BERT uncased one: every special,
 single-character and `##`-character entry, plus every entry the real tokenizer uses on the
-synthetic captions, in the real order — so it tokenizes those captions (English, Vietnamese
+synthetic captions, in the real order, so it tokenizes those captions (English, Vietnamese
 with or without diacritics) exactly as the real tokenizer does, at a tenth of the output
-layer's cost. The Vietnamese pipeline then adapts it exactly as it adapts
-`Salesforce/blip-image-captioning-base`.
+layer's cost. The `mini` profile then adapts it to Vietnamese with the real recipe.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import torch
 
+from vicap_utils.config import DataConfig
 from vicap_utils.io import atomic_dir, file_lock
+from vicap_utils.vocab import bert_vocab_path, stock_blip_tokenizer
 
 
 @dataclass(frozen=True)
@@ -48,26 +51,6 @@ class MiniSpec:
         """Short stable hash of the spec."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def bert_vocab_path() -> Path:
-    """The BERT-base uncased WordPiece vocabulary shipped with the package (see assets/)."""
-    return Path(str(resources.files("vicap_utils") / "assets" / "bert-base-uncased-vocab.txt"))
-
-
-def stock_blip_tokenizer(vocab: dict[str, int] | None = None, strip_accents: bool | None = None):
-    """BLIP-1's captioning tokenizer: BERT uncased + `[DEC]` (bos) and `[ENC]`, as on the hub.
-
-    With `vocab`, the same tokenizer over that (subset) vocabulary; `strip_accents=False`
-    gives the variant that keeps diacritics (and writes [UNK] for most Vietnamese syllables).
-    """
-    from transformers import BertTokenizer
-
-    tok = BertTokenizer(vocab=vocab or str(bert_vocab_path()), do_lower_case=True,
-                        strip_accents=strip_accents)
-    tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
-    tok.model_max_length = 512
-    return tok
 
 
 def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
@@ -128,6 +111,38 @@ def build_tiny_blip(spec: MiniSpec):
     return model, BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
+BUILTIN_MODELS = ("mini",)
+
+
+def builtin_model(name: str) -> Path | None:
+    """The folder of a built-in toy base model (`mini`, built and cached on first use), or None
+    when `name` is not one."""
+    return ensure_mini_base() if name == "mini" else None
+
+
+def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:
+    """(captions file, images folder) of the synthetic set a `synthetic` data source asks for
+    (drawn once, then cached), or None for any other source."""
+    if data.source != "synthetic":
+        return None
+    folder = synthetic_set(data.lang, data.synthetic_images, data.synthetic_seed)
+    return folder / "captions.json", folder / "images"
+
+
+def sample_images(n: int, seed: int = 2024, size: tuple[int, int] = (320, 240)) -> dict:
+    """{label: image} of synthetic scenes drawn in memory, for demos without a data set."""
+    import random
+
+    from vicap_utils.synthetic import draw_scene, random_scene
+
+    out = {}
+    for i in range(n):
+        rng = random.Random(f"vicap-demo:{seed}:{i}")
+        scene = random_scene(rng)
+        out[f"synthetic {i + 1} · {scene['sport']}"] = draw_scene(scene, size, rng)
+    return out
+
+
 def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
     """The cached synthetic caption set for (lang, n, seed); drawn on first use."""
     from vicap_utils.env import cache_dir
@@ -143,7 +158,7 @@ def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
 
 def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
-    from vicap_utils.batches import encode_captions
+    from vicap_utils.captioner import encode_captions
     from vicap_utils.data import load_captions
     from vicap_utils.images import load_rgb
     from vicap_utils.progress import progress as tqdm

@@ -1,0 +1,103 @@
+"""Adapter folders (a run's `best/` and `final/`) and what `--model` names.
+
+An adapter folder holds the peft adapter (safetensors), the processor with its extended
+tokenizer, and `vicap.json` (family, base, vocabulary entries, the run's config), so it
+rebuilds the exact captioner on its own. `--model` names either such a folder, or a base model
+(hub id, folder, built-in toy) that captions zero-shot; `--no-adapter` with an adapter folder
+captions with that adapter's base alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base
+from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
+from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, read_json
+
+META_FILE = "vicap.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+def write_adapter(cap: Captioner, folder: str | Path, config: dict[str, Any],
+                  vocab_entries: list[str], extra: dict[str, Any] | None = None) -> Path:
+    """Write the adapter (safetensors), the processor and vicap.json as `folder`, in one
+    atomic step (an interrupted write leaves the previous folder as it was)."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        cap.model.save_pretrained(tmp, safe_serialization=True)
+        cap.processor.save_pretrained(tmp)
+        atomic_write_json(tmp / META_FILE, {
+            "family": cap.family, "base": config["model"]["base"],
+            "vocab_entries": vocab_entries, "config": config, **(extra or {})})
+    return folder
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """True for a folder that holds vicap.json and the adapter weights."""
+    return (Path(folder) / META_FILE).is_file() and (Path(folder) / WEIGHTS_FILE).is_file()
+
+
+@dataclass
+class ModelRef:
+    """What `--model` names, resolved once: an adapter folder, or a base model alone."""
+
+    spec: str  # as the user gave it
+    model: ModelConfig  # the base to load
+    adapter: Path | None = None  # None: the base alone
+    eval: EvalConfig = field(default_factory=EvalConfig)  # decoding saved with the adapter
+    vocab_entries: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        """"adapter DIR" or "base NAME", for messages and menus."""
+        return f"adapter {self.adapter}" if self.adapter else f"base {self.model.base}"
+
+
+def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
+    """Resolve `--model`: an adapter folder (its base alone with `no_adapter`), or a base."""
+    path = Path(spec)
+    if (path / META_FILE).is_file():
+        meta = read_json(path / META_FILE, "adapter metadata")
+        if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+            raise VicapError(f"{path / META_FILE}: not vicap adapter metadata (no config); use "
+                             "a run's best/ or final/ folder")
+        cfg = config_from_dict(meta["config"], str(path / META_FILE))
+        if no_adapter:
+            return ModelRef(spec, cfg.model, None, cfg.eval)
+        if not (path / WEIGHTS_FILE).is_file():
+            raise VicapError(f"{path}: {WEIGHTS_FILE} missing (only safetensors adapters are "
+                             "loaded); use a run's best/ or final/ folder")
+        return ModelRef(spec, cfg.model, path, cfg.eval, list(meta.get("vocab_entries", [])))
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise VicapError(f"{path}: neither an adapter folder (no {META_FILE}) nor a saved model "
+                         "(no config.json); use a run's best/ or final/ folder")
+    from vicap_utils.weights import model_type
+
+    return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
+
+
+def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
+    """The captioner a ModelRef names, on `device` (default: the GPU if any), in eval mode."""
+    import torch
+
+    cap = load_base(ref.model)
+    if ref.adapter is not None:
+        from peft import PeftModel
+
+        extend_vocabulary(cap, entries=ref.vocab_entries)
+        try:
+            cap.model = PeftModel.from_pretrained(cap.model, str(ref.adapter))
+        except (RuntimeError, ValueError, KeyError, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise VicapError(f"{ref.adapter}: the adapter does not fit its base "
+                             f"{ref.model.base!r} ({first})") from None
+    cap.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cap.model.eval()
+    return cap
+
+
+def load_model(spec: str, no_adapter: bool = False) -> Captioner:
+    """The captioner `--model spec [--no-adapter]` names, ready to caption."""
+    return load_for_inference(model_ref(spec, no_adapter))

@@ -1,0 +1,180 @@
+"""What a training run is built from, one builder per part: the audited data, the captioner
+with its Vietnamese vocabulary and LoRA adapter, the tokenised examples with their image
+source, and the optimiser with its learning-rate schedule. `Trainer.setup` calls them in this
+order; notebook 03 calls them one by one."""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vicap_utils import captioner
+from vicap_utils.captioner import Captioner
+from vicap_utils.config import Config
+from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, encode_images, image_rows
+from vicap_utils.io import atomic_write_json, make_output_dir
+from vicap_utils.prepare import MARKER, PreparedData, prepare
+
+RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources.json
+
+
+def mixed_precision(setting: str) -> str:
+    """auto → bf16 where the GPU has it natively (compute capability >= 8.0), fp16 on older
+    GPUs (T4, P100), no on the CPU."""
+    if setting != "auto":
+        return setting
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.get_device_capability(0) >= (8, 0) else "fp16"
+
+
+# ---------------------------------------------------------------- data
+
+
+def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
+    """The audited, split data (prepared in `data.prepared`, default RUN/data/, and reused when
+    its fingerprint matches), recorded in RUN/data/ so evaluation finds its references."""
+    folder = Path(cfg.data.prepared) if cfg.data.prepared else run / RUN_DATA
+    data = prepare(cfg, folder, log=log)
+    record = run / RUN_DATA
+    if folder.resolve() != record.resolve():
+        make_output_dir(record)
+        atomic_write_json(record / MARKER, {"kind": "data"})
+        for name in ("train.json", "val.json"):
+            shutil.copyfile(folder / name, record / name)
+    atomic_write_json(record / "sources.json", {
+        "prepared": str(folder), "fingerprint": data.fingerprint,
+        "train_images": str(data.train_images), "val_images": str(data.val_images),
+        "n_train_images": len(data.train.images), "n_val_images": len(data.val.images)})
+    return data
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | None = None,
+                    device_index: int | None = None, log=print
+                    ) -> tuple[Captioner, list[str], dict[str, Any]]:
+    """The base with the Vietnamese vocabulary (BLIP-1; the entries a checkpoint saved, or
+    found in the training captions) and the LoRA adapter; returns it, the vocabulary entries
+    added and a before/after tokenizer report."""
+    from vicap_utils.vocab import tokenizer_report
+
+    cap = captioner.load_base(cfg.model, device_index=device_index, log=log)
+    report: dict[str, Any] = {}
+    entries: list[str] = []
+    if cfg.model.extend_vocab and cap.family == "blip":
+        captions = [a.caption for a in data.train.annotations]
+        before = tokenizer_report(cap.tokenizer, captions).as_dict()
+        entries = captioner.extend_vocabulary(cap, captions, vocab_entries)
+        after = tokenizer_report(cap.tokenizer, captions).as_dict()
+        report = {"added_entries": len(entries), "before": before, "after": after}
+        log(f"vocabulary: +{len(entries)} entries; caption round-trip "
+            f"{before['roundtrip_rate']:.1%} → {after['roundtrip_rate']:.1%}, tokens/caption "
+            f"{before['tokens_per_caption']:.1f} → {after['tokens_per_caption']:.1f}")
+    captioner.add_lora(cap, captioner.lora_config(cap, cfg.lora))
+    log(captioner.describe_trainable(cap.model))
+    return cap, entries, report
+
+
+# ---------------------------------------------------------------- examples
+
+
+@dataclass
+class Examples:
+    """Training and validation pairs, and how validation finds each image's source."""
+
+    train: CaptionPairs
+    val: CaptionPairs
+    val_ids: list  # validation image ids in row order
+    val_source: Any  # row → pixels or cached features
+    cached: bool  # vision features cached (BLIP-1 with its ViT frozen)
+
+    @property
+    def image_kind(self) -> str:
+        """The `captioner.caption` keyword the image tensors go under."""
+        return "features" if self.cached else "pixels"
+
+    def val_images(self, batch_size: int):
+        """(image ids, stacked pixels or features) of the validation images, a batch at a time."""
+        for start in range(0, len(self.val_ids), batch_size):
+            rows = range(start, min(start + batch_size, len(self.val_ids)))
+            yield ([self.val_ids[r] for r in rows],
+                   torch.stack([self.val_source(r) for r in rows]))
+
+
+def uses_cached_features(cfg: Config, cap: Captioner) -> bool:
+    """Cache vision features when asked and valid: the family feeds ViT features to the
+    trained part directly and no vision parameter is trainable."""
+    frozen = not any(p.requires_grad for n, p in cap.model.named_parameters()
+                     if "vision_model" in n)
+    return cfg.train.cache_vision_features and captioner.caches_features(cap.family) and frozen
+
+
+def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool = True,
+                   log=print) -> Examples:
+    """Tokenise every caption once and pair it with its image: cached vision features when
+    valid (`uses_cached_features`), else pixels decoded on demand."""
+    cached = uses_cached_features(cfg, cap)
+    log("vision features: " + ("cached once (the vision encoder is frozen)" if cached else
+                               "computed at every step"))
+    prefix = captioner.image_prefix(cap)
+    sets = []
+    for name, cs, folder in (("train", data.train, data.train_images),
+                             ("val", data.val, data.val_images)):
+        ids, rows = image_rows(cs)
+        paths = [folder / cs.images[i].file_name for i in ids]
+        if cached:
+            features = encode_images(cap, paths, desc=f"caching {name} image features",
+                                     show=show)
+            source = features.__getitem__
+        else:
+            source = PixelSource(paths, cap.processor.image_processor)
+        pairs = caption_pairs(cap, cs, rows, source, cfg.model.max_length, cfg.model.prompt,
+                              prefix)
+        sets.append((pairs, ids, source))
+    (train, _, _), (val, val_ids, val_source) = sets
+    return Examples(train, val, val_ids, val_source, cached)
+
+
+def build_loader(cfg: Config, pairs: CaptionPairs):
+    """The training DataLoader over a seeded per-epoch order (`EpochSampler`), and its sampler.
+
+    Its private generator: creating an iterator draws from it, not from the global RNG that
+    dropout uses, so a run resumed mid-epoch draws the same dropout masks.
+    """
+    from torch.utils.data import DataLoader
+
+    from vicap_utils.dataset import EpochSampler, collate
+
+    t = cfg.train
+    sampler = EpochSampler(len(pairs), t.seed)
+    loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
+                        num_workers=t.num_workers, generator=torch.Generator().manual_seed(t.seed))
+    return loader, sampler
+
+
+# ---------------------------------------------------------------- optimiser
+
+
+def build_optimizer(cfg: Config, model, total_steps: int):
+    """AdamW (the new token rows in their own group: their learning rate, no weight decay)
+    and the warmup + cosine/linear/constant schedule over `total_steps`."""
+    from transformers import get_scheduler
+
+    t = cfg.train
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in params if "trainable_tokens" not in n], "lr": t.lr},
+        {"params": [p for n, p in params if "trainable_tokens" in n],
+         "lr": t.embedding_lr or t.lr, "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr,
+                                  weight_decay=t.weight_decay)
+    name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
+                              num_training_steps=max(total_steps, 1))
+    return optimizer, scheduler

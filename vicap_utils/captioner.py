@@ -1,0 +1,444 @@
+"""The captioner: the one place that knows BLIP-1 from BLIP-2.
+
+Each step of fine-tuning and captioning is a small function here, so notebook 03 can call them
+one by one and training, prediction and the demo call the same ones: load a base, extend
+BLIP-1's vocabulary for Vietnamese, build the LoRA config and wrap the model, encode captions
+with their label masking, turn images into features, run the forward pass, compute the loss,
+generate and decode.
+
+BLIP-1 (`BlipForConditionalGeneration`): a ViT and a BERT decoder that cross-attends to the
+image features; `generate()` starts from `[DEC]` and stops at `[SEP]`, so training feeds
+`[DEC] caption [SEP]` too. BLIP-2 (`Blip2ForConditionalGeneration`, OPT): a ViT, a Q-Former and
+OPT; one image placeholder per query token sits before the text, and the placeholders, the
+padding and any prompt are -100 in the labels, or the loss would count them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from vicap_utils.config import EvalConfig, LoraSettings, ModelConfig
+from vicap_utils.io import VicapError
+from vicap_utils.text import normalize_caption
+
+FAMILIES = ("blip", "blip2")
+IGNORE = -100  # label value the loss skips
+
+# BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
+BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"
+BLIP_CROSS_ATTN = (
+    r".*text_decoder\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(query|key|value)"
+)
+# BLIP-2: the Q-Former's query/value (self- and cross-attention) and OPT's q_proj/v_proj.
+BLIP2_DEFAULT = (r".*(qformer\.encoder\.layer\.\d+\.(attention|crossattention)\.attention\."
+                 r"(query|value)|language_model\..*\.(q_proj|v_proj))")
+# Model parts, for the trainable-parameter table.
+PARTS = ("vision_model", "text_decoder", "qformer", "language_model", "language_projection",
+         "query_tokens")
+
+
+@dataclass
+class Captioner:
+    """A model ready to train or caption, with its processor and provenance."""
+
+    model: Any  # the transformers model, or the peft model once LoRA is added
+    processor: Any
+    family: str
+    base: str  # the folder it was loaded from
+    stock_tokenizer: Any = None  # BLIP-1: the tokenizer before the Vietnamese extension
+    first_new_id: int = 0  # BLIP-1: id of the first added vocabulary entry (0 = none)
+
+    @property
+    def tokenizer(self):
+        """The processor's tokenizer (extended for Vietnamese once `extend_vocabulary` ran)."""
+        return self.processor.tokenizer
+
+
+# ---------------------------------------------------------------- loading
+
+
+def model_classes(family: str) -> tuple[Any, Any]:
+    """(model class, processor class) of a family."""
+    from transformers import (
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipForConditionalGeneration,
+        BlipProcessor,
+    )
+
+    if family == "blip":
+        return BlipForConditionalGeneration, BlipProcessor
+    if family == "blip2":
+        return Blip2ForConditionalGeneration, Blip2Processor
+    raise VicapError(f"model.family {family!r}: expected one of {', '.join(FAMILIES)}")
+
+
+def family_of(model_type: str) -> str:
+    """The family of a saved model from its config's `model_type`."""
+    return "blip2" if "blip-2" in model_type or "blip2" in model_type else "blip"
+
+
+def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
+              device_index: int | None = None, log=print) -> Captioner:
+    """Load the base model and processor that `cfg.base` names (see `weights.resolve_base`).
+
+    `load_in_8bit` (default: `cfg.load_in_8bit` where this machine allows it) quantises the
+    language model with bitsandbytes, pinned to one GPU (`device_index`: one device per process
+    under DDP, never `device_map="auto"`). BLIP-2 runs in fp16 on a GPU with its ViT kept in
+    fp32 (`vision_fp32`: an fp16 ViT is known to give NaN losses).
+    """
+    from vicap_utils.weights import eight_bit_possible, resolve_base
+
+    source = resolve_base(cfg.base)
+    if load_in_8bit is None:
+        load_in_8bit, notice = eight_bit_possible(cfg)
+        if notice:
+            log(f"notice: {notice}")
+    model_cls, proc_cls = model_classes(cfg.family)
+    kwargs: dict[str, Any] = {}
+    if load_in_8bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=True, llm_int8_skip_modules=["vision_model", "qformer", "lm_head"])
+        kwargs["device_map"] = {"": device_index or 0}
+        kwargs["dtype"] = torch.float16
+    elif cfg.family == "blip2" and torch.cuda.is_available():
+        kwargs["dtype"] = torch.float16
+    try:
+        processor = proc_cls.from_pretrained(source)
+        model = model_cls.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VicapError(f"cannot load model {cfg.base!r} from {source} ({first}); without "
+                         "internet, attach it as a Kaggle input or set "
+                         "model.base=/path/to/saved/model") from None
+    if cfg.family == "blip2" and cfg.vision_fp32:
+        model.vision_model.float()
+    if load_in_8bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return Captioner(model=model, processor=processor, family=cfg.family, base=source)
+
+
+def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
+                      entries: list[str] | None = None) -> list[str]:
+    """BLIP-1: extend the tokenizer for Vietnamese and grow and initialise the embeddings.
+
+    Give the training `captions` to find the entries, or the `entries` a checkpoint or an
+    adapter saved. BLIP-2's byte-level tokenizer writes Vietnamese already: nothing to do.
+    """
+    from vicap_utils import vocab
+
+    if cap.family != "blip":
+        return []
+    stock = cap.tokenizer
+    if entries is None:
+        entries = vocab.extension_entries(stock, captions or [])
+    extended = vocab.build_extended_tokenizer(stock, entries)
+    first_new = len(stock)
+    vocab.init_new_rows(cap.model, stock, extended, first_new)
+    cap.processor.tokenizer = extended
+    cap.stock_tokenizer = stock
+    cap.first_new_id = first_new if entries else 0
+    return entries
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def lora_targets(family: str, lora: LoraSettings) -> str | list[str]:
+    """The LoRA target modules: the family default, a regex, or a comma-separated list."""
+    spec = lora.target_modules.strip()
+    if spec and spec != "default":
+        return spec if any(c in spec for c in "\\.*()|[]") else [s.strip() for s in spec.split(",")]
+    if family == "blip":
+        return f"({BLIP_SELF_ATTN}|{BLIP_CROSS_ATTN})" if lora.cross_attention else BLIP_SELF_ATTN
+    return BLIP2_DEFAULT
+
+
+def lora_config(cap: Captioner, lora: LoraSettings):
+    """The peft `LoraConfig`: rank, scale, dropout, targets and the new token rows to train.
+
+    `task_type` stays unset: peft's task wrappers break BLIP's and BLIP-2's forward.
+    """
+    from peft import LoraConfig
+
+    targets = lora_targets(cap.family, lora)
+    names = [n for n, _ in cap.model.named_modules()]
+    matched = [n for n in names if (re.fullmatch(targets, n) if isinstance(targets, str)
+                                    else n.split(".")[-1] in targets)]
+    if not matched:
+        raise VicapError(f"lora.target_modules {targets!r} matches no module of the model")
+    token_ids = None
+    if lora.train_new_embeddings and cap.first_new_id:
+        token_ids = {_input_embedding_name(cap.model):
+                     list(range(cap.first_new_id, len(cap.tokenizer)))}
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=targets, trainable_token_indices=token_ids)
+
+
+def add_lora(cap: Captioner, config) -> Any:
+    """Freeze the base and wrap it with the LoRA adapter; returns the peft model."""
+    from peft import get_peft_model
+
+    for p in cap.model.parameters():
+        p.requires_grad_(False)
+    cap.model = get_peft_model(cap.model, config)
+    for p in cap.model.parameters():
+        if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
+            p.data = p.data.float()  # the optimizer and GradScaler need fp32 master weights
+    return cap.model
+
+
+def _input_embedding_name(model) -> str:
+    """The module name (last part) of the model's input embedding."""
+    emb = model.get_input_embeddings()
+    for name, module in model.named_modules():
+        if module is emb:
+            return name.split(".")[-1]
+    raise VicapError("could not find the input embedding module")
+
+
+def trainable_table(model) -> list[dict[str, Any]]:
+    """Trainable vs total parameters per model part, plus the total ("all")."""
+    rows: dict[str, list[int]] = {}
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        row = rows.setdefault(next((p for p in parts if p in PARTS), parts[0]), [0, 0])
+        row[1] += param.numel()
+        if param.requires_grad:
+            row[0] += param.numel()
+    rows["all"] = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
+    return [{"part": k, "trainable": t, "total": n, "share_%": round(100 * t / max(n, 1), 3)}
+            for k, (t, n) in rows.items()]
+
+
+def describe_trainable(model) -> str:
+    """One line: trainable parameters and their share."""
+    row = trainable_table(model)[-1]
+    return (f"trainable parameters: {row['trainable']:,} of {row['total']:,} "
+            f"({row['share_%']:.3f} %)")
+
+
+# ---------------------------------------------------------------- captions → token ids
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad) ids: `[DEC]`/`[SEP]`/`[PAD]` for BLIP-1, `</s>`/`</s>`/`<pad>` for OPT."""
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if bos is None or eos is None:
+        raise VicapError("the tokenizer needs a bos and an eos (or sep) token")
+    return bos, eos, pad
+
+
+def image_prefix(cap: Captioner) -> list[int]:
+    """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none.
+
+    The count comes from the processor, or from the model config for processors saved
+    without it.
+    """
+    if cap.family != "blip2":
+        return []
+    image_id = cap.tokenizer.convert_tokens_to_ids(cap.processor.image_token.content)
+    count = cap.processor.num_query_tokens or getattr(cap.model.config, "num_query_tokens", None)
+    if not count:
+        raise VicapError("the BLIP-2 processor and model config give no num_query_tokens")
+    return [image_id] * int(count)
+
+
+def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str = "",
+                    prefix: list[int] | tuple[int, ...] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) for `prefix + bos + prompt + caption + eos`.
+
+    Labels are -100 on the image prefix, bos, prompt and padding, so the loss counts only the
+    caption and its eos. `max_length` counts bos and eos (not the prefix); a long caption is
+    cut before its eos, which is always kept.
+    """
+    bos, eos, pad = special_ids(tokenizer)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+    rows, labels = [], []
+    for ids in texts:
+        body = (prompt_ids + ids)[: max_length - 2]
+        seq = list(prefix) + [bos] + body + [eos]
+        n_masked = len(prefix) + 1 + min(len(prompt_ids), len(body))
+        rows.append(seq)
+        labels.append([IGNORE] * n_masked + seq[n_masked:])
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (r, lbl) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        lab[i, : len(lbl)] = torch.tensor(lbl)
+    return input_ids, mask, lab
+
+
+# ---------------------------------------------------------------- images → features
+
+
+def pixel_values(cap: Captioner, images: list) -> torch.Tensor:
+    """The processor's pixel tensor for a list of RGB images (resized and normalised)."""
+    return cap.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def inner_model(model):
+    """The transformers model inside a peft wrapper (its LoRA layers stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def caches_features(family: str) -> bool:
+    """Whether training can run on cached vision features: BLIP-1, whose frozen ViT feeds the
+    decoder directly (BLIP-2's Q-Former sits in between and is trained)."""
+    return family == "blip"
+
+
+@torch.no_grad()
+def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
+    """BLIP-1's vision features (ViT last hidden state) for a batch of pixel values."""
+    vision = inner_model(model).vision_model
+    param = next(vision.parameters())
+    return vision(pixel_values=pixels.to(param.device, param.dtype))[0]
+
+
+# ---------------------------------------------------------------- forward and loss
+
+
+def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
+            attention_mask: torch.Tensor, cached: bool = False) -> torch.Tensor:
+    """Next-token logits for a batch; `image` is pixels, or (BLIP-1, `cached`) ViT features."""
+    if family == "blip":
+        inner = inner_model(model)
+        feats = image if cached else inner.vision_model(pixel_values=image)[0]
+        return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
+                                  encoder_hidden_states=feats, return_dict=True).logits
+    return model(pixel_values=image, input_ids=input_ids, attention_mask=attention_mask,
+                 return_dict=True).logits
+
+
+def loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Next-token cross-entropy (position t predicts label t+1) with label smoothing; -100
+    labels are skipped. Logits longer than the labels (BLIP-2's query outputs) are cut."""
+    logits = logits[:, -labels.size(1):, :]
+    shifted = logits[:, :-1, :].float().reshape(-1, logits.size(-1))
+    target = labels[:, 1:].reshape(-1).to(shifted.device)
+    return torch.nn.functional.cross_entropy(shifted, target, ignore_index=IGNORE,
+                                             label_smoothing=smoothing)
+
+
+class TrainingForward(torch.nn.Module):
+    """The trainable model behind one `forward`, so DDP sees and syncs every training step,
+    the cached-feature path included."""
+
+    def __init__(self, model, family: str, cached: bool) -> None:
+        super().__init__()
+        self.model, self.family, self.cached = model, family, cached
+
+    def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor) -> torch.Tensor:
+        return forward(self.model, self.family, image, input_ids, attention_mask, self.cached)
+
+
+# ---------------------------------------------------------------- generate and decode
+
+
+@dataclass
+class Decoding:
+    """Generation settings; the defaults are the profile's `eval` section (`from_eval`)."""
+
+    num_beams: int = EvalConfig.num_beams
+    max_new_tokens: int = EvalConfig.max_new_tokens
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    repetition_penalty: float = EvalConfig.repetition_penalty
+    num_return_sequences: int = 1
+
+    @classmethod
+    def from_eval(cls, ev: EvalConfig, **changes: Any) -> Decoding:
+        """Beam search as configured in an `eval` section, with `changes` applied."""
+        return cls(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
+                   repetition_penalty=ev.repetition_penalty, **changes)
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments for `generate()`."""
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens, num_beams=max(1, self.num_beams),
+            repetition_penalty=self.repetition_penalty,
+            num_return_sequences=self.num_return_sequences)
+        if self.do_sample:
+            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        if self.num_return_sequences > 1:
+            kwargs.update(return_dict_in_generate=True, output_scores=True)
+        return kwargs
+
+
+@torch.no_grad()
+def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
+             features: torch.Tensor | None = None):
+    """Token ids (or, with several return sequences, a generate output with scores).
+
+    BLIP-1 decodes from `[DEC]` over ViT features (given, or computed from `pixels`), exactly
+    as training starts; BLIP-2 uses its own `generate()`. fp16 autocast on a GPU.
+    """
+    inner = inner_model(cap.model)
+    device = next(inner.parameters()).device
+    kwargs = dec.generate_kwargs()
+    with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+        if cap.family == "blip":
+            feats = image_features(cap.model, pixels) if features is None else features
+            feats = feats.to(device)
+            start = torch.full((feats.shape[0], 1), cap.tokenizer.bos_token_id,
+                               dtype=torch.long, device=device)
+            return inner.text_decoder.generate(
+                input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
+                pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats,
+                encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
+                                                  device=device),
+                **kwargs)
+        if pixels is None:
+            raise VicapError("BLIP-2 generation needs pixel values")
+        return inner.generate(pixel_values=pixels.to(device, inner.vision_model.dtype),
+                              eos_token_id=cap.tokenizer.eos_token_id, **kwargs)
+
+
+def decode(tokenizer, sequences: torch.Tensor) -> list[str]:
+    """Token ids → captions: special tokens (BLIP-2's image placeholders too) dropped, spacing
+    normalised, first letter capitalised."""
+    texts = (normalize_caption(t) for t in tokenizer.batch_decode(sequences,
+                                                                  skip_special_tokens=True))
+    return [t[:1].upper() + t[1:] for t in texts]
+
+
+def caption(cap: Captioner, images: list | None = None, dec: Decoding | None = None,
+            pixels: torch.Tensor | None = None, features: torch.Tensor | None = None
+            ) -> list[list[tuple[str, float | None]]]:
+    """Captions for RGB images, pixel values or BLIP-1 features: per image, [(caption, score)].
+
+    With `num_return_sequences > 1` each image gets its alternative beams with their
+    length-normalised log-probabilities; otherwise one caption with score None.
+    """
+    dec = dec or Decoding()
+    if images is not None:
+        pixels = pixel_values(cap, images)
+    out = generate(cap, dec, pixels=pixels, features=features)
+    k = dec.num_return_sequences
+    if k == 1:
+        return [[(text, None)] for text in decode(cap.tokenizer, out)]
+    texts = decode(cap.tokenizer, out.sequences)
+    raw = out.sequences_scores
+    scores = raw.tolist() if raw is not None else [None] * len(texts)
+    return [list(zip(texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]))
+            for i in range(len(texts) // k)]

@@ -1,0 +1,105 @@
+"""Training examples: (image, caption) pairs as tensors, batched in a resumable order.
+
+An image comes from an image source: its pixels decoded on demand, or its vision features
+computed once (`encode_images`) when the vision encoder is frozen. Captions are tokenised once,
+up front, with their label masking (`captioner.encode_captions`).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from vicap_utils.captioner import Captioner, encode_captions, image_features, pixel_values
+from vicap_utils.data import CaptionSet, ImageId
+from vicap_utils.images import load_rgb
+from vicap_utils.progress import progress
+
+
+class PixelSource:
+    """Row → pixel tensor of one image, decoded (EXIF applied, RGB) when asked."""
+
+    def __init__(self, paths: Sequence[Path], image_processor) -> None:
+        self.paths, self.image_processor = list(paths), image_processor
+
+    def __call__(self, row: int) -> torch.Tensor:
+        return self.image_processor(load_rgb(self.paths[row]), return_tensors="pt")[
+            "pixel_values"][0]
+
+
+@torch.no_grad()
+def encode_images(cap: Captioner, paths: Sequence[Path], batch_size: int = 64,
+                  desc: str = "caching image features", show: bool = True) -> torch.Tensor:
+    """Vision features of every image, once (the frozen ViT gives the same ones every epoch)."""
+    cap.model.eval()
+    chunks = []
+    for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch",
+                          disable=not show):
+        images = [load_rgb(p) for p in paths[start:start + batch_size]]
+        chunks.append(image_features(cap.model, pixel_values(cap, images)).cpu())
+    return torch.cat(chunks)
+
+
+def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:
+    """The set's image ids in a stable order, and id → row."""
+    ids = sorted(cs.images, key=str)
+    return ids, {image_id: row for row, image_id in enumerate(ids)}
+
+
+class CaptionPairs(Dataset):
+    """(image, caption) pairs; `image_source(row)` gives pixels or cached features, so the
+    training loop is the same either way."""
+
+    def __init__(self, image_rows: Sequence[int], input_ids: torch.Tensor,
+                 attention_mask: torch.Tensor, labels: torch.Tensor,
+                 image_source: Callable[[int], torch.Tensor]) -> None:
+        self.image_rows = list(image_rows)
+        self.input_ids, self.attention_mask, self.labels = input_ids, attention_mask, labels
+        self.image_source = image_source
+
+    def __len__(self) -> int:
+        return len(self.image_rows)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"image": self.image_source(self.image_rows[i]), "input_ids": self.input_ids[i],
+                "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
+
+
+def caption_pairs(cap: Captioner, cs: CaptionSet, rows: dict[ImageId, int],
+                  source: Callable[[int], torch.Tensor], max_length: int, prompt: str = "",
+                  prefix: Sequence[int] = ()) -> CaptionPairs:
+    """Every caption of the set tokenised once and paired with its image's row."""
+    anns = [a for a in cs.annotations if a.image_id in rows]
+    ids, mask, labels = encode_captions(cap.tokenizer, [a.caption for a in anns], max_length,
+                                        prompt, prefix)
+    return CaptionPairs([rows[a.image_id] for a in anns], ids, mask, labels, source)
+
+
+def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack items, trimming the padding columns no caption in the batch uses."""
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+    width = int(batch["attention_mask"].sum(1).max())
+    for k in ("input_ids", "attention_mask", "labels"):
+        batch[k] = batch[k][:, :width]
+    return batch
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch: the data order is a function of (seed, epoch) alone,
+    so a resumed run sees exactly the batches the interrupted one would have seen."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the permutation of this epoch."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n

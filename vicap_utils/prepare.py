@@ -1,0 +1,282 @@
+"""The audited data a run trains on: find the raw captions, audit them, split them, and cache it.
+
+`prepare(cfg, folder)` is what `vicap train` and notebook 01 both call, so the files notebook 01
+shows are the files training reads. Nothing the audit rejects (missing or unreadable images,
+empty or duplicate captions, unknown ids…) reaches a training batch. The result is cached by a
+fingerprint of the annotation files' bytes, the referenced images' names, sizes and
+modification times, and the data settings: a second call with the same inputs reads it back.
+
+The folder holds `audit.json`, `clean.json` and `rejects.csv` (the audit of the training
+captions; `val-audit/` and `test-audit/` for separate validation and test files),
+`train.json`, `val.json` (and `test.json`), `split.json`, and `prepared.json`, written last,
+whose fingerprint marks a complete set.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vicap_utils.config import Config, DataConfig
+from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco
+from vicap_utils.io import VicapError, atomic_write_json, make_output_dir, read_json
+
+PREPARED_FILE = "prepared.json"
+MARKER = ".vicap-owned.json"  # vicap made this folder and may replace what it wrote there
+VERSION = 1  # bump when the audit or the split changes what they keep
+IMAGE_DIR_NAMES = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "train2017",
+                   "val2017", "test2017")
+
+
+@dataclass
+class RawData:
+    """The caption files and image folders a config points at, before any audit."""
+
+    train: Path
+    images: Path
+    val: Path | None = None
+    val_images: Path | None = None
+    test: Path | None = None
+    test_images: Path | None = None
+
+    def files(self) -> dict[str, tuple[Path, Path]]:
+        """{split name: (captions file, images folder)} of the files given."""
+        out = {"train": (self.train, self.images)}
+        if self.val is not None:
+            out["val"] = (self.val, self.val_images or self.images)
+        if self.test is not None:
+            out["test"] = (self.test, self.test_images or self.images)
+        return out
+
+
+@dataclass
+class PreparedData:
+    """Audited, split caption sets with their image folders and where they were written."""
+
+    folder: Path
+    train: CaptionSet
+    val: CaptionSet
+    train_images: Path
+    val_images: Path
+    fingerprint: str
+    rejects: dict[str, int] = field(default_factory=dict)  # reason → count, all audits
+    reused: bool = False
+    test: CaptionSet | None = None
+    test_images: Path | None = None
+
+    @property
+    def train_file(self) -> Path:
+        """The training captions (COCO-style JSON) training reads."""
+        return self.folder / "train.json"
+
+    @property
+    def val_file(self) -> Path:
+        """The validation captions, the references of validation and evaluation."""
+        return self.folder / "val.json"
+
+
+def raw_data(cfg: Config) -> RawData:
+    """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
+    data set attached under /kaggle/input."""
+    from vicap_utils import toy
+
+    d = cfg.data
+    if d.train_annotations:
+        train = Path(d.train_annotations)
+        images = find_images_dir(train, d.images)
+    elif (built := toy.builtin_data(d)) is not None:
+        train, images = built
+    else:
+        train = _discover(cfg)
+        images = find_images_dir(train, d.images)
+    raw = RawData(train, images)
+    if d.val_annotations:
+        raw.val = Path(d.val_annotations)
+        raw.val_images = find_images_dir(raw.val, d.images)
+    if d.test_annotations:
+        raw.test = Path(d.test_annotations)
+        raw.test_images = find_images_dir(raw.test, d.images)
+    return raw
+
+
+def find_images_dir(annotations: Path, hint: str = "") -> Path:
+    """The folder holding a caption file's images: `hint` (data.images), or the likely folder
+    near the captions file that holds its first image."""
+    if hint:
+        path = Path(hint)
+        if not path.is_dir():
+            raise VicapError(f"{path}: images folder not found (data.images)")
+        return path
+    cs = load_captions(annotations)
+    if not cs.images:
+        raise VicapError(f"{annotations}: lists no images")
+    sample = next(iter(cs.images.values())).file_name
+    root = annotations.parent
+    candidates = [root, root.parent] + [d / n for d in (root, root.parent) for n in IMAGE_DIR_NAMES]
+    for folder in candidates:
+        if (folder / sample).is_file():
+            return folder
+    for hit in root.parent.rglob(Path(sample).name):
+        return hit.parent
+    raise VicapError(f"{annotations}: cannot find the images (looked for {sample} near it); "
+                     "set data.images=/path/to/images")
+
+
+def _discover(cfg: Config) -> Path:
+    """The profile's data set under /kaggle/input, or a one-line hint to attach it."""
+    from vicap_utils.env import DATA_GLOBS, find_inputs
+
+    hits = find_inputs(DATA_GLOBS.get(cfg.profile, []))
+    if not hits:
+        raise VicapError(f"profile {cfg.profile}: no data set found under /kaggle/input; attach "
+                         "it to the notebook or set data.train_annotations=/path/to/captions")
+    return hits[0]
+
+
+def fingerprint(raw: RawData, d: DataConfig) -> str:
+    """A hash of everything the prepared set depends on: each caption file's bytes, each listed
+    image's name, size and modification time, and the split settings."""
+    h = hashlib.sha256(json.dumps({
+        "version": VERSION, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
+        "max_train_images": d.max_train_images, "max_val_images": d.max_val_images,
+    }, sort_keys=True).encode())
+    for name, (captions, images) in raw.files().items():
+        h.update(f"\n{name}\n".encode())
+        h.update(_file_digest(captions).encode())
+        for info in load_captions(captions, images).images.values():
+            h.update(f"{info.file_name}\0{_stat_key(images / info.file_name)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes (one-line error when it cannot be read)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
+    return h.hexdigest()
+
+
+def _stat_key(path: Path) -> str:
+    """Size and modification time of a file, or "missing"."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
+            log=print) -> PreparedData:
+    """Audit and split the configured data into `folder`, or read it back when the folder
+    already holds the set for the same fingerprint."""
+    raw = raw_data(cfg)
+    folder = Path(folder)
+    _refuse_inputs_inside(raw, folder)
+    key = fingerprint(raw, cfg.data)
+    record = folder / PREPARED_FILE
+    if record.is_file() and read_json(record, "prepared-data record").get("fingerprint") == key:
+        data = _read_back(folder, raw, key, read_json(record, "prepared-data record"))
+        log(f"data: audited set reused from {folder} (fingerprint {key}): "
+            f"{_counts(data)}")
+        return data
+    _claim(folder)
+    data = _audit_and_split(cfg.data, raw, folder, key, workers, log)
+    atomic_write_json(record, {
+        "fingerprint": key, "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
+        "rejects": data.rejects, "train_images": len(data.train.images),
+        "val_images": len(data.val.images)})
+    log(f"data: {_counts(data)} -> {folder}")
+    return data
+
+
+def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, key: str,
+                     workers: int | None, log) -> PreparedData:
+    """Run the audit of each caption file, then split (unless a validation file was given)."""
+    from vicap_utils.audit import audit
+
+    clean: dict[str, CaptionSet] = {}
+    rejects: dict[str, int] = {}
+    for name, (captions, images) in raw.files().items():
+        out = folder if name == "train" else folder / f"{name}-audit"
+        summary = audit(captions, images, out, workers=workers)
+        for reason, count in summary["rejects"].items():
+            rejects[reason] = rejects.get(reason, 0) + count
+        clean[name] = load_captions(out / "clean.json")
+    train, val = _split(clean["train"], clean.get("val"), d)
+    data = PreparedData(folder, _limit(train, d.max_train_images), _limit(val, d.max_val_images),
+                        raw.images, raw.val_images or raw.images, key, rejects,
+                        test=clean.get("test"), test_images=raw.test_images or raw.images)
+    write_coco(data.train, data.train_file)
+    write_coco(data.val, data.val_file)
+    if data.test is not None:
+        write_coco(data.test, folder / "test.json")
+    atomic_write_json(folder / "split.json", {
+        "seed": d.split_seed, "val_fraction": d.val_fraction,
+        "train": list(data.train.images), "val": list(data.val.images)})
+    if not data.train.images or not data.val.images:
+        raise VicapError(f"{raw.train}: the audit left {len(data.train.images)} training and "
+                         f"{len(data.val.images)} validation images; see {folder}/rejects.csv")
+    return data
+
+
+def _split(train: CaptionSet, val: CaptionSet | None, d: DataConfig
+           ) -> tuple[CaptionSet, CaptionSet]:
+    """A separate validation set as given; else the file's own split field (Flickr8k's lists);
+    else a seeded split by image."""
+    if val is not None:
+        return train, val
+    named = {s for s in train.split.values()}
+    if named & {"dev", "val"}:
+        return (train.subset(i for i, s in train.split.items() if s == "train"),
+                train.subset(i for i, s in train.split.items() if s in ("dev", "val")))
+    return split_by_image(train, d.val_fraction, d.split_seed)
+
+
+def _limit(cs: CaptionSet, n: int) -> CaptionSet:
+    """The first `n` images (by id) and their captions; all of them when n is 0."""
+    return cs.subset(sorted(cs.images, key=str)[:n]) if n and n < len(cs.images) else cs
+
+
+def _read_back(folder: Path, raw: RawData, key: str, record: dict) -> PreparedData:
+    """The prepared set as written by an earlier `prepare` with the same fingerprint."""
+    test = folder / "test.json"
+    return PreparedData(
+        folder, load_captions(folder / "train.json"), load_captions(folder / "val.json"),
+        raw.images, raw.val_images or raw.images, key, record.get("rejects", {}), reused=True,
+        test=load_captions(test) if test.is_file() else None,
+        test_images=raw.test_images or raw.images)
+
+
+def _counts(data: PreparedData) -> str:
+    """One line: split sizes and what the audit rejected."""
+    rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
+    return (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
+            f"{len(data.train.annotations)} training captions; audit rejected {rejected}")
+
+
+def _refuse_inputs_inside(raw: RawData, folder: Path) -> None:
+    """Refuse a prepared-data folder that holds one of its own inputs (it would be written over)."""
+    target = folder.resolve()
+    for captions, _ in raw.files().values():
+        if captions.resolve().parent == target:
+            raise VicapError(f"{captions}: is inside the prepared-data folder {folder}, whose "
+                             "files vicap writes; keep the raw captions elsewhere")
+
+
+def _claim(folder: Path) -> None:
+    """Create the folder (marked as vicap's), or accept one vicap marked before; refuse a
+    non-empty folder of the user's."""
+    marker = folder / MARKER
+    ours = marker.is_file() or (folder / PREPARED_FILE).is_file()
+    if folder.is_dir() and any(folder.iterdir()) and not ours:
+        raise VicapError(f"{folder}: exists and holds files vicap did not write; choose another "
+                         "data.prepared folder (or --out) for the prepared data")
+    make_output_dir(folder)
+    if not marker.is_file():
+        atomic_write_json(marker, {"kind": "data"})

@@ -1,0 +1,93 @@
+"""Where a base model's weights come from: a built-in toy model, a folder, a Kaggle input, the
+Hugging Face cache, or the hub — with one clear error when none of them has it offline."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from vicap_utils.config import ModelConfig
+from vicap_utils.io import VicapError
+
+
+def resolve_base(base: str) -> str:
+    """Turn `model.base` into something `from_pretrained` loads: a built-in toy model's folder,
+    a saved-model folder, a Kaggle input folder holding that model, a cached hub snapshot,
+    or the hub id itself when the hub is reachable."""
+    from vicap_utils import toy
+    from vicap_utils.env import find_inputs
+
+    built = toy.builtin_model(base)
+    if built is not None:
+        return str(built)
+    path = Path(base).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise VicapError(f"{path}: no config.json; expected a saved model folder")
+        return str(path)
+    tail = base.rstrip("/").split("/")[-1]
+    for config in find_inputs([f"**/{tail}/config.json", f"**/{tail}/**/config.json"]):
+        return str(config.parent)
+    cached = hub_cache(base)
+    if cached:
+        return cached
+    if not hub_reachable():
+        raise VicapError(
+            f"model {base!r}: not a local folder, not under /kaggle/input, not in the Hugging "
+            "Face cache, and the hub is unreachable; attach it as a Kaggle input or set "
+            "model.base=/path/to/saved/model")
+    return base
+
+
+def hub_cache(repo_id: str) -> str | None:
+    """The locally cached snapshot of a hub model, if an earlier run downloaded it."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure just means "not cached"
+        return None
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host accepts a connection (fails fast offline, no retries)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def model_type(base: str) -> str:
+    """The `model_type` in a base model's config.json ("" when it cannot be read here)."""
+    from vicap_utils.io import read_json
+
+    config = Path(resolve_base(base)) / "config.json"
+    return str(read_json(config, "model config").get("model_type", "")) if config.is_file() \
+        else ""
+
+
+def eight_bit_possible(cfg: ModelConfig) -> tuple[bool, str]:
+    """Whether 8-bit loading is possible here, and the one-line notice when it is not."""
+    if not cfg.load_in_8bit:
+        return False, ""
+    from vicap_utils.env import gpu_info
+
+    gpu = gpu_info()
+    if not gpu.count:
+        return False, "8-bit needs a CUDA GPU; loading in fp32 on the CPU instead."
+    if not gpu.int8:
+        cap = ".".join(map(str, gpu.capability))
+        return False, (f"8-bit needs compute capability >= 7.5 ({gpu.name} is {cap}); "
+                       "loading in fp16 instead.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return False, "bitsandbytes is not installed (pip install bitsandbytes); loading in fp16."
+    return True, ""
