@@ -128,6 +128,13 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
     return Captioner(model=model, processor=processor, family=cfg.family, base=source)
 
 
+def place(cap: Captioner, device: str | torch.device) -> Captioner:
+    """Move the model to `device`; an 8-bit model stays where bitsandbytes put it."""
+    if not getattr(inner_model(cap.model), "is_loaded_in_8bit", False):
+        cap.model.to(device)
+    return cap
+
+
 def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
                       entries: list[str] | None = None) -> list[str]:
     """BLIP-1: extend the tokenizer for Vietnamese and grow and initialise the embeddings.

@@ -262,3 +262,42 @@ def show_json(data: Any) -> None:
     """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
     print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
+
+
+# ---------------------------------------------------------------- reference answers (exercises)
+
+
+def base_tokenizer(cfg: Config):
+    """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
+    from transformers import AutoProcessor
+
+    from vicap_utils.weights import resolve_base
+
+    return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
+
+
+def lora_share(cfg: Config, r: int, captions: list[str]) -> float:
+    """The trainable share (%) of all parameters with LoRA rank `r`, vocabulary extended for
+    `captions` as training does."""
+    from dataclasses import replace
+
+    from vicap_utils import captioner
+
+    cap = captioner.load_base(cfg.model, log=lambda *a: None)
+    if cfg.model.extend_vocab:
+        captioner.extend_vocabulary(cap, captions)
+    model = captioner.add_lora(cap, captioner.lora_config(cap, replace(cfg.lora, r=r)))
+    return captioner.trainable_table(model)[-1]["share_%"]
+
+
+def lora_target_count(cfg: Config, cross_attention: bool) -> int:
+    """How many modules of the base LoRA adapts with or without the cross-attention."""
+    import re
+    from dataclasses import replace
+
+    from vicap_utils import captioner
+
+    cap = captioner.load_base(cfg.model, log=lambda *a: None)
+    targets = captioner.lora_targets(cap.family, replace(cfg.lora,
+                                                         cross_attention=cross_attention))
+    return sum(bool(re.fullmatch(targets, name)) for name, _ in cap.model.named_modules())

@@ -168,6 +168,22 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
 
 
 
+def label_table(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
+                attention_mask: Sequence[int] | None = None) -> pd.DataFrame:
+    """One training example position by position: the input token, and the target the loss
+    gives that position — the label one step later, "-100 (ignored)" where the loss skips it.
+    Padding positions are left out."""
+    rows = []
+    for pos in range(len(input_ids) - 1):
+        if attention_mask is not None and not attention_mask[pos]:
+            break
+        target = int(labels[pos + 1])
+        rows.append({"input": tokenizer.convert_ids_to_tokens(int(input_ids[pos])),
+                     "target": "-100 (ignored)" if target == -100
+                     else tokenizer.convert_ids_to_tokens(target)})
+    return pd.DataFrame(rows).rename_axis("position")
+
+
 def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
     """A nested config dict as one row per dotted key (section.key → value)."""
     rows = []
