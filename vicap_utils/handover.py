@@ -117,10 +117,8 @@ def bring_back(src: str | Path, dst: str | Path) -> Path:
         copied = tmp / "run"
         shutil.copytree(src, copied, ignore=shutil.ignore_patterns(".*.tmp"),
                         copy_function=shutil.copyfile)
-        for folder, dirs, files in os.walk(copied):  # inputs are read-only; the copy is ours
-            for name in [*dirs, *files]:
-                path = Path(folder) / name
-                path.chmod(path.stat().st_mode | 0o200)
+        for path in [copied, *copied.rglob("*")]:  # inputs are read-only; the copy is ours
+            path.chmod(path.stat().st_mode | 0o200)
         recover_dir(copied / CHECKPOINT)
         os.replace(copied, dst)
     finally:
