@@ -212,3 +212,12 @@ def test_first_cell_installs_everything_offline_in_a_fresh_venv(built, tmp_path)
     assert again.returncode == 0, again.stderr
     assert f"already installed from {wheel_dir}: vicap 0.1.0, pycocoevalcap 1.2" in again.stdout
     assert "hardware plan" not in again.stdout  # the audit notebook needs no GPU
+
+
+def test_the_kaggle_guide_lists_every_requirement_checked():
+    guide = (ROOT / "docs" / "kaggle.md").read_text()
+    checked = set(re.findall(r"^\| `([\w-]+)[<>=]", guide, re.MULTILINE))
+    ours = {re.split(r"[<>=~!\s]", line, maxsplit=1)[0]
+            for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+    assert ours <= checked and "bitsandbytes" in checked, ours - checked
