@@ -46,8 +46,8 @@ def test_config_file_round_trip(tmp_path):
 def test_auto_profile_and_output_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("VICAP_PROFILE", raising=False)
     monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
-    monkeypatch.setattr(env, "KAGGLE_WORKING", tmp_path / "no-kaggle")
-    assert env.auto_profile() == "mini"
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path / "no-kaggle"))
+    assert not env.is_kaggle() and env.auto_profile() == "mini"
     monkeypatch.setenv("VICAP_PROFILE", "uitviic-blip")
     assert load_config("auto").profile == "uitviic-blip"
     monkeypatch.setenv("VICAP_OUTPUT", str(tmp_path / "out"))
@@ -58,28 +58,34 @@ def test_auto_profile_and_output_dir(monkeypatch, tmp_path):
 
 
 def test_kaggle_input_discovery_in_both_layouts(monkeypatch, tmp_path):
-    flat = tmp_path / "uitviic" / "uitviic_captions_train2017.json"
-    nested = tmp_path / "datasets" / "someone" / "flickr8k" / "Flickr8k.token.txt"
+    flat = tmp_path / "input" / "uitviic" / "uitviic_captions_train2017.json"
+    nested = tmp_path / "input" / "datasets" / "someone" / "flickr8k" / "Flickr8k.token.txt"
     for path in (flat, nested):
         path.parent.mkdir(parents=True)
         path.write_text("{}")
-    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path)
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path))
+    assert env.KAGGLE_INPUT == tmp_path / "input"
     assert env.find_inputs(env.DATA_GLOBS["uitviic-blip"]) == [flat]
     assert env.find_inputs(env.DATA_GLOBS["flickr8k-blip2"]) == [nested]
+    (tmp_path / "working").mkdir()
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delenv("VICAP_OUTPUT", raising=False)
+    assert env.is_kaggle() and env.output_dir("runs") == tmp_path / "working" / "runs"
 
 
 def test_base_model_found_under_kaggle_input(monkeypatch, tmp_path):
-    model_dir = tmp_path / "blip-base" / "blip-image-captioning-base"
+    # A Kaggle model mounts as <model>/<framework>/<variation>/<version>/.
+    model_dir = tmp_path / "input" / "blip-image-captioning-base" / "transformers" / "default" / "1"
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text("{}")
-    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path)
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path))
     assert weights.resolve_base("Salesforce/blip-image-captioning-base") == str(model_dir)
 
 
 def test_unreachable_hub_fails_fast_with_one_line(monkeypatch, tmp_path, capsys):
     from vicap_utils.__main__ import main
 
-    monkeypatch.setattr(env, "KAGGLE_INPUT", tmp_path / "none")
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path / "none"))
     monkeypatch.setattr(weights, "hub_cache", lambda repo: None)
     monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     ann = tmp_path / "a.json"

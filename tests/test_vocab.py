@@ -75,6 +75,21 @@ def test_extension_keeps_special_token_ids_and_saves(tmp_path):
     assert again.decode(again(text)["input_ids"], skip_special_tokens=True) == text.lower()
 
 
+def test_enc_stays_a_special_token_after_extension(tmp_path):
+    """BLIP's unnamed special token [ENC] is not cut into "[ enc ]" by the extended tokenizer
+    (transformers 5 moved it from `additional_special_tokens` to `extra_special_tokens`)."""
+    base = stock()
+    extended, _ = vocab.extend_tokenizer(base, synthetic_captions(20))
+    extended.save_pretrained(tmp_path)
+    for tok in (extended, BertTokenizer.from_pretrained(tmp_path)):
+        assert "[ENC]" in tok.all_special_tokens
+        ids = tok("[ENC] một người", add_special_tokens=False)["input_ids"]
+        assert tok.convert_ids_to_tokens(ids) == ["[ENC]", "một", "người"]
+        assert ids[0] == base.convert_tokens_to_ids("[ENC]")
+        assert tok.decode(ids, skip_special_tokens=True) == "một người"
+        assert tok.decode(ids) == "[ENC] một người"
+
+
 def test_new_rows_start_from_accent_stripped_pieces():
     from transformers import BlipConfig, BlipForConditionalGeneration
 

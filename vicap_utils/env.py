@@ -1,35 +1,72 @@
-"""Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go."""
+"""Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
+
+Every Kaggle path derives from `VICAP_KAGGLE_ROOT` (default `/kaggle`), so tests build fake
+trees for each mount layout: `<root>/input/<slug>/…` and `<root>/input/datasets/<owner>/<slug>/…`
+(data sets), `<root>/input/<model>/<framework>/<variation>/<version>/…` (models),
+`<root>/working` (outputs).
+"""
 from __future__ import annotations
 
 import glob
 import os
 import platform
 import sys
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-KAGGLE_INPUT = Path("/kaggle/input")
-KAGGLE_WORKING = Path("/kaggle/working")
+from vicap_utils.hardware import GpuFacts, detect
 
-# Globs (under /kaggle/input) that find each real data set, whatever the mount layout:
-# /kaggle/input/<slug>/… and /kaggle/input/datasets/<owner>/<slug>/… both match.
+# Globs (under the Kaggle input root) that find each real data set, whatever the mount layout.
+# UIT-ViIC is distributed as uitviic_captions_{train,val,test}2017.json (some copies spell it
+# "uitvic", some add "_v2"); Flickr8k as Flickr8k.token.txt (+ split lists) or captions.txt.
+UITVIIC_SPLIT_GLOB = "**/uitvi*c_captions_{split}*.json"
 DATA_GLOBS = {
-    "uitviic-blip": ["**/uitviic_captions_train*.json", "**/*uit*viic*/**/*train*.json"],
+    "uitviic-blip": [UITVIIC_SPLIT_GLOB.format(split="train")],
     "flickr8k-blip2": ["**/Flickr8k.token.txt", "**/flickr8k*/**/captions.txt"],
 }
+FLICKR_SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
+                      "test": "Flickr_8k.testImages.txt"}
+# Folder names that usually hold a data set's images, best first.
+IMAGE_DIR_GLOBS = ["train2017", "val2017", "test2017", "*train2017*", "*val2017*", "*test2017*",
+                   "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset"]
+
+
+def kaggle_root() -> Path:
+    """`VICAP_KAGGLE_ROOT`, else /kaggle."""
+    return Path(os.environ.get("VICAP_KAGGLE_ROOT") or "/kaggle")
+
+
+def kaggle_input() -> Path:
+    """Where Kaggle mounts attached data sets, models and previous outputs (read-only)."""
+    return kaggle_root() / "input"
+
+
+def kaggle_working() -> Path:
+    """Kaggle's output folder (kept as the notebook's output when a session ends)."""
+    return kaggle_root() / "working"
+
+
+def __getattr__(name: str) -> Path:
+    """`KAGGLE_INPUT` / `KAGGLE_WORKING` as module constants, read from the root when asked."""
+    if name == "KAGGLE_INPUT":
+        return kaggle_input()
+    if name == "KAGGLE_WORKING":
+        return kaggle_working()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel (its environment variable, or its working folder)."""
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or KAGGLE_WORKING.is_dir()
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or kaggle_working().is_dir()
 
 
 def output_dir(sub: str = "", create: bool = True) -> Path:
-    """VICAP_OUTPUT when set, else /kaggle/working on Kaggle, else ./outputs (created)."""
+    """VICAP_OUTPUT when set, else the Kaggle working folder on Kaggle, else ./outputs."""
     if os.environ.get("VICAP_OUTPUT"):
         base = Path(os.environ["VICAP_OUTPUT"])
     elif is_kaggle():
-        base = KAGGLE_WORKING
+        base = kaggle_working()
     else:
         base = Path("outputs")
     path = base / sub if sub else base
@@ -47,44 +84,116 @@ def cache_dir(sub: str = "") -> Path:
 
 
 def find_inputs(patterns: list[str], root: Path | None = None) -> list[Path]:
-    """Files under `root` (default /kaggle/input) matching any glob, shortest path first."""
-    root = KAGGLE_INPUT if root is None else root
+    """Files under `root` (default the Kaggle input root) matching any glob, shortest first."""
+    root = kaggle_input() if root is None else root
     if not root.is_dir():
         return []
     hits = {Path(p) for pat in patterns for p in glob.glob(str(root / pat), recursive=True)}
     return sorted(hits, key=lambda p: (len(p.parts), str(p)))
 
 
-@dataclass
-class GpuInfo:
-    """What the accelerator can do; `name` is "cpu" when there is none."""
+@dataclass(frozen=True)
+class DataFiles:
+    """A profile's data set as found under the input root.
 
-    name: str = "cpu"
-    count: int = 0
-    capability: tuple[int, int] = (0, 0)
-    memory_gb: float = 0.0
-    fp16: bool = False
-    bf16: bool = False
-    int8: bool = False  # bitsandbytes 8-bit needs compute capability >= 7.5
+    UIT-ViIC: `train`/`val`/`test` are its caption files (COCO-style JSON). Flickr8k: `captions`
+    is the one captions file and `train`/`val`/`test` the official image-name lists, when the
+    copy has them. `image_dirs` are folders that may hold the images, nearest first (use
+    `find_image_folder` to pick the one that holds a split's images).
+    """
+
+    profile: str
+    train: Path | None = None
+    val: Path | None = None
+    test: Path | None = None
+    captions: Path | None = None
+    image_dirs: tuple[Path, ...] = ()
+
+    @property
+    def found(self) -> bool:
+        """Whether the training captions were found."""
+        return (self.captions or self.train) is not None
+
+    @property
+    def official_splits(self) -> bool:
+        """Whether the data set brings its own validation split."""
+        return self.val is not None
 
 
-def gpu_info() -> GpuInfo:
-    """Describe the first CUDA device (all zeros on a CPU machine)."""
-    import torch
+def discover_data(profile: str, root: Path | None = None) -> DataFiles:
+    """Find a real profile's caption files, official splits and candidate image folders."""
+    root = kaggle_input() if root is None else root
+    if profile == "uitviic-blip":
+        splits = {s: find_inputs([UITVIIC_SPLIT_GLOB.format(split=s)], root)
+                  for s in ("train", "val", "test")}
+        if not splits["train"]:
+            return DataFiles(profile)
+        train = splits["train"][0]
+        chosen = {s: _nearest(hits, train) for s, hits in splits.items()}
+        return DataFiles(profile, chosen["train"], chosen["val"], chosen["test"],
+                         image_dirs=image_folders(root, near=train))
+    if profile == "flickr8k-blip2":
+        hits = find_inputs(DATA_GLOBS[profile], root)
+        if not hits:
+            return DataFiles(profile)
+        captions = hits[0]
+        lists = {s: _nearest(find_inputs([f"**/{name}"], root), captions)
+                 for s, name in FLICKR_SPLIT_LISTS.items()}
+        return DataFiles(profile, lists["train"], lists["val"], lists["test"], captions,
+                         image_folders(root, near=captions))
+    return DataFiles(profile)
 
-    if not torch.cuda.is_available():
-        return GpuInfo()
-    props = torch.cuda.get_device_properties(0)
-    cap = (props.major, props.minor)
-    return GpuInfo(
-        name=props.name,
-        count=torch.cuda.device_count(),
-        capability=cap,
-        memory_gb=round(props.total_memory / 2**30, 1),
-        fp16=cap >= (6, 0),
-        bf16=torch.cuda.is_bf16_supported(),
-        int8=cap >= (7, 5),
-    )
+
+def _shared(a: Path, b: Path) -> int:
+    """How many leading path parts two paths share."""
+    n = 0
+    for x, y in zip(a.parts, b.parts):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _nearest(paths: list[Path], anchor: Path) -> Path | None:
+    """The path in the same data set as `anchor` (longest shared folder prefix), else None."""
+    if not paths:
+        return None
+    return max(paths, key=lambda p: (_shared(p.parent, anchor.parent), -len(p.parts)))
+
+
+def image_folders(root: Path, near: Path | None = None) -> tuple[Path, ...]:
+    """Folders under `root` named like image folders (train2017/, Images/, …), nearest first."""
+    found = {Path(p) for name in IMAGE_DIR_GLOBS
+             for p in glob.glob(str(root / "**" / name), recursive=True) if Path(p).is_dir()}
+    anchor = near.parent if near else Path()
+    return tuple(sorted(found, key=lambda p: (-_shared(p, anchor), len(p.parts), str(p))))
+
+
+def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
+                      sample: int = 20) -> Path | None:
+    """The folder under `roots` (default the Kaggle input root) holding the most of the given
+    image files, matched by base name: COCO's train2017/ or val2017/, or a flat folder, in any
+    attached data set. Checks an even sample of the names; None when no folder has any."""
+    names = sorted({Path(n).name for n in file_names})
+    if not names:
+        return None
+    step = max(len(names) // sample, 1)
+    probe = names[::step][:sample]
+    roots = [kaggle_input()] if roots is None else [Path(r) for r in roots]
+    best, best_hits = None, 0
+    for root in roots:
+        for folder, _dirs, _files in os.walk(root, followlinks=True):
+            hits = sum((Path(folder) / n).is_file() for n in probe)
+            if hits > best_hits:
+                best, best_hits = Path(folder), hits
+                if hits == len(probe):
+                    return best
+    return best
+
+
+def gpu_info() -> GpuFacts:
+    """The accelerator's facts (the same `hardware.detect()` the training plan uses)."""
+    return detect()
 
 
 def auto_profile() -> str:
@@ -126,11 +235,12 @@ def print_environment() -> dict[str, object]:
     info = describe()
     for key, value in info["versions"].items():
         print(f"{key:>13}: {value}")
-    gpu = info["gpu"]
-    hw = "no GPU (CPU only)" if not gpu["count"] else (
-        f"{gpu['count']}× {gpu['name']}, compute {gpu['capability'][0]}.{gpu['capability'][1]}, "
-        f"{gpu['memory_gb']} GB, fp16={gpu['fp16']} bf16={gpu['bf16']} int8={gpu['int8']}"
-    )
+    facts = GpuFacts(**{**info["gpu"], "capability": tuple(info["gpu"]["capability"]),
+                        "arch_list": tuple(info["gpu"]["arch_list"])})
+    hw = facts.describe()
+    if facts.count:
+        hw += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
+               f"torch kernels for it={facts.supported}")
     print(f"{'platform':>13}: {info['platform']}")
     print(f"{'accelerator':>13}: {hw}")
     print(f"{'kaggle':>13}: {info['kaggle']}")

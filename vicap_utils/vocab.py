@@ -149,7 +149,9 @@ def build_extended_tokenizer(tokenizer, entries: list[str]):
         for name in ("unk_token", "sep_token", "pad_token", "cls_token", "mask_token", "bos_token")
         if getattr(tokenizer, name, None)
     }
-    extra = [t for t in getattr(tokenizer, "additional_special_tokens", []) or []]
+    # Unnamed special tokens (BLIP's [ENC]): transformers 4 lists them as
+    # `additional_special_tokens`, 5 as `extra_special_tokens`; both are in all_special_tokens.
+    extra = [t for t in tokenizer.all_special_tokens if t not in special.values()]
     extended = BertTokenizer(
         vocab=merged,
         do_lower_case=True,
@@ -158,9 +160,11 @@ def build_extended_tokenizer(tokenizer, entries: list[str]):
         **special,
     )
     extended.model_max_length = tokenizer.model_max_length
-    for name, token in special.items():
+    for token in [*special.values(), *extra]:
         if extended.convert_tokens_to_ids(token) != tokenizer.convert_tokens_to_ids(token):
-            raise VicapError(f"extending the vocabulary moved special token {token} ({name})")
+            raise VicapError(f"extending the vocabulary moved special token {token}")
+        if token not in extended.all_special_tokens:
+            raise VicapError(f"extending the vocabulary lost special token {token}")
     return extended
 
 

@@ -1,0 +1,99 @@
+"""The hardware plan for each GPU Kaggle (and a workstation) may hand out, facts mocked."""
+from __future__ import annotations
+
+import pytest
+
+from vicap_utils import env, hardware
+from vicap_utils.hardware import GpuFacts, plan
+from vicap_utils.io import VicapError
+
+# torch 2.10+cu128 as shipped in Kaggle's image: no Pascal (sm_60) kernels.
+CU128 = ("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")
+T4X2 = GpuFacts("Tesla T4", 2, (7, 5), 14.7, CU128, True, "2.10.0+cu128")
+P100 = GpuFacts("Tesla P100-PCIE-16GB", 1, (6, 0), 15.9, ("sm_60", "sm_70", "sm_75"), True,
+                "2.4.0+cu121")
+A100 = GpuFacts("NVIDIA A100-SXM4-40GB", 1, (8, 0), 39.4, CU128, True, "2.10.0+cu128")
+H100 = GpuFacts("NVIDIA H100 80GB HBM3", 1, (9, 0), 79.2, CU128, False, "2.10.0+cu128")
+
+
+def test_t4_trains_in_fp16_with_8bit_blip2_on_both_gpus():
+    p = plan("blip2", True, "auto", True, T4X2)
+    assert (p.device, p.mixed_precision, p.load_in_8bit, p.gpus, p.error) == \
+        ("cuda", "fp16", True, 2, "")
+    assert any("num_processes=2" in n for n in p.notices)
+    assert p.line() == ("hardware plan: 2× Tesla T4, compute 7.5, 14.7 GB; mixed precision fp16; "
+                        "BLIP-2 weights in 8-bit")
+    blip = plan("blip", False, "auto", True, T4X2)
+    assert (blip.mixed_precision, blip.load_in_8bit) == ("fp16", False)
+
+
+def test_t4_never_gets_emulated_bf16():
+    p = plan("blip", False, "bf16", True, T4X2)
+    assert p.mixed_precision == "fp16"
+    assert any("bf16 is only emulated on Tesla T4" in n for n in p.notices)
+    assert plan("blip", False, "no", True, T4X2).mixed_precision == "no"
+
+
+def test_p100_where_torch_has_sm60_uses_fp16_and_loads_blip2_in_fp16():
+    p = plan("blip2", True, "auto", True, P100)
+    assert (p.device, p.mixed_precision, p.load_in_8bit, p.error) == ("cuda", "fp16", False, "")
+    assert p.notices == ("8-bit needs compute capability >= 7.5 (Tesla P100-PCIE-16GB is 6.0); "
+                         "loading BLIP-2 in fp16",)
+
+
+@pytest.mark.parametrize("facts", [A100, H100])
+def test_ampere_and_hopper_train_in_bf16(facts):
+    p = plan("blip", False, "auto", True, facts)
+    assert (p.mixed_precision, p.error, p.gpus) == ("bf16", "", 1)
+    assert "mixed precision bf16" in p.line()
+
+
+def test_blip2_without_bitsandbytes_falls_back_to_fp16_with_a_notice():
+    p = plan("blip2", True, "auto", True, H100)
+    assert not p.load_in_8bit
+    assert any("bitsandbytes is not installed" in n for n in p.notices)
+
+
+def test_gpu_the_installed_torch_was_not_built_for_stops_with_one_line():
+    p100_on_cu128 = GpuFacts("Tesla P100-PCIE-16GB", 1, (6, 0), 15.9, CU128, True, "2.10.0+cu128")
+    p = plan("blip", False, "auto", True, p100_on_cu128)
+    assert p.error == ("Tesla P100-PCIE-16GB (compute capability 6.0) is not supported by the "
+                       "installed torch 2.10.0+cu128 (built for sm_70 sm_75 sm_80 sm_86 sm_90 "
+                       "sm_100 sm_120); choose GPU T4 x2 in the kernel settings "
+                       "(Settings → Accelerator)")
+    assert "\n" not in p.error and p.line().startswith("hardware plan: cannot train here: ")
+    with pytest.raises(VicapError, match="^Tesla P100-PCIE-16GB .* choose GPU T4 x2"):
+        p.check()
+
+
+@pytest.mark.parametrize("capability,arch_list,ok", [
+    ((7, 5), ("sm_70", "sm_75"), True),
+    ((8, 6), ("sm_80",), True),  # a cubin runs on later minor versions of its major
+    ((8, 9), ("sm_90",), False),  # but never on an earlier one
+    ((9, 0), ("sm_80", "compute_80"), True),  # PTX is JIT-compiled for newer GPUs
+    ((6, 0), ("sm_70", "compute_70"), False),
+    ((12, 0), ("sm_90a", "sm_120"), True),
+    ((7, 5), (), True),  # torch could not say
+])
+def test_arch_support(capability, arch_list, ok):
+    assert hardware.arch_supported(capability, arch_list) is ok
+
+
+def test_cpu_runs_mini_only():
+    cpu = GpuFacts(torch_version="2.13.0+cpu")
+    mini = plan("blip", False, "auto", False, cpu)
+    assert (mini.device, mini.mixed_precision, mini.error) == ("cpu", "no", "")
+    assert mini.line() == "hardware plan: no GPU (CPU only); mixed precision no"
+    real = plan("blip2", True, "auto", True, cpu)
+    assert real.error == ("no CUDA GPU here, and real profiles need one (on Kaggle: choose GPU T4 "
+                          "x2 in the kernel settings (Settings → Accelerator)); on a CPU use "
+                          "--profile mini")
+    assert not real.load_in_8bit
+    with pytest.raises(VicapError, match="real profiles need one"):
+        real.check()
+
+
+def test_detect_and_env_describe_the_same_facts():
+    facts = hardware.detect()
+    assert env.gpu_info() == facts
+    assert env.describe()["gpu"]["name"] == facts.name
