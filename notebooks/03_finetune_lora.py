@@ -49,6 +49,7 @@ import torch
 from vicap_utils import captioner, report
 from vicap_utils.builders import build_examples, build_loader, build_optimizer
 from vicap_utils.exercises import check_close, check_equal
+from vicap_utils.launch import train_on_every_gpu
 from vicap_utils.notebook import (
     base_tokenizer,
     lora_share,
@@ -60,7 +61,6 @@ from vicap_utils.notebook import (
     wrote,
 )
 from vicap_utils.prepare import prepare
-from vicap_utils.train import train
 
 cfg, run = setup(PROFILE, OVERRIDES)
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -221,14 +221,16 @@ print(f"image {val_ids[0]} before: {before}\n{' ' * len(str(val_ids[0]))}       
 # ## 7 · The full run, by the production trainer
 # The trainer runs the same loop, and adds what a real run needs: checkpoints that a killed
 # session resumes from (`last/`), validation CIDEr after each epoch with the best adapter kept
-# (`best/`), early stopping, mixed precision on a GPU, and two GPUs through Accelerate. It
-# builds its own model from the same settings, so we free ours first.
+# (`best/`), early stopping, mixed precision on a GPU, and every GPU there is (on Kaggle's
+# T4 x2, one worker process per GPU). It builds its own model from the same settings, so we
+# free ours first. With `OVERWRITE = False` it resumes an unfinished run: the one in the run
+# folder, or the one a previous Kaggle session left (attach that notebook's output as input).
 
 # %%
 del model, cap, optimizer, logits, loss
 if torch.cuda.is_available():
     torch.cuda.empty_cache()
-summary = train(cfg, run, resume=not OVERWRITE and (run / "last").is_dir(), overwrite=OVERWRITE)
+summary = train_on_every_gpu(cfg, run, resume=not OVERWRITE, overwrite=OVERWRITE)
 
 # %% [markdown]
 # ## What was trained

@@ -114,3 +114,33 @@ def test_prepare_refuses_a_users_folder_and_inputs_inside_it(tmp_path):
     assert (mine / "train.json").read_text() == "my own file"
     with pytest.raises(VicapError, match="inside the prepared-data folder"):
         prepare(config(annotations, images), tmp_path / "raw")
+
+
+def test_uitviic_official_splits_with_images_in_another_data_set(tmp_path, monkeypatch):
+    """UIT-ViIC as distributed: three caption files in one Kaggle data set, the COCO images
+    (train2017/, val2017/) in another; its own validation and test files are used as they are."""
+    from PIL import Image
+
+    root = tmp_path / "kaggle"
+    ann = root / "input" / "datasets" / "someone" / "uit-viic"
+    coco = root / "input" / "datasets" / "other" / "coco-2017"
+    files = {"train": ("train2017", range(1, 9)), "val": ("val2017", range(20, 23)),
+             "test": ("val2017", range(30, 33))}
+    ann.mkdir(parents=True)
+    for split, (folder, ids) in files.items():
+        (coco / folder).mkdir(parents=True, exist_ok=True)
+        images = [{"id": i, "file_name": f"{i:012d}.jpg"} for i in ids]
+        for im in images:
+            Image.new("RGB", (32, 24), (10 * im["id"] % 255, 80, 120)).save(
+                coco / folder / im["file_name"])
+        anns = [{"id": 100 * i + k, "image_id": i, "caption": f"cầu thủ số {i} đang chơi {k}"}
+                for i in ids for k in range(2)]
+        (ann / f"uitviic_captions_{split}2017.json").write_text(
+            json.dumps({"images": images, "annotations": anns}, ensure_ascii=False))
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(root))
+    data = prepare(load_config("uitviic-blip"), tmp_path / "data")
+    assert sorted(data.train.images) == list(range(1, 9))
+    assert sorted(data.val.images) == [20, 21, 22] and sorted(data.test.images) == [30, 31, 32]
+    assert data.train_images == coco / "train2017" and data.val_images == coco / "val2017"
+    assert data.test_images == coco / "val2017"
+    assert json.loads((tmp_path / "data" / "test.json").read_text())["images"]

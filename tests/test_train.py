@@ -190,3 +190,40 @@ def test_a_failing_validation_never_costs_the_epoch(tmp_path, monkeypatch):
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(float(r["val_CIDEr"]) >= 0 for r in rows)
     assert summary["global_step"] == 2 * state["global_step"]
+
+
+@pytest.mark.slow
+def test_a_run_cut_short_in_one_kaggle_session_resumes_in_the_next(tmp_path, monkeypatch,
+                                                                   capsys):
+    """Session 1 dies mid-run; its output, attached read-only under /kaggle/input, is copied
+    back to /kaggle/working by `vicap train --resume` in session 2 and finished there."""
+    import shutil
+
+    from vicap_utils.train import Trainer
+
+    args = ["--profile", "mini", *FAST, "--set", "train.epochs=2"]
+    first = tmp_path / "session1" / "working" / "run"
+
+    def dies(self):
+        raise KeyboardInterrupt  # the session ends during the first validation
+
+    monkeypatch.setattr(Trainer, "validate", dies)
+    assert main(["train", *args, "--out", str(first)]) == 130
+    assert "Resume with: vicap train" in capsys.readouterr().err
+    monkeypatch.undo()
+    attached = tmp_path / "session2" / "input" / "my-notebook-output" / "run"
+    shutil.copytree(first, attached)
+    for path in [attached, *attached.rglob("*")]:
+        path.chmod(path.stat().st_mode & ~0o222)  # /kaggle/input is read-only
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path / "session2"))
+    second = tmp_path / "session2" / "working" / "run"
+    try:
+        assert main(["train", *args, "--out", str(second), "--resume"]) == 0
+    finally:
+        for path in [attached, *attached.rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    out = capsys.readouterr().out
+    assert "copied the unfinished run" in out and "resumed from" in out
+    history = (second / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
+    assert (second / "final" / "adapter_model.safetensors").is_file()

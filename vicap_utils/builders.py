@@ -21,16 +21,6 @@ from vicap_utils.prepare import MARKER, PreparedData, prepare
 RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources.json
 
 
-def mixed_precision(setting: str) -> str:
-    """auto → bf16 where the GPU has it natively (compute capability >= 8.0), fp16 on older
-    GPUs (T4, P100), no on the CPU."""
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.get_device_capability(0) >= (8, 0) else "fp16"
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -56,14 +46,14 @@ def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
 
 
 def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | None = None,
-                    device_index: int | None = None, log=print
+                    load_in_8bit: bool | None = None, device_index: int | None = None, log=print
                     ) -> tuple[Captioner, list[str], dict[str, Any]]:
     """The base with the Vietnamese vocabulary (BLIP-1; the entries a checkpoint saved, or
     found in the training captions) and the LoRA adapter; returns it, the vocabulary entries
     added and a before/after tokenizer report."""
     from vicap_utils.vocab import tokenizer_report
 
-    cap = captioner.load_base(cfg.model, device_index=device_index, log=log)
+    cap = captioner.load_base(cfg.model, load_in_8bit, device_index, log)
     report: dict[str, Any] = {}
     entries: list[str] = []
     if cfg.model.extend_vocab and cap.family == "blip":

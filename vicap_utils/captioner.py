@@ -90,11 +90,12 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
     under DDP, never `device_map="auto"`). BLIP-2 runs in fp16 on a GPU with its ViT kept in
     fp32 (`vision_fp32`: an fp16 ViT is known to give NaN losses).
     """
-    from vicap_utils.weights import eight_bit_possible, resolve_base
+    from vicap_utils.hardware import detect, eight_bit_decision
+    from vicap_utils.weights import resolve_base
 
     source = resolve_base(cfg.base)
     if load_in_8bit is None:
-        load_in_8bit, notice = eight_bit_possible(cfg)
+        load_in_8bit, notice = eight_bit_decision(cfg.family, cfg.load_in_8bit, detect())
         if notice:
             log(f"notice: {notice}")
     model_cls, proc_cls = model_classes(cfg.family)

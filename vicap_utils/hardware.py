@@ -117,10 +117,28 @@ class Plan:
         return self
 
 
+def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tuple[bool, str]:
+    """Whether BLIP-2 loads in 8-bit here, and the one-line notice when asked for but not
+    possible (no GPU, compute capability < 7.5, or no bitsandbytes)."""
+    if not (load_in_8bit and family == "blip2"):
+        return False, ""
+    if not facts.count:
+        return False, "8-bit needs a CUDA GPU; loading the model in fp32 on the CPU"
+    cap = f"{facts.capability[0]}.{facts.capability[1]}"
+    if not facts.int8:
+        return False, (f"8-bit needs compute capability >= 7.5 ({facts.name} is {cap}); "
+                       "loading BLIP-2 in fp16")
+    if not facts.bitsandbytes:
+        return False, ("bitsandbytes is not installed (the bundle's wheel, or pip install "
+                       "bitsandbytes); loading BLIP-2 in fp16")
+    return True, ""
+
+
 def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_profile: bool,
          facts: GpuFacts) -> Plan:
     """The plan for a model family ("blip"/"blip2") with the config's 8-bit and mixed-precision
-    settings ("auto", "no", "fp16", "bf16"); `real_profile` is False only for the toy `mini`."""
+    settings ("auto", "no", "fp16", "bf16"); `real_profile` means a hub-sized base model (not a
+    built-in toy model or a model folder on this machine), which a CPU cannot train."""
     notices: list[str] = []
     if not facts.count:
         error = ("no CUDA GPU here, and real profiles need one (on Kaggle: "
@@ -128,8 +146,8 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
         precision = "no" if mixed_precision_setting in ("auto", "fp16") else mixed_precision_setting
         if mixed_precision_setting == "fp16":
             notices.append("fp16 needs a GPU; training in fp32 on the CPU")
-        if load_in_8bit:
-            notices.append("8-bit needs a CUDA GPU; loading the model in fp32 on the CPU")
+        notice = eight_bit_decision(family, load_in_8bit, facts)[1]
+        notices += [notice] if notice else []
         return Plan("cpu", precision, False, 0, facts, tuple(notices), error)
     if not facts.supported:
         built = " ".join(a for a in facts.arch_list if a.startswith("sm_"))
@@ -144,16 +162,8 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
         precision = "fp16"
         notices.append(f"bf16 is only emulated on {facts.name} (compute "
                        f"{facts.capability[0]}.{facts.capability[1]} < 8.0); using fp16")
-    eight_bit = False
-    if load_in_8bit and family == "blip2":
-        if not facts.int8:
-            notices.append(f"8-bit needs compute capability >= 7.5 ({facts.name} is "
-                           f"{facts.capability[0]}.{facts.capability[1]}); loading BLIP-2 in fp16")
-        elif not facts.bitsandbytes:
-            notices.append("bitsandbytes is not installed (the bundle's wheel, or pip install "
-                           "bitsandbytes); loading BLIP-2 in fp16")
-        else:
-            eight_bit = True
+    eight_bit, notice = eight_bit_decision(family, load_in_8bit, facts)
+    notices += [notice] if notice else []
     if facts.count > 1:
         notices.append(f"{facts.count} GPUs: vicap_utils.launch.launch_training(..., "
                        f"num_processes={facts.count}) trains on all of them")
@@ -161,6 +171,15 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
 
 
 def plan_for(cfg) -> Plan:
-    """The plan for a resolved Config on this machine (what training and the first cell print)."""
-    return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision,
-                cfg.model.base != "mini", detect())
+    """The plan for a resolved Config on this machine (what training and the first cell print).
+
+    A base named on the hub or as a Kaggle model is a real profile; a built-in toy model or a
+    saved-model folder on this machine is not (a CPU may train those, slowly)."""
+    from pathlib import Path
+
+    from vicap_utils.toy import BUILTIN_MODELS
+
+    base = cfg.model.base
+    real = base not in BUILTIN_MODELS and not Path(base).expanduser().is_dir()
+    return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real,
+                detect())

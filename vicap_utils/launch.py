@@ -100,3 +100,31 @@ def launch_training(args: Sequence[str], num_processes: int = 2,
         raise VicapError(f"training in {num_processes} processes failed (exit code {code}): "
                          f"{error_line(lines)}")
     return code
+
+
+def train_on_every_gpu(cfg, run, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train `cfg` into the folder `run` from a notebook, on every GPU there is: in this process
+    on one GPU or the CPU, else one worker process per GPU (Kaggle's T4 x2); returns the run's
+    summary either way. A --resume that finds no checkpoint in `run` first brings back the
+    newest unfinished run a previous session left under the Kaggle input root."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from vicap_utils.config import save_config
+    from vicap_utils.handover import prepare_resume
+    from vicap_utils.hardware import detect
+
+    run = Path(run)
+    if resume and prepare_resume(run, cfg.profile) is None:
+        resume = False  # nothing to resume anywhere: a fresh run
+    gpus = detect().count
+    if gpus <= 1:
+        from vicap_utils.train import train
+
+        return train(cfg, run, resume=resume, overwrite=overwrite)
+    with tempfile.TemporaryDirectory(prefix="vicap-launch-") as tmp:
+        config = save_config(cfg, Path(tmp) / "config.json")
+        flags = ["--resume"] if resume else ["--overwrite"] if overwrite else []
+        launch_training(["--config", str(config), "--out", str(run), *flags], gpus)
+    return json.loads((run / "summary.json").read_text(encoding="utf-8"))

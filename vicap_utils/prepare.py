@@ -79,31 +79,34 @@ class PreparedData:
 
 def raw_data(cfg: Config) -> RawData:
     """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
-    data set attached under /kaggle/input."""
+    data set attached under /kaggle/input (with its own validation and test files when it has
+    them, and its images found in any attached data set)."""
     from vicap_utils import toy
 
     d = cfg.data
+    roots: tuple[Path, ...] = ()
+    val = test = None
     if d.train_annotations:
         train = Path(d.train_annotations)
-        images = find_images_dir(train, d.images)
     elif (built := toy.builtin_data(d)) is not None:
         train, images = built
+        return RawData(train, images)
     else:
-        train = _discover(cfg)
-        images = find_images_dir(train, d.images)
-    raw = RawData(train, images)
-    if d.val_annotations:
-        raw.val = Path(d.val_annotations)
-        raw.val_images = find_images_dir(raw.val, d.images)
-    if d.test_annotations:
-        raw.test = Path(d.test_annotations)
-        raw.test_images = find_images_dir(raw.test, d.images)
+        train, val, test, roots = _discover(cfg)
+    val = Path(d.val_annotations) if d.val_annotations else val
+    test = Path(d.test_annotations) if d.test_annotations else test
+    raw = RawData(train, find_images_dir(train, d.images, roots))
+    if val is not None:
+        raw.val, raw.val_images = val, find_images_dir(val, d.images, roots)
+    if test is not None:
+        raw.test, raw.test_images = test, find_images_dir(test, d.images, roots)
     return raw
 
 
-def find_images_dir(annotations: Path, hint: str = "") -> Path:
-    """The folder holding a caption file's images: `hint` (data.images), or the likely folder
-    near the captions file that holds its first image."""
+def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] = ()) -> Path:
+    """The folder holding a caption file's images: `hint` (data.images); else the folder near
+    the captions file that holds its first image; else, on Kaggle, the folder of any attached
+    data set that holds its images (annotations and COCO images often come separately)."""
     if hint:
         path = Path(hint)
         if not path.is_dir():
@@ -118,21 +121,33 @@ def find_images_dir(annotations: Path, hint: str = "") -> Path:
     for folder in candidates:
         if (folder / sample).is_file():
             return folder
+    if roots:
+        from vicap_utils.env import find_image_folder
+
+        found = find_image_folder([info.file_name for info in cs.images.values()], roots)
+        if found is not None:
+            return found
     for hit in root.parent.rglob(Path(sample).name):
         return hit.parent
-    raise VicapError(f"{annotations}: cannot find the images (looked for {sample} near it); "
-                     "set data.images=/path/to/images")
+    raise VicapError(f"{annotations}: cannot find the images (looked for {sample} near it"
+                     f"{' and in the attached data sets' if roots else ''}); attach the images "
+                     "or set data.images=/path/to/images")
 
 
-def _discover(cfg: Config) -> Path:
-    """The profile's data set under /kaggle/input, or a one-line hint to attach it."""
-    from vicap_utils.env import DATA_GLOBS, find_inputs
+def _discover(cfg: Config) -> tuple[Path, Path | None, Path | None, tuple[Path, ...]]:
+    """The profile's data set under /kaggle/input: (train, val, test captions files, folders to
+    look for images in), or a one-line hint to attach it."""
+    from vicap_utils.env import discover_data, kaggle_input
 
-    hits = find_inputs(DATA_GLOBS.get(cfg.profile, []))
-    if not hits:
-        raise VicapError(f"profile {cfg.profile}: no data set found under /kaggle/input; attach "
-                         "it to the notebook or set data.train_annotations=/path/to/captions")
-    return hits[0]
+    found = discover_data(cfg.profile)
+    if not found.found:
+        raise VicapError(f"profile {cfg.profile}: no data set found under {kaggle_input()}; "
+                         "attach it to the notebook or set "
+                         "data.train_annotations=/path/to/captions")
+    roots = (*found.image_dirs, kaggle_input())
+    if found.captions is not None:  # Flickr8k: one captions file; its split lists sit beside it
+        return found.captions, None, None, roots
+    return found.train, found.val, found.test, roots
 
 
 def fingerprint(raw: RawData, d: DataConfig) -> str:

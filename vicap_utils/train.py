@@ -22,7 +22,6 @@ from vicap_utils.builders import (
     build_examples,
     build_loader,
     build_optimizer,
-    mixed_precision,
 )
 from vicap_utils.checkpoint import (
     RunState,
@@ -51,20 +50,26 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        from vicap_utils.hardware import plan_for
+
         cfg, t = self.cfg, self.cfg.train
+        hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
         saved = open_run(self.out, cfg, self.resume, self.overwrite)
-        self.accelerator = Accelerator(mixed_precision=mixed_precision(t.mixed_precision),
+        self.accelerator = Accelerator(mixed_precision=hardware.mixed_precision,
                                        gradient_accumulation_steps=t.grad_accum)
         self.main = self.accelerator.is_main_process
         if not self.main:
             self.log = lambda *args, **kwargs: None
+        self.log(hardware.line())
+        for notice in hardware.notices:
+            self.log(f"notice: {notice}")
         set_seed(t.seed)
         if self.main:
             save_config(cfg, self.out / "config.json")
         with self.accelerator.main_process_first():
             self.data = build_data(cfg, self.out, self.log)
         self.cap, entries, self.vocab_report = build_captioner(
-            cfg, self.data, saved.vocab_entries if saved else None,
+            cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
             self.accelerator.local_process_index, self.log)
         self.cap.model.to(self.accelerator.device)
         self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log)
@@ -269,14 +274,20 @@ def cli_train(args) -> int:
     """`vicap train (--profile NAME | --config FILE) [--set k=v …] --out DIR [--resume]`."""
     import os
 
+    from vicap_utils.handover import prepare_resume
+
     cfg = load_config(args.profile, args.config, args.overrides)
+    if args.resume:  # a previous Kaggle session's run, attached as input, is copied back first
+        prepare_resume(args.out, cfg.profile)
     try:
         summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        again = [a for a in sys.argv[1:] if a != "--overwrite"]
-        again += [] if "--resume" in again else ["--resume"]
+        again = ["vicap", "train", *(["--profile", args.profile] if args.profile
+                                     else ["--config", args.config])]
+        again += [part for item in args.overrides for part in ("--set", item)]
         print(f"vicap train: interrupted; the last checkpoint is in {Path(args.out) / 'last'}. "
-              f"Resume with: vicap {shlex.join(again)}", file=sys.stderr)
+              f"Resume with: {shlex.join([*again, '--out', str(args.out), '--resume'])}",
+              file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"best val CIDEr {summary['best_val_CIDEr']:.3f} at epoch "

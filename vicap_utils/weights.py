@@ -7,7 +7,6 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vicap_utils.config import ModelConfig
 from vicap_utils.io import VicapError
 
 
@@ -71,23 +70,3 @@ def model_type(base: str) -> str:
     config = Path(resolve_base(base)) / "config.json"
     return str(read_json(config, "model config").get("model_type", "")) if config.is_file() \
         else ""
-
-
-def eight_bit_possible(cfg: ModelConfig) -> tuple[bool, str]:
-    """Whether 8-bit loading is possible here, and the one-line notice when it is not."""
-    if not cfg.load_in_8bit:
-        return False, ""
-    from vicap_utils.env import gpu_info
-
-    gpu = gpu_info()
-    if not gpu.count:
-        return False, "8-bit needs a CUDA GPU; loading in fp32 on the CPU instead."
-    if not gpu.int8:
-        cap = ".".join(map(str, gpu.capability))
-        return False, (f"8-bit needs compute capability >= 7.5 ({gpu.name} is {cap}); "
-                       "loading in fp16 instead.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        return False, "bitsandbytes is not installed (pip install bitsandbytes); loading in fp16."
-    return True, ""
