@@ -15,32 +15,90 @@
 
 # %% tags=["parameters"]
 PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with its data, else mini
+SPLIT = "val"  # "val", or "test" where the data set has its own test file (UIT-ViIC)
+N_BY_HAND = 3  # images captioned and scored by hand before the full evaluation
 
 # %% [markdown]
 # # 04 · Evaluate: zero-shot base vs fine-tuned adapter
 #
 # We caption the run's validation images twice — with the base model alone (zero-shot) and
 # with the LoRA adapter notebook 03 kept in `best/` — and score both against the same
-# references, with the same tokenizer and scorers.
+# references, with the same tokenizer and scorers. First three captions by hand, to see what
+# BLEU and CIDEr compare; then every image.
 #
-# First, the versions and hardware this run used.
+# **You will learn to**
+# - caption images with a trained adapter (`generate` with beam search);
+# - say what BLEU and CIDEr measure, and compute them with pycocoevalcap yourself;
+# - read a metrics table honestly: zero-shot vs fine-tuned, published numbers for scale only,
+#   METEOR's trouble with Vietnamese letters, diversity figures that expose mode collapse.
+#
+# **Before you start:** notebook 03 (it trains the adapter evaluated here).
+#
+# **Time:** `mini` on a 2-core laptop CPU: about 1 minute (measured: see docs/teaching.md).
+# `uitviic-blip` on a Kaggle T4: about 3–5 minutes for 230 images × 2 systems (estimate).
 
 # %%
-from vicap_utils import report
-from vicap_utils.metrics import PUBLISHED_UITVIIC_BLIP, PUBLISHED_UITVIIC_BLIP_LABEL
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from vicap_utils import captioner, report
+from vicap_utils.adapters import load_model
+from vicap_utils.data import load_captions
+from vicap_utils.exercises import check, check_close
+from vicap_utils.images import load_rgb
+from vicap_utils.metrics import (
+    PUBLISHED_UITVIIC_BLIP,
+    PUBLISHED_UITVIIC_BLIP_LABEL,
+    python_tokenize,
+)
 from vicap_utils.notebook import FINE_TUNED, ZERO_SHOT, eval_inputs, evaluate_run, setup, wrote
 
 cfg, run = setup(PROFILE)
-val_file, images = eval_inputs(run)  # stops here, naming notebook 03, when there is no adapter
-print(f"references: {val_file}\nimages:     {images}")
+refs_file, images = eval_inputs(run, SPLIT)  # stops here, naming notebook 03, when no adapter
+print(f"references: {refs_file}\nimages:     {images}")
 
 # %% [markdown]
-# ## Predictions and scores
-# Beam search with the run's `eval` settings. Captions are NFC-normalised and tokenized as
-# pycocoevalcap does (Stanford PTB tokenizer, lower-cased, punctuation dropped).
+# ## 1 · Three captions by hand
+# Load the adapter notebook 03 kept, and caption a few images with beam search.
 
 # %%
-result = evaluate_run(run)
+references = load_captions(refs_file)
+cap = load_model(str(run / "best"))
+chosen = list(references.images)[:N_BY_HAND]
+pictures = [load_rgb(images / references.images[i].file_name) for i in chosen]
+dec = captioner.Decoding.from_eval(cfg.eval)
+hyps = {i: alts[0][0] for i, alts in zip(chosen, captioner.caption(cap, images=pictures, dec=dec))}
+refs = references.captions_by_image()
+for i in chosen:
+    print(f"image {i}\n  adapter:   {hyps[i]}\n  reference: {refs[i][0]}")
+
+# %% [markdown]
+# ## 2 · BLEU and CIDEr by hand
+# Both compare n-grams (runs of 1–4 words) of a caption with those of its references, after the
+# same tokenisation (lower-case, punctuation dropped). **BLEU-n**: the share of the caption's
+# n-grams found in a reference (clipped), geometric mean up to n, times a penalty for captions
+# shorter than the references. **CIDEr**: TF-IDF-weighted n-gram similarity to the references,
+# where the weights come from the *whole evaluated set* — n-grams every image has ("một",
+# "đang") count little, the telling ones ("bóng chuyền", "áo đỏ") count a lot.
+
+# %%
+gts = {i: [python_tokenize(r) for r in refs[i]] for i in chosen}
+res = {i: [python_tokenize(hyps[i])] for i in chosen}
+bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+cider, cider_per_image = Cider().compute_score(gts, res)
+print("BLEU-1..4:", [round(b, 3) for b in bleu])
+print(f"CIDEr over these {len(chosen)} images: {cider:.3f}; per image:",
+      [round(float(c), 3) for c in cider_per_image])
+
+# %% [markdown]
+# ## 3 · Every image, both systems
+# The production path: beam search with the run's `eval` settings over every image, for the
+# base alone and for the adapter; captions NFC-normalised and tokenized as pycocoevalcap does
+# (Stanford PTB tokenizer when Java is there); every metric; files under the run folder.
+
+# %%
+result = evaluate_run(run, split=SPLIT)
+out = run / ("eval" if SPLIT == "val" else f"eval-{SPLIT}")
 
 # %% [markdown]
 # ## The metrics table
@@ -67,7 +125,7 @@ scores.round(3)
 {label: m["unavailable"] for label, m in result.metrics.items()}
 
 # %%
-fig = report.plot_scores(scores, out=run / "eval" / "scores.png")
+fig = report.plot_scores(scores, out=out / "scores.png")
 
 # %% [markdown]
 # ## Diversity
@@ -84,7 +142,7 @@ report.diversity_table(result.metrics).round(3)
 # image alone would always score 0).
 
 # %%
-fig = report.plot_cider_hist(result.per_image, out=run / "eval" / "cider_per_image.png")
+fig = report.plot_cider_hist(result.per_image, out=out / "cider_per_image.png")
 
 # %%
 best = result.per_image[FINE_TUNED].sort_values("cider", ascending=False)
@@ -95,7 +153,64 @@ print(f"CIDEr: zero-shot {result.metrics[ZERO_SHOT]['CIDEr']:.3f}, "
       f"fine-tuned {result.metrics[FINE_TUNED]['CIDEr']:.3f}")
 
 # %% [markdown]
+# ## Exercises
+# From easy to open. Each "check yourself" cell says whether your answer is right.
+#
+# **1 · BLEU-1 by hand.** For the first image above, count the caption's words (after
+# `python_tokenize`) that appear in its references — each word counts at most as often as it
+# appears in the one reference that has it most ("clipped") — divide by the caption's length,
+# and multiply by the brevity penalty `exp(1 - r/c)` when the caption (length `c`) is shorter
+# than the reference closest in length (`r`), else 1.
+
+# %%
+BLEU1_FIRST = None  # your answer: BLEU-1 of the first image's caption
+
+# %%
+first = chosen[0]
+check_close("1 · BLEU-1 by hand", BLEU1_FIRST,
+            lambda: Bleu(1).compute_score({0: gts[first]}, {0: res[first]}, verbose=0)[0][0],
+            "clipped unigram precision × brevity penalty, for the first image only")
+
+# %% [markdown]
+# **2 · High BLEU, wrong caption.** Write a caption for the first image that scores BLEU-1 ≥ 0.7
+# against its references but says something wrong (a word none of the references has: another
+# colour, another sport, another number).
+
+# %%
+WRONG_CAPTION = None  # your answer: a caption (a string)
+
+# %%
+def _wrong_but_high(caption: str) -> bool:
+    words = python_tokenize(caption).split()
+    seen = {w for r in gts[first] for w in r.split()}
+    score = Bleu(1).compute_score({0: gts[first]}, {0: [python_tokenize(caption)]}, verbose=0)
+    return score[0][0] >= 0.7 and any(w not in seen for w in words)
+
+
+check("2 · high BLEU, wrong caption", WRONG_CAPTION,
+      lambda: isinstance(WRONG_CAPTION, str) and _wrong_but_high(WRONG_CAPTION),
+      "keep most of a reference's words, change one that matters",
+      "right: BLEU counts shared words, not whether the caption is true")
+
+# %% [markdown]
+# **3 · CIDEr of one image alone.** Score the first image by itself with `Cider()` (a
+# one-image `gts` and `res`). What does it give, and why?
+
+# %%
+CIDER_ALONE = None  # your answer: the score
+
+# %%
+check_close("3 · CIDEr of one image", CIDER_ALONE,
+            lambda: Cider().compute_score({0: gts[first]}, {0: res[first]})[0],
+            "Cider().compute_score({0: gts[first]}, {0: res[first]})[0]")
+
+# %% [markdown]
+# **4 · Open.** Which of the metrics would you trust most for Vietnamese captions, and why?
+# Compare METEOR and METEOR-vi on the fine-tuned adapter: which letters does METEOR's
+# normaliser split apart? What would a caption that games CIDEr look like?
+
+# %% [markdown]
 # ## What this notebook wrote
 
 # %%
-wrote([*result.files, run / "eval" / "scores.png", run / "eval" / "cider_per_image.png"])
+wrote([*result.files, out / "scores.png", out / "cider_per_image.png"])

@@ -26,18 +26,21 @@ RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources
 
 def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
     """The audited, split data (prepared in `data.prepared`, default RUN/data/, and reused when
-    its fingerprint matches), recorded in RUN/data/ so evaluation finds its references."""
+    its fingerprint matches), recorded in RUN/data/ (train, val and any test captions, their
+    image folders) so evaluation finds its references."""
     folder = Path(cfg.data.prepared) if cfg.data.prepared else run / RUN_DATA
     data = prepare(cfg, folder, log=log)
     record = run / RUN_DATA
     if folder.resolve() != record.resolve():
         make_output_dir(record)
         atomic_write_json(record / MARKER, {"kind": "data"})
-        for name in ("train.json", "val.json"):
-            shutil.copyfile(folder / name, record / name)
+        for name in ("train.json", "val.json", "test.json"):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, record / name)
     atomic_write_json(record / "sources.json", {
         "prepared": str(folder), "fingerprint": data.fingerprint,
         "train_images": str(data.train_images), "val_images": str(data.val_images),
+        "test_images": str(data.test_images) if data.test is not None else None,
         "n_train_images": len(data.train.images), "n_val_images": len(data.val.images)})
     return data
 

@@ -198,7 +198,13 @@ def write_reports(out: Path, history: list[dict[str, Any]], summary: dict[str, A
     atomic_write_json(out / "summary.json", summary)
 
 
-def run_references(run: Path) -> tuple[Path, Path]:
-    """(val.json, images folder) a training run validated on, from its data/ record."""
+def run_references(run: Path, split: str = "val") -> tuple[Path, Path]:
+    """(captions file, images folder) of a training run's `val` or `test` split, from its
+    data/ record."""
     sources = read_json(run / "data" / "sources.json", "run data record")
-    return run / "data" / "val.json", Path(sources["val_images"])
+    captions = run / "data" / f"{split}.json"
+    if split not in ("val", "test") or not sources.get(f"{split}_images") or \
+            not captions.is_file():
+        raise VicapError(f"{run}/data: no {split!r} split recorded (a test split needs the data "
+                         "set's own test file, e.g. UIT-ViIC's uitviic_captions_test2017.json)")
+    return captions, Path(sources[f"{split}_images"])

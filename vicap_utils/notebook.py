@@ -167,25 +167,27 @@ class RunEval:
         return dict(zip(frame["image_id"], frame["cider"]))
 
 
-def eval_inputs(run: Path) -> tuple[Path, Path]:
-    """(val.json, images folder) that the run trained against, or a hint to run 03 first."""
+def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
+    """(captions file, images folder) of the run's `val` (or `test`) split, or a hint to run
+    notebook 03 first."""
     from vicap_utils.adapters import is_adapter
     from vicap_utils.checkpoint import run_references
 
     best = run / "best"
     if not is_adapter(best):
         raise VicapError(f"{best}: no fine-tuned adapter; run notebook 03_finetune_lora first")
-    return run_references(run)
+    return run_references(run, split)
 
 
-def evaluate_run(run: Path, reuse: bool = False) -> RunEval:
-    """Caption the run's validation images with the base alone and with the adapter, score
-    both, and write predictions, metrics and per-image CSVs under run/eval/.
+def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
+    """Caption the run's validation (or test) images with the base alone and with the adapter,
+    score both, and write predictions, metrics and per-image CSVs under run/eval/ (test:
+    run/eval-test/).
 
-    With `reuse`, results already in run/eval/ that are newer than the adapter are read back.
+    With `reuse`, results already there that are newer than the adapter are read back.
     """
-    val_file, images = eval_inputs(run)
-    out = run / "eval"
+    val_file, images = eval_inputs(run, split)
+    out = run / ("eval" if split == "val" else f"eval-{split}")
     result = RunEval(load_captions(val_file), images, {}, {}, {})
     for label, slug in SYSTEMS.items():
         files = _system_files(out, slug)
