@@ -11,6 +11,7 @@ from vicap_utils.data import (
     Annotation,
     CaptionSet,
     ImageInfo,
+    Reject,
     load_captions,
     split_by_image,
     write_coco,
@@ -135,18 +136,18 @@ def test_read_flickr_token_with_split_lists(tmp_path):
     (tmp_path / "Flickr_8k.devImages.txt").write_text("1002674143_1b742ab4b8.jpg\n")
     (tmp_path / "Flickr_8k.testImages.txt").write_text("9999_unlisted.jpg\n")
     cs = load_captions(token)
-    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70",
-                               "1002674143_1b742ab4b8"]
-    assert cs.images["1000268201_693b08cb0e"].file_name == "1000268201_693b08cb0e.jpg"
+    assert list(cs.images) == ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg",
+                               "1002674143_1b742ab4b8.jpg"]
+    assert cs.images["1000268201_693b08cb0e.jpg"].file_name == "1000268201_693b08cb0e.jpg"
     assert [a.id for a in cs.annotations] == [1, 2, 3, 4]
-    assert cs.captions_by_image()["1000268201_693b08cb0e"] == [
+    assert cs.captions_by_image()["1000268201_693b08cb0e.jpg"] == [
         "A child in a pink dress is climbing up stairs .",
         "A girl going into a wooden building .",
     ]
     assert cs.split == {
-        "1000268201_693b08cb0e": "train",
-        "1001773457_577c3a7d70": "train",
-        "1002674143_1b742ab4b8": "val",
+        "1000268201_693b08cb0e.jpg": "train",
+        "1001773457_577c3a7d70.jpg": "train",
+        "1002674143_1b742ab4b8.jpg": "val",
     }
     assert cs.to_coco()["images"][2]["split"] == "val"
 
@@ -158,11 +159,34 @@ def test_read_flickr_token_without_split_lists(tmp_path):
     assert cs.split == {} and len(cs.annotations) == 1
 
 
-def test_read_flickr_token_bad_line(tmp_path):
+def test_read_flickr_token_bad_line_is_a_reject_with_its_line_number(tmp_path):
     token = tmp_path / "Flickr8k.token.txt"
-    token.write_text(TOKEN_LINES[0] + "\nbroken line without tab\n", encoding="utf-8")
-    with pytest.raises(VicapError, match="line 2"):
-        load_captions(token)
+    token.write_text(TOKEN_LINES[0] + "\n\nbroken line without tab\n" + TOKEN_LINES[1] + "\n",
+                     encoding="utf-8")
+    cs = load_captions(token)
+    assert [(a.id, a.caption) for a in cs.annotations] == [
+        (1, "A child in a pink dress is climbing up stairs ."),
+        (3, "A girl going into a wooden building .")]
+    assert cs.rejects == [Reject("annotation", 2, "broken line without tab", "malformed_line",
+                                 "line 3: expected 'name.jpg#N<TAB>caption'")]
+
+
+def test_flickr_token_line_numbers_count_only_real_line_breaks(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("a.jpg#0\tOne\u2028two\x1cthree\nb.jpg#0\tok\nno tab here\n",
+                     encoding="utf-8")
+    cs = load_captions(token)
+    assert cs.annotations[0].caption == "One\u2028two\x1cthree"
+    assert cs.rejects[0].detail.startswith("line 3:")
+
+
+def test_flickr_images_are_keyed_by_full_file_name(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("p0.jpg#0\tA jpeg .\np0.png#0\tA png .\n", encoding="utf-8")
+    cs = load_captions(token)
+    assert {i: info.file_name for i, info in cs.images.items()} == {"p0.jpg": "p0.jpg",
+                                                                   "p0.png": "p0.png"}
+    assert cs.captions_by_image() == {"p0.jpg": ["A jpeg ."], "p0.png": ["A png ."]}
 
 
 def test_read_flickr_captions_csv_with_commas(tmp_path):
@@ -175,10 +199,23 @@ def test_read_flickr_captions_csv_with_commas(tmp_path):
         encoding="utf-8",
     )
     cs = load_captions(path)
-    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70"]
+    assert list(cs.images) == ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg"]
     by_image = cs.captions_by_image()
-    assert by_image["1000268201_693b08cb0e"][0] == "A child, in a pink dress, climbs stairs ."
-    assert by_image["1001773457_577c3a7d70"] == ["A black dog , and a spotted dog"]
+    assert by_image["1000268201_693b08cb0e.jpg"][0] == "A child, in a pink dress, climbs stairs ."
+    assert by_image["1001773457_577c3a7d70.jpg"] == ["A black dog , and a spotted dog"]
+    assert cs.rejects == []
+
+
+def test_flickr_csv_unterminated_quote_is_one_reject_and_swallows_nothing(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text('image,caption\na.jpg,A dog .\nb.jpg,"A cat, on a mat\nc.jpg,A bird .\n'
+                    'd.jpg,"Two, birds" fly\ne.jpg,"A fish, swims ."\n', encoding="utf-8")
+    cs = load_captions(path)
+    assert [(a.id, a.image_id, a.caption) for a in cs.annotations] == [
+        (1, "a.jpg", "A dog ."), (3, "c.jpg", "A bird ."), (5, "e.jpg", "A fish, swims .")]
+    assert [(r.id, r.file, r.reason, r.detail) for r in cs.rejects] == [
+        (2, "b.jpg", "malformed_line", "line 3: unterminated quote"),
+        (4, "d.jpg", "malformed_line", "line 5: CSV quoting error (',' expected after '\"')")]
 
 
 # ---------------------------------------------------------------- split
