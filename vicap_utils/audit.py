@@ -197,9 +197,11 @@ def _check_in_pool(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel the queued decodes and end the workers now, without waiting for them."""
+    """Cancel the queued decodes and end the workers now, without waiting for them (the
+    executor forgets its processes on shutdown, so they are taken first)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     pool.shutdown(wait=False, cancel_futures=True)
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    for process in processes:
         process.terminate()
 
 

@@ -492,8 +492,8 @@ def _from_rows(rows: Iterable[_Row]) -> CaptionSet:
             if problem:
                 rejects.append(Reject("image", name, name, *problem))
                 left_out[name] = problem[0]
-                continue
-            images[name] = ImageInfo(name, name)
+            else:
+                images[name] = ImageInfo(name, name)
         if name in left_out:
             rejects.append(Reject("annotation", row.number, name, "orphaned_by_image",
                                   f"line {row.lineno}: image {name!r} was rejected"))

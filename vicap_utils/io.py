@@ -72,7 +72,7 @@ def input_dir(path: str | Path, what: str = "folder") -> Path:
         raise VicapError(f"{path}: {what} not found" if code == "missing"
                          else f"{path}: {what} {words}")
     if not path.is_dir():
-        raise VicapError(f"{path}: is a file, not a {what}")
+        raise VicapError(f"{path}: {what} is a file, not a folder")
     return path
 
 
