@@ -297,3 +297,117 @@ def test_cli_split_unusable_out_exits_2(tmp_path, capsys, out, message):
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
     assert str(tmp_path / out) in captured.err and message in captured.err
     assert (tmp_path / "a_file").read_text(encoding="utf-8") == "in the way"
+
+
+# ---------------------------------------------------------------- strict, typed readers
+
+
+def with_change(tmp_path, change):
+    data = json.loads(json.dumps(UITVIIC))
+    change(data)
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data), encoding="utf-8")  # ASCII escapes keep lone surrogates
+    return path
+
+
+@pytest.mark.parametrize(("value", "detail"), [
+    (42, "caption is a number (42), not text"),
+    (4.5, "caption is a number (4.5), not text"),
+    (float("nan"), "caption is NaN (nan), not text"),
+    (True, "caption is a boolean (True), not text"),
+    (["a"], "caption is a list (['a']), not text"),
+    ({"vi": "a"}, "caption is an object ({'vi': 'a'}), not text"),
+    ("ab\ud800c", "caption is not valid Unicode (a lone surrogate at character 2)"),
+])
+def test_caption_that_is_not_text_is_a_reject(tmp_path, value, detail):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][1].update(caption=value)))
+    assert [a.id for a in cs.annotations] == [1, 3]
+    assert cs.rejects == [Reject("annotation", 2, "COCO_train2014_000000157656.jpg",
+                                 "caption_not_text", detail)]
+
+
+def test_null_caption_is_empty_text(tmp_path):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][0].update(caption=None)))
+    assert cs.annotations[0].caption == "" and cs.rejects == []
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["images"][1].update(id="317441"),
+     "image ids mix integers and text (images[0] id is 157656, images[1] id is '317441'); "
+     "use one type"),
+    (lambda d: d["annotations"][2].update(image_id="317441"),
+     "image ids mix integers and text (images[0] id is 157656, annotations[2] image_id is "
+     "'317441')"),
+    (lambda d: d["annotations"][0].update(id="1"),
+     "annotation ids mix integers and text (annotations[1] id is 2, annotations[0] id is '1')"),
+    (lambda d: d["images"][0].update(file_name=7), "images[0] 'file_name' must be text"),
+    (lambda d: d["images"][0].update(file_name="a\udc80.jpg"),
+     "images[0] holds text that is not valid Unicode (a lone surrogate in 'a\\udc80.jpg')"),
+    (lambda d: d["info"].update(description="\ud800"),
+     "the top level holds text that is not valid Unicode"),
+    (lambda d: d["annotations"][0].update(id=""), "annotations[0] 'id' is empty"),
+])
+def test_structural_problems_refuse_the_file(tmp_path, change, message):
+    path = with_change(tmp_path, change)
+    with pytest.raises(VicapError) as info:
+        load_captions(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+@pytest.mark.parametrize(("file_name", "reason", "detail"), [
+    ("/data/x.jpg", "file_outside_images", "file_name '/data/x.jpg' is an absolute path"),
+    ("C:\\data\\x.jpg", "file_outside_images", "is an absolute path"),
+    ("../x.jpg", "file_outside_images", "file_name '../x.jpg' leads out of the images folder"),
+    ("a/../../x.jpg", "file_outside_images", "leads out of the images folder"),
+    ("..\\x.jpg", "file_outside_images", "leads out of the images folder"),
+    ("", "missing_file", "file_name is empty"),
+    ("x\x00.jpg", "missing_file", "contains a NUL character"),
+])
+def test_file_names_outside_the_images_folder_are_rejects(tmp_path, file_name, reason, detail):
+    cs = load_captions(with_change(tmp_path,
+                                   lambda d: d["images"][0].update(file_name=file_name)))
+    assert list(cs.images) == [317441] and [a.id for a in cs.annotations] == [3]
+    image, *captions = cs.rejects
+    assert (image.kind, image.id, image.reason) == ("image", 157656, reason)
+    assert detail in image.detail
+    assert [(r.id, r.reason) for r in captions] == [(1, "orphaned_by_image"),
+                                                   (2, "orphaned_by_image")]
+
+
+def test_relative_file_names_inside_the_folder_are_kept(tmp_path):
+    cs = load_captions(with_change(tmp_path,
+                                   lambda d: d["images"][0].update(file_name="a/../b/x.jpg")))
+    assert cs.images[157656].file_name == "a/../b/x.jpg" and cs.rejects == []
+
+
+def test_subset_does_not_carry_rejects(tmp_path):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][1].update(caption=1)))
+    assert len(cs.rejects) == 1 and cs.subset([157656]).rejects == []
+
+
+# ---------------------------------------------------------------- split outputs (issue 9)
+
+
+def test_cli_split_outputs_are_one_owned_set(tmp_path):
+    source = write_coco(small_set(10), tmp_path / "clean.json")
+    out = tmp_path / "split"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    for seed in ("1", "2"):
+        assert main(["split", "--annotations", str(source), "--out", str(out),
+                     "--seed", seed]) == 0
+    assert json.loads((out / "split.json").read_text(encoding="utf-8"))["seed"] == 2
+    assert json.loads((out / ".vicap-owned.json").read_text(encoding="utf-8"))["entries"] == [
+        "split.json", "train.json", "val.json"]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_cli_split_refuses_to_write_over_its_input(tmp_path, capsys):
+    out = tmp_path / "split"
+    out.mkdir()
+    source = write_coco(small_set(4), out / "train.json")
+    before = source.read_bytes()
+    assert main(["split", "--annotations", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: --out would write over the input {source} (--annotations)" in err
+    assert source.read_bytes() == before

@@ -139,10 +139,10 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
         raise VicapError(f"{folder / foreign[0]}: exists and vicap did not write it; move it "
                          "away or pick another --out")
     _remove_stale_staging(folder)
-    marker = marker or Marker()
-    if kind not in marker.kinds:
+    if marker is None or kind not in marker.kinds:
+        marker = marker or Marker()
         marker.kinds.append(kind)
-    _write_marker(folder, marker)
+        _write_marker(folder, marker)
     return marker
 
 
