@@ -340,3 +340,13 @@ def test_output_folder_helper_checks_everything_before_work(tmp_path, holder):
     with pytest.raises(VicapError, match="in use by process"):
         with folders.output_folder(tmp_path / "busy", "audit", ["clean.json"]):
             pytest.fail("work started")
+
+
+def test_reader_that_cannot_finish_an_interrupted_commit_says_why(tmp_path, holder):
+    (tmp_path / COMMIT).mkdir()
+    proc = holder(tmp_path)
+    with pytest.raises(VicapError) as info:
+        finish_interrupted(tmp_path)
+    assert str(info.value) == (f"{tmp_path}: holds outputs a killed vicap command left half "
+                               f"replaced ({COMMIT}), and they cannot be finished now: is in use "
+                               f"by process {proc.pid}; wait for it or pick another --out")

@@ -477,10 +477,6 @@ def assert_every_caption_accounted_for(root: Path) -> None:
     assert report["annotations_total"] == expected
 
 
-def test_the_table_is_large_enough() -> None:
-    assert len(CASES) + len(SUBPROCESS_CASES) >= 45
-
-
 # ---------------------------------------------------------------- faults in another process
 
 
@@ -542,8 +538,12 @@ def without_permission_override() -> None:
 
 @pytest.fixture(scope="module")
 def permissions_apply() -> None:
-    probe = subprocess.run([sys.executable, "-c", "import os; os.listdir('/proc/1/root')"],
-                           preexec_fn=without_permission_override, capture_output=True)
+    """Skip where permissions cannot be made to apply (root without CAP_SETPCAP)."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", "import os; os.listdir('/proc/1/root')"],
+                               preexec_fn=without_permission_override, capture_output=True)
+    except subprocess.SubprocessError:
+        pytest.skip("cannot drop root's permission override here")
     if os.geteuid() == 0 and probe.returncode == 0:
         pytest.skip("cannot drop root's permission override here")
 
@@ -614,12 +614,18 @@ def test_ctrl_c_cancels_queued_decodes_at_once(scene: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-c", SLOW_DECODE, "audit", "--annotations", str(scene / "many.json"),
          "--images", str(scene / "images"), "--out", str(scene / "out"), "--workers", "2"],
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
-    time.sleep(2.0)  # workers are decoding; ~9 s of queued work is left
+        stderr=subprocess.PIPE, bufsize=0, start_new_session=True)
+    seen = b""
+    while b"decoding images" not in seen:  # the workers are running
+        chunk = proc.stderr.read(4096)
+        assert chunk, seen
+        seen += chunk
+    time.sleep(0.5)  # ~8 s of queued decoding is left
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends: the whole process group
-    _, err = proc.communicate(timeout=60)
+    _, rest = proc.communicate(timeout=60)
     assert time.monotonic() - start < 3.0
+    err = (seen + rest).decode()
     assert proc.returncode == 130 and "Traceback" not in err
     assert error_lines(err) == ["vicap audit: interrupted"]
     assert_nothing_lost(before, scene)

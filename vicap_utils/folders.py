@@ -421,8 +421,13 @@ def finish_interrupted(folder: PathLike) -> None:
     half a set; a no-op (and no write) when there is none."""
     folder = Path(folder)
     if (folder / COMMIT).is_dir():
-        with folder_lock(folder):
-            settle(folder)
+        try:
+            with folder_lock(folder):
+                settle(folder)
+        except VicapError as exc:
+            raise VicapError(f"{folder}: holds outputs a killed vicap command left half "
+                             f"replaced ({COMMIT}), and they cannot be finished now: "
+                             f"{str(exc).removeprefix(f'{folder}: ')}") from None
 
 
 def _fsync_tree(root: Path) -> None:
