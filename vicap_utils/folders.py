@@ -381,6 +381,7 @@ def staged(folder: PathLike) -> Iterator[Path]:
         for name in names:
             _checked_name(name)
         _fsync_tree(tmp)
+        record(folder, names)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(exc, VicapError):
@@ -390,10 +391,12 @@ def staged(folder: PathLike) -> Iterator[Path]:
                 else folder
             raise write_error(target, exc) from None
         raise
-    record(folder, names)
-    settle(folder)
-    os.rename(tmp, folder / COMMIT)
-    settle(folder)
+    try:
+        settle(folder)
+        os.rename(tmp, folder / COMMIT)
+        settle(folder)
+    except OSError as exc:
+        raise write_error(folder, exc) from None
 
 
 def settle(folder: PathLike) -> None:
