@@ -43,10 +43,10 @@ def write_images(folder):
 
 
 def defective_coco():
-    """One instance of each of the eight defects (two unreadable images: a truncated JPEG and
-    a text file), plus valid images of five modes."""
+    """One instance of each defect a COCO file can have (two unreadable images: a truncated
+    JPEG and a text file), plus valid images of five modes."""
     names = ["good.jpg", "grey.jpg", "clear.png", "palette.png", "cmyk.jpg", "rotated.jpg",
-             "truncated.jpg", "text.jpg", "missing.jpg", "lonely.jpg"]
+             "truncated.jpg", "text.jpg", "missing.jpg", "lonely.jpg", "../outside.jpg"]
     images = [{"id": i, "file_name": name, "scene": "test"} for i, name in enumerate(names, 1)]
     captions = [
         (1, 1, unicodedata.normalize("NFD", NFC_CAPTION)),
@@ -61,6 +61,7 @@ def defective_coco():
         (9, 5, "Ảnh CMYK."),
         (10, 6, "Ảnh xoay."),
         (11, 7, "Ảnh bị cắt cụt."),  # orphaned_by_image
+        (12, 2, 42),  # caption_not_text
     ]
     annotations = [{"id": a, "image_id": i, "caption": c} for a, i, c in captions]
     return {"info": {"name": "defects"}, "images": images, "annotations": annotations}
@@ -89,9 +90,10 @@ def test_each_defect_counted_once(defective, capsys):
     annotations, images, out = defective
     assert run_cli(annotations, images, out) == 0
     report = json.loads((out / "audit.json").read_text(encoding="utf-8"))
-    assert report["rejects"] == {reason: 1 for reason in REASONS} | {"unreadable_image": 2}
-    assert report["images_total"] == 10 and report["images_ok"] == 6
-    assert report["annotations_total"] == 12 and report["annotations_ok"] == 7
+    assert report["rejects"] == {reason: 1 for reason in REASONS} | {"unreadable_image": 2,
+                                                                      "malformed_line": 0}
+    assert report["images_total"] == 11 and report["images_ok"] == 6
+    assert report["annotations_total"] == 13 and report["annotations_ok"] == 7
     assert report["normalized_captions"] == 2
     assert "images" in capsys.readouterr().out
 
@@ -102,7 +104,7 @@ def test_rejects_csv_rows(defective):
     rows = read_rejects(out)
     assert list(rows[0]) == ["kind", "id", "file", "reason", "detail"]
     by_reason = {row["reason"]: row for row in rows}
-    assert set(by_reason) == set(REASONS) and len(rows) == 9
+    assert set(by_reason) == set(REASONS) - {"malformed_line"} and len(rows) == 11
     unreadable = {row["file"] for row in rows if row["reason"] == "unreadable_image"}
     assert unreadable == {"truncated.jpg", "text.jpg"}
     assert by_reason["missing_file"]["file"] == "missing.jpg"
@@ -110,6 +112,9 @@ def test_rejects_csv_rows(defective):
     assert by_reason["image_without_captions"]["file"] == "lonely.jpg"
     assert by_reason["orphaned_by_image"]["id"] == "11"
     assert by_reason["unknown_image_id"]["kind"] == "annotation"
+    assert by_reason["caption_not_text"]["id"] == "12"
+    assert by_reason["caption_not_text"]["detail"] == "caption is a number (42), not text"
+    assert by_reason["file_outside_images"]["file"] == "../outside.jpg"
 
 
 def test_truncated_and_text_files_are_unreadable(defective):
@@ -190,9 +195,10 @@ def test_flickr_token_audit_writes_coco(tmp_path):
     assert report["rejects"]["missing_file"] == 1 and report["rejects"]["orphaned_by_image"] == 1
     clean = json.loads((tmp_path / "out" / "clean.json").read_text(encoding="utf-8"))
     assert clean["images"] == [
-        {"id": "100_a", "file_name": "100_a.jpg", "width": 48, "height": 32, "split": "train"}
+        {"id": "100_a.jpg", "file_name": "100_a.jpg", "width": 48, "height": 32,
+         "split": "train"}
     ]
-    assert clean["annotations"] == [{"id": 1, "image_id": "100_a", "caption": "A dog runs."}]
+    assert clean["annotations"] == [{"id": 1, "image_id": "100_a.jpg", "caption": "A dog runs."}]
 
 
 def test_flickr_csv_audit(tmp_path):
@@ -253,3 +259,81 @@ def assert_one_line_error(capsys, file_name, message):
     assert len(lines) == 1, captured.err
     assert file_name in lines[0] and message in lines[0]
     assert "Traceback" not in captured.err + captured.out
+
+
+# ---------------------------------------------------------------- outputs as one set (issue 9)
+
+KILLED_AUDIT = """
+import os, signal, sys
+import vicap_utils.audit as audit
+audit.write_coco = lambda *args: os.kill(os.getpid(), signal.SIGKILL)  # after rejects.csv
+audit.audit(sys.argv[1], sys.argv[2], sys.argv[3], workers=1)
+"""
+
+
+def outputs(out):
+    return {name: (out / name).read_bytes() for name in ("audit.json", "clean.json", "rejects.csv")}
+
+
+def test_killed_audit_leaves_the_previous_three_outputs_together(defective, tmp_path):
+    """Issue 9, item 11: a crash never leaves a new rejects.csv beside an old clean.json."""
+    import subprocess
+    import sys
+
+    annotations, images, out = defective
+    audit(annotations, images, out, workers=1)
+    before = outputs(out)
+    changed = defective_coco()
+    changed["annotations"] = changed["annotations"][:3]
+    (tmp_path / "changed.json").write_text(json.dumps(changed, ensure_ascii=False), "utf-8")
+    proc = subprocess.run([sys.executable, "-c", KILLED_AUDIT, str(tmp_path / "changed.json"),
+                           str(images), str(out)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    assert outputs(out) == before
+    report = audit(tmp_path / "changed.json", images, out, workers=1)
+    assert report["annotations_total"] == 3 and outputs(out) != before
+    assert not list(out.glob(".vicap-staging-*"))
+
+
+def test_reaudit_replaces_its_own_outputs_and_keeps_other_files(defective):
+    annotations, images, out = defective
+    audit(annotations, images, out, workers=1)
+    (out / "train.json").write_text("a later split", encoding="utf-8")
+    audit(annotations, images, out, workers=1)
+    assert (out / "train.json").read_text(encoding="utf-8") == "a later split"
+    marker = json.loads((out / ".vicap-owned.json").read_text(encoding="utf-8"))
+    assert marker["kinds"] == ["audit"]
+    assert marker["entries"] == ["audit.json", "clean.json", "rejects.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".vicap-owned.json", "audit.json", "clean.json", "rejects.csv", "train.json"]
+
+
+def test_audit_refuses_a_folder_holding_a_users_file_of_an_output_name(defective, capsys):
+    annotations, images, out = defective
+    out.mkdir()
+    (out / "rejects.csv").write_text("my notes", encoding="utf-8")
+    assert run_cli(annotations, images, out) == 2
+    assert_one_line_error(capsys, str(out / "rejects.csv"), "exists and vicap did not write it")
+    assert (out / "rejects.csv").read_text(encoding="utf-8") == "my notes"
+
+
+def test_reader_rejects_reach_rejects_csv(tmp_path):
+    write_images(tmp_path / "images")
+    (tmp_path / "captions.txt").write_text(
+        'image,caption\ngood.jpg,"A dog, unterminated\ngood.jpg,A dog .\n'
+        "/abs/x.jpg,Absolute .\n", encoding="utf-8")
+    report = audit(tmp_path / "captions.txt", tmp_path / "images", tmp_path / "out", workers=1)
+    rows = read_rejects(tmp_path / "out")
+    assert [(r["kind"], r["id"], r["reason"]) for r in rows] == [
+        ("annotation", "1", "malformed_line"), ("image", "/abs/x.jpg", "file_outside_images"),
+        ("annotation", "3", "orphaned_by_image")]
+    assert rows[0]["detail"] == "line 2: unterminated quote"
+    assert report["images_total"] == 2 and report["images_ok"] == 1
+    assert report["annotations_total"] == 3 and report["annotations_ok"] == 1
+
+
+def test_workers_are_checked_before_anything(defective, capsys):
+    annotations, images, out = defective
+    assert run_cli(annotations, images, out, "--workers", "0") == 2
+    assert "--workers must be between 1 and" in capsys.readouterr().err
+    assert not out.exists()

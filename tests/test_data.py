@@ -11,6 +11,7 @@ from vicap_utils.data import (
     Annotation,
     CaptionSet,
     ImageInfo,
+    Reject,
     load_captions,
     split_by_image,
     write_coco,
@@ -135,18 +136,18 @@ def test_read_flickr_token_with_split_lists(tmp_path):
     (tmp_path / "Flickr_8k.devImages.txt").write_text("1002674143_1b742ab4b8.jpg\n")
     (tmp_path / "Flickr_8k.testImages.txt").write_text("9999_unlisted.jpg\n")
     cs = load_captions(token)
-    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70",
-                               "1002674143_1b742ab4b8"]
-    assert cs.images["1000268201_693b08cb0e"].file_name == "1000268201_693b08cb0e.jpg"
+    assert list(cs.images) == ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg",
+                               "1002674143_1b742ab4b8.jpg"]
+    assert cs.images["1000268201_693b08cb0e.jpg"].file_name == "1000268201_693b08cb0e.jpg"
     assert [a.id for a in cs.annotations] == [1, 2, 3, 4]
-    assert cs.captions_by_image()["1000268201_693b08cb0e"] == [
+    assert cs.captions_by_image()["1000268201_693b08cb0e.jpg"] == [
         "A child in a pink dress is climbing up stairs .",
         "A girl going into a wooden building .",
     ]
     assert cs.split == {
-        "1000268201_693b08cb0e": "train",
-        "1001773457_577c3a7d70": "train",
-        "1002674143_1b742ab4b8": "val",
+        "1000268201_693b08cb0e.jpg": "train",
+        "1001773457_577c3a7d70.jpg": "train",
+        "1002674143_1b742ab4b8.jpg": "val",
     }
     assert cs.to_coco()["images"][2]["split"] == "val"
 
@@ -158,11 +159,34 @@ def test_read_flickr_token_without_split_lists(tmp_path):
     assert cs.split == {} and len(cs.annotations) == 1
 
 
-def test_read_flickr_token_bad_line(tmp_path):
+def test_read_flickr_token_bad_line_is_a_reject_with_its_line_number(tmp_path):
     token = tmp_path / "Flickr8k.token.txt"
-    token.write_text(TOKEN_LINES[0] + "\nbroken line without tab\n", encoding="utf-8")
-    with pytest.raises(VicapError, match="line 2"):
-        load_captions(token)
+    token.write_text(TOKEN_LINES[0] + "\n\nbroken line without tab\n" + TOKEN_LINES[1] + "\n",
+                     encoding="utf-8")
+    cs = load_captions(token)
+    assert [(a.id, a.caption) for a in cs.annotations] == [
+        (1, "A child in a pink dress is climbing up stairs ."),
+        (3, "A girl going into a wooden building .")]
+    assert cs.rejects == [Reject("annotation", 2, "broken line without tab", "malformed_line",
+                                 "line 3: expected 'name.jpg#N<TAB>caption'")]
+
+
+def test_flickr_token_line_numbers_count_only_real_line_breaks(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("a.jpg#0\tOne\u2028two\x1cthree\nb.jpg#0\tok\nno tab here\n",
+                     encoding="utf-8")
+    cs = load_captions(token)
+    assert cs.annotations[0].caption == "One\u2028two\x1cthree"
+    assert cs.rejects[0].detail.startswith("line 3:")
+
+
+def test_flickr_images_are_keyed_by_full_file_name(tmp_path):
+    token = tmp_path / "Flickr8k.token.txt"
+    token.write_text("p0.jpg#0\tA jpeg .\np0.png#0\tA png .\n", encoding="utf-8")
+    cs = load_captions(token)
+    assert {i: info.file_name for i, info in cs.images.items()} == {"p0.jpg": "p0.jpg",
+                                                                   "p0.png": "p0.png"}
+    assert cs.captions_by_image() == {"p0.jpg": ["A jpeg ."], "p0.png": ["A png ."]}
 
 
 def test_read_flickr_captions_csv_with_commas(tmp_path):
@@ -175,10 +199,23 @@ def test_read_flickr_captions_csv_with_commas(tmp_path):
         encoding="utf-8",
     )
     cs = load_captions(path)
-    assert list(cs.images) == ["1000268201_693b08cb0e", "1001773457_577c3a7d70"]
+    assert list(cs.images) == ["1000268201_693b08cb0e.jpg", "1001773457_577c3a7d70.jpg"]
     by_image = cs.captions_by_image()
-    assert by_image["1000268201_693b08cb0e"][0] == "A child, in a pink dress, climbs stairs ."
-    assert by_image["1001773457_577c3a7d70"] == ["A black dog , and a spotted dog"]
+    assert by_image["1000268201_693b08cb0e.jpg"][0] == "A child, in a pink dress, climbs stairs ."
+    assert by_image["1001773457_577c3a7d70.jpg"] == ["A black dog , and a spotted dog"]
+    assert cs.rejects == []
+
+
+def test_flickr_csv_unterminated_quote_is_one_reject_and_swallows_nothing(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text('image,caption\na.jpg,A dog .\nb.jpg,"A cat, on a mat\nc.jpg,A bird .\n'
+                    'd.jpg,"Two, birds" fly\ne.jpg,"A fish, swims ."\n', encoding="utf-8")
+    cs = load_captions(path)
+    assert [(a.id, a.image_id, a.caption) for a in cs.annotations] == [
+        (1, "a.jpg", "A dog ."), (3, "c.jpg", "A bird ."), (5, "e.jpg", "A fish, swims .")]
+    assert [(r.id, r.file, r.reason, r.detail) for r in cs.rejects] == [
+        (2, "b.jpg", "malformed_line", "line 3: unterminated quote"),
+        (4, "d.jpg", "malformed_line", "line 5: CSV quoting error (',' expected after '\"')")]
 
 
 # ---------------------------------------------------------------- split
@@ -260,3 +297,117 @@ def test_cli_split_unusable_out_exits_2(tmp_path, capsys, out, message):
     assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err
     assert str(tmp_path / out) in captured.err and message in captured.err
     assert (tmp_path / "a_file").read_text(encoding="utf-8") == "in the way"
+
+
+# ---------------------------------------------------------------- strict, typed readers
+
+
+def with_change(tmp_path, change):
+    data = json.loads(json.dumps(UITVIIC))
+    change(data)
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps(data), encoding="utf-8")  # ASCII escapes keep lone surrogates
+    return path
+
+
+@pytest.mark.parametrize(("value", "detail"), [
+    (42, "caption is a number (42), not text"),
+    (4.5, "caption is a number (4.5), not text"),
+    (float("nan"), "caption is NaN (nan), not text"),
+    (True, "caption is a boolean (True), not text"),
+    (["a"], "caption is a list (['a']), not text"),
+    ({"vi": "a"}, "caption is an object ({'vi': 'a'}), not text"),
+    ("ab\ud800c", "caption is not valid Unicode (a lone surrogate at character 2)"),
+])
+def test_caption_that_is_not_text_is_a_reject(tmp_path, value, detail):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][1].update(caption=value)))
+    assert [a.id for a in cs.annotations] == [1, 3]
+    assert cs.rejects == [Reject("annotation", 2, "COCO_train2014_000000157656.jpg",
+                                 "caption_not_text", detail)]
+
+
+def test_null_caption_is_empty_text(tmp_path):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][0].update(caption=None)))
+    assert cs.annotations[0].caption == "" and cs.rejects == []
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["images"][1].update(id="317441"),
+     "image ids mix integers and text (images[0] id is 157656, images[1] id is '317441'); "
+     "use one type"),
+    (lambda d: d["annotations"][2].update(image_id="317441"),
+     "image ids mix integers and text (images[0] id is 157656, annotations[2] image_id is "
+     "'317441')"),
+    (lambda d: d["annotations"][0].update(id="1"),
+     "annotation ids mix integers and text (annotations[1] id is 2, annotations[0] id is '1')"),
+    (lambda d: d["images"][0].update(file_name=7), "images[0] 'file_name' must be text"),
+    (lambda d: d["images"][0].update(file_name="a\udc80.jpg"),
+     "images[0] holds text that is not valid Unicode (a lone surrogate in 'a\\udc80.jpg')"),
+    (lambda d: d["info"].update(description="\ud800"),
+     "the top level holds text that is not valid Unicode"),
+    (lambda d: d["annotations"][0].update(id=""), "annotations[0] 'id' is empty"),
+])
+def test_structural_problems_refuse_the_file(tmp_path, change, message):
+    path = with_change(tmp_path, change)
+    with pytest.raises(VicapError) as info:
+        load_captions(path)
+    assert str(info.value).startswith(f"{path}: {message}")
+
+
+@pytest.mark.parametrize(("file_name", "reason", "detail"), [
+    ("/data/x.jpg", "file_outside_images", "file_name '/data/x.jpg' is an absolute path"),
+    ("C:\\data\\x.jpg", "file_outside_images", "is an absolute path"),
+    ("../x.jpg", "file_outside_images", "file_name '../x.jpg' leads out of the images folder"),
+    ("a/../../x.jpg", "file_outside_images", "leads out of the images folder"),
+    ("..\\x.jpg", "file_outside_images", "leads out of the images folder"),
+    ("", "missing_file", "file_name is empty"),
+    ("x\x00.jpg", "missing_file", "contains a NUL character"),
+])
+def test_file_names_outside_the_images_folder_are_rejects(tmp_path, file_name, reason, detail):
+    cs = load_captions(with_change(tmp_path,
+                                   lambda d: d["images"][0].update(file_name=file_name)))
+    assert list(cs.images) == [317441] and [a.id for a in cs.annotations] == [3]
+    image, *captions = cs.rejects
+    assert (image.kind, image.id, image.reason) == ("image", 157656, reason)
+    assert detail in image.detail
+    assert [(r.id, r.reason) for r in captions] == [(1, "orphaned_by_image"),
+                                                   (2, "orphaned_by_image")]
+
+
+def test_relative_file_names_inside_the_folder_are_kept(tmp_path):
+    cs = load_captions(with_change(tmp_path,
+                                   lambda d: d["images"][0].update(file_name="a/../b/x.jpg")))
+    assert cs.images[157656].file_name == "a/../b/x.jpg" and cs.rejects == []
+
+
+def test_subset_does_not_carry_rejects(tmp_path):
+    cs = load_captions(with_change(tmp_path, lambda d: d["annotations"][1].update(caption=1)))
+    assert len(cs.rejects) == 1 and cs.subset([157656]).rejects == []
+
+
+# ---------------------------------------------------------------- split outputs (issue 9)
+
+
+def test_cli_split_outputs_are_one_owned_set(tmp_path):
+    source = write_coco(small_set(10), tmp_path / "clean.json")
+    out = tmp_path / "split"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    for seed in ("1", "2"):
+        assert main(["split", "--annotations", str(source), "--out", str(out),
+                     "--seed", seed]) == 0
+    assert json.loads((out / "split.json").read_text(encoding="utf-8"))["seed"] == 2
+    assert json.loads((out / ".vicap-owned.json").read_text(encoding="utf-8"))["entries"] == [
+        "split.json", "train.json", "val.json"]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+def test_cli_split_refuses_to_write_over_its_input(tmp_path, capsys):
+    out = tmp_path / "split"
+    out.mkdir()
+    source = write_coco(small_set(4), out / "train.json")
+    before = source.read_bytes()
+    assert main(["split", "--annotations", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{source}: --out would write over the input {source} (--annotations)" in err
+    assert source.read_bytes() == before

@@ -271,7 +271,7 @@ def one_error_line(capsys: pytest.CaptureFixture) -> str:
 
 
 def test_cli_unknown_prediction_ids(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    preds = coco_preds() + [{"image_id": 99, "caption": "x"}, {"image_id": "abc", "caption": "y"}]
+    preds = coco_preds() + [{"image_id": 99, "caption": "x"}, {"image_id": 100, "caption": "y"}]
     assert run_cli(tmp_path, preds, coco_refs())[0] == 2
     line = one_error_line(capsys)
     assert "2 predicted image ids are not in the references" in line and "99" in line
@@ -346,3 +346,67 @@ def test_cli_bad_train_captions_are_named_as_such(tmp_path: Path,
     assert main(["evaluate", "--predictions", p, "--references", r,
                  "--train-captions", str(missing)]) == 2
     assert "training captions JSON not found" in one_error_line(capsys)
+
+
+@pytest.mark.parametrize("alias", ["same", "symlink", "hard link"])
+def test_cli_out_never_writes_over_the_predictions(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   alias: str) -> None:
+    """Data-loss case 3: `evaluate --out` naming the predictions (or a link to them)."""
+    p, r = write_inputs(tmp_path, coco_preds(), coco_refs())
+    out = Path(p) if alias == "same" else tmp_path / "metrics.json"
+    if alias == "symlink":
+        out.symlink_to(p)
+    elif alias == "hard link":
+        out.hardlink_to(p)
+    original = Path(p).read_bytes()
+    monkeypatch.setattr(metrics, "evaluate_detailed",
+                        lambda *a, **k: pytest.fail("scored despite --out = --predictions"))
+    assert main(["evaluate", "--predictions", p, "--references", r, "--out", str(out)]) == 2
+    line = one_error_line(capsys)
+    assert f"{out}: --out would write over the input {p} (--predictions)" in line
+    assert Path(p).read_bytes() == original
+
+
+def test_cli_per_image_csv_never_writes_over_the_references(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    p, _ = write_inputs(tmp_path, coco_preds(), coco_refs())
+    refs = tmp_path / "m_per_image.csv"
+    refs.write_text(json.dumps(coco_refs()), "utf-8")
+    assert main(["evaluate", "--predictions", p, "--references", str(refs),
+                 "--out", str(tmp_path / "m.json")]) == 2
+    assert "(its per-image CSV) would write over the input" in one_error_line(capsys)
+    assert json.loads(refs.read_text("utf-8")) == coco_refs()
+
+
+@pytest.mark.parametrize(("refs", "message"), [
+    ({"annotations": [{"image_id": k, "caption": " "} for k in PREDS]}, "every caption is empty"),
+    ({"annotations": [{"image_id": 1, "caption": "a"}, {"image_id": "1", "caption": "b"}]},
+     "image ids mix integers and text (annotation 0 has image_id 1, annotation 1 has "
+     "image_id '1')"),
+    ({"annotations": [{"image_id": 1, "caption": "x\ud800"}]},
+     "annotation 0 has a caption that is not valid Unicode"),
+])
+def test_cli_references_that_cannot_be_scored(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              refs: dict, message: str) -> None:
+    p, r = write_inputs(tmp_path, coco_preds(), {})
+    Path(r).write_text(json.dumps(refs), "utf-8")  # ASCII escapes keep the lone surrogate
+    assert main(["evaluate", "--predictions", p, "--references", r]) == 2
+    line = one_error_line(capsys)
+    assert r in line and message in line
+
+
+def test_cli_predictions_mixing_id_types(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    preds = coco_preds()
+    preds[3]["image_id"] = "4"
+    code, path, _ = run_cli(tmp_path, preds, coco_refs())
+    line = one_error_line(capsys)
+    assert code == 2 and path in line and "image ids mix integers and text" in line
+
+
+def test_references_without_a_word_after_tokenizing(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    refs = {"annotations": [{"image_id": k, "caption": "... !"} for k in PREDS]}
+    with pytest.raises(metrics.VicapError, match="no reference caption of the scored images"):
+        metrics.evaluate(coco_preds(), refs)

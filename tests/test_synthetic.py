@@ -172,3 +172,70 @@ def test_cli_unusable_out_is_one_line(tmp_path, capsys):
         assert main(["synth", "--out", str(out), "--n-images", "1"]) == 2
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and str(out) in err and message in err
+
+
+# ---------------------------------------------------------------- the output folder (issue 9)
+
+KILLED_RESYNTH = """
+import inspect, os, signal, sys
+import vicap_utils.synthetic as synthetic
+draw, calls = synthetic.draw_scene, []
+def draw_then_die(*args):
+    calls.append(1)
+    if len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return draw(*args)
+synthetic.draw_scene = draw_then_die
+known = inspect.signature(synthetic.generate).parameters
+synthetic.generate(sys.argv[1], n_images=6, seed=2, **({"overwrite": True} if "overwrite" in known
+                                                        else {}))
+"""
+
+
+def _files(folder):
+    """Every file of the set (vicap's hidden bookkeeping and staging left out)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".vicap")
+                                       for part in p.relative_to(folder).parts)}
+
+
+def test_resynth_into_a_set_refuses_without_overwrite(tmp_path, capsys):
+    """Data-loss case 5: a re-synth must not write over an existing set unasked."""
+    out = tmp_path / "synth"
+    generate(out, n_images=3, seed=1)
+    before = _files(out)
+    assert main(["synth", "--out", str(out), "--n-images", "3", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out}: already holds captions.json, images; add --overwrite" in err
+    assert _files(out) == before
+
+
+def test_killed_resynth_leaves_the_previous_set_whole(tmp_path):
+    """Data-loss case 5: killed while drawing, the folder still holds the old set, intact."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "synth"
+    generate(out, n_images=4, seed=1)
+    before = _files(out)
+    proc = subprocess.run([sys.executable, "-c", KILLED_RESYNTH, str(out)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr
+    assert _files(out) == before
+    assert main(["synth", "--out", str(out), "--n-images", "2", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["synth_000000.jpg",
+                                                                 "synth_000001.jpg"]
+    assert not list(out.glob(".vicap-staging-*"))
+
+
+def test_overwrite_replaces_the_set_and_nothing_else(tmp_path):
+    out = tmp_path / "synth"
+    generate(out, n_images=3, seed=1)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    path = generate(out, n_images=2, seed=2, lang="en", overwrite=True)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["info"]["seed"] == 2 and len(data["images"]) == 2
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["synth_000000.jpg",
+                                                                 "synth_000001.jpg"]
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+    assert json.loads((out / ".vicap-owned.json").read_text())["entries"] == [
+        "captions.json", "images"]

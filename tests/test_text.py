@@ -10,6 +10,7 @@ from vicap_utils.io import VicapError
 from vicap_utils.text import (
     LINE_BREAKS,
     VIETNAMESE_LETTERS,
+    drop_invisible,
     has_diacritics,
     normalize_caption,
     segment_words,
@@ -39,6 +40,21 @@ def test_nfd_becomes_nfc():
 )
 def test_normalize_spacing_and_case(raw, expected):
     assert normalize_caption(raw) == expected
+
+
+def test_control_and_format_characters_are_removed():
+    assert normalize_caption("Hai\x00 con\x07 chó\u200b\ufeff chạy\x1b.") == "Hai con chó chạy."
+    assert normalize_caption("một\u2028hai\x1cba\x85bốn") == "một hai ba bốn"
+
+
+def test_drop_invisible_removes_exactly_control_and_format_characters():
+    points = [*range(0x20000), *range(0xE0000, 0xE1000)]  # every plane with such characters
+    text = "".join(map(chr, points))
+    kept = drop_invisible(text)
+    removed = set(text) - set(kept)
+    assert removed == {c for c in text
+                       if unicodedata.category(c) in ("Cc", "Cf") and not c.isspace()}
+    assert "\n" in kept and "\t" in kept and "đ" in kept and "\u2028" in kept
 
 
 def test_normalize_is_idempotent():

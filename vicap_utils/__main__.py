@@ -24,9 +24,16 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command, per the CLI contract (docs/architecture.md)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vicap", description="Vietnamese image captioning with BLIP + LoRA."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -36,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lang", choices=["vi", "en"], default="vi")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set vicap drew earlier in OUT (nothing else there)")
 
     p = sub.add_parser("audit", help="check a caption set; write the clean set and a report")
     p.add_argument("--annotations", required=True, help="COCO-style captions JSON, "

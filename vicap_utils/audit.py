@@ -1,4 +1,24 @@
-"""`vicap audit`: decode every image, screen every caption, write the clean set and a report."""
+"""`vicap audit`: decode every image, screen every caption, write the clean set and a report.
+
+Outputs (in `--out`, as one set: all three new, or the previous three untouched): audit.json
+(counts, every reason code present), clean.json (the kept images and normalised captions, COCO
+style), rejects.csv (kind, id, file, reason, detail: one row per rejected image or caption).
+Every input caption is either in clean.json or in rejects.csv. Reason codes (`REASONS`):
+
+- `missing_file`: the image file does not exist (or its `file_name` is empty)
+- `unreadable_image`: it exists but does not decode fully (truncated, not an image, a folder,
+  a symlink loop, no permission)
+- `image_without_captions`: a decodable image none of whose captions was kept
+- `empty_caption`: a caption with no words (null, blank, punctuation only)
+- `unknown_image_id`: a caption of an image id the file does not list
+- `duplicate_annotation_id`: a caption whose annotation id was already used
+- `duplicate_caption`: the same caption twice for one image (after normalisation, any case)
+- `orphaned_by_image`: a caption of a rejected image
+- `caption_not_text`: a number, list, object, boolean, NaN or invalid Unicode as a caption
+- `file_outside_images`: an absolute `file_name`, or one that leads out with `..`
+- `malformed_line`: a Flickr8k line that does not parse (no tab, a CSV quoting error such as an
+  unterminated quote), with its line number
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,9 +26,11 @@ import csv
 import io
 import multiprocessing
 import os
+import signal
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from multiprocessing.context import BaseContext
 from pathlib import Path
@@ -22,36 +44,31 @@ from vicap_utils.data import (
     CaptionSet,
     ImageId,
     ImageInfo,
+    Reject,
     load_captions,
     write_coco,
 )
+from vicap_utils.folders import output_folder, refuse_aliases, staged
 from vicap_utils.images import ImageCheck, check_image
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, make_output_dir
+from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, input_dir
 from vicap_utils.text import normalize_caption, syllable_count
 
-REASONS = (
-    "missing_file",
-    "unreadable_image",
-    "image_without_captions",
-    "empty_caption",
-    "unknown_image_id",
-    "duplicate_annotation_id",
-    "duplicate_caption",
-    "orphaned_by_image",
-)
+REASONS = {
+    "missing_file": "the image file does not exist",
+    "unreadable_image": "the image file does not decode fully",
+    "image_without_captions": "no caption of a decodable image was kept",
+    "empty_caption": "the caption has no words",
+    "unknown_image_id": "the caption's image id is not in the images list",
+    "duplicate_annotation_id": "the annotation id was already used",
+    "duplicate_caption": "the same caption twice for one image",
+    "orphaned_by_image": "the caption's image was rejected",
+    "caption_not_text": "the caption is not text (number, list, object, boolean, NaN, bad Unicode)",
+    "file_outside_images": "the file name is absolute or leads out of the images folder",
+    "malformed_line": "a Flickr8k line that does not parse (its line number is in the detail)",
+}
+OUTPUTS = ("audit.json", "clean.json", "rejects.csv")
 REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
 _MAX_CHUNK = 64
-
-
-@dataclass(frozen=True)
-class Reject:
-    """One rejected image or caption: a row of rejects.csv."""
-
-    kind: str  # "image" or "annotation"
-    id: ImageId
-    file: str
-    reason: str
-    detail: str
 
 
 @dataclass
@@ -112,28 +129,40 @@ def audit(
 ) -> dict[str, Any]:
     """Audit a caption set; write audit.json, clean.json and rejects.csv in `out_dir`.
 
-    Returns the audit.json content. Defects are reported, not raised; bad input raises
-    VicapError before anything is written.
+    Returns the audit.json content. Defects are reported, not raised; bad input, an output
+    that would write over an input, or an output folder that is busy, not writable or holds
+    files vicap did not write raise VicapError before any image is decoded.
     """
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise VicapError(f"{images_dir}: images folder not found")
+    workers = worker_count(workers)
+    images_dir = input_dir(images_dir, "images folder")
+    out_dir = Path(out_dir)
+    inputs = {"--annotations": annotations_path, "--images": images_dir}
+    refuse_aliases(inputs, [("--out", out_dir / name) for name in OUTPUTS])
     cs = load_captions(annotations_path, images_dir)
-    out_dir = make_output_dir(out_dir)
-    paths = [images_dir / info.file_name for info in cs.images.values()]
-    checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
-    result = screen(cs, checks)
-    summary = result.summary()
-    write_report(result, summary, out_dir)
+    with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:
+        paths = [images_dir / info.file_name for info in cs.images.values()]
+        checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
+        result = screen(cs, checks)
+        summary = result.summary()
+        with staged(out) as tmp:
+            write_report(result, summary, tmp)
     print(format_summary(summary, out_dir))
     return summary
 
 
+def worker_count(workers: int | None) -> int:
+    """The number of decoding processes: all cores by default; refused outside 1..limit."""
+    limit = max(64, 4 * (os.cpu_count() or 1))
+    if workers is None:
+        return os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
+        raise VicapError(f"--workers must be between 1 and {limit} (got {workers})")
+    return workers
+
+
 def check_images(paths: Sequence[Path], workers: int | None = None) -> list[ImageCheck]:
     """Fully decode every image, in a process pool of `workers` (default: all cores)."""
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if workers < 1:
-        raise VicapError(f"--workers must be at least 1 (got {workers})")
+    workers = worker_count(workers)
     if workers == 1 or len(paths) < 2:
         return [check_image(path) for path in tqdm(paths, unit="img", desc="decoding images")]
     return _check_in_pool(paths, workers)
@@ -142,21 +171,38 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[Imag
 def _check_in_pool(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
     """Decode chunks of images in worker processes, keeping the input order.
 
-    Workers are forked before the progress bar starts its monitor thread.
+    Workers are forked before the progress bar starts its monitor thread. On Ctrl-C (or any
+    error) the queued chunks are cancelled and the workers ended at once.
     """
     size = _chunk_size(len(paths), workers)
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
     results: list[list[ImageCheck]] = [[] for _ in chunks]
-    workers = min(workers, len(chunks))
-    with ProcessPoolExecutor(
-        workers, mp_context=_pool_context(), initializer=_strict_decoding
-    ) as pool:
+    pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_pool_context(),
+                               initializer=_worker_start)
+    try:
         futures = {pool.submit(_check_chunk, chunk): index for index, chunk in enumerate(chunks)}
         with tqdm(total=len(paths), unit="img", desc="decoding images") as bar:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(len(results[futures[future]]))
+    except BrokenProcessPool:
+        _stop(pool)
+        raise VicapError("an image-decoding process died (out of memory?); run again with "
+                         "--workers 1 to see which image") from None
+    except BaseException:
+        _stop(pool)
+        raise
+    pool.shutdown()
     return [check for chunk in results for check in chunk]
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued decodes and end the workers now, without waiting for them (the
+    executor forgets its processes on shutdown, so they are taken first)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
 
 
 def _pool_context() -> BaseContext:
@@ -181,9 +227,11 @@ def _chunk_size(n_paths: int, workers: int) -> int:
     return max(1, min(_MAX_CHUNK, n_paths // (workers * 8)))
 
 
-def _strict_decoding() -> None:
-    """Worker start-up: truncated images must fail to load, whatever the parent set."""
+def _worker_start() -> None:
+    """Worker start-up: truncated images must fail to load, whatever the parent set; Ctrl-C
+    is the parent's to handle (it ends the workers), so workers print no traceback."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _check_chunk(paths: list[str]) -> list[ImageCheck]:
@@ -192,7 +240,8 @@ def _check_chunk(paths: list[str]) -> list[ImageCheck]:
 
 
 def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]) -> AuditResult:
-    """Apply every rule: images that fail to decode, bad captions, images left captionless."""
+    """Apply every rule: images that fail to decode, bad captions, images left captionless;
+    the reader's rejects come first."""
     image_rejects = [
         Reject("image", image_id, cs.images[image_id].file_name, check.reason or "", check.detail)
         for image_id, check in checks.items()
@@ -209,8 +258,10 @@ def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]) -> AuditResult:
     lost = {reject.id for reject in captionless}
     clean = CaptionSet(decoded, kept, cs.split, cs.extra)
     clean = clean.subset(image_id for image_id in decoded if image_id not in lost)
-    rejects = image_rejects + captionless + caption_rejects
-    return AuditResult(clean, rejects, len(cs.images), len(cs.annotations), normalized)
+    rejects = cs.rejects + image_rejects + captionless + caption_rejects
+    read_rejects = Counter(reject.kind for reject in cs.rejects)
+    return AuditResult(clean, rejects, len(cs.images) + read_rejects["image"],
+                       len(cs.annotations) + read_rejects["annotation"], normalized)
 
 
 def _screen_captions(
@@ -243,7 +294,8 @@ def _captionless(images: dict[ImageId, ImageInfo], kept: list[Annotation]) -> li
 
 
 def write_report(result: AuditResult, summary: dict[str, Any], out_dir: Path) -> None:
-    """Write rejects.csv, clean.json and audit.json, each atomically."""
+    """Write rejects.csv, clean.json and audit.json into `out_dir` (a staging folder in
+    `audit`, so that the three replace the previous ones as a set)."""
     atomic_write_text(out_dir / "rejects.csv", rejects_csv(result.rejects))
     write_coco(result.clean, out_dir / "clean.json")
     atomic_write_json(out_dir / "audit.json", summary)

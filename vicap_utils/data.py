@@ -1,16 +1,31 @@
-"""Caption sets: COCO-style and Flickr8k readers into one table, COCO writing, seeded split."""
+"""Caption sets: COCO-style and Flickr8k readers into one table, COCO writing, seeded split.
+
+The readers are strict and typed. A whole file is refused (one-line VicapError naming it) when
+its structure is wrong: not COCO-shaped, an entry without `id`/`file_name`/`image_id`/`caption`,
+an id that is not an integer or text, a repeated image id, integer and text ids mixed in one
+file (`1` and `"1"`), or a lone surrogate outside a caption. A single bad entry is not fatal: it
+is left out of the set and listed in `CaptionSet.rejects` with a reason code, which the audit
+writes to rejects.csv: `caption_not_text` (a number, list, object, boolean, NaN or invalid
+Unicode where a caption belongs), `file_outside_images` (an absolute `file_name` or one that
+climbs out with `..`; its captions are `orphaned_by_image`), `missing_file` (an empty
+`file_name`), `malformed_line` (a Flickr8k line without a tab, or with a CSV quoting error such
+as an unterminated quote, named by its line number; the lines after it are read normally).
+Flickr8k images are keyed by their full file name, so `p0.jpg` and `p0.png` are two images.
+"""
 from __future__ import annotations
 
 import argparse
 import csv
 import hashlib
-import io
+import math
+import posixpath
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vicap_utils.io import VicapError, atomic_write_json, make_output_dir, read_json
+from vicap_utils.io import VicapError, atomic_write_json, input_file, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,7 +42,11 @@ FLICKR_SPLIT_FILES = {
     "Flickr_8k.devImages.txt": "val",
     "Flickr_8k.testImages.txt": "test",
 }
+SPLIT_OUTPUTS = ("train.json", "val.json", "split.json")
 _FORMATS_HINT = "expected COCO-style JSON, Flickr8k.token.txt, or captions.txt with 'image,caption'"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NEWLINE = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not U+2028, not \x1c)
+_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 
 
 @dataclass
@@ -51,17 +70,31 @@ class Annotation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Reject:
+    """One rejected image or caption: a row of rejects.csv."""
+
+    kind: str  # "image" or "annotation"
+    id: ImageId
+    file: str
+    reason: str
+    detail: str
+
+
 @dataclass
 class CaptionSet:
     """The common table every reader produces: images by id, captions, optional split.
 
     `extra` keeps top-level COCO keys other than images/annotations (info, licenses, ...).
+    `rejects` lists the entries the reader left out (see the module docstring); a subset
+    does not carry them.
     """
 
     images: dict[ImageId, ImageInfo]
     annotations: list[Annotation]
     split: dict[ImageId, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    rejects: list[Reject] = field(default_factory=list)
 
     def to_coco(self) -> dict[str, Any]:
         """COCO captions shape; an image's split, when known, is its `split` field."""
@@ -130,11 +163,13 @@ def _annotation_entry(ann: Annotation) -> dict[str, Any]:
 def load_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionSet:
     """Read a caption set, detecting COCO-style JSON, Flickr8k.token.txt or captions.txt.
 
-    Flickr8k split lists are looked up beside the captions file and in `images_dir`.
+    Flickr8k split lists are looked up beside the captions file and in `images_dir`. A set
+    that a killed vicap command left half-replaced is finished first (see folders.py).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise VicapError(f"{path}: captions file not found")
+    from vicap_utils.folders import finish_interrupted
+
+    path = input_file(path, "captions file")
+    finish_interrupted(path.parent)
     if path.suffix.lower() == ".json":
         return read_coco(path)
     text = _read_text(path)
@@ -158,61 +193,91 @@ def read_coco(path: str | Path) -> CaptionSet:
         raise VicapError(
             f"{path}: not a COCO-style captions file (needs 'images' and 'annotations' lists)"
         )
+    image_ids = _IdTypes(path, "image ids")
+    annotation_ids = _IdTypes(path, "annotation ids")
     images: dict[ImageId, ImageInfo] = {}
+    left_out: dict[ImageId, str] = {}  # image id -> file name, for images the reader rejected
     split: dict[ImageId, str] = {}
+    rejects: list[Reject] = []
     for index, entry in enumerate(data["images"]):
-        _require_keys(path, f"images[{index}]", entry, _IMAGE_KEYS)
-        info = _coco_image(entry)
-        if info.id in images:
-            raise VicapError(f"{path}: images[{index}] repeats image id {info.id!r}")
-        images[info.id] = info
+        where = f"images[{index}]"
+        _require_keys(path, where, entry, _IMAGE_KEYS)
+        _refuse_surrogates(path, where, entry)
+        image_id, file_name = entry["id"], entry["file_name"]
+        image_ids.see(image_id, f"{where} id")
+        if not isinstance(file_name, str):
+            raise VicapError(f"{path}: {where} 'file_name' must be text")
+        if image_id in images or image_id in left_out:
+            raise VicapError(f"{path}: {where} repeats image id {_short(image_id)}")
+        problem = _file_name_problem(file_name)
+        if problem:
+            rejects.append(Reject("image", image_id, file_name, *problem))
+            left_out[image_id] = file_name
+            continue
+        images[image_id] = _coco_image(entry)
         if isinstance(entry.get("split"), str):
-            split[info.id] = entry["split"]
+            split[image_id] = entry["split"]
     annotations = []
     for index, entry in enumerate(data["annotations"]):
-        _require_keys(path, f"annotations[{index}]", entry, _ANNOTATION_KEYS)
-        annotations.append(_coco_annotation(entry))
+        where = f"annotations[{index}]"
+        _require_keys(path, where, entry, _ANNOTATION_KEYS)
+        _refuse_surrogates(path, where, {k: v for k, v in entry.items() if k != "caption"})
+        annotation_ids.see(entry["id"], f"{where} id")
+        image_ids.see(entry["image_id"], f"{where} image_id")
+        reject = _annotation_reject(entry, images, left_out)
+        if reject:
+            rejects.append(reject)
+        else:
+            annotations.append(_coco_annotation(entry))
     extra = {k: v for k, v in data.items() if k not in ("images", "annotations")}
-    return CaptionSet(images, annotations, split, extra)
+    _refuse_surrogates(path, "the top level", extra)
+    return CaptionSet(images, annotations, split, extra, rejects)
 
 
 def read_flickr_token(
     path: str | Path, text: str | None = None, split_dirs: Iterable[Path] = ()
 ) -> CaptionSet:
     """Flickr8k.token.txt (`name.jpg#i<TAB>caption`), with the official split lists when the
-    folders in `split_dirs` hold them."""
+    folders in `split_dirs` hold them. A line without a tab is a `malformed_line` reject."""
     path = Path(path)
     text = _read_text(path) if text is None else text
-    pairs = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    rows: list[_Row] = []
+    for lineno, line in enumerate(_NEWLINE.split(text), start=1):
         if not line.strip():
             continue
         key, tab, caption = line.partition("\t")
-        if not tab or not key.strip():
-            raise VicapError(f"{path}: line {lineno}: expected 'name.jpg#N<TAB>caption'")
-        pairs.append((key.rpartition("#")[0] or key, caption))
-    cs = _from_pairs(pairs)
+        name = (key.rpartition("#")[0] if "#" in key else key).strip()
+        problem = None if tab and name else "expected 'name.jpg#N<TAB>caption'"
+        rows.append(_Row(len(rows) + 1, lineno, name, caption, problem))
+    cs = _from_rows(rows)
     cs.split = _flickr_split(cs, split_dirs)
     return cs
 
 
 def read_flickr_csv(path: str | Path, text: str | None = None) -> CaptionSet:
-    """Flickr8k captions.txt: CSV with header `image,caption`; an unquoted comma inside a
-    caption stays part of the caption."""
+    """Flickr8k captions.txt: CSV with header `image,caption`, one caption per line; an
+    unquoted comma inside a caption stays part of it. A line with a quoting error (an
+    unterminated quote) is a `malformed_line` reject; it never swallows the lines after it."""
     path = Path(path)
     text = _read_text(path) if text is None else text
-    rows = csv.reader(io.StringIO(text))
-    header = next(rows, [])
-    if [cell.strip().lower() for cell in header] != ["image", "caption"]:
+    lines = list(enumerate(_NEWLINE.split(text), start=1))
+    body = [(n, line) for n, line in lines if line.strip()]
+    if not body or not _is_csv_header(body[0][1]):
         raise VicapError(f"{path}: expected the CSV header 'image,caption'")
-    pairs = []
-    for lineno, row in enumerate(rows, start=2):
-        if not any(cell.strip() for cell in row):
+    rows: list[_Row] = []
+    for lineno, line in body[1:]:
+        number = len(rows) + 1
+        try:
+            cells = next(csv.reader([line], strict=True))
+        except csv.Error as exc:
+            rows.append(_Row(number, lineno, line.partition(",")[0].strip(), "",
+                             _csv_problem(str(exc))))
             continue
-        if len(row) < 2 or not row[0].strip():
-            raise VicapError(f"{path}: line {lineno}: expected 'image,caption'")
-        pairs.append((row[0], ",".join(row[1:])))
-    return _from_pairs(pairs)
+        if len(cells) < 2 or not cells[0].strip():
+            rows.append(_Row(number, lineno, "", "", "expected 'image,caption'"))
+            continue
+        rows.append(_Row(number, lineno, cells[0].strip(), ",".join(cells[1:]), None))
+    return _from_rows(rows)
 
 
 def write_coco(cs: CaptionSet, path: str | Path) -> Path:
@@ -226,11 +291,13 @@ def _read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise VicapError(f"{path}: not UTF-8 text") from None
+    except OSError as exc:
+        raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
 
 
 def _first_line(text: str) -> str:
     """The first non-blank line, stripped."""
-    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return next((line.strip() for line in _NEWLINE.split(text) if line.strip()), "")
 
 
 def _is_csv_header(line: str) -> bool:
@@ -255,24 +322,123 @@ def _is_coco_shaped(data: Any) -> bool:
 
 def _require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> None:
     """Fail with the file, entry index and key when an entry lacks a required key or an id
-    is neither an integer nor text."""
+    is neither an integer nor non-empty text."""
     if not isinstance(entry, dict):
         raise VicapError(f"{path}: {where} is not an object")
     for key in keys:
         if key not in entry:
             raise VicapError(f"{path}: {where} has no '{key}'")
         value = entry[key]
-        if key.endswith("id") and (isinstance(value, bool) or not isinstance(value, int | str)):
-            raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
+        if key.endswith("id"):
+            if isinstance(value, bool) or not isinstance(value, int | str):
+                raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
+            if value == "":
+                raise VicapError(f"{path}: {where} '{key}' is empty")
+
+
+class _IdTypes:
+    """Remembers where the first integer id and the first text id were seen, so that a file
+    mixing the two (`1` and `"1"`, which are different ids) is refused, naming both."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what = path, what
+        self.first: dict[type, tuple[str, ImageId]] = {}
+
+    def see(self, value: ImageId, where: str) -> None:
+        """Note one id; VicapError when it is of the other type than the ones seen before."""
+        kind = int if isinstance(value, int) else str
+        if kind in self.first:
+            return
+        self.first[kind] = (where, value)
+        if len(self.first) == 2:
+            (w_int, v_int), (w_str, v_str) = self.first[int], self.first[str]
+            raise VicapError(f"{self.path}: {self.what} mix integers and text ({w_int} is "
+                             f"{_short(v_int)}, {w_str} is {_short(v_str)}); use one type")
+
+
+def _refuse_surrogates(path: Path, where: str, value: Any) -> None:
+    """Fail when a string (key or value) inside `value` holds a lone surrogate: such text
+    cannot be written as UTF-8 (it comes from a broken `\\ud800`-style escape)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise VicapError(f"{path}: {where} holds text that is not valid Unicode "
+                                 f"(a lone surrogate in {_short(item)})")
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _file_name_problem(name: str) -> tuple[str, str] | None:
+    """(reason, detail) when `name` cannot name a file inside the images folder."""
+    if not name.strip():
+        return "missing_file", "file_name is empty"
+    if "\0" in name:
+        return "missing_file", f"file_name {_short(name)} contains a NUL character"
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        return "file_outside_images", f"file_name {_short(name)} is an absolute path"
+    if posixpath.normpath(name.replace("\\", "/")).split("/")[0] == "..":
+        return "file_outside_images", f"file_name {_short(name)} leads out of the images folder"
+    return None
+
+
+def _annotation_reject(entry: dict[str, Any], images: dict[ImageId, ImageInfo],
+                       left_out: dict[ImageId, str]) -> Reject | None:
+    """A reader-level reject for a caption of a rejected image or a caption that is not text."""
+    image_id = entry["image_id"]
+    if image_id in left_out:
+        return Reject("annotation", entry["id"], left_out[image_id], "orphaned_by_image",
+                      f"image {_short(image_id)} was rejected")
+    detail = _caption_problem(entry["caption"])
+    if detail is None:
+        return None
+    info = images.get(image_id)
+    return Reject("annotation", entry["id"], info.file_name if info else "", "caption_not_text",
+                  detail)
+
+
+def _caption_problem(caption: Any) -> str | None:
+    """Why a caption value is not usable text, None when it is (null counts as empty text)."""
+    if caption is None:
+        return None
+    if isinstance(caption, str):
+        match = _SURROGATE.search(caption)
+        if match:
+            return (f"caption is not valid Unicode (a lone surrogate at character "
+                    f"{match.start()})")
+        return None
+    if isinstance(caption, bool):
+        kind = "a boolean"
+    elif isinstance(caption, float) and math.isnan(caption):
+        kind = "NaN"
+    elif isinstance(caption, int | float):
+        kind = "a number"
+    elif isinstance(caption, list):
+        kind = "a list"
+    else:
+        kind = "an object"
+    return f"caption is {kind} ({_short(caption)}), not text"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr(value), cut to `limit` characters (ids can have thousands of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of {len(str(abs(value)))} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _coco_image(entry: dict[str, Any]) -> ImageInfo:
     """An ImageInfo from a COCO image dict (size taken only when both are integers)."""
     width, height = entry.get("width"), entry.get("height")
-    has_size = isinstance(width, int) and isinstance(height, int)
+    has_size = all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height))
     return ImageInfo(
         id=entry["id"],
-        file_name=str(entry["file_name"]),
+        file_name=entry["file_name"],
         width=width if has_size else None,
         height=height if has_size else None,
         extra={k: v for k, v in entry.items() if k not in _KNOWN_IMAGE_FIELDS},
@@ -285,21 +451,55 @@ def _coco_annotation(entry: dict[str, Any]) -> Annotation:
     return Annotation(
         id=entry["id"],
         image_id=entry["image_id"],
-        caption="" if caption is None else str(caption),
+        caption="" if caption is None else caption,
         extra={k: v for k, v in entry.items() if k not in _KNOWN_ANNOTATION_FIELDS},
     )
 
 
-def _from_pairs(pairs: Iterable[tuple[str, str]]) -> CaptionSet:
-    """A set from (file name, caption) pairs: image id = file stem, annotation ids 1, 2, ..."""
+@dataclass(frozen=True)
+class _Row:
+    """One non-blank line of a Flickr8k file: caption number, line number, image file name,
+    caption, and what is wrong with the line (None when it parsed)."""
+
+    number: int
+    lineno: int
+    file_name: str
+    caption: str
+    problem: str | None
+
+
+def _csv_problem(message: str) -> str:
+    """Plain words for the csv module's quoting errors."""
+    if "unexpected end of data" in message:
+        return "unterminated quote"
+    return f"CSV quoting error ({message})"
+
+
+def _from_rows(rows: Iterable[_Row]) -> CaptionSet:
+    """A set from Flickr8k lines: image id = full file name, annotation id = caption number
+    (counted over non-blank lines, so a rejected line does not renumber the ones after it)."""
     images: dict[ImageId, ImageInfo] = {}
-    annotations = []
-    for number, (file_name, caption) in enumerate(pairs, start=1):
-        file_name = file_name.strip()
-        image_id = Path(file_name).stem
-        images.setdefault(image_id, ImageInfo(image_id, file_name))
-        annotations.append(Annotation(number, image_id, caption))
-    return CaptionSet(images, annotations)
+    left_out: dict[str, str] = {}  # file name -> why the image was rejected
+    annotations, rejects = [], []
+    for row in rows:
+        if row.problem:
+            rejects.append(Reject("annotation", row.number, row.file_name, "malformed_line",
+                                  f"line {row.lineno}: {row.problem}"))
+            continue
+        name = row.file_name
+        if name not in images and name not in left_out:
+            problem = _file_name_problem(name)
+            if problem:
+                rejects.append(Reject("image", name, name, *problem))
+                left_out[name] = problem[0]
+            else:
+                images[name] = ImageInfo(name, name)
+        if name in left_out:
+            rejects.append(Reject("annotation", row.number, name, "orphaned_by_image",
+                                  f"line {row.lineno}: image {name!r} was rejected"))
+            continue
+        annotations.append(Annotation(row.number, name, row.caption))
+    return CaptionSet(images, annotations, rejects=rejects)
 
 
 def _flickr_split(cs: CaptionSet, split_dirs: Iterable[Path]) -> dict[ImageId, str]:
@@ -310,8 +510,8 @@ def _flickr_split(cs: CaptionSet, split_dirs: Iterable[Path]) -> dict[ImageId, s
             list_path = folder / file_name
             if list_path.is_file():
                 for line in _read_text(list_path).split():
-                    if Path(line).stem in cs.images:
-                        split[Path(line).stem] = name
+                    if line in cs.images:
+                        split[line] = name
     return split
 
 
@@ -348,22 +548,27 @@ def _val_count(n_images: int, val_fraction: float) -> int:
 
 
 def cli_split(args: argparse.Namespace) -> int:
-    """`vicap split`: write train.json, val.json and split.json into args.out."""
+    """`vicap split`: write train.json, val.json and split.json into args.out, as one set."""
+    from vicap_utils.folders import output_folder, staged
+
+    if not 0 < args.val_fraction < 1:
+        raise VicapError(f"--val-fraction must be between 0 and 1 (got {args.val_fraction})")
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
-    out = make_output_dir(args.out)
-    write_coco(train, out / "train.json")
-    write_coco(val, out / "val.json")
     record = {
         "seed": args.seed,
         "val_fraction": args.val_fraction,
         "train": list(train.images),
         "val": list(val.images),
     }
-    atomic_write_json(out / "split.json", record)
+    inputs = {"--annotations": args.annotations}
+    with output_folder(args.out, "split", SPLIT_OUTPUTS, inputs=inputs) as out, \
+            staged(out) as tmp:
+        write_coco(train, tmp / "train.json")
+        write_coco(val, tmp / "val.json")
+        atomic_write_json(tmp / "split.json", record)
     print(
         f"split {len(cs.images)} images (seed {args.seed}): {len(train.images)} train, "
         f"{len(val.images)} val -> {out}"
     )
     return 0
-

@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 from PIL import ExifTags, Image, ImageOps
 
+from vicap_utils.io import path_problem
+
 # EXIF orientations that rotate by 90 or 270 degrees, so width and height swap on display.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
 _ALPHA_MODES = {"LA", "PA", "RGBa", "La"}
@@ -25,11 +27,19 @@ class ImageCheck(NamedTuple):
 def check_image(path: str | Path) -> ImageCheck:
     """Decode the whole file (a truncated JPEG passes a header check) and report why it fails.
 
-    Reason codes: `missing_file`, `unreadable_image`; None when the image is fine.
+    Reason codes: `missing_file` (not there, or a broken symlink), `unreadable_image` (a
+    folder, a symlink loop, a pipe or device, no permission, or not a whole image); None when
+    the image is fine. A pipe is never opened (reading it could wait forever).
     """
     path = Path(path)
-    if not path.is_file():
-        return ImageCheck(False, "missing_file", f"{path} not found", None, None)
+    problem = path_problem(path)
+    if problem is not None:
+        code, words = problem
+        reason = "missing_file" if code in ("missing", "broken_link") else "unreadable_image"
+        return ImageCheck(False, reason, f"{path} {words}", None, None)
+    if path.is_dir():
+        return ImageCheck(False, "unreadable_image", f"{path} is a folder, not an image file",
+                          None, None)
     try:
         with Image.open(path) as im:
             im.load()

@@ -1,43 +1,135 @@
-"""User-facing errors and crash-safe file writing shared by every command."""
+"""User-facing errors, path diagnosis and crash-safe file writing shared by every command."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+# JSON deeper than this is refused when read: vicap's files need 4 levels, and Python's
+# reader and writer both recurse (a deeper document would end in a RecursionError).
+MAX_JSON_DEPTH = 100
+# errno values that mean "no room to write": a full disk, a quota, a file-size limit.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 class VicapError(Exception):
     """An error the user caused and can fix; the CLI prints it as one line and exits 2."""
 
 
-def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Load JSON, turning a missing or malformed file into a one-line VicapError."""
+def path_problem(path: str | Path) -> tuple[str, str] | None:
+    """(code, words) for why `path` is not an ordinary existing file or folder, else None.
+
+    Codes: `missing`, `broken_link`, `loop`, `no_access`, `not_regular`, `bad_name`,
+    `error`. A folder is not a problem here; callers that need a file check `is_dir`.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return "broken_link", f"is a broken symlink (to {os.readlink(path)})"
+        return "missing", "not found"
+    except ValueError:
+        return "bad_name", "the path contains a NUL character"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "loop", "is a symlink loop"
+        if exc.errno == errno.ENOTDIR:
+            return "missing", "not found (a parent is a file, not a folder)"
+        if exc.errno == errno.EACCES:
+            return "no_access", "cannot be read (permission denied)"
+        return "error", f"cannot be read ({exc.strerror})"
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return "not_regular", "is not a regular file (a pipe, socket or device)"
+    return None
+
+
+def input_file(path: str | Path, what: str = "file") -> Path:
+    """`path` if it is a readable regular file, else a one-line VicapError saying what it is."""
     path = Path(path)
-    if path.is_dir():
+    problem = path_problem(path)
+    if problem is None and path.is_dir():
         raise VicapError(f"{path}: is a folder, not a {what}")
-    if not path.is_file():
-        raise VicapError(f"{path}: {what} not found")
+    if problem is not None:
+        code, words = problem
+        raise VicapError(f"{path}: {what} not found" if code == "missing"
+                         else f"{path}: {what} {words}")
+    return path
+
+
+def input_dir(path: str | Path, what: str = "folder") -> Path:
+    """`path` if it is an existing folder, else a one-line VicapError saying what it is."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is not None:
+        code, words = problem
+        raise VicapError(f"{path}: {what} not found" if code == "missing"
+                         else f"{path}: {what} {words}")
+    if not path.is_dir():
+        raise VicapError(f"{path}: {what} is a file, not a folder")
+    return path
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Load JSON, turning a missing, unreadable, malformed or absurdly nested file into a
+    one-line VicapError."""
+    path = input_file(path, what)
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            return json.load(fh)
+            data = json.load(fh)
     except json.JSONDecodeError as exc:
-        raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
+                         f"column {exc.colno})") from None
     except UnicodeDecodeError:
         raise VicapError(f"{path}: not UTF-8 text") from None
+    except RecursionError:
+        raise VicapError(f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} "
+                         "levels)") from None
+    except ValueError:  # Python refuses integers of more than 4300 digits
+        raise VicapError(f"{path}: holds a number with thousands of digits; ids and sizes "
+                         "must be ordinary numbers") from None
     except OSError as exc:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise VicapError(f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    return data
+
+
+def json_depth(data: Any) -> int:
+    """Nesting depth of loaded JSON (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth + 1)
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
+                                                   else value))
+    return deepest
+
+
+def write_error(path: str | Path, exc: OSError) -> VicapError:
+    """A one-line error for a failed write: "disk full" for ENOSPC, a quota or a size limit."""
+    if exc.errno in DISK_FULL:
+        return VicapError(f"{path}: disk full ({exc.strerror}); free some space and run again "
+                          "(earlier outputs are unchanged)")
+    return VicapError(f"{path}: cannot write ({exc.strerror})")
 
 
 def make_output_dir(path: str | Path) -> Path:
     """Create an output folder (and its parents) before any output is written, so a path that
-    cannot be a folder (a file, a file as parent, no permission) fails as one line."""
+    cannot be a folder (a file, a file as parent, a symlink loop, no permission) fails as one
+    line."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
+    problem = path_problem(path)
+    if problem is not None and problem[0] in ("loop", "broken_link", "not_regular", "bad_name"):
+        raise VicapError(f"{path}: output folder {problem[1]}")
+    if problem is None and not path.is_dir():
         raise VicapError(f"{path}: output path exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -60,22 +152,31 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to a temporary sibling, then rename it: a crash never leaves half a file."""
+    """Write text to a temporary sibling, then rename it: a crash never leaves half a file.
+
+    A failed write (disk full, no permission) is a one-line VicapError; the previous file,
+    if any, is unchanged.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise write_error(path, exc) from None
     mask = os.umask(0)
     os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual permissions
     try:
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual permissions
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
     return path
 
@@ -87,12 +188,19 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+
+    A full disk while the folder is filled is a one-line VicapError, `path` unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as exc:
+            if exc.errno in DISK_FULL:
+                raise write_error(path, exc) from None
+            raise
         old = path.with_name(f".{path.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -32,6 +32,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 from vicap_utils import meteor
+from vicap_utils.folders import check_writable, refuse_aliases
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, output_file, read_json
 from vicap_utils.text import LINE_BREAKS
 
@@ -68,6 +69,7 @@ NOTES = (
     "reference per image, mean over images. Diversity metrics use the tokenized predictions.",
 )
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD = r"[\w\u0300-\u036f]+"
 _FALLBACK_TOKEN = re.compile(rf"\.\.\.|--|'[^\W\d_]+|{_WORD}(?:[-.]{_WORD})*|\S")
 _FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
@@ -112,6 +114,9 @@ def evaluate_detailed(
     for caps in ref_raw:
         ref_tok.append(rest[pos: pos + len(caps)])
         pos += len(caps)
+    if not any(t for caps in ref_tok for t in caps):
+        raise VicapError(f"{_label(references, 'references')}: no reference caption of the "
+                         "scored images has a word; there is nothing to score against")
     metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
     metrics.update(diversity(hyps, None if train is None else set(rest[pos:])))
     result = {k: metrics.get(k) for k in METRIC_KEYS}
@@ -130,11 +135,14 @@ def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str
     if not isinstance(data, list):
         raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
     out: dict[str, tuple[Any, str]] = {}
+    id_types: dict[type, str] = {}
     for i, item in enumerate(data):
         if not (isinstance(item, dict) and _is_id(item.get("image_id"))
                 and isinstance(item.get("caption"), str)):
             raise VicapError(f"{label}: item {i} is not {{\"image_id\": int or str, "
                              f"\"caption\": str}}")
+        _check_id_type(label, id_types, item["image_id"], f"item {i}")
+        _check_unicode(label, item["caption"], f"item {i}")
         key = str(item["image_id"])
         if key in out:
             raise VicapError(f"{label}: more than one prediction for image_id {key}")
@@ -152,13 +160,18 @@ def load_references(references: str | Path | Mapping,
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
         raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
     out: dict[str, tuple[Any, list[str]]] = {}
+    id_types: dict[type, str] = {}
     for i, ann in enumerate(data["annotations"]):
         if not (isinstance(ann, Mapping) and _is_id(ann.get("image_id"))
                 and isinstance(ann.get("caption"), str)):
             raise VicapError(f"{label}: annotation {i} lacks an image_id or a caption string")
+        _check_id_type(label, id_types, ann["image_id"], f"annotation {i}")
+        _check_unicode(label, ann["caption"], f"annotation {i}")
         out.setdefault(str(ann["image_id"]), (ann["image_id"], []))[1].append(ann["caption"])
     if not out:
         raise VicapError(f"{label}: no reference captions")
+    if not any(c.strip() for _, caps in out.values() for c in caps):
+        raise VicapError(f"{label}: every caption is empty; there is nothing to score against")
     return out
 
 
@@ -336,10 +349,15 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 def cli_evaluate(args: Any) -> int:
     """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV.
 
-    The output paths are checked first, so a bad --out fails before minutes of scoring."""
+    The output paths are checked first (not an input, not a folder, writable), so a bad --out
+    fails before minutes of scoring."""
     if args.out:
         out = output_file(args.out, "metrics JSON")
         csv_path = output_file(out.with_name(f"{out.stem}_per_image.csv"), "per-image CSV")
+        refuse_aliases({"--predictions": args.predictions, "--references": args.references,
+                        "--train-captions": args.train_captions},
+                       [("--out", out), ("--out (its per-image CSV)", csv_path)])
+        check_writable(out.parent)
     metrics, per_image = evaluate_detailed(args.predictions, args.references,
                                            args.train_captions, args.allow_missing)
     if args.out:
@@ -371,6 +389,27 @@ def _load(obj: Any, what: str) -> tuple[str, Any]:
     if isinstance(obj, (str, Path)):
         return str(obj), read_json(obj, f"{what} JSON")
     return what, obj
+
+
+def _label(obj: Any, what: str) -> str:
+    """The name of an input in messages: its path, or `what` for already-loaded data."""
+    return str(obj) if isinstance(obj, (str, Path)) else what
+
+
+def _check_id_type(label: str, seen: dict[type, str], image_id: Any, where: str) -> None:
+    """One id type per file: `1` and `"1"` would silently merge into one image."""
+    kind = int if isinstance(image_id, int) else str
+    seen.setdefault(kind, f"{where} has image_id {image_id!r}"[:80])
+    if len(seen) == 2:
+        raise VicapError(f"{label}: image ids mix integers and text ({seen[int]}, {seen[str]}); "
+                         "use one type")
+
+
+def _check_unicode(label: str, caption: str, where: str) -> None:
+    """Captions must be valid Unicode (a lone surrogate cannot be written or tokenized)."""
+    if _SURROGATE.search(caption):
+        raise VicapError(f"{label}: {where} has a caption that is not valid Unicode "
+                         "(a lone surrogate)")
 
 
 def _is_id(value: Any) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from vicap_utils.io import VicapError, atomic_write_json, make_output_dir
+from vicap_utils.io import VicapError, atomic_write_json
 from vicap_utils.text import normalize_caption
 
 RGB = tuple[int, int, int]
@@ -26,6 +26,7 @@ COURTS = {"football": ("grass",), "tennis": ("hard", "clay"), "basketball": ("wo
 SHIRTS: dict[str, RGB] = {"red": (215, 30, 35), "yellow": (250, 215, 10),
                           "white": (245, 245, 245), "black": (25, 25, 28)}
 LANGS = ("vi", "en")
+SYNTH_OUTPUTS = ("captions.json", "images")
 SUPERSAMPLE = 2  # draw at twice the size, then downscale: smooth edges without blurring
 
 GROUND: dict[str, RGB] = {"grass": (62, 150, 62), "hard": (45, 95, 170), "clay": (196, 104, 62),
@@ -408,18 +409,30 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
-             size: tuple[int, int] = (160, 120)) -> Path:
+             size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
     """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json.
 
     Image i depends only on (seed, i), so the same seed gives byte-identical files and a
-    larger set starts with the images of a smaller one.
+    larger set starts with the images of a smaller one. The set appears whole or not at all
+    (drawn in a staging folder, then committed); a folder that already holds anything is
+    refused unless `overwrite`, which replaces only what vicap wrote there.
     """
+    from vicap_utils.folders import output_folder, staged
+
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
         raise VicapError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    out_dir = make_output_dir(out_dir)
-    image_dir = make_output_dir(out_dir / "images")
+    with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out, \
+            staged(out) as tmp:
+        _draw_set(tmp, n_images, seed, lang, size)
+    return out / "captions.json"
+
+
+def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int]) -> None:
+    """Draw the images and write the captions file into `folder`."""
+    image_dir = folder / "images"
+    image_dir.mkdir()
     images, annotations = [], []
     for i in tqdm(range(n_images), desc="vicap synth", unit="img",
                   disable=True if n_images < 50 else None):
@@ -434,13 +447,14 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
                                 "caption": caption})
     info = {"description": "vicap synthetic ball-sports captions", "version": "1",
             "lang": lang, "seed": seed, "generator": "vicap_utils.synthetic"}
-    return atomic_write_json(out_dir / "captions.json",
-                             {"info": info, "images": images, "annotations": annotations})
+    atomic_write_json(folder / "captions.json",
+                      {"info": info, "images": images, "annotations": annotations})
 
 
 def cli_synth(args: argparse.Namespace) -> int:
     """`vicap synth`: draw the set and print one summary line."""
-    path = generate(args.out, n_images=args.n_images, seed=args.seed, lang=args.lang)
+    path = generate(args.out, n_images=args.n_images, seed=args.seed, lang=args.lang,
+                    overwrite=args.overwrite)
     print(f"vicap synth: {args.n_images} images, {args.n_images * 5} {args.lang} captions "
           f"-> {path}")
     return 0

@@ -24,17 +24,28 @@ _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 _WORD_CHAR = re.compile(r"\w")
 _STROKED_D = str.maketrans({"đ": "d", "Đ": "D"})
+_INVISIBLE = ("Cc", "Cf")
 
 
 def normalize_caption(s: str) -> str:
-    """NFC, whitespace collapsed and stripped, no space before . , ; : ! ? — case kept.
+    """NFC, invisible characters removed, whitespace collapsed and stripped, no space before
+    . , ; : ! ? — case kept.
 
     Captions typed on different keyboards differ only in these ways; one form per caption
-    keeps duplicate detection and n-gram metrics honest.
+    keeps duplicate detection and n-gram metrics honest. Invisible means control and format
+    characters (NUL, BEL, ESC, zero-width space, BOM, bidi marks); line breaks and tabs are
+    whitespace and become one space.
     """
-    s = unicodedata.normalize("NFC", s)
+    s = unicodedata.normalize("NFC", drop_invisible(s))
     s = _WHITESPACE.sub(" ", s).strip()
     return _SPACE_BEFORE_PUNCT.sub(r"\1", s)
+
+
+def drop_invisible(s: str) -> str:
+    """Remove control and format characters (Unicode Cc and Cf) other than whitespace."""
+    if s.isprintable():  # the common case: nothing to remove
+        return s
+    return "".join(ch for ch in s if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
 
 
 def syllable_count(s: str) -> int:
