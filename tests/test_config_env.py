@@ -123,5 +123,5 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path, capsys):
     assert code == 2 and "is a folder" in err and "Traceback" not in err
     (tmp_path / "afile").write_text("x")
     assert main(["train", "--profile", "mini", "--out", str(tmp_path / "afile")]) == 2
-    assert "needs a folder" in capsys.readouterr().err
+    assert "exists and is not a folder" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "x"

@@ -103,17 +103,21 @@ def test_prepared_data_is_reused_until_an_input_changes(tmp_path):
     assert not prepare(config(annotations, images, "data.split_seed=7"), tmp_path / "data").reused
 
 
-def test_prepare_refuses_a_users_folder_and_inputs_inside_it(tmp_path):
+def test_prepare_never_writes_over_a_users_file_or_its_own_input(tmp_path):
     generate(tmp_path / "raw", n_images=4, seed=2)
     annotations, images = tmp_path / "raw" / "captions.json", tmp_path / "raw" / "images"
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "train.json").write_text("my own file")
-    with pytest.raises(VicapError, match="holds files vicap did not write"):
+    with pytest.raises(VicapError, match="train.json: exists and vicap did not write it"):
         prepare(config(annotations, images), mine)
     assert (mine / "train.json").read_text() == "my own file"
-    with pytest.raises(VicapError, match="inside the prepared-data folder"):
-        prepare(config(annotations, images), tmp_path / "raw")
+    own = mine / "train.json"
+    own.write_text((tmp_path / "raw" / "captions.json").read_text(encoding="utf-8"),
+                   encoding="utf-8")
+    with pytest.raises(VicapError, match="would write over the input"):
+        prepare(config(own, images), mine)
+    assert own.read_text(encoding="utf-8") == annotations.read_text(encoding="utf-8")
 
 
 def test_uitviic_official_splits_with_images_in_another_data_set(tmp_path, monkeypatch):

@@ -1,19 +1,15 @@
 """Vietnamese text helpers: normalisation, syllables, diacritics, optional segmentation."""
 from __future__ import annotations
 
-import sys
 import unicodedata
 
 import pytest
 
-from vicap_utils.io import VicapError
 from vicap_utils.text import (
     LINE_BREAKS,
     VIETNAMESE_LETTERS,
     drop_invisible,
-    has_diacritics,
     normalize_caption,
-    segment_words,
     strip_diacritics,
     syllable_count,
 )
@@ -82,28 +78,15 @@ def test_strip_diacritics():
     assert strip_diacritics(unicodedata.normalize("NFD", "phụ nữ")) == "phu nu"
 
 
-def test_has_diacritics():
-    assert has_diacritics("đá bóng")
-    assert has_diacritics("Đ")
-    assert not has_diacritics("da bong 123.")
-
-
 def test_vietnamese_letters():
     assert len(VIETNAMESE_LETTERS) == len(set(VIETNAMESE_LETTERS)) == 67
     assert "đ" in VIETNAMESE_LETTERS and "ữ" in VIETNAMESE_LETTERS and "ỵ" in VIETNAMESE_LETTERS
     assert VIETNAMESE_LETTERS == VIETNAMESE_LETTERS.lower()
     assert unicodedata.normalize("NFC", VIETNAMESE_LETTERS) == VIETNAMESE_LETTERS
-    assert all(has_diacritics(letter) for letter in VIETNAMESE_LETTERS)
+    assert all(strip_diacritics(letter) != letter for letter in VIETNAMESE_LETTERS)
 
 
 def test_line_breaks_are_what_splitlines_splits_on():
     breaks = {chr(c) for c in range(0x3000) if len(f"a{chr(c)}b".splitlines()) == 2}
     assert breaks == set(LINE_BREAKS.findall("".join(map(chr, range(0x3000)))))
     assert LINE_BREAKS.sub(" ", "một\r\nhai\u2028ba") == "một  hai ba"
-
-
-def test_segment_words_without_pyvi(monkeypatch):
-    monkeypatch.setitem(sys.modules, "pyvi", None)
-    monkeypatch.setitem(sys.modules, "pyvi.ViTokenizer", None)
-    with pytest.raises(VicapError, match="pip install pyvi"):
-        segment_words("người đàn ông")

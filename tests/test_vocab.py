@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from transformers import BertTokenizer
 from vicap_utils import vocab
 from vicap_utils.synthetic import captions_for, random_scene
 
-FIXTURE = Path(__file__).parent / "fixtures" / "bert-base-uncased-vocab.txt"
+FIXTURE = vocab.bert_vocab_path()  # the real BERT-base uncased vocabulary (see its README)
 
 # Vietnamese sentences written for this test: none of their syllables is required to appear in
 # the synthetic training captions, so they exercise the letter fallbacks.

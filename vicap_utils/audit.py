@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import ImageFile
-from tqdm.auto import tqdm
 
 from vicap_utils.data import (
     Annotation,
@@ -51,6 +50,7 @@ from vicap_utils.data import (
 from vicap_utils.folders import output_folder, refuse_aliases, staged
 from vicap_utils.images import ImageCheck, check_image
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, input_dir
+from vicap_utils.progress import progress
 from vicap_utils.text import normalize_caption, syllable_count
 
 REASONS = {
@@ -164,7 +164,7 @@ def check_images(paths: Sequence[Path], workers: int | None = None) -> list[Imag
     """Fully decode every image, in a process pool of `workers` (default: all cores)."""
     workers = worker_count(workers)
     if workers == 1 or len(paths) < 2:
-        return [check_image(path) for path in tqdm(paths, unit="img", desc="decoding images")]
+        return [check_image(path) for path in progress(paths, unit="img", desc="decoding images")]
     return _check_in_pool(paths, workers)
 
 
@@ -181,7 +181,7 @@ def _check_in_pool(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
                                initializer=_worker_start)
     try:
         futures = {pool.submit(_check_chunk, chunk): index for index, chunk in enumerate(chunks)}
-        with tqdm(total=len(paths), unit="img", desc="decoding images") as bar:
+        with progress(total=len(paths), unit="img", desc="decoding images") as bar:
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update(len(results[futures[future]]))

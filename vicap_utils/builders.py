@@ -15,8 +15,8 @@ from vicap_utils import captioner
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
 from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, encode_images, image_rows
-from vicap_utils.io import atomic_write_json, make_output_dir
-from vicap_utils.prepare import MARKER, PreparedData, prepare
+from vicap_utils.io import atomic_write_json
+from vicap_utils.prepare import PreparedData, prepare
 
 RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources.json
 
@@ -28,20 +28,22 @@ def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
     """The audited, split data (prepared in `data.prepared`, default RUN/data/, and reused when
     its fingerprint matches), recorded in RUN/data/ (train, val and any test captions, their
     image folders) so evaluation finds its references."""
+    from vicap_utils.folders import output_folder, staged
+
     folder = Path(cfg.data.prepared) if cfg.data.prepared else run / RUN_DATA
     data = prepare(cfg, folder, log=log)
-    record = run / RUN_DATA
-    if folder.resolve() != record.resolve():
-        make_output_dir(record)
-        atomic_write_json(record / MARKER, {"kind": "data"})
-        for name in ("train.json", "val.json", "test.json"):
-            if (folder / name).is_file():
-                shutil.copyfile(folder / name, record / name)
-    atomic_write_json(record / "sources.json", {
-        "prepared": str(folder), "fingerprint": data.fingerprint,
-        "train_images": str(data.train_images), "val_images": str(data.val_images),
-        "test_images": str(data.test_images) if data.test is not None else None,
-        "n_train_images": len(data.train.images), "n_val_images": len(data.val.images)})
+    same = folder.resolve() == (run / RUN_DATA).resolve()
+    copies = [] if same else [n for n in ("train.json", "val.json", "test.json")
+                              if (folder / n).is_file()]
+    with output_folder(run / RUN_DATA, "data", [*copies, "sources.json"]) as record, \
+            staged(record) as tmp:
+        for name in copies:
+            shutil.copyfile(folder / name, tmp / name)
+        atomic_write_json(tmp / "sources.json", {
+            "prepared": str(folder), "fingerprint": data.fingerprint,
+            "train_images": str(data.train_images), "val_images": str(data.val_images),
+            "test_images": str(data.test_images) if data.test is not None else None,
+            "n_train_images": len(data.train.images), "n_val_images": len(data.val.images)})
     return data
 
 

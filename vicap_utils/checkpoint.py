@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import random
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,12 +24,10 @@ from vicap_utils.io import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
-    make_output_dir,
     read_json,
     recover_dir,
 )
 
-MARKER = ".vicap-owned.json"  # vicap made this folder as a run and may replace its outputs
 # Settings a resumed run must share with its checkpoint; everything else may change.
 RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_length",
                "model.prompt", "lora.r", "lora.alpha", "lora.target_modules",
@@ -40,6 +37,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 # What `--overwrite` removes; `data/` stays (a cache, checked by its fingerprint).
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
                "summary.json")
+RUN_ENTRIES = (*RUN_OUTPUTS, "data")
 
 
 @dataclass
@@ -62,20 +60,27 @@ class RunState:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool) -> RunState | None:
+def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
+             writer: bool = True) -> RunState | None:
     """Check the run folder before any work; return the saved state when resuming.
 
     Refuses to replace a run without `--overwrite`, to resume without a checkpoint or with a
-    config that differs in a RESUME_KEYS setting, and to write into a folder vicap did not make.
+    config that differs in a RESUME_KEYS setting, and to write into a folder over files vicap
+    did not write (see `folders`). The `writer` (the main process, holding the folder's lock)
+    claims the folder and, with `--overwrite`, removes the outputs vicap wrote there.
     """
+    from vicap_utils.folders import claim, record, remove_owned
+
     if out.exists() and not out.is_dir():
         raise VicapError(f"{out}: is a file; --out needs a folder for the run")
-    _claim(out)
-    last = recover_dir(out / "last")
+    if writer:
+        claim(out, "run", RUN_ENTRIES, overwrite=overwrite)
+        record(out, RUN_ENTRIES)
+    last = recover_dir(out / "last") if writer else (out / "last" if (out / "last").is_dir()
+                                                     else None)
     if overwrite and not resume:
-        for name in RUN_OUTPUTS:
-            path = out / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if writer:
+            remove_owned(out, RUN_OUTPUTS)
         return None
     if not resume:
         if (out / "final").is_dir():
@@ -97,18 +102,6 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool) -> RunState 
         raise VicapError(f"{last}: cannot resume, the config differs in {', '.join(changed)} "
                          "(use the run's config.json, or --overwrite)")
     return state
-
-
-def _claim(out: Path) -> None:
-    """Create the run folder and mark it as vicap's; refuse a non-empty folder of the user's."""
-    marker = out / MARKER
-    ours = marker.is_file() or (out / "last" / "state.json").is_file()
-    if out.is_dir() and any(out.iterdir()) and not ours:
-        raise VicapError(f"{out}: holds files vicap did not write; give --out a new or empty "
-                         "folder for the run")
-    make_output_dir(out)
-    if not marker.is_file():
-        atomic_write_json(marker, {"kind": "run"})
 
 
 def _read_state(path: Path) -> RunState:

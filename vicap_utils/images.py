@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from PIL import ExifTags, Image, ImageOps
 
-from vicap_utils.io import path_problem
+from vicap_utils.io import VicapError, path_problem
 
 # EXIF orientations that rotate by 90 or 270 degrees, so width and height swap on display.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
@@ -52,11 +52,17 @@ def check_image(path: str | Path) -> ImageCheck:
 def load_rgb(path: str | Path) -> Image.Image:
     """Open, fully decode, apply EXIF orientation and convert any mode to 8-bit RGB.
 
-    Transparent pixels are composited on white, 16-bit greys are scaled, CMYK is converted.
+    Transparent pixels are composited on white, 16-bit greys are scaled, CMYK is converted. A
+    file that does not decode is a one-line VicapError naming it (run `vicap audit` to find
+    every such file before captioning or training).
     """
-    with Image.open(path) as im:
-        im.load()
-        oriented = ImageOps.exif_transpose(im)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            oriented = ImageOps.exif_transpose(im)
+    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+        raise VicapError(f"{path}: cannot decode this image ({type(exc).__name__}: {exc}); "
+                         "`vicap audit` lists every such file") from None
     return to_rgb(oriented)
 
 

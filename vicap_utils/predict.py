@@ -27,8 +27,12 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     """Caption every image listed in a caption file with the model `ref` names; write COCO
     results ([{"image_id", "caption"}]) to `out`. Decoding defaults to the adapter's `eval`."""
     from vicap_utils.data import load_captions
+    from vicap_utils.folders import check_writable, refuse_aliases
 
-    output_file(out, "predictions JSON")
+    out = output_file(out, "predictions JSON")
+    refuse_aliases({"--annotations": annotations, "--images": images, "--model": ref.adapter},
+                   {"--out": out})
+    check_writable(out.parent)
     cs = load_captions(annotations)
     folder = Path(images)
     if not folder.is_dir():

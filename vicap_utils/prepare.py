@@ -21,10 +21,13 @@ from pathlib import Path
 
 from vicap_utils.config import Config, DataConfig
 from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco
-from vicap_utils.io import VicapError, atomic_write_json, make_output_dir, read_json
+from vicap_utils.io import VicapError, atomic_write_json, read_json
 
 PREPARED_FILE = "prepared.json"
-MARKER = ".vicap-owned.json"  # vicap made this folder and may replace what it wrote there
+# What `prepare` writes in its folder (the audit adds audit.json, clean.json, rejects.csv).
+SPLIT_FILES = ("train.json", "val.json", "test.json", "split.json", PREPARED_FILE,
+               "sources.json")
+SUB_AUDITS = ("val-audit", "test-audit")
 VERSION = 1  # bump when the audit or the split changes what they keep
 IMAGE_DIR_NAMES = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "train2017",
                    "val2017", "test2017")
@@ -189,36 +192,56 @@ def _stat_key(path: Path) -> str:
 def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
             log=print) -> PreparedData:
     """Audit and split the configured data into `folder`, or read it back when the folder
-    already holds the set for the same fingerprint."""
+    already holds the set for the same fingerprint. Refuses, before any work, a folder another
+    vicap command is writing, a name in it vicap did not write, and an output that would
+    replace one of its inputs."""
+    from vicap_utils.audit import OUTPUTS
+    from vicap_utils.folders import output_folder, staged
+
     raw = raw_data(cfg)
-    folder = Path(folder)
-    _refuse_inputs_inside(raw, folder)
-    key = fingerprint(raw, cfg.data)
-    record = folder / PREPARED_FILE
-    if record.is_file() and read_json(record, "prepared-data record").get("fingerprint") == key:
-        data = _read_back(folder, raw, key, read_json(record, "prepared-data record"))
-        log(f"data: audited set reused from {folder} (fingerprint {key}): "
-            f"{_counts(data)}")
-        return data
-    _claim(folder)
-    data = _audit_and_split(cfg.data, raw, folder, key, workers, log)
-    atomic_write_json(record, {
-        "fingerprint": key, "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
-        "rejects": data.rejects, "train_images": len(data.train.images),
-        "val_images": len(data.val.images)})
+    inputs = [(f"data.{name}_annotations", captions)
+              for name, (captions, _) in raw.files().items()]
+    inputs += [(f"{name} images", images) for name, (_, images) in raw.files().items()]
+    with output_folder(folder, "data", (*OUTPUTS, *SPLIT_FILES, *SUB_AUDITS), inputs=inputs,
+                       label="data folder") as folder:
+        key = fingerprint(raw, cfg.data)
+        record = folder / PREPARED_FILE
+        saved = read_json(record, "prepared-data record") if record.is_file() else {}
+        if saved.get("fingerprint") == key:
+            data = _read_back(folder, raw, key, saved)
+            log(f"data: audited set reused from {folder} (fingerprint {key}): {_counts(data)}")
+            return data
+        data = _audit_and_split(cfg.data, raw, folder, key, workers)
+        with staged(folder) as tmp:
+            write_coco(data.train, tmp / "train.json")
+            write_coco(data.val, tmp / "val.json")
+            if data.test is not None:
+                write_coco(data.test, tmp / "test.json")
+            atomic_write_json(tmp / "split.json", {
+                "seed": cfg.data.split_seed, "val_fraction": cfg.data.val_fraction,
+                "train": list(data.train.images), "val": list(data.val.images)})
+            atomic_write_json(tmp / PREPARED_FILE, {
+                "fingerprint": key,
+                "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
+                "rejects": data.rejects, "train_images": len(data.train.images),
+                "val_images": len(data.val.images)})
     log(f"data: {_counts(data)} -> {folder}")
     return data
 
 
 def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, key: str,
-                     workers: int | None, log) -> PreparedData:
-    """Run the audit of each caption file, then split (unless a validation file was given)."""
+                     workers: int | None) -> PreparedData:
+    """Audit each caption file (the training one into `folder`, the others into
+    `val-audit/`, `test-audit/`), then split unless a validation file was given."""
     from vicap_utils.audit import audit
+    from vicap_utils.folders import record
 
     clean: dict[str, CaptionSet] = {}
     rejects: dict[str, int] = {}
     for name, (captions, images) in raw.files().items():
         out = folder if name == "train" else folder / f"{name}-audit"
+        if out != folder:
+            record(folder, [out.name])
         summary = audit(captions, images, out, workers=workers)
         for reason, count in summary["rejects"].items():
             rejects[reason] = rejects.get(reason, 0) + count
@@ -227,13 +250,6 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, key: str,
     data = PreparedData(folder, _limit(train, d.max_train_images), _limit(val, d.max_val_images),
                         raw.images, raw.val_images or raw.images, key, rejects,
                         test=clean.get("test"), test_images=raw.test_images or raw.images)
-    write_coco(data.train, data.train_file)
-    write_coco(data.val, data.val_file)
-    if data.test is not None:
-        write_coco(data.test, folder / "test.json")
-    atomic_write_json(folder / "split.json", {
-        "seed": d.split_seed, "val_fraction": d.val_fraction,
-        "train": list(data.train.images), "val": list(data.val.images)})
     if not data.train.images or not data.val.images:
         raise VicapError(f"{raw.train}: the audit left {len(data.train.images)} training and "
                          f"{len(data.val.images)} validation images; see {folder}/rejects.csv")
@@ -273,25 +289,3 @@ def _counts(data: PreparedData) -> str:
     rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
     return (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
             f"{len(data.train.annotations)} training captions; audit rejected {rejected}")
-
-
-def _refuse_inputs_inside(raw: RawData, folder: Path) -> None:
-    """Refuse a prepared-data folder that holds one of its own inputs (it would be written over)."""
-    target = folder.resolve()
-    for captions, _ in raw.files().values():
-        if captions.resolve().parent == target:
-            raise VicapError(f"{captions}: is inside the prepared-data folder {folder}, whose "
-                             "files vicap writes; keep the raw captions elsewhere")
-
-
-def _claim(folder: Path) -> None:
-    """Create the folder (marked as vicap's), or accept one vicap marked before; refuse a
-    non-empty folder of the user's."""
-    marker = folder / MARKER
-    ours = marker.is_file() or (folder / PREPARED_FILE).is_file()
-    if folder.is_dir() and any(folder.iterdir()) and not ours:
-        raise VicapError(f"{folder}: exists and holds files vicap did not write; choose another "
-                         "data.prepared folder (or --out) for the prepared data")
-    make_output_dir(folder)
-    if not marker.is_file():
-        atomic_write_json(marker, {"kind": "data"})

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from vicap_utils.io import VicapError, atomic_write_json
+from vicap_utils.progress import progress
 from vicap_utils.text import normalize_caption
 
 RGB = tuple[int, int, int]
@@ -434,7 +434,7 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
     image_dir = folder / "images"
     image_dir.mkdir()
     images, annotations = [], []
-    for i in tqdm(range(n_images), desc="vicap synth", unit="img",
+    for i in progress(range(n_images), desc="vicap synth", unit="img",
                   disable=True if n_images < 50 else None):
         rng = random.Random(f"vicap-synth:{seed}:{i}")
         scene = random_scene(rng)

@@ -1,11 +1,8 @@
 """Vietnamese caption text: Unicode normalisation, spacing, syllables and diacritics."""
 from __future__ import annotations
 
-import importlib
 import re
 import unicodedata
-
-from vicap_utils.io import VicapError
 
 # Every lower-case Vietnamese letter that carries a diacritic (vowel marks, tones, and đ).
 VIETNAMESE_LETTERS = (
@@ -59,20 +56,3 @@ def strip_diacritics(s: str) -> str:
     decomposed = unicodedata.normalize("NFD", s)
     bare = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
     return unicodedata.normalize("NFC", bare.translate(_STROKED_D))
-
-
-def has_diacritics(s: str) -> bool:
-    """True when the text carries any diacritic (or đ), i.e. it is not plain ASCII-style."""
-    return strip_diacritics(s) != unicodedata.normalize("NFC", s)
-
-
-def segment_words(s: str) -> str:
-    """Join the syllables of multi-syllable words with "_" using pyvi ("đàn_ông").
-
-    pyvi is optional, so it is imported only here.
-    """
-    try:
-        tokenizer = importlib.import_module("pyvi.ViTokenizer")
-    except ImportError:
-        raise VicapError("word segmentation needs pyvi: pip install pyvi") from None
-    return tokenizer.tokenize(normalize_caption(s))

@@ -161,7 +161,7 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     from vicap_utils.captioner import encode_captions
     from vicap_utils.data import load_captions
     from vicap_utils.images import load_rgb
-    from vicap_utils.progress import progress as tqdm
+    from vicap_utils.progress import progress
 
     folder = synthetic_set("en", spec.n_images, spec.data_seed)
     cs = load_captions(folder / "captions.json")
@@ -183,7 +183,7 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     )
     model.train()
     losses = []
-    bar = tqdm(total=steps, desc="mini base: English pre-training", unit="step")
+    bar = progress(total=steps, desc="mini base: English pre-training", unit="step")
     for _ in range(spec.epochs):
         order = torch.randperm(len(pairs), generator=g)
         total = 0.0

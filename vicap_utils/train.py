@@ -54,10 +54,14 @@ class Trainer:
 
         cfg, t = self.cfg, self.cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
-        saved = open_run(self.out, cfg, self.resume, self.overwrite)
         self.accelerator = Accelerator(mixed_precision=hardware.mixed_precision,
                                        gradient_accumulation_steps=t.grad_accum)
         self.main = self.accelerator.is_main_process
+        if self.main:  # the writer claims the folder (and clears it with --overwrite) first
+            saved = open_run(self.out, cfg, self.resume, self.overwrite)
+        self.accelerator.wait_for_everyone()
+        if not self.main:
+            saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=False)
         if not self.main:
             self.log = lambda *args, **kwargs: None
         self.log(hardware.line())
@@ -154,8 +158,20 @@ class Trainer:
         return total / max(count, 1), quick_cider(preds, self.data.val.captions_by_image()), preds
 
     def run(self) -> dict[str, Any]:
-        """Train to the end (or an early stop), keeping last/, best/ and final/ current."""
-        self.setup()
+        """Train to the end (or an early stop), keeping last/, best/ and final/ current; the
+        main process holds the run folder's lock throughout (one writer at a time)."""
+        import contextlib
+        import os
+
+        from vicap_utils.folders import folder_lock
+
+        main = os.environ.get("RANK", "0") == "0"
+        with folder_lock(self.out) if main else contextlib.nullcontext():
+            self.setup()
+            return self._train()
+
+    def _train(self) -> dict[str, Any]:
+        """The epochs left to train, then final/ and the reports."""
         t = self.cfg.train
         if self.state.finished:
             if self.state.stop or self.state.epoch >= t.epochs:
