@@ -114,3 +114,35 @@ def test_tiny_blip2_trains_saves_reloads_and_generates(blip2_base, tmp_path, cap
                         dec=Decoding(num_beams=2, max_new_tokens=5, num_return_sequences=2))
     assert len(out) == 1 and len(out[0]) == 2
     assert all(isinstance(c, str) and isinstance(s, float) for c, s in out[0])
+
+
+def test_cached_vit_features_give_blip2_the_loss_and_captions_of_pixels(blip2_base):
+    """The ViT is frozen, so the Q-Former (trained by LoRA) can run on cached features: same
+    loss (fp16 storage aside) and the same greedy captions as from the pixels."""
+    from PIL import Image
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from vicap_utils import captioner
+    from vicap_utils.features import encode_images
+
+    proc = Blip2Processor.from_pretrained(blip2_base)
+    model = Blip2ForConditionalGeneration.from_pretrained(blip2_base).eval()
+    cap = Captioner(model=model, processor=proc, family="blip2", base=str(blip2_base))
+    images = [Image.new("RGB", (40, 30), c) for c in ("green", "red", "blue")]
+    paths = []
+    for i, im in enumerate(images):
+        im.save(blip2_base / f"im{i}.png")
+        paths.append(blip2_base / f"im{i}.png")
+    pixels = captioner.pixel_values(cap, images)
+    feats = encode_images(cap, paths, show=False)
+    assert feats.dtype == torch.float16 and feats.shape[:2] == (3, 5)  # 4 patches + CLS
+    ids, mask, labels = encode_captions(proc.tokenizer, ["A player.", "Two players.", "A ball."],
+                                        max_length=12, prefix=image_prefix(cap))
+    with torch.no_grad():
+        on_pixels = captioner.loss(captioner.forward(model, "blip2", pixels, ids, mask), labels)
+        on_cache = captioner.loss(captioner.forward(model, "blip2", feats, ids, mask,
+                                                    cached=True), labels)
+    assert on_cache.item() == pytest.approx(on_pixels.item(), rel=1e-3)
+    dec = captioner.Decoding(num_beams=1, max_new_tokens=6)
+    assert (captioner.caption(cap, features=feats.float(), dec=dec)
+            == captioner.caption(cap, pixels=pixels, dec=dec))

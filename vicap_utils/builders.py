@@ -4,8 +4,10 @@ source, and the optimiser with its learning-rate schedule. `Trainer.setup` calls
 order; notebook 03 calls them one by one."""
 from __future__ import annotations
 
+import os
+import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ import torch
 from vicap_utils import captioner
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, encode_images, image_rows
+from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, image_rows
+from vicap_utils.features import encode_images
 from vicap_utils.io import atomic_write_json
 from vicap_utils.prepare import PreparedData, prepare
 
@@ -86,36 +89,47 @@ class Examples:
     val: CaptionPairs
     val_ids: list  # validation image ids in row order
     val_source: Any  # row → pixels or cached features
-    cached: bool  # vision features cached (BLIP-1 with its ViT frozen)
+    cached: bool  # vision features cached (the ViT frozen)
+    val_sample: list[int] = field(default_factory=list)  # rows decoded each epoch ([] = all)
 
     @property
     def image_kind(self) -> str:
         """The `captioner.caption` keyword the image tensors go under."""
         return "features" if self.cached else "pixels"
 
-    def val_images(self, batch_size: int):
-        """(image ids, stacked pixels or features) of the validation images, a batch at a time."""
-        for start in range(0, len(self.val_ids), batch_size):
-            rows = range(start, min(start + batch_size, len(self.val_ids)))
-            yield ([self.val_ids[r] for r in rows],
-                   torch.stack([self.val_source(r) for r in rows]))
+    def val_images(self, batch_size: int, sample: bool = False):
+        """(image ids, stacked pixels or features) of the validation images (or of the
+        per-epoch sample), a batch at a time."""
+        rows = self.val_sample if sample and self.val_sample else range(len(self.val_ids))
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            yield [self.val_ids[r] for r in chunk], torch.stack([self.val_source(r) for r in chunk])
 
 
 def uses_cached_features(cfg: Config, cap: Captioner) -> bool:
-    """Cache vision features when asked and valid: the family feeds ViT features to the
-    trained part directly and no vision parameter is trainable."""
+    """Cache vision features when asked and valid: no vision parameter is trainable (both
+    families train only after the ViT: BLIP-1's decoder, BLIP-2's Q-Former and OPT) and no
+    random augmentation changes an image between epochs (vicap has none)."""
     frozen = not any(p.requires_grad for n, p in cap.model.named_parameters()
                      if "vision_model" in n)
-    return cfg.train.cache_vision_features and captioner.caches_features(cap.family) and frozen
+    return cfg.train.cache_vision_features and frozen
+
+
+def val_sample(n: int, size: int, seed: int) -> list[int]:
+    """A fixed, seeded sample of `size` validation rows (sorted), or [] for all of them."""
+    if not size or size >= n:
+        return []
+    return sorted(random.Random(seed).sample(range(n), size))
 
 
 def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool = True,
-                   log=print) -> Examples:
-    """Tokenise every caption once and pair it with its image: cached vision features when
-    valid (`uses_cached_features`), else pixels decoded on demand."""
+                   log=print, cache_folder: Path | None = None) -> Examples:
+    """Tokenise every caption once and pair it with its image: fp16 vision features computed
+    once when valid (`uses_cached_features`; memory-mapped under `cache_folder` when they do
+    not fit in RAM), else pixels decoded on demand."""
     cached = uses_cached_features(cfg, cap)
-    log("vision features: " + ("cached once (the vision encoder is frozen)" if cached else
-                               "computed at every step"))
+    log("vision features: " + ("cached once in fp16 (the vision encoder is frozen)" if cached
+                               else "computed at every step"))
     prefix = captioner.image_prefix(cap)
     sets = []
     for name, cs, folder in (("train", data.train, data.train_images),
@@ -123,20 +137,32 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
         ids, rows = image_rows(cs)
         paths = [folder / cs.images[i].file_name for i in ids]
         if cached:
-            features = encode_images(cap, paths, desc=f"caching {name} image features",
-                                     show=show)
-            source = features.__getitem__
+            source = encode_images(cap, paths, cache_folder, name, show=show,
+                                   log=log).__getitem__
         else:
             source = PixelSource(paths, cap.processor.image_processor)
         pairs = caption_pairs(cap, cs, rows, source, cfg.model.max_length, cfg.model.prompt,
                               prefix)
         sets.append((pairs, ids, source))
     (train, _, _), (val, val_ids, val_source) = sets
-    return Examples(train, val, val_ids, val_source, cached)
+    sample = val_sample(len(val_ids), cfg.train.val_sample, cfg.train.seed)
+    if sample:
+        log(f"validation: each epoch decodes a fixed sample of {len(sample)} of the "
+            f"{len(val_ids)} images (train.val_sample); the whole set is scored at the end")
+    return Examples(train, val, val_ids, val_source, cached, sample)
 
 
-def build_loader(cfg: Config, pairs: CaptionPairs):
-    """The training DataLoader over a seeded per-epoch order (`EpochSampler`), and its sampler.
+def loader_workers(cfg: Config, cached: bool) -> int:
+    """DataLoader workers: as configured, or (-1) none when features are cached (a tensor
+    lookup) and min(4, CPUs) when images are decoded at every step."""
+    if cfg.train.num_workers >= 0:
+        return cfg.train.num_workers
+    return 0 if cached else min(4, os.cpu_count() or 1)
+
+
+def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
+    """The training DataLoader over a seeded per-epoch order (`EpochSampler`), and its sampler;
+    `workers` processes decode images, into pinned memory when a GPU is there.
 
     Its private generator: creating an iterator draws from it, not from the global RNG that
     dropout uses, so a run resumed mid-epoch draws the same dropout masks.
@@ -148,7 +174,9 @@ def build_loader(cfg: Config, pairs: CaptionPairs):
     t = cfg.train
     sampler = EpochSampler(len(pairs), t.seed)
     loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
-                        num_workers=t.num_workers, generator=torch.Generator().manual_seed(t.seed))
+                        num_workers=workers, pin_memory=torch.cuda.is_available(),
+                        persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(t.seed))
     return loader, sampler
 
 

@@ -307,15 +307,9 @@ def inner_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def caches_features(family: str) -> bool:
-    """Whether training can run on cached vision features: BLIP-1, whose frozen ViT feeds the
-    decoder directly (BLIP-2's Q-Former sits in between and is trained)."""
-    return family == "blip"
-
-
 @torch.no_grad()
 def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
-    """BLIP-1's vision features (ViT last hidden state) for a batch of pixel values."""
+    """Vision features (the ViT's last hidden state) for a batch of pixel values."""
     vision = inner_model(model).vision_model
     param = next(vision.parameters())
     return vision(pixel_values=pixels.to(param.device, param.dtype))[0]
@@ -326,14 +320,36 @@ def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
 
 def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
             attention_mask: torch.Tensor, cached: bool = False) -> torch.Tensor:
-    """Next-token logits for a batch; `image` is pixels, or (BLIP-1, `cached`) ViT features."""
+    """Next-token logits for a batch; `image` is pixels, or (`cached`) ViT features."""
+    inner = inner_model(model)
     if family == "blip":
-        inner = inner_model(model)
-        feats = image if cached else inner.vision_model(pixel_values=image)[0]
+        if cached:  # stored in fp16 (`features`): back to the decoder's dtype
+            feats = image.to(next(inner.text_decoder.parameters()).dtype)
+        else:
+            feats = inner.vision_model(pixel_values=image)[0]
         return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
                                   encoder_hidden_states=feats, return_dict=True).logits
+    if cached:
+        embeds = blip2_inputs_embeds(inner, image, input_ids)
+        return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                    return_dict=True).logits
     return model(pixel_values=image, input_ids=input_ids, attention_mask=attention_mask,
                  return_dict=True).logits
+
+
+def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """BLIP-2's forward after its ViT: the Q-Former reads the ViT features, its outputs are
+    projected into OPT's embedding space and replace the image placeholders of `input_ids`."""
+    feats = features.to(inner.query_tokens.device, inner.query_tokens.dtype)
+    query = inner.query_tokens.expand(feats.shape[0], -1, -1)
+    out = inner.qformer(query_embeds=query, encoder_hidden_states=feats,
+                        encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
+                                                          device=feats.device),
+                        return_dict=True).last_hidden_state
+    projected = inner.language_projection(out)
+    embeds = inner.get_input_embeddings()(input_ids.to(projected.device))
+    placeholders = (input_ids == inner.config.image_token_id).unsqueeze(-1).to(embeds.device)
+    return embeds.masked_scatter(placeholders, projected.to(embeds.dtype))
 
 
 def loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -399,7 +415,8 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
     """Token ids (or, with several return sequences, a generate output with scores).
 
     BLIP-1 decodes from `[DEC]` over ViT features (given, or computed from `pixels`), exactly
-    as training starts; BLIP-2 uses its own `generate()`. fp16 autocast on a GPU.
+    as training starts; BLIP-2 uses its own `generate()` on pixels, or the same steps after its
+    ViT on cached features. fp16 autocast on a GPU.
     """
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
@@ -407,7 +424,7 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
     with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
         if cap.family == "blip":
             feats = image_features(cap.model, pixels) if features is None else features
-            feats = feats.to(device)
+            feats = feats.to(device, next(inner.text_decoder.parameters()).dtype)
             start = torch.full((feats.shape[0], 1), cap.tokenizer.bos_token_id,
                                dtype=torch.long, device=device)
             return inner.text_decoder.generate(
@@ -416,8 +433,17 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                 encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
                                                   device=device),
                 **kwargs)
+        if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
+            n = features.shape[0]
+            start = [inner.config.image_token_id] * inner.config.num_query_tokens + [
+                inner.config.text_config.bos_token_id]
+            ids = torch.tensor([start], dtype=torch.long, device=device).repeat(n, 1)
+            return inner.language_model.generate(
+                input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),
+                attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
+                **kwargs)
         if pixels is None:
-            raise VicapError("BLIP-2 generation needs pixel values")
+            raise VicapError("BLIP-2 generation needs pixel values or ViT features")
         return inner.generate(pixel_values=pixels.to(device, inner.vision_model.dtype),
                               eos_token_id=cap.tokenizer.eos_token_id, **kwargs)
 

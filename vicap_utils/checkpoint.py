@@ -3,8 +3,9 @@
 Layout: `config.json`, `data/` (the audited data, unless `data.prepared` points elsewhere),
 `last/` (everything needed to resume, written atomically: trainable weights, optimizer,
 scheduler, GradScaler, RNG states, progress), `best/` and `final/` (adapters), `history.csv`,
-`loss_curve.png`, `summary.json`. A run killed at any moment and resumed from `last/` ends with
-the same adapter as an uninterrupted one.
+`loss_curve.png`, `summary.json`, and `cache/` (vision features too large for RAM). A run
+killed at any moment and resumed from `last/` ends with the same adapter as an uninterrupted
+one.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_le
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 # What `--overwrite` removes; `data/` stays (a cache, checked by its fingerprint).
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
-               "summary.json")
+               "summary.json", "cache")
 RUN_ENTRIES = (*RUN_OUTPUTS, "data")
 
 
@@ -54,6 +55,7 @@ class RunState:
     finished: bool = False  # final/ written
     history: list[dict[str, Any]] = field(default_factory=list)
     pending: dict[str, Any] = field(default_factory=dict)  # an epoch trained, not yet validated
+    full_val: dict[str, Any] = field(default_factory=dict)  # final model on the whole val set
     loss_sum: float = 0.0  # running sums of the current epoch
     loss_count: int = 0
     vocab_entries: list[str] = field(default_factory=list)

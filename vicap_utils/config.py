@@ -79,9 +79,10 @@ class TrainConfig:
     mixed_precision: str = "auto"  # auto | no | fp16 | bf16
     patience: int = 3  # epochs without a better validation CIDEr before stopping; 0 = never
     seed: int = 42
-    num_workers: int = 0
+    num_workers: int = -1  # image-decoding DataLoader workers; -1 = min(4, CPUs) when needed
     cache_vision_features: bool = True  # encode each image once where the ViT is frozen
     val_every: int = 1  # validate every N epochs
+    val_sample: int = 250  # validate epochs on a fixed sample of at most N images; 0 = all
     max_steps: int = 0  # 0 = no limit (tests use it to stop early)
     save_every_steps: int = 0  # also checkpoint last/ every N optimizer steps (0 = per epoch)
 
@@ -183,8 +184,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool, bool]] = {
     "train.label_smoothing": (0, 1, True, False),
     "train.max_grad_norm": (0, None, True, True),
     "train.patience": (0, None, True, True),
-    "train.num_workers": (0, 64, True, True),
+    "train.num_workers": (-1, 64, True, True),
     "train.val_every": (1, None, True, True),
+    "train.val_sample": (0, None, True, True),
     "train.max_steps": (0, None, True, True),
     "train.save_every_steps": (0, None, True, True),
     "eval.num_beams": (1, 64, True, True),

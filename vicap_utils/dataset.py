@@ -1,7 +1,8 @@
 """Training examples: (image, caption) pairs as tensors, batched in a resumable order.
 
-An image comes from an image source: its pixels decoded on demand, or its vision features
-computed once (`encode_images`) when the vision encoder is frozen. Captions are tokenised once,
+An image comes from an image source: its pixels decoded on demand (in DataLoader workers when
+there are several), or its vision features computed once (`features.encode_images`) when the
+vision encoder is frozen. Captions are tokenised once,
 up front, with their label masking (`captioner.encode_captions`).
 """
 from __future__ import annotations
@@ -12,10 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vicap_utils.captioner import Captioner, encode_captions, image_features, pixel_values
+from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
-from vicap_utils.progress import progress
 
 
 class PixelSource:
@@ -27,19 +27,6 @@ class PixelSource:
     def __call__(self, row: int) -> torch.Tensor:
         return self.image_processor(load_rgb(self.paths[row]), return_tensors="pt")[
             "pixel_values"][0]
-
-
-@torch.no_grad()
-def encode_images(cap: Captioner, paths: Sequence[Path], batch_size: int = 64,
-                  desc: str = "caching image features", show: bool = True) -> torch.Tensor:
-    """Vision features of every image, once (the frozen ViT gives the same ones every epoch)."""
-    cap.model.eval()
-    chunks = []
-    for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch",
-                          disable=not show):
-        images = [load_rgb(p) for p in paths[start:start + batch_size]]
-        chunks.append(image_features(cap.model, pixel_values(cap, images)).cpu())
-    return torch.cat(chunks)
 
 
 def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:

@@ -22,6 +22,7 @@ from vicap_utils.builders import (
     build_examples,
     build_loader,
     build_optimizer,
+    loader_workers,
 )
 from vicap_utils.checkpoint import (
     RunState,
@@ -76,8 +77,10 @@ class Trainer:
             cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
             self.accelerator.local_process_index, self.log)
         self.cap.model.to(self.accelerator.device)
-        self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log)
-        loader, self.sampler = build_loader(cfg, self.examples.train)
+        self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
+                                       self.out / "cache")
+        loader, self.sampler = build_loader(cfg, self.examples.train,
+                                            loader_workers(cfg, self.examples.cached))
         total = math.ceil(len(loader) / t.grad_accum) * t.epochs
         optimizer, scheduler = build_optimizer(cfg, self.cap.model,
                                                min(total, t.max_steps) if t.max_steps else total)
@@ -130,8 +133,9 @@ class Trainer:
         return self.state.loss_sum / max(self.state.loss_count, 1)
 
     @torch.no_grad()
-    def validate(self) -> tuple[float, float, dict[Any, str]]:
-        """Validation loss (no label smoothing) and CIDEr of beam-search captions."""
+    def validate(self, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
+        """Validation loss (no label smoothing) and CIDEr of beam-search captions of the
+        per-epoch sample of validation images (`train.val_sample`), or of all of them."""
         from torch.utils.data import DataLoader
 
         from vicap_utils.dataset import collate
@@ -151,7 +155,7 @@ class Trainer:
             total += captioner.loss(logits, batch["labels"]).item() * n
             count += n
         dec, preds = captioner.Decoding.from_eval(ev), {}
-        for ids, images in ex.val_images(ev.batch_size):
+        for ids, images in ex.val_images(ev.batch_size, sample):
             with self.accelerator.autocast():
                 out = captioner.caption(self.cap, dec=dec, **{ex.image_kind: images.to(device)})
             preds.update(zip(ids, (alts[0][0] for alts in out)))
@@ -200,6 +204,10 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.main:
             self.save_adapter("final")
+        if self.examples.val_sample and not self.state.full_val:
+            self.state.full_val = {"epoch": self.state.epoch, "val_CIDEr": self.validate(False)[1]}
+            self.log(f"final model on all {len(self.examples.val_ids)} validation images: "
+                     f"val CIDEr {self.state.full_val['val_CIDEr']:.3f}")
         self.state.finished = True
         self.save_last()
         if self.main:
@@ -277,6 +285,7 @@ class Trainer:
                 "best_epoch": self.state.best_epoch, "best_val_CIDEr": self.state.best_cider,
                 "global_step": self.state.global_step, "vocabulary": self.vocab_report,
                 "trainable": trainable_table(self.cap.model),
+                "full_val": self.state.full_val,
                 "best": str(self.out / "best"), "final": str(self.out / "final")}
 
 
