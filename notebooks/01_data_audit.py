@@ -26,16 +26,32 @@ EXAMPLES_PER_REASON = 2
 # split it, by image, into training and validation sets with a fixed seed. Notebook 03 trains
 # on exactly the files written here (same folder, same fingerprint).
 #
-# First, the versions and hardware this run used.
+# **You will learn to**
+# - say why a caption data set must be checked before training, and what each reject reason
+#   (missing file, unreadable image, empty or duplicate caption, unknown id…) means;
+# - read an audit report and find a planted defect in it;
+# - explain why the split is by image and seeded, and why it must never change silently.
+#
+# **Before you start:** Python, and what a COCO-style captions file looks like (`images` with
+# `id`/`file_name`, `annotations` with `image_id`/`caption`).
+#
+# **Time:** `mini` on a 2-core laptop CPU: about 30 seconds (measured: see docs/teaching.md).
+# UIT-ViIC on a Kaggle T4 session: about 1 minute to decode its ~3,000 images (estimate).
+#
+# First, the versions and hardware this run uses.
 
 # %%
 from pathlib import Path
 
 from vicap_utils import report
-from vicap_utils.data import load_captions
+from vicap_utils.audit import audit  # noqa: F401  (for exercise 2)
+from vicap_utils.data import load_captions, split_by_image
+from vicap_utils.exercises import check_equal, copy_data_set
+from vicap_utils.images import check_image
 from vicap_utils.io import read_json
 from vicap_utils.notebook import setup, wrote
 from vicap_utils.prepare import prepare, raw_data
+from vicap_utils.text import normalize_caption
 
 cfg, _ = setup(PROFILE)
 
@@ -48,6 +64,18 @@ cfg, _ = setup(PROFILE)
 raw = raw_data(cfg)
 out = Path(cfg.data.prepared)
 print(f"captions: {raw.train}\nimages:   {raw.images}\noutputs:  {out}")
+
+# %% [markdown]
+# ## One image, one caption
+# The audit decodes every image *fully* (a truncated JPEG passes a header check and fails in
+# the middle of training) and normalises every caption: one Unicode form (NFC: "ế" typed on
+# two keyboards can be one code point or three), single spaces, no space before punctuation.
+
+# %%
+listed = load_captions(raw.train)
+first = next(iter(listed.images.values()))
+print(check_image(raw.images / first.file_name))
+print(repr(normalize_caption("  Một  cầu thủ   đang đá bóng .")))
 
 # %% [markdown]
 # ## The audit and the split
@@ -100,6 +128,53 @@ clean.to_frame().head(8)
 # %%
 print(f"{len(data.train.images)} training images ({len(data.train.annotations)} captions), "
       f"{len(data.val.images)} validation images; fingerprint {data.fingerprint}")
+
+# %% [markdown]
+# ## Exercises
+# From easy to open. Each "check yourself" cell says whether your answer is right.
+#
+# **1 · Kept.** How many captions did the audit keep? (Look at `summary` or `audit.json`.)
+
+# %%
+KEPT_CAPTIONS = None  # your answer: a number
+
+# %%
+check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
+            "summary['annotations_ok'], or the 'kept' column of the first table")
+
+# %% [markdown]
+# **2 · Plant a defect and find it.** `copy_data_set` copies a few images and their captions
+# into a scratch folder. Damage one image there (cut its file short:
+# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on the copy, and give the reason
+# code the audit reports for it (see `rejects.csv` in the audit's output folder).
+
+# %%
+scratch = out.parent / "scratch-01"
+captions_copy, images_copy = copy_data_set(raw.train, raw.images, scratch, n_images=12)
+PLANTED_REASON = None  # your answer: the reason code of the damaged image
+
+# %%
+check_equal("2 · planted defect", PLANTED_REASON, "unreadable_image",
+            "audit(captions_copy, images_copy, scratch / 'audit'), then read rejects.csv")
+
+# %% [markdown]
+# **3 · Another seed.** Split the clean set again with seed 7 (`split_by_image(clean,
+# cfg.data.val_fraction, 7)`). How many of its validation images were *not* validation
+# images before? What would happen to your scores if the split changed between two runs?
+
+# %%
+NEW_VAL_IMAGES = None  # your answer: a number
+
+# %%
+check_equal("3 · another seed", NEW_VAL_IMAGES,
+            lambda: len(set(split_by_image(clean, cfg.data.val_fraction, 7)[1].images)
+                        - set(data.val.images)),
+            "len(set(new_val.images) - set(data.val.images))")
+
+# %% [markdown]
+# **4 · Open.** What else should an audit check before training a captioner? (Ideas: captions
+# in the wrong language, near-duplicate captions that differ by one word, tiny or huge images,
+# the same photo under two ids.) Pick one and sketch how you would detect it.
 
 # %% [markdown]
 # ## What this notebook wrote

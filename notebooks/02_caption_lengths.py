@@ -24,12 +24,23 @@ N_EXAMPLES = 4
 # Two questions decide how captions are fed to BLIP: how long they are (the `max_length`
 # that pads and truncates them) and whether the tokenizer can write Vietnamese at all.
 #
-# First, the versions and hardware this run used.
+# **You will learn to**
+# - tell syllables (what a Vietnamese reader counts) from tokens (what the model counts);
+# - see why BLIP-1's tokenizer loses every diacritic, and what the vocabulary extension does;
+# - choose `max_length` from the length distribution, and say what truncation costs.
+#
+# **Before you start:** notebook 01 (its training split is read here).
+#
+# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds (measured: see docs/teaching.md).
+# UIT-ViIC on a Kaggle T4 session: under a minute (estimate).
+#
+# First, the versions and hardware this run uses.
 
 # %%
 from pathlib import Path
 
 from vicap_utils import report
+from vicap_utils.exercises import check, check_close, check_equal, token_count, unseen_and_kept
 from vicap_utils.notebook import model_tokenizer, setup, tokenizer_variants, write_lengths, wrote
 from vicap_utils.prepare import prepare
 
@@ -70,7 +81,8 @@ report.decoded_examples(tokenizers, captions[:: max(1, len(captions) // N_EXAMPL
 # of the tokenizer this profile trains with.
 
 # %%
-lengths = report.caption_lengths(captions, model_tokenizer(cfg, tokenizers))
+tokenizer = model_tokenizer(cfg, tokenizers)
+lengths = report.caption_lengths(captions, tokenizer)
 percentiles = report.length_percentiles(lengths)
 percentiles.style.format("{:.1f}")
 
@@ -84,6 +96,58 @@ recommended = report.recommended_max_length(lengths["tokens"], PERCENTILE)
 print(f"recommended model.max_length = {recommended} "
       f"(profile {cfg.profile} uses {cfg.model.max_length})")
 fig = report.plot_lengths(lengths, recommended, out / "caption_lengths.png")
+
+# %% [markdown]
+# ## Exercises
+# From easy to open. Each "check yourself" cell says whether your answer is right.
+#
+# **1 · Truncation.** What share of the training captions is longer than 16 tokens (so a
+# `max_length` of 18, with `[DEC]` and `[SEP]`, would cut them)? Use the `lengths` table.
+
+# %%
+SHARE_OVER_16 = None  # your answer: a fraction between 0 and 1
+
+# %%
+check_close("1 · truncation", SHARE_OVER_16, lambda: float((lengths["tokens"] > 16).mean()),
+            "(lengths['tokens'] > 16).mean()")
+
+# %% [markdown]
+# **2 · One word.** How many tokens does the stock tokenizer
+# (`tokenizers["stock (strips accents)"]`) use for "người", and how many does the extended
+# one use? (`len(tok("người", add_special_tokens=False)["input_ids"])`)
+
+# %%
+TOKENS_STOCK = None  # your answer
+TOKENS_EXTENDED = None  # your answer
+
+# %%
+check_equal("2 · stock tokenizer", TOKENS_STOCK,
+            lambda: token_count(tokenizers["stock (strips accents)"], "người"),
+            "the number of ids the stock tokenizer gives 'người'")
+check_equal("2 · extended tokenizer", TOKENS_EXTENDED,
+            lambda: token_count(tokenizers["extended"], "người"),
+            "the number of ids the extended tokenizer gives 'người'")
+
+# %% [markdown]
+# **3 · A sentence it never saw.** Write a Vietnamese sentence with at least one syllable that
+# no training caption has (e.g. about a swimmer, a referee, the rain). Does the extended
+# tokenizer still give it back with every diacritic? (It appends every Vietnamese letter too,
+# so unseen syllables are spelled out letter by letter.)
+
+# %%
+UNSEEN_SENTENCE = None  # your answer: a sentence (a string)
+
+# %%
+check("3 · an unseen sentence", UNSEEN_SENTENCE,
+      lambda: isinstance(UNSEEN_SENTENCE, str)
+      and unseen_and_kept(tokenizers["extended"], UNSEEN_SENTENCE, captions),
+      "a sentence with a syllable the training captions never use, which must come back whole",
+      "right: unseen syllables come back whole, letter by letter")
+
+# %% [markdown]
+# **4 · Open.** Vietnamese words often span two syllables ("đàn ông", "bóng đá"). A word
+# segmenter (e.g. pyvi) writes them as one token ("đàn_ông"). Would that help BLIP-1's
+# tokenizer, its captions, or the metrics? What would you have to change?
 
 # %% [markdown]
 # ## What this notebook wrote

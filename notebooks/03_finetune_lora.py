@@ -48,18 +48,15 @@ import torch
 
 from vicap_utils import captioner, report
 from vicap_utils.builders import build_examples, build_loader, build_optimizer
-from vicap_utils.exercises import check_close, check_equal
-from vicap_utils.launch import train_on_every_gpu
-from vicap_utils.notebook import (
-    base_tokenizer,
+from vicap_utils.exercises import (
+    check_close,
+    check_equal,
     lora_share,
     lora_target_count,
-    setup,
-    show_json,
-    trainable_parameters,
-    vocabulary_table,
-    wrote,
+    stock_round_trip,
 )
+from vicap_utils.launch import train_on_every_gpu
+from vicap_utils.notebook import setup, show_json, trainable_parameters, vocabulary_table, wrote
 from vicap_utils.prepare import prepare
 
 cfg, run = setup(PROFILE, OVERRIDES)
@@ -285,9 +282,7 @@ check_close("1 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
 DECODED_STOCK = None  # your answer: the decoded caption
 
 # %%
-check_equal("2 · without the extension", DECODED_STOCK,
-            lambda: base_tokenizer(cfg).decode(
-                base_tokenizer(cfg)(example, add_special_tokens=False)["input_ids"]),
+check_equal("2 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
             "tokenizer.decode(tokenizer(example, add_special_tokens=False)['input_ids'])")
 
 # %% [markdown]

@@ -44,7 +44,7 @@ from pycocoevalcap.cider.cider import Cider
 from vicap_utils import captioner, report
 from vicap_utils.adapters import load_model
 from vicap_utils.data import load_captions
-from vicap_utils.exercises import check, check_close
+from vicap_utils.exercises import bleu1, check, check_close, cider_alone, wrong_but_high_bleu
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import (
     PUBLISHED_UITVIIC_BLIP,
@@ -167,8 +167,7 @@ BLEU1_FIRST = None  # your answer: BLEU-1 of the first image's caption
 
 # %%
 first = chosen[0]
-check_close("1 · BLEU-1 by hand", BLEU1_FIRST,
-            lambda: Bleu(1).compute_score({0: gts[first]}, {0: res[first]}, verbose=0)[0][0],
+check_close("1 · BLEU-1 by hand", BLEU1_FIRST, lambda: bleu1(gts[first], res[first][0]),
             "clipped unigram precision × brevity penalty, for the first image only")
 
 # %% [markdown]
@@ -180,15 +179,8 @@ check_close("1 · BLEU-1 by hand", BLEU1_FIRST,
 WRONG_CAPTION = None  # your answer: a caption (a string)
 
 # %%
-def _wrong_but_high(caption: str) -> bool:
-    words = python_tokenize(caption).split()
-    seen = {w for r in gts[first] for w in r.split()}
-    score = Bleu(1).compute_score({0: gts[first]}, {0: [python_tokenize(caption)]}, verbose=0)
-    return score[0][0] >= 0.7 and any(w not in seen for w in words)
-
-
 check("2 · high BLEU, wrong caption", WRONG_CAPTION,
-      lambda: isinstance(WRONG_CAPTION, str) and _wrong_but_high(WRONG_CAPTION),
+      lambda: isinstance(WRONG_CAPTION, str) and wrong_but_high_bleu(gts[first], WRONG_CAPTION),
       "keep most of a reference's words, change one that matters",
       "right: BLEU counts shared words, not whether the caption is true")
 
@@ -200,8 +192,7 @@ check("2 · high BLEU, wrong caption", WRONG_CAPTION,
 CIDER_ALONE = None  # your answer: the score
 
 # %%
-check_close("3 · CIDEr of one image", CIDER_ALONE,
-            lambda: Cider().compute_score({0: gts[first]}, {0: res[first]})[0],
+check_close("3 · CIDEr of one image", CIDER_ALONE, lambda: cider_alone(gts[first], res[first][0]),
             "Cider().compute_score({0: gts[first]}, {0: res[first]})[0]")
 
 # %% [markdown]

@@ -25,11 +25,24 @@ N_WORST = 3  # and with the lowest
 # describes best and worst (by per-image CIDEr), each with its references and both systems'
 # captions.
 #
-# First, the versions and hardware this run used.
+# **You will learn to**
+# - look at captions, not only at scores: what the best and the worst images have in common;
+# - connect per-image CIDEr to what a caption gets right or wrong;
+# - see what decoding choices (beam size, repetition penalty) change on a hard image.
+#
+# **Before you start:** notebook 04 (its predictions and scores are reused here).
+#
+# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds (measured: see docs/teaching.md).
+# `uitviic-blip` on a Kaggle T4: under a minute when notebook 04 ran first (estimate).
+#
+# First, the versions and hardware this run uses.
 
 # %%
 from vicap_utils import report
-from vicap_utils.notebook import FINE_TUNED, evaluate_run, setup, wrote
+from vicap_utils.adapters import load_model
+from vicap_utils.exercises import biggest_gain, check_equal, three_decodings
+from vicap_utils.images import load_rgb
+from vicap_utils.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup, wrote
 
 cfg, run = setup(PROFILE)
 
@@ -59,6 +72,43 @@ fig = report.plot_gallery(items, out=run / "eval" / "gallery.png")
 
 # %%
 page = report.gallery_html(items, run / "eval" / "gallery.html")
+
+# %% [markdown]
+# ## Exercises
+# From easy to open. Each "check yourself" cell says whether your answer is right.
+#
+# **1 · The biggest gain.** Which validation image gained most CIDEr from fine-tuning (the
+# fine-tuned per-image CIDEr minus the zero-shot one)? Use `result.cider(FINE_TUNED)` and
+# `result.cider(ZERO_SHOT)`, dicts of image id → score.
+
+# %%
+BIGGEST_GAIN_IMAGE = None  # your answer: an image id
+
+# %%
+check_equal("1 · biggest gain", BIGGEST_GAIN_IMAGE,
+            lambda: biggest_gain(result.cider(FINE_TUNED), result.cider(ZERO_SHOT)),
+            "max over image ids of fine-tuned minus zero-shot per-image CIDEr")
+
+# %% [markdown]
+# **2 · Decoding the worst image.** Load the adapter (`load_model(str(run / "best"))`) and
+# caption the worst image of the gallery three ways: greedy (beam 1), beam 5, and beam 5 with
+# `repetition_penalty=1.5` (`captioner.Decoding(num_beams=…, repetition_penalty=…)`). Put the
+# three captions in a list, in that order. Do they differ? Which is right?
+
+# %%
+worst = next(item for item in items if item.group == "worst")
+WORST_CAPTIONS = None  # your answer: [greedy, beam 5, beam 5 with the penalty]
+
+# %%
+check_equal("2 · three decodings", WORST_CAPTIONS,
+            lambda: three_decodings(load_model(str(run / "best")), load_rgb(worst.path)),
+            "captioner.caption(cap, images=[load_rgb(worst.path)], dec=…)[0][0][0], three times")
+
+# %% [markdown]
+# **3 · Open.** Look at the worst images: what does the adapter get wrong — the sport, the
+# colour, the number of players? Count the mistakes of each kind over the whole validation set
+# (`result.predictions[FINE_TUNED]` against `result.val.captions_by_image()`). Which would
+# more training data fix, and which a bigger image size?
 
 # %% [markdown]
 # ## What this notebook wrote

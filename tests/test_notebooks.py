@@ -1,11 +1,14 @@
-"""The notebooks: each `.py` twin runs headless on `mini` in order 01→05 and writes what it
-promises (06, the app, runs in test_demo_browser); committed `.ipynb` files match their twins
-and carry no outputs."""
+"""The notebooks: each `.py` twin runs headless on `mini` in order 01→06 and writes what it
+promises (06 also runs as a web page in test_demo_browser); every notebook opens with goals,
+prerequisites and timings and ends with exercises whose check cells say "not done yet" on the
+stubs and pass on the solutions (notebooks/solutions/, run after their notebooks); committed
+`.ipynb` files match their twins and carry no outputs."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,13 @@ import pandas as pd
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ORDER = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery"]
-ALL = [*ORDER, "06_caption_demo"]
+ALL = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery",
+       "06_caption_demo"]
+SOLUTIONS = {name: f"solutions/{name}_solutions" for name in ALL}
+ORDER = [step for name in ALL for step in (name, SOLUTIONS[name])]  # each followed by its answers
 PARAMETERS: dict[str, dict[str, Any]] = {"03_finetune_lora": {"OVERRIDES": ["train.epochs=2"]}}
+TWINS = sorted(NOTEBOOKS.rglob("*.ipynb"))
+DONE, NOT_YET = "✅", "❌"
 KERNEL = "python3"  # the venv's own kernelspec (share/jupyter/kernels/python3)
 VIETNAMESE = set("ăâđêôơưàáảãạằắẳẵặầấẩẫậèéẻẽẹềếểễệìíỉĩịòóỏõọồốổỗộờớởỡợùúủũụừứửữựỳýỷỹỵ")
 
@@ -42,11 +49,12 @@ def execute(name: str, output: Path, workdir: Path, parameters: dict[str, Any]) 
     import papermill
 
     workdir.mkdir(parents=True, exist_ok=True)
-    source = workdir / f"{name}.ipynb"
+    stem = Path(name).name
+    source = workdir / f"{stem}.ipynb"
     jupytext.write(jupytext.read(NOTEBOOKS / f"{name}.py"), source)
     with environment(VICAP_PROFILE="mini", VICAP_OUTPUT=str(output)):
         return papermill.execute_notebook(
-            str(source), str(workdir / f"{name}.out.ipynb"), parameters=parameters,
+            str(source), str(workdir / f"{stem}.out.ipynb"), parameters=parameters,
             kernel_name=KERNEL, cwd=str(workdir), progress_bar=False)
 
 
@@ -92,13 +100,13 @@ def outputs_text(nb: dict) -> str:
 # ---------------------------------------------------------------- twins and clean notebooks
 
 
-def test_every_notebook_has_its_twin():
-    ipynb = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
-    py = {p.stem for p in NOTEBOOKS.glob("*.py")}
-    assert ipynb == py == set(ALL)
+def test_every_notebook_and_its_solutions_have_their_twins():
+    ipynb = {str(p.relative_to(NOTEBOOKS).with_suffix("")) for p in TWINS}
+    py = {str(p.relative_to(NOTEBOOKS).with_suffix("")) for p in NOTEBOOKS.rglob("*.py")}
+    assert ipynb == py == set(ALL) | set(SOLUTIONS.values())
 
 
-@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TWINS, ids=lambda p: p.stem)
 def test_ipynb_matches_py_twin(path: Path):
     def cells(p: Path) -> list[tuple[str, str, list]]:
         nb = jupytext.read(p)
@@ -107,7 +115,7 @@ def test_ipynb_matches_py_twin(path: Path):
     assert cells(path) == cells(path.with_suffix(".py"))
 
 
-@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", TWINS, ids=lambda p: p.stem)
 def test_committed_ipynb_has_no_outputs(path: Path):
     nb = json.loads(path.read_text(encoding="utf-8"))
     for cell in nb["cells"]:
@@ -123,6 +131,40 @@ def test_notebook_opens_with_parameters_then_environment(name: str):
     assert 'PROFILE = "auto"' in cells[0].source
     assert "setup(" in cells[1].source  # prints versions and hardware
     assert "wrote(" in cells[-1].source
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_notebook_has_goals_timings_and_graded_exercises(name: str):
+    nb = jupytext.read(NOTEBOOKS / f"{name}.py")
+    intro = nb.cells[1].source
+    assert intro.startswith("# 0") and "**You will learn to**" in intro
+    assert intro.count("\n- ") >= 3 and "**Before you start:**" in intro
+    assert "**Time:**" in intro and "2-core" in intro and "T4" in intro
+    text = "\n".join(c.source for c in nb.cells)
+    exercises = text[text.index("## Exercises"):]
+    numbered = [line for line in exercises.splitlines() if line.startswith("**") and " · " in line]
+    assert 3 <= len(numbered) <= 5 and "Open." in numbered[-1]
+    checks = [c.source for c in nb.cells if c.cell_type == "code" and "check" in c.source
+              and '("' in c.source]
+    stubs = [c.source for c in nb.cells if c.cell_type == "code" and "= None  # your answer"
+             in c.source]
+    assert checks and stubs
+
+
+def test_03_and_04_show_each_step_in_their_own_cells():
+    def code(name: str) -> list[str]:
+        return [c.source for c in jupytext.read(NOTEBOOKS / f"{name}.py").cells
+                if c.cell_type == "code"]
+
+    cells = code("03_finetune_lora")
+    for step in ("captioner.lora_config(", "next(iter(loader))", "captioner.loss(",
+                 "loss.backward()", "optimizer.step()", "optimizer.zero_grad()",
+                 "captioner.caption(", "cross_entropy("):
+        assert any(step in c for c in cells), step
+    assert any("train_on_every_gpu(" in c for c in cells)
+    cells = code("04_evaluate")
+    assert any("Cider().compute_score(" in c and "Bleu(4).compute_score(" in c for c in cells)
+    assert any("evaluate_run(" in c for c in cells)
 
 
 # ---------------------------------------------------------------- executed on mini
@@ -214,3 +256,34 @@ def test_04_without_an_adapter_says_run_03_first(tmp_path: Path):
     assert err.value.ename == "VicapError"
     assert "run notebook 03_finetune_lora first" in err.value.evalue
     assert err.value.traceback == [f"VicapError: {err.value.evalue}"]  # one line, no traceback
+
+
+@pytest.mark.slow
+def test_03_hand_written_loop_lowers_the_loss_and_teaches_vietnamese(runner: Runner):
+    text = outputs_text(runner.run("03_finetune_lora"))
+    found = re.search(r"loss over the first 5 steps ([\d.]+) → the last 5 ([\d.]+)", text)
+    assert found and float(found.group(2)) < float(found.group(1)) * 0.8, found
+    assert re.search(r"loss by hand: ([\d.]+); captioner.loss: \1", text)
+    assert "-100 (ignored)" in text and "[DEC]" in text  # the label table
+    after = re.search(r"after: +(.*)", text).group(1)
+    assert VIETNAMESE & set(after.lower()), after
+
+
+@pytest.mark.slow
+def test_06_runs_headless_and_writes_the_handout(runner: Runner):
+    nb = runner.run("06_caption_demo")
+    handout = runner.output / "demo" / "handout_base_vs_adapter.png"
+    assert handout.stat().st_size > 10_000
+    assert "adapter:" in outputs_text(nb) or "base only" in outputs_text(nb)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ALL)
+def test_check_cells_say_not_yet_on_stubs_and_pass_on_solutions(runner: Runner, name: str):
+    stubs = outputs_text(runner.run(name))
+    solved = outputs_text(runner.run(SOLUTIONS[name]))
+    not_yet = [line for line in stubs.splitlines() if line.startswith(NOT_YET)]
+    assert not_yet and all("not done yet:" in line for line in not_yet)
+    assert DONE not in stubs and "Traceback" not in stubs
+    passed = [line for line in solved.splitlines() if line.startswith(DONE)]
+    assert len(passed) == len(not_yet) and NOT_YET not in solved, solved[-2000:]

@@ -299,6 +299,22 @@ def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
     return fig
 
 
+def plot_handout(image, captions: Mapping[str, str], title: str = "",
+                 out: str | Path | None = None, wrap: int = 60):
+    """One image above the captions several models wrote for it, for a printed handout."""
+    lines = [textwrap.fill(f"{label}: {text}", wrap, subsequent_indent="   ")
+             for label, text in captions.items()]
+    fig, ax = plt.subplots(figsize=(6, 4.5 + 0.45 * sum(line.count("\n") + 1 for line in lines)))
+    ax.imshow(image)
+    ax.axis("off")
+    ax.set_title(title, fontsize=10, family=FONT)
+    ax.text(0, -0.04, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=10,
+            family=FONT)
+    fig.tight_layout()
+    _save(fig, out)
+    return fig
+
+
 def gallery_html(items: Sequence[GalleryItem], out: str | Path,
                  title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
     """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""

@@ -1,0 +1,82 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+PROFILE = "auto"  # the same profile as notebook 03
+
+# %% [markdown]
+# # Solutions · 03 · Fine-tune BLIP with LoRA
+#
+# One way to answer each exercise of notebook 03 (run notebook 01 first), with the same
+# "check yourself" cells.
+
+# %%
+import re
+from dataclasses import replace
+from pathlib import Path
+
+from vicap_utils import captioner
+from vicap_utils.exercises import (
+    check_close,
+    check_equal,
+    lora_share,
+    lora_target_count,
+    stock_round_trip,
+)
+from vicap_utils.notebook import setup
+from vicap_utils.prepare import prepare
+
+cfg, _ = setup(PROFILE)
+captions = [a.caption for a in prepare(cfg, Path(cfg.data.prepared)).train.annotations]
+example = captions[0]
+
+# %% [markdown]
+# **1 · Rank and size.** LoRA adds `r × (d_in + d_out)` parameters per adapted matrix, so the
+# trainable share grows with the rank; the new vocabulary rows stay the same.
+
+# %%
+shares = {}
+for r in (4, 32):
+    cap = captioner.load_base(cfg.model)
+    captioner.extend_vocabulary(cap, captions)
+    model = captioner.add_lora(cap, captioner.lora_config(cap, replace(cfg.lora, r=r)))
+    shares[r] = captioner.trainable_table(model)[-1]["share_%"]
+SHARE_R4, SHARE_R32 = shares[4], shares[32]
+print(shares)
+check_close("1 · rank 4", SHARE_R4, lambda: lora_share(cfg, 4, captions),
+            "the 'share_%' of the 'all' row of trainable_table, with r=4")
+check_close("1 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
+            "the same with r=32")
+
+# %% [markdown]
+# **2 · Without the extension.** The stock tokenizer lower-cases and strips the accents.
+
+# %%
+stock = captioner.load_base(cfg.model).tokenizer
+DECODED_STOCK = stock.decode(stock(example, add_special_tokens=False)["input_ids"])
+print(DECODED_STOCK)
+check_equal("2 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
+            "tokenizer.decode(tokenizer(example, add_special_tokens=False)['input_ids'])")
+
+# %% [markdown]
+# **3 · Cross-attention too.** Three more matrices (query, key, value) per decoder layer.
+
+# %%
+cap = captioner.load_base(cfg.model)
+targets = captioner.lora_targets(cap.family, replace(cfg.lora, cross_attention=True))
+N_TARGETS_CROSS = sum(bool(re.fullmatch(targets, n)) for n, _ in cap.model.named_modules())
+check_equal("3 · cross-attention", N_TARGETS_CROSS,
+            lambda: lora_target_count(cfg, cross_attention=True),
+            "re.fullmatch(captioner.lora_targets(family, settings), name) over named_modules()")
