@@ -5,6 +5,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -113,6 +114,16 @@ def json_depth(data: Any) -> int:
     return deepest
 
 
+def disk_full(exc: BaseException) -> OSError | None:
+    """The "no room" OSError behind a failed write, None for any other failure; safetensors
+    reports it only in its message ("... (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc if exc.errno in DISK_FULL else None
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else None
+    return OSError(code, os.strerror(code)) if code in DISK_FULL else None
+
+
 def write_error(path: str | Path, exc: OSError) -> VicapError:
     """A one-line error for a failed write: "disk full" for ENOSPC, a quota or a size limit."""
     if exc.errno in DISK_FULL:
@@ -197,9 +208,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         try:
             yield tmp
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise write_error(path, exc) from None
+        except VicapError as exc:  # an atomic write inside: name the folder, not its stand-in
+            raise VicapError(str(exc).replace(str(tmp), str(path))) from None
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                raise write_error(path, full) from None
             raise
         old = path.with_name(f".{path.name}.old")
         if old.exists():
