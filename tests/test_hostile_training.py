@@ -58,8 +58,11 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def scene(template, tmp_path) -> Path:
-    """A private copy of the template to spoil."""
-    return Path(shutil.copytree(template, tmp_path / "s", symlinks=True))
+    """A private copy of the template to spoil (its data record pointing at itself)."""
+    root = Path(shutil.copytree(template, tmp_path / "s", symlinks=True))
+    sources = root / "run" / "data" / "sources.json"
+    sources.write_text(sources.read_text().replace(str(template), str(root)))
+    return root
 
 
 def error_lines(err: str) -> list[str]:
@@ -132,7 +135,7 @@ def image_as_text(root: Path) -> None:
 @dataclass(frozen=True)
 class Case:
     """One hostile input: how to spoil the scene, the command, what the one line says
-    (`says`, every part) and names (`names`, {r} = scene root)."""
+    (`says`, every part) and names (`names`, relative to the scene root {r})."""
 
     id: str
     argv: str
@@ -142,16 +145,16 @@ class Case:
 
 
 def last(name: str) -> str:
-    return "{r}/run/last/" + name
+    return "run/last/" + name
 
 
 def best(name: str) -> str:
-    return "{r}/run/best/" + name
+    return "run/best/" + name
 
 
 DAMAGED = ("damaged checkpoint file", AGAIN)
 WEIGHTS = ("damaged adapter weights", "best/ or final/")
-FITS = ("does not fit its base 'mini'", "train again")
+FITS = ("cannot load the adapter onto its base 'mini'", "train again")
 
 CASES = [
     # -- a damaged last/: refused by --resume (the path that reads it) before any work
@@ -244,7 +247,7 @@ CASES = [
          lambda r: (r / "preds.json").unlink() or os.link(first_image(r), r / "preds.json"),
          ("would write over the input", "--images"), "{r}/preds.json"),
     Case("predict-out-is-the-adapter-metadata", PREDICT.replace("{r}/preds.json",
-                                                                best("vicap.json")),
+                                                                "{r}/" + best("vicap.json")),
          None, ("would write over the input", "--model"), best("vicap.json")),
     Case("predict-out-is-the-images-folder", PREDICT.replace("{r}/preds.json", "{r}/set/images"),
          None, ("is a folder; give a file name",), "{r}/set/images"),
@@ -252,7 +255,8 @@ CASES = [
                                                            "vicap audit"), ""),
     Case("predict-image-missing", PREDICT, lambda r: first_image(r).unlink(),
          ("1 listed images missing",), "{r}/set/images"),
-    Case("predict-zero-beams", PREDICT + " --num-beams 0", None, ("--num-beams must be at least 1",)),
+    Case("predict-zero-beams", PREDICT + " --num-beams 0", None,
+         ("--num-beams must be at least 1",)),
     # -- folders training does not own, inputs training would write over
     Case("train-overwrite-a-user-folder-with-data",
          "train --config {r}/run/config.json --out {r}/user --overwrite", user_folder("data/x"),
@@ -323,7 +327,9 @@ def test_hostile_training_input(case: Case, scene: Path, capsys) -> None:
     assert lines[0].startswith(f"vicap {argv[0]}: error: "), lines[0]
     for part in case.says:
         assert part in lines[0], lines[0]
-    assert case.names.format(r=scene) in lines[0], lines[0]
+    named = case.names if not case.names or case.names.startswith("{r}") else \
+        "{r}/" + case.names
+    assert named.format(r=scene) in lines[0], lines[0]
     if case.id == "predict-image-is-text":
         assert str(first_image(scene)) in lines[0]
     assert_nothing_lost(before, scene)
@@ -408,8 +414,8 @@ def test_a_dead_writers_lock_is_taken_over(scene: Path, capsys) -> None:
     assert snapshot(scene / "run" / "last") == kept
 
 
-def test_predict_into_a_read_only_folder_fails_before_loading(scene: Path,
-                                                              permissions_apply: None) -> None:
+@pytest.mark.usefixtures("permissions_apply")
+def test_predict_into_a_read_only_folder_fails_before_loading(scene: Path) -> None:
     (scene / "ro").mkdir()
     before = snapshot(scene)
     (scene / "ro").chmod(0o555)

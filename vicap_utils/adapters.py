@@ -14,7 +14,7 @@ from typing import Any
 
 from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
-from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, read_json
+from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
 
 META_FILE = "vicap.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -92,13 +92,8 @@ def check_weights(path: Path) -> None:
         with safe_open(str(path), "pt") as weights:
             weights.keys()
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise VicapError(f"{path}: damaged adapter weights ({_first_line(exc)}); use a run's "
+        raise VicapError(f"{path}: damaged adapter weights ({error_summary(exc)}); use a run's "
                          "best/ or final/ folder, or train again") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    """An exception's first message line, short enough for a one-line error."""
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
@@ -113,8 +108,8 @@ def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
         try:
             cap.model = PeftModel.from_pretrained(cap.model, str(ref.adapter))
         except Exception as exc:  # peft, torch and safetensors each raise their own types
-            raise VicapError(f"{ref.adapter}: the adapter does not fit its base "
-                             f"{ref.model.base!r} ({_first_line(exc)}); use the base it was "
+            raise VicapError(f"{ref.adapter}: cannot load the adapter onto its base "
+                             f"{ref.model.base!r} ({error_summary(exc)}); use the base it was "
                              "trained on, or train again") from None
     cap.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cap.model.eval()

@@ -28,6 +28,7 @@ from vicap_utils.io import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
+    error_summary,
     read_json,
     recover_dir,
 )
@@ -162,8 +163,8 @@ def _checkpoint_file(path: Path) -> Iterator[Path]:
     except VicapError:
         raise
     except Exception as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise VicapError(f"{path}: damaged checkpoint file ({reason}); {START_AGAIN}") from None
+        raise VicapError(f"{path}: damaged checkpoint file ({error_summary(exc)}); "
+                         f"{START_AGAIN}") from None
 
 
 def _read_state(path: Path) -> RunState:

@@ -114,6 +114,13 @@ def json_depth(data: Any) -> int:
     return deepest
 
 
+def error_summary(exc: BaseException) -> str:
+    """A library exception as a short phrase for a one-line error: its first message line, or
+    the line that says what did not fit (torch lists those under a bare heading)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return next((ln for ln in lines if "size mismatch" in ln), lines[0])[:200]
+
+
 def disk_full(exc: BaseException) -> OSError | None:
     """The "no room" OSError behind a failed write, None for any other failure; safetensors
     reports it only in its message ("... (os error 28)")."""
