@@ -169,8 +169,8 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to a temporary sibling, then rename it: a crash never leaves half a file.
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to a temporary sibling, then rename it: a crash never leaves half a file.
 
     A failed write (disk full, no permission) is a one-line VicapError; the previous file,
     if any, is unchanged.
@@ -185,8 +185,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     os.umask(mask)
     try:
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -197,6 +197,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             raise write_error(path, exc) from None
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically (see `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
