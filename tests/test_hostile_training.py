@@ -224,6 +224,9 @@ CASES = [
     Case("adapter-for-other-modules", PREDICT,
          edit_json(best("adapter_config.json"), lambda c: c.update(target_modules=["nope"])),
          FITS, "{r}/run/best"),
+    Case("adapter-of-a-base-that-is-gone", PREDICT,
+         lambda r: edit_json(best("vicap.json"), lambda m: m["config"]["model"].update(
+             base=str(r / "gone")))(r), ("not a local folder", "model.base="), "{r}/gone"),
     Case("adapter-config-not-json", PREDICT, put(best("adapter_config.json"), b"{oops"),
          ("cannot load the adapter",), "{r}/run/best"),
     Case("adapter-metadata-not-json", PREDICT, put(best("vicap.json"), b"{oops"),
@@ -251,6 +254,7 @@ CASES = [
          None, ("would write over the input", "--model"), best("vicap.json")),
     Case("predict-out-is-the-images-folder", PREDICT.replace("{r}/preds.json", "{r}/set/images"),
          None, ("is a folder; give a file name",), "{r}/set/images"),
+    # an undecodable image is refused, naming the first one, before predictions are written
     Case("predict-image-is-text", PREDICT, image_as_text, ("cannot decode this image",
                                                            "vicap audit"), ""),
     Case("predict-image-missing", PREDICT, lambda r: first_image(r).unlink(),

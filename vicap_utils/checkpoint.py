@@ -12,6 +12,7 @@ import contextlib
 import csv
 import io
 import random
+import reprlib
 import typing
 import zipfile
 from collections.abc import Iterator
@@ -146,12 +147,11 @@ def check_last(last: Path) -> None:
     with _checkpoint_file(last / "trainable.safetensors") as path, \
             safe_open(str(path), "pt") as weights:
         weights.keys()
-    for name in (*LAST_FILES[2:], "scaler.pt"):
-        if (last / name).is_file():
-            with _checkpoint_file(last / name) as path, zipfile.ZipFile(path) as archive:
-                bad = archive.testzip()
-                if bad is not None:
-                    raise ValueError(f"member {bad} fails its checksum")
+    for name in sorted(p.name for p in last.glob("*.pt")):  # torch's files are zip archives
+        with _checkpoint_file(last / name) as path, zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"member {bad} fails its checksum")
 
 
 @contextlib.contextmanager
@@ -179,7 +179,8 @@ def _read_state(path: Path) -> RunState:
             raise VicapError(f"{path}: malformed checkpoint state (no {f.name!r}); {START_AGAIN}")
         if not _has_type(raw[f.name], hints[f.name]):
             raise VicapError(f"{path}: malformed checkpoint state ({f.name!r} is "
-                             f"{raw[f.name]!r}, not {_type_name(hints[f.name])}); {START_AGAIN}")
+                             f"{reprlib.repr(raw[f.name])}, not {_type_name(hints[f.name])}); "
+                             f"{START_AGAIN}")
     return RunState(**{f.name: raw[f.name] for f in fields(RunState)})
 
 
