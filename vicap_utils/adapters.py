@@ -14,7 +14,7 @@ from typing import Any
 
 from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
-from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, read_json
+from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
 
 META_FILE = "vicap.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -69,13 +69,31 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
         if not (path / WEIGHTS_FILE).is_file():
             raise VicapError(f"{path}: {WEIGHTS_FILE} missing (only safetensors adapters are "
                              "loaded); use a run's best/ or final/ folder")
-        return ModelRef(spec, cfg.model, path, cfg.eval, list(meta.get("vocab_entries", [])))
+        entries = meta.get("vocab_entries", [])
+        if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
+            raise VicapError(f"{path / META_FILE}: 'vocab_entries' must be a list of text; use "
+                             "a run's best/ or final/ folder")
+        check_weights(path / WEIGHTS_FILE)
+        return ModelRef(spec, cfg.model, path, cfg.eval, entries)
     if path.is_dir() and not (path / "config.json").is_file():
         raise VicapError(f"{path}: neither an adapter folder (no {META_FILE}) nor a saved model "
                          "(no config.json); use a run's best/ or final/ folder")
     from vicap_utils.weights import model_type
 
     return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
+
+
+def check_weights(path: Path) -> None:
+    """Refuse, before any model is loaded, an adapter weights file that is empty, truncated or
+    not safetensors at all."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as weights:
+            weights.keys()
+    except Exception as exc:  # safetensors raises its own SafetensorError
+        raise VicapError(f"{path}: damaged adapter weights ({error_summary(exc)}); use a run's "
+                         "best/ or final/ folder, or train again") from None
 
 
 def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
@@ -89,10 +107,10 @@ def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
         extend_vocabulary(cap, entries=ref.vocab_entries)
         try:
             cap.model = PeftModel.from_pretrained(cap.model, str(ref.adapter))
-        except (RuntimeError, ValueError, KeyError, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            raise VicapError(f"{ref.adapter}: the adapter does not fit its base "
-                             f"{ref.model.base!r} ({first})") from None
+        except Exception as exc:  # peft, torch and safetensors each raise their own types
+            raise VicapError(f"{ref.adapter}: cannot load the adapter onto its base "
+                             f"{ref.model.base!r} ({error_summary(exc)}); use the base it was "
+                             "trained on, or train again") from None
     cap.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cap.model.eval()
     return cap

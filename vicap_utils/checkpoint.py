@@ -9,10 +9,15 @@ one.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import random
-from dataclasses import asdict, dataclass, field
+import reprlib
+import typing
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,7 @@ from vicap_utils.io import (
     atomic_dir,
     atomic_write_json,
     atomic_write_text,
+    error_summary,
     read_json,
     recover_dir,
 )
@@ -39,6 +45,9 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
                "summary.json", "cache")
 RUN_ENTRIES = (*RUN_OUTPUTS, "data")
+# What `save_last` always writes (scaler.pt only with fp16).
+LAST_FILES = ("state.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
+START_AGAIN = "start again with --overwrite instead of --resume"
 
 
 @dataclass
@@ -75,6 +84,7 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
 
     if out.exists() and not out.is_dir():
         raise VicapError(f"{out}: is a file; --out needs a folder for the run")
+    refuse_inputs_in_outputs(out, cfg)
     if writer:
         claim(out, "run", RUN_ENTRIES, overwrite=overwrite)
         record(out, RUN_ENTRIES)
@@ -93,11 +103,9 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
                              "continue it or --overwrite to start again")
         return None
     if last is None:
-        raise VicapError(f"{out}/last: no checkpoint to resume from; run without --resume "
-                         "to start")
-    if not (last / "state.json").is_file():
-        raise VicapError(f"{last}: incomplete checkpoint (no state.json); start again with "
-                         "--overwrite")
+        raise VicapError(f"{out}/last: no checkpoint to resume from; " + (
+            START_AGAIN if _holds_outputs(out) else "run without --resume to start"))
+    check_last(last)
     state = _read_state(last / "state.json")
     changed = diff_keys(config_from_dict(state.config, f"{last}/state.json"), cfg, RESUME_KEYS)
     if changed:
@@ -106,16 +114,101 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
     return state
 
 
-def _read_state(path: Path) -> RunState:
-    """RunState from last/state.json; a malformed file is a one-line error."""
-    raw = read_json(path, "checkpoint state")
-    known = RunState.__dataclass_fields__
-    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
-        raise VicapError(f"{path}: not a vicap checkpoint state; start again with --overwrite")
+def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
+    """Refuse, before the run folder is claimed or cleared, a configured data path that
+    training would write over: one of the run's outputs (or inside one), or a file the
+    prepared-data folder (`data.prepared`) receives."""
+    from vicap_utils.audit import OUTPUTS
+    from vicap_utils.folders import refuse_aliases
+    from vicap_utils.prepare import SPLIT_FILES, SUB_AUDITS
+
+    d = cfg.data
+    inputs = [(f"data.{key}", getattr(d, key)) for key in
+              ("train_annotations", "val_annotations", "test_annotations", "images")
+              if getattr(d, key)]
+    outputs = [("--out", out / name) for name in RUN_ENTRIES]
+    if d.prepared:
+        outputs += [("data.prepared", Path(d.prepared) / name)
+                    for name in (*OUTPUTS, *SPLIT_FILES, *SUB_AUDITS)]
+    refuse_aliases(inputs, outputs)
+
+
+def _holds_outputs(out: Path) -> bool:
+    """True when the run folder holds outputs of an earlier run (beyond its data/)."""
+    return any((out / name).exists() for name in RUN_OUTPUTS)
+
+
+def check_last(last: Path) -> None:
+    """Refuse, before any work, a checkpoint with a missing, empty or truncated file: every
+    file `save_last` writes is there, its safetensors header and its zip archives whole."""
+    from safetensors import safe_open
+
+    missing = [name for name in LAST_FILES if not (last / name).is_file()]
+    if missing:
+        raise VicapError(f"{last}: incomplete checkpoint (no {missing[0]}); {START_AGAIN}")
+    with _checkpoint_file(last / "trainable.safetensors") as path, \
+            safe_open(str(path), "pt") as weights:
+        weights.keys()
+    for name in sorted(p.name for p in last.glob("*.pt")):  # torch's files are zip archives
+        with _checkpoint_file(last / name) as path, zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise ValueError(f"member {bad} fails its checksum")
+
+
+@contextlib.contextmanager
+def _checkpoint_file(path: Path) -> Iterator[Path]:
+    """Turn any failure to read or apply one checkpoint file into a one-line error naming it
+    (torch, safetensors and zipfile each raise their own exception types)."""
     try:
-        return RunState(**{k: v for k, v in raw.items() if k in known})
-    except TypeError as exc:
-        raise VicapError(f"{path}: malformed checkpoint state ({exc})") from None
+        yield path
+    except VicapError:
+        raise
+    except Exception as exc:
+        raise VicapError(f"{path}: damaged checkpoint file ({error_summary(exc)}); "
+                         f"{START_AGAIN}") from None
+
+
+def _read_state(path: Path) -> RunState:
+    """RunState from last/state.json; a malformed file (not an object, a missing key, a value
+    of the wrong type) is a one-line error."""
+    raw = read_json(path, "checkpoint state")
+    if not isinstance(raw, dict):
+        raise VicapError(f"{path}: not a vicap checkpoint state (not an object); {START_AGAIN}")
+    hints = typing.get_type_hints(RunState)
+    for f in fields(RunState):
+        if f.name not in raw:
+            raise VicapError(f"{path}: malformed checkpoint state (no {f.name!r}); {START_AGAIN}")
+        if not _has_type(raw[f.name], hints[f.name]):
+            raise VicapError(f"{path}: malformed checkpoint state ({f.name!r} is "
+                             f"{reprlib.repr(raw[f.name])}, not {_type_name(hints[f.name])}); "
+                             f"{START_AGAIN}")
+    return RunState(**{f.name: raw[f.name] for f in fields(RunState)})
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """True when a JSON value fits a RunState field's type (bool is no int, an int is a float;
+    a list's items are checked too)."""
+    kind = typing.get_origin(hint) or hint
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if not isinstance(value, kind):
+        return False
+    item = typing.get_args(hint)[0] if kind is list else None
+    return item is None or all(_has_type(v, item) for v in value)
+
+
+def _type_name(hint: Any) -> str:
+    """"an integer", "a list of text"… for messages."""
+    kind = typing.get_origin(hint) or hint
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+             dict: "an object"}
+    if kind is list:
+        item = typing.get_origin(typing.get_args(hint)[0]) or typing.get_args(hint)[0]
+        return "a list of " + {str: "text", dict: "objects"}.get(item, "values")
+    return names.get(kind, kind.__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -142,34 +235,56 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState) -> None:
-    """Write last/ in one atomic step: weights, optimizer, scheduler, scaler, RNG, progress."""
-    from safetensors.torch import save_file
+    """Write last/ in one atomic step: weights, optimizer, scheduler, scaler, RNG, progress.
+
+    Each file is serialised in memory and written with plain file writes, so a full disk is an
+    OSError that `atomic_dir` reports as "disk full" (torch and safetensors writing a file
+    themselves raise their own errors without the cause)."""
+    from safetensors.torch import save
 
     with atomic_dir(out / "last") as tmp:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        (tmp / "trainable.safetensors").write_bytes(save(trainable_state(model)))
+        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
-            torch.save(scaler.state_dict(), tmp / "scaler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+            _torch_save(scaler.state_dict(), tmp / "scaler.pt")
+        _torch_save(rng_state(), tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", asdict(state))
 
 
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through memory, so a failed write raises the OSError that caused it."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(buf.getbuffer())
+
+
 def load_last(out: Path, model, optimizer, scheduler, scaler) -> None:
-    """Restore what `save_last` wrote into the live model, optimizer, scheduler and RNGs."""
+    """Restore what `save_last` wrote into the live model, optimizer, scheduler and RNGs; a file
+    that does not load or does not fit is a one-line error naming it."""
     from safetensors.torch import load_file
 
     last = out / "last"
-    weights = load_file(str(last / "trainable.safetensors"))
-    missing = set(weights) - {n for n, _ in model.named_parameters()}
-    if missing:
-        raise VicapError(f"{last}: checkpoint does not fit this model ({sorted(missing)[0]})")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(last / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(last / "scheduler.pt", weights_only=False))
+    with _checkpoint_file(last / "trainable.safetensors") as path:
+        weights = load_file(str(path))
+        params = dict(model.named_parameters())
+        wrong = sorted(n for n, t in weights.items() if n not in params or
+                       params[n].shape != t.shape)
+        if wrong:
+            name = wrong[0]
+            fit = (f"{name} has shape {list(weights[name].shape)}, the model's "
+                   f"{list(params[name].shape)}") if name in params else f"no parameter {name}"
+            raise VicapError(f"{path}: checkpoint does not fit this model ({fit}); "
+                             f"{START_AGAIN}")
+        model.load_state_dict(weights, strict=False)
+    parts = [(optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")]
     if scaler is not None and (last / "scaler.pt").is_file():
-        scaler.load_state_dict(torch.load(last / "scaler.pt", weights_only=False))
-    set_rng_state(torch.load(last / "rng.pt", weights_only=False))
+        parts.append((scaler, "scaler.pt"))
+    for part, name in parts:
+        with _checkpoint_file(last / name) as path:
+            part.load_state_dict(torch.load(path, weights_only=False))
+    with _checkpoint_file(last / "rng.pt") as path:
+        set_rng_state(torch.load(path, weights_only=False))
 
 
 def write_history(out: Path, history: list[dict[str, Any]]) -> Path:

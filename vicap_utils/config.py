@@ -285,7 +285,10 @@ def apply_values(cfg: Config, values: dict[str, Any], where: str) -> Config:
                     f"{where}: unknown key {section_name}.{key}; valid keys: "
                     + ", ".join(f"{section_name}.{k}" for k in types_)
                 )
-            setattr(section, key, _convert(raw, types_[key], f"{section_name}.{key}"))
+            try:
+                setattr(section, key, _convert(raw, types_[key], f"{section_name}.{key}"))
+            except VicapError as exc:  # name the file (or --set) the value came from
+                raise VicapError(f"{where}: {exc}") from None
     return cfg
 
 

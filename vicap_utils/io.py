@@ -5,6 +5,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -113,6 +114,23 @@ def json_depth(data: Any) -> int:
     return deepest
 
 
+def error_summary(exc: BaseException) -> str:
+    """A library exception as a short phrase for a one-line error: its first message line, or
+    the line that says what did not fit (torch lists those under a bare heading)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    return next((ln for ln in lines if "size mismatch" in ln), lines[0])[:200]
+
+
+def disk_full(exc: BaseException) -> OSError | None:
+    """The "no room" OSError behind a failed write, None for any other failure; safetensors
+    reports it only in its message ("... (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc if exc.errno in DISK_FULL else None
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    code = int(found.group(1)) if found else None
+    return OSError(code, os.strerror(code)) if code in DISK_FULL else None
+
+
 def write_error(path: str | Path, exc: OSError) -> VicapError:
     """A one-line error for a failed write: "disk full" for ENOSPC, a quota or a size limit."""
     if exc.errno in DISK_FULL:
@@ -151,8 +169,8 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text to a temporary sibling, then rename it: a crash never leaves half a file.
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write bytes to a temporary sibling, then rename it: a crash never leaves half a file.
 
     A failed write (disk full, no permission) is a one-line VicapError; the previous file,
     if any, is unchanged.
@@ -167,8 +185,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     os.umask(mask)
     try:
         os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual permissions
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -179,6 +197,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             raise write_error(path, exc) from None
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically (see `atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
@@ -197,9 +220,12 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     try:
         try:
             yield tmp
-        except OSError as exc:
-            if exc.errno in DISK_FULL:
-                raise write_error(path, exc) from None
+        except VicapError as exc:  # an atomic write inside: name the folder, not its stand-in
+            raise VicapError(str(exc).replace(str(tmp), str(path))) from None
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                raise write_error(path, full) from None
             raise
         old = path.with_name(f".{path.name}.old")
         if old.exists():

@@ -41,6 +41,10 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
                if not (folder / info.file_name).is_file()]
     if missing:
         raise VicapError(f"{folder}: {len(missing)} listed images missing, e.g. {missing[0]}")
+    read = [("--images", folder / info.file_name) for info in cs.images.values()]
+    if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
+        read += [("--model", path) for path in sorted(ref.adapter.iterdir())]
+    refuse_aliases(read, {"--out": out})
     dec = dec or Decoding.from_eval(ref.eval)
     cap = load_for_inference(ref)
     ids = sorted(cs.images, key=str)

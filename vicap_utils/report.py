@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from vicap_utils.data import CaptionSet, ImageId
-from vicap_utils.io import atomic_write_text
+from vicap_utils.io import atomic_write_bytes, atomic_write_text
 from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
 from vicap_utils.text import syllable_count
 
@@ -385,7 +385,9 @@ def _as_float(value: Any) -> float:
 
 
 def _save(fig, out: str | Path | None) -> None:
-    """Save a figure as PNG when a path is given."""
+    """Save a figure when a path is given (PNG unless its suffix names another format),
+    atomically, so a full disk is one line and never half an image."""
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=110, bbox_inches="tight")
+        buf = io.BytesIO()
+        fig.savefig(buf, format=Path(out).suffix[1:] or "png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(out, buf.getvalue())
