@@ -431,3 +431,17 @@ def test_predict_into_a_read_only_folder_fails_before_loading(scene: Path) -> No
     assert_one_line(proc, "cannot write in this folder", f"{scene}/ro")
     assert "captioning" not in proc.stderr  # refused before the model was loaded
     assert_nothing_lost(before, scene)
+
+
+def test_a_checkpoint_state_from_an_older_vicap_takes_defaults_for_newer_fields(tmp_path):
+    from dataclasses import asdict
+
+    from vicap_utils.checkpoint import RunState, _read_state
+
+    state = asdict(RunState(epoch=3, global_step=30, config={"profile": "mini"}))
+    for newer in ("full_val", "pending"):
+        state.pop(newer)
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state))
+    read = _read_state(path)
+    assert read.epoch == 3 and read.global_step == 30 and read.full_val == {} == read.pending

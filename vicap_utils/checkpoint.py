@@ -40,6 +40,8 @@ RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_le
                "model.prompt", "lora.r", "lora.alpha", "lora.target_modules",
                "lora.cross_attention", "lora.train_new_embeddings", "data.source",
                "data.train_annotations", "train.seed", "train.batch_size", "train.grad_accum"]
+# What a checkpoint state cannot do without; any other field missing takes its default.
+STATE_REQUIRED = ("epoch", "batches_done", "global_step", "config")
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 # What `--overwrite` removes; `data/` stays (a cache, checked by its fingerprint).
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
@@ -170,20 +172,24 @@ def _checkpoint_file(path: Path) -> Iterator[Path]:
 
 
 def _read_state(path: Path) -> RunState:
-    """RunState from last/state.json; a malformed file (not an object, a missing key, a value
-    of the wrong type) is a one-line error."""
+    """RunState from last/state.json; a malformed file (not an object, no progress or config,
+    a value of the wrong type) is a one-line error. Fields added by a later vicap (absent from
+    an older checkpoint) take their defaults."""
     raw = read_json(path, "checkpoint state")
     if not isinstance(raw, dict):
         raise VicapError(f"{path}: not a vicap checkpoint state (not an object); {START_AGAIN}")
     hints = typing.get_type_hints(RunState)
     for f in fields(RunState):
         if f.name not in raw:
-            raise VicapError(f"{path}: malformed checkpoint state (no {f.name!r}); {START_AGAIN}")
+            if f.name in STATE_REQUIRED:
+                raise VicapError(f"{path}: malformed checkpoint state (no {f.name!r}); "
+                                 f"{START_AGAIN}")
+            continue
         if not _has_type(raw[f.name], hints[f.name]):
             raise VicapError(f"{path}: malformed checkpoint state ({f.name!r} is "
                              f"{reprlib.repr(raw[f.name])}, not {_type_name(hints[f.name])}); "
                              f"{START_AGAIN}")
-    return RunState(**{f.name: raw[f.name] for f in fields(RunState)})
+    return RunState(**{f.name: raw[f.name] for f in fields(RunState) if f.name in raw})
 
 
 def _has_type(value: Any, hint: Any) -> bool:
