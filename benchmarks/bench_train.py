@@ -98,6 +98,7 @@ class Settings:
     pool_images: int = 32  # images drawn for training; the cache holds all of them
     cache_batch: int = 16
     io_images: int = 32
+    threads: int = 0  # torch CPU threads; 0 = torch's default
     seed: int = 0
 
 
@@ -306,13 +307,20 @@ class PeakMemory:
                     else status_mib("VmHWM") - self.start)
 
 
-def isolated(func: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-    """`func(*args)` in a forked child, so it starts clean and its memory peak is its own.
+def isolated(func: Callable[..., dict[str, Any]], s: Settings, *args: Any) -> dict[str, Any]:
+    """`func(s, *args)` in a forked child, so it starts clean and its memory peak is its own.
 
     The parent must not have run torch work before: a child forked after OpenMP was used hangs.
     """
     with multiprocessing.get_context("fork").Pool(1) as pool:
-        return pool.apply(func, args)
+        return pool.apply(in_child, (func, s, *args))
+
+
+def in_child(func: Callable[..., dict[str, Any]], s: Settings, *args: Any) -> dict[str, Any]:
+    """Set the thread count, then run `func(s, *args)`."""
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    return func(s, *args)
 
 
 def autocast(device: str, enabled: bool):
@@ -646,6 +654,8 @@ def settings_from(argv: list[str] | None) -> tuple[Settings, Path | None]:
     parser.add_argument("--blip2", action="store_true",
                         help="BLIP-2 OPT-2.7b shape: batch 4, 8-bit on CUDA, capped at 15 GiB")
     parser.add_argument("--gen-batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default: torch's; --tiny: 1)")
     parser.add_argument("--out", type=Path, default=None, help="folder for the JSON and table")
     args = parser.parse_args(argv)
     depth = 12 if args.full_depth or (args.device == "cuda" and args.depth is None) else (
@@ -655,7 +665,8 @@ def settings_from(argv: list[str] | None) -> tuple[Settings, Path | None]:
     s = Settings(device=args.device, shapes=shapes, blip2=args.blip2, gen_batch=args.gen_batch,
                  steps=args.steps or (30 if cuda else 8), warmup=1 if args.tiny else 2,
                  batch=4 if args.blip2 else 8, pool_images=128 if cuda else 32,
-                 cache_batch=64 if cuda else 16, io_images=8 if args.tiny else 32)
+                 cache_batch=64 if cuda else 16, io_images=8 if args.tiny else 32,
+                 threads=args.threads or (1 if args.tiny else 0))
     if args.tiny:
         s = replace(s, pool_images=4, cache_batch=4, gen_batch=min(s.gen_batch, 4),
                     max_new_tokens=8)
