@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import multiprocessing
+import os
 import random
 import sys
 import time
@@ -93,6 +94,7 @@ class Settings:
     captions_per_image: int = 5
     max_length: int = 40
     gen_batch: int = 16
+    gen_single: int = 4  # images captioned one call each
     beams: int = 3
     max_new_tokens: int = 40
     pool_images: int = 32  # images drawn for training; the cache holds all of them
@@ -438,7 +440,8 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
 
 
 def generation_modes(s: Settings) -> dict[str, Any]:
-    """Images/s of beam search from pixels, one image per call and `s.gen_batch` per call."""
+    """Images/s of beam search from pixels: `s.gen_single` images one per call, then
+    `s.gen_batch` images in one call."""
     with PeakMemory(s.device) as memory:
         cap, _, loaded = build(s)
         add_lora(cap, s)
@@ -448,15 +451,15 @@ def generation_modes(s: Settings) -> dict[str, Any]:
         dec = captioner.Decoding(num_beams=s.beams, max_new_tokens=s.max_new_tokens)
         captioner.caption(cap, pixels=pixels[:1].to(s.device), dec=dec)  # warm-up
         timings = {}
-        for mode, size in (("one_at_a_time", 1), ("batched", s.gen_batch)):
+        for mode, n, size in (("one_at_a_time", s.gen_single, 1),
+                              ("batched", s.gen_batch, s.gen_batch)):
             sync(s.device)
             start = time.perf_counter()
-            for i in progress(range(0, s.gen_batch, size), desc=f"generate {mode}",
-                              unit="call"):
+            for i in progress(range(0, n, size), desc=f"generate {mode}", unit="call"):
                 out = captioner.caption(cap, pixels=pixels[i:i + size].to(s.device), dec=dec)
             sync(s.device)
-            timings[mode] = {"images_per_s": s.gen_batch / (time.perf_counter() - start),
-                             "batch": size}
+            timings[mode] = {"images_per_s": n / (time.perf_counter() - start), "batch": size,
+                             "images": n}
     timings["peak_memory_mib"] = memory.mib
     timings["loaded"] = loaded
     timings["example_caption"] = out[0][0][0][:80]
@@ -486,7 +489,6 @@ def device_name(device: str) -> str:
     """The GPU's name, or the CPU's with its core count."""
     if device == "cuda":
         return torch.cuda.get_device_name(0)
-    import os
     import platform
 
     model = next((line.split(":", 1)[1].strip() for line in
@@ -528,6 +530,7 @@ def projection(train: dict[str, dict[str, Any]], gen: dict[str, Any], load_rate:
 
 def build_report(s: Settings) -> dict[str, Any]:
     """Run every mode (each in its own child) and gather rates, ratios and the projection."""
+    load_before = os.getloadavg()[0]
     modes = ("lora_no_cache",) if s.blip2 else TRAIN_MODES
     train = {m: isolated(train_mode, s, m) for m in modes}
     gen = isolated(generation_modes, s)
@@ -537,6 +540,7 @@ def build_report(s: Settings) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": " ".join(["python", "benchmarks/bench_train.py", *sys.argv[1:]]),
         "device": first["device_name"],
+        "load_average_1min": {"start": load_before, "end": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                      "peft": peft.__version__, "python": sys.version.split()[0]},
         "model": "BLIP-2 OPT-2.7b shape" if s.blip2 else "BLIP-base shape",
@@ -577,7 +581,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"**{r['model']}**, random weights — {r['date']} — `{r['command']}`",
         "",
-        f"- device: {r['device']}; model loaded as {r['loaded']}",
+        f"- device: {r['device']}; model loaded as {r['loaded']}; 1-min load average "
+        f"{r['load_average_1min']['start']:.1f} at the start, "
+        f"{r['load_average_1min']['end']:.1f} at the end",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
         f"- shapes: depth {sh['depth']} for the vision encoder and the text decoder alike "
         f"(the real model: 12 and 12, so their ratio is kept), widths {sh['hidden']}/"
@@ -601,7 +607,8 @@ def markdown(r: dict[str, Any]) -> str:
     lines += ["", "| generation (beam " f"{s['beams']}, {s['max_new_tokens']} new tokens) | "
               "images/s |", "|---|---:|"]
     for mode in GEN_MODES:
-        lines.append(f"| {mode} (batch {g[mode]['batch']}) | {fmt(g[mode]['images_per_s'])} |")
+        lines.append(f"| {mode} (batch {g[mode]['batch']}, {g[mode]['images']} images) | "
+                     f"{fmt(g[mode]['images_per_s'])} |")
     lines.append(f"| image loading (JPEG 640x480 → pixels) | "
                  f"{fmt(r['image_loading']['images_per_s'])} |")
     rt = r["ratios"]
@@ -663,13 +670,14 @@ def settings_from(argv: list[str] | None) -> tuple[Settings, Path | None]:
     shapes = TINY if args.tiny else replace(Shapes(), depth=depth)
     cuda = args.device == "cuda"
     s = Settings(device=args.device, shapes=shapes, blip2=args.blip2, gen_batch=args.gen_batch,
+                 gen_single=args.gen_batch if cuda else min(4, args.gen_batch),
                  steps=args.steps or (30 if cuda else 8), warmup=1 if args.tiny else 2,
                  batch=4 if args.blip2 else 8, pool_images=128 if cuda else 32,
                  cache_batch=64 if cuda else 16, io_images=8 if args.tiny else 32,
                  threads=args.threads or (1 if args.tiny else 0))
     if args.tiny:
         s = replace(s, pool_images=4, cache_batch=4, gen_batch=min(s.gen_batch, 4),
-                    max_new_tokens=8)
+                    gen_single=2, max_new_tokens=8)
     return s, args.out
 
 
