@@ -494,7 +494,7 @@ def device_name(device: str) -> str:
     model = next((line.split(":", 1)[1].strip() for line in
                   Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "CPU")
-    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+    return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s))"
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -515,7 +515,7 @@ def projection(train: dict[str, dict[str, Any]], gen: dict[str, Any], load_rate:
         else:
             parts = {"image decoding (every epoch)": run.epochs * (run.captions + run.val_images)
                      / load_rate}
-        parts["decoder steps"] = run.epochs * run.captions / r["samples_per_s"]
+        parts["training steps"] = run.epochs * run.captions / r["samples_per_s"]
         parts["validation decoding"] = val_decoding
         hours = {k: v / 3600 for k, v in parts.items()}
         out[mode] = {"hours": hours, "total_hours": sum(hours.values()),
@@ -629,13 +629,13 @@ def markdown(r: dict[str, Any]) -> str:
         lines += ["", f"Projected 30-epoch `uitviic-blip` run on this device ({run.captions:,} "
                   f"captions and {run.train_images:,} images per epoch, {run.val_images} "
                   "validation images decoded each epoch; hours):", "",
-                  "| training mode | image decoding | feature caching | decoder steps | "
+                  "| training mode | image decoding | feature caching | training steps | "
                   "validation decoding | total | dominant |", "|---|---:|---:|---:|---:|---:|---|"]
         for mode in r["train"]:
             h = p[mode]["hours"]
             decoding = next(v for k, v in h.items() if k.startswith("image decoding"))
             lines.append(f"| {mode} | {fmt(decoding)} | {fmt(h.get('feature caching (once)'))}"
-                         f" | {fmt(h['decoder steps'])} | {fmt(h['validation decoding'])} | "
+                         f" | {fmt(h['training steps'])} | {fmt(h['validation decoding'])} | "
                          f"{fmt(p[mode]['total_hours'])} | {p[mode]['dominant']} |")
         lines += ["", f"LoRA with the cache, first epoch including the caching: "
                   f"{fmt(p['lora_cached_first_epoch_samples_per_s'])} samples/s; the fp16 "
