@@ -188,20 +188,24 @@ def byte_tokenizer(captions: list[str]):
     return tok
 
 
-def blip2_config(depth_scale: float, tok):
-    """BLIP-2 OPT-2.7b's config (ViT-g 39 layers, Q-Former 12, OPT 32), depths scaled."""
+def blip2_depths(depth: int) -> tuple[int, int, int]:
+    """Layers of the ViT-g, Q-Former and OPT: BLIP-2 OPT-2.7b's 39, 12, 32 scaled by depth/12."""
+    vision, qformer, opt = (max(1, round(n * depth / 12)) for n in (39, 12, 32))
+    return vision, qformer, opt
+
+
+def blip2_config(depth: int, tok):
+    """BLIP-2 OPT-2.7b's config (ViT-g, Q-Former, OPT widths), depths from `blip2_depths`."""
     from transformers import Blip2Config
 
-    def layers(n: int) -> int:
-        return max(1, round(n * depth_scale))
-
+    vision, qformer, opt = blip2_depths(depth)
     return Blip2Config(
-        vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=layers(39),
+        vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=vision,
                            num_attention_heads=16, image_size=224, patch_size=14),
-        qformer_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=layers(12),
+        qformer_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=qformer,
                             num_attention_heads=12, encoder_hidden_size=1408),
         text_config=dict(model_type="opt", vocab_size=50272, hidden_size=2560, ffn_dim=10240,
-                         num_hidden_layers=layers(32), num_attention_heads=32,
+                         num_hidden_layers=opt, num_attention_heads=32,
                          word_embed_proj_dim=2560, max_position_embeddings=2048,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id),
@@ -222,7 +226,7 @@ def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, 
                                num_query_tokens=32)
     torch.manual_seed(s.seed)
     if s.device == "cpu":
-        model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth / 12, tok))
+        model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok))
         return (captioner.Captioner(model=model, processor=processor, family="blip2",
                                     base="random"),
                 "fp32 on the CPU: 8-bit (bitsandbytes) needs CUDA, not available here")
@@ -230,7 +234,7 @@ def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, 
     with tempfile.TemporaryDirectory() as folder:
         torch.set_default_dtype(torch.float16)
         with torch.device("cuda"):
-            model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth / 12, tok))
+            model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok))
         torch.set_default_dtype(torch.float32)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
@@ -432,7 +436,7 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
                   peak_memory_mib=memory.mib, device_name=device_name(s.device),
                   trainable_params=sum(p.numel() for p in params),
                   total_params=sum(p.numel() for p in cap.model.parameters()),
-                  vocab_size=len(cap.tokenizer), final_loss=step_loss.item())
+                  vocab_size=logits.shape[-1], final_loss=step_loss.item())
     return result
 
 
@@ -578,6 +582,14 @@ def fmt(x: float | None, digits: int = 2) -> str:
 def markdown(r: dict[str, Any]) -> str:
     """The report as markdown: setup, rates, ratios against the targets, projection."""
     s, sh = r["settings"], r["settings"]["shapes"]
+    if s["blip2"]:
+        vision, qformer, opt = blip2_depths(sh["depth"])
+        shapes = (f"ViT-g {vision}, Q-Former {qformer}, OPT {opt} layers (the real model: 39, "
+                  "12, 32; scaled alike), widths 1408/768/2560, image 224 px")
+    else:
+        shapes = (f"depth {sh['depth']} for the vision encoder and the text decoder alike (the "
+                  f"real model: 12 and 12, so their ratio is kept), widths {sh['hidden']}/"
+                  f"{sh['intermediate']}/{sh['heads']} heads, image {sh['image_size']} px")
     lines = [
         f"**{r['model']}**, random weights — {r['date']} — `{r['command']}`",
         "",
@@ -585,10 +597,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['load_average_1min']['start']:.1f} at the start, "
         f"{r['load_average_1min']['end']:.1f} at the end",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()),
-        f"- shapes: depth {sh['depth']} for the vision encoder and the text decoder alike "
-        f"(the real model: 12 and 12, so their ratio is kept), widths {sh['hidden']}/"
-        f"{sh['intermediate']}/{sh['heads']} heads, image {sh['image_size']} px; vocabulary "
-        f"{r['vocab_size']:,}; {r['total_params'] / 1e6:.1f} M parameters",
+        f"- shapes: {shapes}; vocabulary {r['vocab_size']:,}; "
+        f"{r['total_params'] / 1e6:.1f} M parameters",
         f"- training: batch {s['batch']}, {s['captions_per_image']} captions per image, "
         f"max_length {s['max_length']}, {s['warmup']} warm-up + {s['steps']} timed steps, "
         "AdamW, label smoothing 0.05, fp16 autocast for LoRA on CUDA (fp32 on the CPU); "
