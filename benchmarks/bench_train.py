@@ -378,6 +378,12 @@ def cache_features(cap: captioner.Captioner, pixels: torch.Tensor, s: Settings
     return torch.cat(chunks), len(pixels) / (time.perf_counter() - start)
 
 
+def pool_pixels(cap: captioner.Captioner, n: int, seed: int) -> torch.Tensor:
+    """Pixel values of `n` random images at the processor's size."""
+    size = cap.processor.image_processor.size["height"]
+    return captioner.pixel_values(cap, random_images(n, (size, size), seed))
+
+
 def model_dtypes(cap: captioner.Captioner) -> tuple[torch.dtype, torch.dtype]:
     """(vision encoder dtype, for pixels; first text-side dtype, for cached features)."""
     inner = captioner.inner_model(cap.model)
@@ -392,8 +398,7 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
             torch.cuda.set_per_process_memory_fraction(
                 min(1.0, T4_BYTES / torch.cuda.get_device_properties(0).total_memory))
         cap, captions, loaded = build(s)
-        pixels = captioner.pixel_values(cap, random_images(
-            s.pool_images, (s.shapes.image_size,) * 2, s.seed))
+        pixels = pool_pixels(cap, s.pool_images, s.seed)
         batches = caption_batches(cap, captions, s, s.warmup + s.steps)
         result: dict[str, Any] = {"loaded": loaded}
         cached = mode == "lora_cached"
@@ -450,8 +455,7 @@ def generation_modes(s: Settings) -> dict[str, Any]:
         cap, _, loaded = build(s)
         add_lora(cap, s)
         cap.model.eval()
-        pixels = captioner.pixel_values(cap, random_images(
-            s.gen_batch, (cap.processor.image_processor.size["height"],) * 2, s.seed + 1))
+        pixels = pool_pixels(cap, s.gen_batch, s.seed + 1)
         dec = captioner.Decoding(num_beams=s.beams, max_new_tokens=s.max_new_tokens)
         captioner.caption(cap, pixels=pixels[:1].to(s.device), dec=dec)  # warm-up
         timings = {}
