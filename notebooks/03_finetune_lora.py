@@ -17,7 +17,7 @@
 PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with its data, else mini
 OVERRIDES: list[str] = []  # `--set`-style settings, e.g. ["train.epochs=3", "train.lr=1e-4"]
 OVERWRITE = True  # start the run folder afresh; False resumes an unfinished run from last/
-HAND_STEPS = 40  # steps of the training loop written out below, before the full run
+HAND_STEPS = 60  # steps of the training loop written out below, before the full run
 
 # %% [markdown]
 # # 03 · Fine-tune BLIP with LoRA
@@ -119,6 +119,7 @@ print(f"r={lora.r}, lora_alpha={lora.lora_alpha}, lora_dropout={lora.lora_dropou
 print(f"target_modules={lora.target_modules!r}")
 new_rows = sum(len(rows) for rows in (lora.trainable_token_indices or {}).values())
 print(f"trainable_token_indices: {new_rows} new vocabulary rows")
+torch.manual_seed(cfg.train.seed)  # the same LoRA start (and dropout) as your neighbour's
 model = captioner.add_lora(cap, lora)
 model.print_trainable_parameters()
 pd.DataFrame(captioner.trainable_table(model)).set_index("part")
