@@ -169,4 +169,3 @@ def test_epochs_validate_on_the_sample_and_the_final_model_on_the_whole_set(tmp_
     n_val = len(json.loads((tmp_path / "run" / "data" / "val.json").read_text())["images"])
     assert n_val > 2 and decoded == [2, 2, n_val]
     assert summary["full_val"]["epoch"] == 2 and summary["full_val"]["val_CIDEr"] >= 0
-
