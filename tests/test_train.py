@@ -227,3 +227,17 @@ def test_a_run_cut_short_in_one_kaggle_session_resumes_in_the_next(tmp_path, mon
     history = (second / "history.csv").read_text().splitlines()
     assert [row.split(",")[0] for row in history[1:]] == ["1", "2"]
     assert (second / "final" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_overwrite_twice_replaces_the_run_each_time(tmp_path):
+    """--overwrite removes the run's outputs and the new run writes them again, still listed
+    as vicap's: a second --overwrite (the mini pipeline run twice) replaces them too."""
+    from vicap_utils.folders import owned_entries
+
+    run = tmp_path / "run"
+    args = ["train", "--profile", "mini", "--out", str(run), "--overwrite", *FAST,
+            "--set", "train.max_steps=1", "--set", "train.epochs=1"]
+    for _ in range(2):
+        assert main(args) == 0
+        assert {"last", "best", "final", "config.json", "summary.json"} <= owned_entries(run)

@@ -95,6 +95,7 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
     if overwrite and not resume:
         if writer:
             remove_owned(out, RUN_OUTPUTS)
+            record(out, RUN_ENTRIES)  # this run writes them again: still vicap's to replace
         return None
     if not resume:
         if (out / "final").is_dir():
