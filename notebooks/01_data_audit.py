@@ -35,7 +35,8 @@ EXAMPLES_PER_REASON = 2
 # **Before you start:** Python, and what a COCO-style captions file looks like (`images` with
 # `id`/`file_name`, `annotations` with `image_id`/`caption`).
 #
-# **Time:** `mini` on a 2-core laptop CPU: about 30 seconds (measured: see docs/teaching.md).
+# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds
+# (12 s measured; see docs/teaching.md).
 # UIT-ViIC on a Kaggle T4 session: about 1 minute to decode its ~3,000 images (estimate).
 #
 # First, the versions and hardware this run uses.

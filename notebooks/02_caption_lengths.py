@@ -31,7 +31,8 @@ N_EXAMPLES = 4
 #
 # **Before you start:** notebook 01 (its training split is read here).
 #
-# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds (measured: see docs/teaching.md).
+# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds
+# (11 s measured; see docs/teaching.md).
 # UIT-ViIC on a Kaggle T4 session: under a minute (estimate).
 #
 # First, the versions and hardware this run uses.

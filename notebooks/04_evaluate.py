@@ -34,7 +34,8 @@ N_BY_HAND = 3  # images captioned and scored by hand before the full evaluation
 #
 # **Before you start:** notebook 03 (it trains the adapter evaluated here).
 #
-# **Time:** `mini` on a 2-core laptop CPU: about 1 minute (measured: see docs/teaching.md).
+# **Time:** `mini` on a 2-core laptop CPU: about 30 seconds
+# (32 s measured; see docs/teaching.md).
 # `uitviic-blip` on a Kaggle T4: about 3–5 minutes for 230 images × 2 systems (estimate).
 
 # %%

@@ -32,7 +32,8 @@ N_WORST = 3  # and with the lowest
 #
 # **Before you start:** notebook 04 (its predictions and scores are reused here).
 #
-# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds (measured: see docs/teaching.md).
+# **Time:** `mini` on a 2-core laptop CPU: about 15 seconds
+# (12 s measured; see docs/teaching.md).
 # `uitviic-blip` on a Kaggle T4: under a minute when notebook 04 ran first (estimate).
 #
 # First, the versions and hardware this run uses.

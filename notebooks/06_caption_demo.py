@@ -36,7 +36,7 @@ PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with 
 # base model alone and says how to train).
 #
 # **Time:** `mini` on a 2-core laptop CPU: a few seconds per caption; allow 15 minutes to play
-# (the cells themselves run in about 20 seconds, measured). On a Kaggle T4 a caption takes
+# (the cells themselves run in about 10 seconds: 9 s measured). On a Kaggle T4 a caption takes
 # well under a second (estimate). Widgets need a live kernel: Jupyter, or Kaggle's interactive
 # editor.
 #
