@@ -64,7 +64,7 @@ def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | 
     cap = captioner.load_base(cfg.model, load_in_8bit, device_index, log)
     report: dict[str, Any] = {}
     entries: list[str] = []
-    if cfg.model.extend_vocab and cap.family == "blip":
+    if cfg.model.extend_vocab and captioner.extends_vocabulary(cap.family):
         captions = [a.caption for a in data.train.annotations]
         before = tokenizer_report(cap.tokenizer, captions).as_dict()
         entries = captioner.extend_vocabulary(cap, captions, vocab_entries)

@@ -136,6 +136,18 @@ def place(cap: Captioner, device: str | torch.device) -> Captioner:
     return cap
 
 
+def extends_vocabulary(family: str) -> bool:
+    """Whether a family's tokenizer needs the Vietnamese extension: BLIP-1's WordPiece
+    vocabulary does; BLIP-2's byte-level one writes Vietnamese already."""
+    return family == "blip"
+
+
+def quantizes(family: str) -> bool:
+    """Whether a family loads its language model in 8-bit when asked (BLIP-2's OPT-2.7B;
+    BLIP-1 fits a T4 as it is)."""
+    return family == "blip2"
+
+
 def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
                       entries: list[str] | None = None) -> list[str]:
     """BLIP-1: extend the tokenizer for Vietnamese and grow and initialise the embeddings.
@@ -145,7 +157,7 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     """
     from vicap_utils import vocab
 
-    if cap.family != "blip":
+    if not extends_vocabulary(cap.family):
         return []
     stock = cap.tokenizer
     if entries is None:

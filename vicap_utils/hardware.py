@@ -120,7 +120,9 @@ class Plan:
 def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tuple[bool, str]:
     """Whether BLIP-2 loads in 8-bit here, and the one-line notice when asked for but not
     possible (no GPU, compute capability < 7.5, or no bitsandbytes)."""
-    if not (load_in_8bit and family == "blip2"):
+    from vicap_utils.captioner import quantizes
+
+    if not (load_in_8bit and quantizes(family)):
         return False, ""
     if not facts.count:
         return False, "8-bit needs a CUDA GPU; loading the model in fp32 on the CPU"

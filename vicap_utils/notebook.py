@@ -115,7 +115,9 @@ def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
 
 def model_tokenizer(cfg: Config, variants: dict[str, Any]):
     """The tokenizer the profile trains with: BLIP-1 extended (or stock), BLIP-2 its own."""
-    if cfg.model.family == "blip":
+    from vicap_utils.captioner import extends_vocabulary
+
+    if extends_vocabulary(cfg.model.family):
         return variants["extended" if cfg.model.extend_vocab else "stock (strips accents)"]
     try:
         from transformers import AutoProcessor
