@@ -294,6 +294,17 @@ def load_last(out: Path, model, optimizer, scheduler, scaler) -> None:
         set_rng_state(torch.load(path, weights_only=False))
 
 
+def run_summary(out: Path, state: RunState, vocab_report: dict[str, Any], model
+                ) -> dict[str, Any]:
+    """summary.json's content: where things went and the headline numbers."""
+    from vicap_utils.captioner import trainable_table
+
+    return {"out": str(out), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
+            "best_val_CIDEr": state.best_cider, "global_step": state.global_step,
+            "vocabulary": vocab_report, "trainable": trainable_table(model),
+            "full_val": state.full_val, "best": str(out / "best"), "final": str(out / "final")}
+
+
 def write_history(out: Path, history: list[dict[str, Any]]) -> Path:
     """history.csv with the contract's columns, one row per epoch."""
     buf = io.StringIO()

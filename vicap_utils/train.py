@@ -132,34 +132,14 @@ class Trainer:
                     break
         return self.state.loss_sum / max(self.state.loss_count, 1)
 
-    @torch.no_grad()
     def validate(self, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
-        """Validation loss (no label smoothing) and CIDEr of beam-search captions of the
-        per-epoch sample of validation images (`train.val_sample`), or of all of them."""
-        from torch.utils.data import DataLoader
+        """Validation loss and CIDEr (`validation.validate`) of the per-epoch sample of
+        validation images, or of all of them."""
+        from vicap_utils.validation import validate
 
-        from vicap_utils.dataset import collate
-        from vicap_utils.metrics import quick_cider
-
-        device, ex, ev = self.accelerator.device, self.examples, self.cfg.eval
-        self.cap.model.eval()
-        total, count = 0.0, 0
-        for batch in DataLoader(ex.val, batch_size=ev.batch_size, collate_fn=collate,
-                                generator=torch.Generator()):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with self.accelerator.autocast():
-                logits = captioner.forward(self.cap.model, self.cap.family, batch["image"],
-                                           batch["input_ids"], batch["attention_mask"],
-                                           ex.cached)
-            n = int((batch["labels"][:, 1:] != captioner.IGNORE).sum())
-            total += captioner.loss(logits, batch["labels"]).item() * n
-            count += n
-        dec, preds = captioner.Decoding.from_eval(ev), {}
-        for ids, images in ex.val_images(ev.batch_size, sample):
-            with self.accelerator.autocast():
-                out = captioner.caption(self.cap, dec=dec, **{ex.image_kind: images.to(device)})
-            preds.update(zip(ids, (alts[0][0] for alts in out)))
-        return total / max(count, 1), quick_cider(preds, self.data.val.captions_by_image()), preds
+        return validate(self.cap, self.examples, self.cfg.eval,
+                        self.data.val.captions_by_image(), self.accelerator.device,
+                        self.accelerator.autocast, sample)
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or an early stop), keeping last/, best/ and final/ current; the
@@ -278,15 +258,10 @@ class Trainer:
                        "vocabulary": self.vocab_report})
 
     def summary(self) -> dict[str, Any]:
-        """Where things went and the headline numbers."""
-        from vicap_utils.captioner import trainable_table
+        """Where things went and the headline numbers (`checkpoint.run_summary`)."""
+        from vicap_utils.checkpoint import run_summary
 
-        return {"out": str(self.out), "epochs_run": self.state.epoch,
-                "best_epoch": self.state.best_epoch, "best_val_CIDEr": self.state.best_cider,
-                "global_step": self.state.global_step, "vocabulary": self.vocab_report,
-                "trainable": trainable_table(self.cap.model),
-                "full_val": self.state.full_val,
-                "best": str(self.out / "best"), "final": str(self.out / "final")}
+        return run_summary(self.out, self.state, self.vocab_report, self.cap.model)
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
