@@ -47,6 +47,7 @@ from transformers import (
 from vicap_utils import captioner
 from vicap_utils.config import Config, load_config
 from vicap_utils.progress import progress
+from vicap_utils.toy import byte_level_tokenizer
 from vicap_utils.vocab import extension_entries, stock_blip_tokenizer
 
 TRAIN_MODES = ("full_ft_fp32", "lora_no_cache", "lora_cached")
@@ -171,23 +172,6 @@ def build_blip(s: Settings, captions: list[str]) -> captioner.Captioner:
     return cap
 
 
-def byte_tokenizer(captions: list[str]):
-    """A byte-level BPE with OPT's special tokens, trained on the captions (small vocabulary,
-    so Vietnamese needs many tokens per syllable as with OPT's)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(captions, trainers.BpeTrainer(
-        vocab_size=600, special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>", eos_token="</s>",
-                            unk_token="<unk>", pad_token="<pad>")
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
-
-
 def blip2_depths(depth: int) -> tuple[int, int, int]:
     """Layers of the ViT-g, Q-Former and OPT: BLIP-2 OPT-2.7b's 39, 12, 32 scaled by depth/12."""
     vision, qformer, opt = (max(1, round(n * depth / 12)) for n in (39, 12, 32))
@@ -221,7 +205,7 @@ def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, 
 
     from vicap_utils.config import ModelConfig
 
-    tok = byte_tokenizer(captions)
+    tok = byte_level_tokenizer(captions, vocab_size=600)
     processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}), tok,
                                num_query_tokens=32)
     torch.manual_seed(s.seed)

@@ -14,27 +14,19 @@ def tiny_blip2(folder):
     """Build and save a random BLIP-2 with a byte-level BPE tokenizer trained on the spot."""
     import random
 
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
         Blip2Config,
         Blip2ForConditionalGeneration,
         Blip2Processor,
         BlipImageProcessor,
-        GPT2TokenizerFast,
     )
 
     from vicap_utils.synthetic import captions_for, random_scene
+    from vicap_utils.toy import byte_level_tokenizer
 
     rng = random.Random(0)
     corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>", eos_token="</s>",
-                            unk_token="<unk>", pad_token="<pad>")
-    tok.add_tokens(["<image>"], special_tokens=True)
+    tok = byte_level_tokenizer(corpus)
     image_token = tok.convert_tokens_to_ids("<image>")
     config = Blip2Config(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -132,8 +132,7 @@ def test_the_validation_sample_is_fixed_and_caps_only_large_sets():
     assert sum(len(ids) for ids, _ in ex.val_images(3)) == 8
 
 
-def test_prediction_sends_whole_batches_to_generate_with_the_kv_cache_on(tiny_blip, images,
-                                                                        monkeypatch):
+def test_prediction_sends_whole_batches_to_generate(tiny_blip, images, monkeypatch):
     from vicap_utils import predict
 
     sizes = []
@@ -147,7 +146,6 @@ def test_prediction_sends_whole_batches_to_generate_with_the_kv_cache_on(tiny_bl
     dec = captioner.Decoding(num_beams=2, max_new_tokens=5)
     out = predict.predict_images(tiny_blip, images, dec, batch_size=3)
     assert sizes == [3, 3, 1] and len(out) == 7
-    assert tiny_blip.model.text_decoder.config.use_cache is not False
 
 
 @pytest.mark.slow
@@ -169,3 +167,18 @@ def test_epochs_validate_on_the_sample_and_the_final_model_on_the_whole_set(tmp_
     n_val = len(json.loads((tmp_path / "run" / "data" / "val.json").read_text())["images"])
     assert n_val > 2 and decoded == [2, 2, n_val]
     assert summary["full_val"]["epoch"] == 2 and summary["full_val"]["val_CIDEr"] >= 0
+
+
+def test_a_full_disk_while_mapping_features_is_one_line_and_leaves_no_partial(
+        tiny_blip, images, tmp_path, monkeypatch):
+    import errno
+
+    from vicap_utils.io import VicapError
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(VicapError, match="disk full"):
+        features.encode_images(tiny_blip, images, tmp_path, "train", show=False, ram_bytes=0)
+    assert list(tmp_path.iterdir()) == []

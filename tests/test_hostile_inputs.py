@@ -8,6 +8,7 @@ Ctrl-C, a second writer) run the CLI in a subprocess.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import ctypes
@@ -20,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -631,20 +632,27 @@ def test_ctrl_c_cancels_queued_decodes_at_once(scene: Path) -> None:
     assert_nothing_lost(before, scene)
 
 
-def test_second_writer_gets_the_first_ones_pid(scene: Path, capsys) -> None:
+@contextlib.contextmanager
+def lock_held(folder: Path) -> Iterator[int]:
+    """Another process holding `folder`'s vicap lock for the block; yields its pid."""
     hold = ("import sys, time\nfrom vicap_utils.folders import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(scene / "out")],
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_second_writer_gets_the_first_ones_pid(scene: Path, capsys) -> None:
+    with lock_held(scene / "out") as pid:
         before = snapshot(scene)
         assert main(["audit", "--annotations", str(scene / "captions.json"), "--images",
                      str(scene / "images"), "--out", str(scene / "out")]) == 2
         line = error_lines(capsys.readouterr().err)
         assert line == [f"vicap audit: error: {scene / 'out'}: is in use by process "
-                        f"{holder.pid}; wait for it or pick another --out"]
+                        f"{pid}; wait for it or pick another --out"]
         assert_nothing_lost(before, scene)
-    finally:
-        holder.kill()
-        holder.wait()

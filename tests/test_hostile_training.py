@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from test_hostile_inputs import (  # noqa: F401 (permissions_apply is a fixture)
     assert_nothing_lost,
+    lock_held,
     permissions_apply,
     snapshot,
     without_permission_override,
@@ -390,21 +391,13 @@ def test_disk_full_keeps_the_previous_checkpoint(scene: Path, fsize: int, target
 
 
 def test_second_writer_is_refused_at_once(scene: Path, capsys) -> None:
-    hold = ("import sys, time\nfrom vicap_utils.folders import folder_lock\n"
-            "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n")
-    holder = subprocess.Popen([sys.executable, "-c", hold, str(scene / "run")],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with lock_held(scene / "run") as pid:
         before = snapshot(scene)
         code, err = run_main(shlex.split(RESUME.format(r=scene)), capsys)
         assert code == 2
         assert error_lines(err) == [f"vicap train: error: {scene / 'run'}: is in use by process "
-                                    f"{holder.pid}; wait for it or pick another --out"]
+                                    f"{pid}; wait for it or pick another --out"]
         assert_nothing_lost(before, scene)
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 def test_a_dead_writers_lock_is_taken_over(scene: Path, capsys) -> None:

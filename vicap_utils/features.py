@@ -23,7 +23,7 @@ import torch
 
 from vicap_utils.captioner import Captioner, image_features, inner_model, pixel_values
 from vicap_utils.images import load_rgb
-from vicap_utils.io import VicapError, atomic_write_json, read_json
+from vicap_utils.io import VicapError, atomic_write_json, read_json, write_error
 from vicap_utils.progress import progress
 
 DTYPE = torch.float16
@@ -111,16 +111,22 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
         return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))
     log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
         f"allowed); memory-mapped in {file}")
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob(f"{name}-*"):
-        stale.unlink()
     partial = folder / f".{file.name}.partial"
-    mm = np.memmap(partial, dtype=np.float16, mode="w+", shape=shape)
-    mm[:len(first)] = first.numpy()
-    for start, feats in batches:
-        mm[start:start + len(feats)] = feats.numpy()
-    mm.flush()
-    del mm
-    os.replace(partial, file)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f"{name}-*"):
+            stale.unlink()
+        with open(partial, "wb") as f:  # the space reserved up front: a full disk fails here
+            os.posix_fallocate(f.fileno(), 0, size)
+        mm = np.memmap(partial, dtype=np.float16, mode="r+", shape=shape)
+        mm[:len(first)] = first.numpy()
+        for start, feats in batches:
+            mm[start:start + len(feats)] = feats.numpy()
+        mm.flush()
+        del mm
+        os.replace(partial, file)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise write_error(file, exc) from None
     atomic_write_json(meta_file, meta)
     return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))

@@ -234,3 +234,20 @@ def _build_mini_base(spec: MiniSpec, folder: Path, log) -> Path:
              "seconds": round(time.time() - start, 1)}, indent=2))
     log(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
     return folder
+
+
+def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
+    """A byte-level BPE with OPT's special tokens and BLIP-2's `<image>` placeholder, trained on
+    `corpus`: the tokenizer of the tiny BLIP-2s that tests and benchmarks build."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>", eos_token="</s>",
+                            unk_token="<unk>", pad_token="<pad>")
+    tok.add_tokens(["<image>"], special_tokens=True)
+    return tok

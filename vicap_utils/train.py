@@ -77,8 +77,9 @@ class Trainer:
             cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
             self.accelerator.local_process_index, self.log)
         self.cap.model.to(self.accelerator.device)
-        self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
-                                       self.out / "cache")
+        with self.accelerator.main_process_first():  # one writer of a memory-mapped cache
+            self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
+                                           self.out / "cache")
         loader, self.sampler = build_loader(cfg, self.examples.train,
                                             loader_workers(cfg, self.examples.cached))
         total = math.ceil(len(loader) / t.grad_accum) * t.epochs
