@@ -8,48 +8,12 @@ import torch
 
 from vicap_utils.captioner import IGNORE, Captioner, encode_captions, image_prefix, lora_targets
 from vicap_utils.config import load_config
-
-
-def tiny_blip2(folder):
-    """Build and save a random BLIP-2 with a byte-level BPE tokenizer trained on the spot."""
-    import random
-
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-    )
-
-    from vicap_utils.synthetic import captions_for, random_scene
-    from vicap_utils.toy import byte_level_tokenizer
-
-    rng = random.Random(0)
-    corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]
-    tok = byte_level_tokenizer(corpus)
-    image_token = tok.convert_tokens_to_ids("<image>")
-    config = Blip2Config(
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                           num_attention_heads=2, image_size=32, patch_size=16),
-        qformer_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                            num_attention_heads=2, encoder_hidden_size=32, vocab_size=64),
-        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=32, ffn_dim=64,
-                         num_hidden_layers=1, num_attention_heads=2, word_embed_proj_dim=32,
-                         max_position_embeddings=128, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-        num_query_tokens=4, image_token_index=image_token)
-    torch.manual_seed(0)
-    model = Blip2ForConditionalGeneration(config)
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 32, "width": 32}), tok,
-                               num_query_tokens=4)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
+from vicap_utils.toy import build_tiny_blip2
 
 
 @pytest.fixture(scope="module")
 def blip2_base(tmp_path_factory):
-    return tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
+    return build_tiny_blip2(tmp_path_factory.mktemp("tiny-blip2"))
 
 
 def test_labels_mask_image_tokens_and_padding(blip2_base):

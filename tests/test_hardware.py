@@ -97,3 +97,18 @@ def test_detect_and_env_describe_the_same_facts():
     facts = hardware.detect()
     assert env.gpu_info() == facts
     assert env.describe()["gpu"]["name"] == facts.name
+
+
+def test_an_emulated_t4_gets_a_t4s_plan_on_the_cpu(monkeypatch):
+    monkeypatch.setenv(hardware.EMULATE_T4, "1")
+    facts = hardware.detect()
+    assert facts.emulated and facts.count == 0
+    blip2 = plan("blip2", True, "auto", True, facts)
+    assert (blip2.device, blip2.mixed_precision, blip2.error) == ("cpu", "fp16", "")
+    assert blip2.load_in_8bit == facts.bitsandbytes
+    assert plan("blip", False, "bf16", True, facts).mixed_precision == "fp16"
+    assert plan("blip", False, "no", True, facts).mixed_precision == "no"
+    assert "emulated on the CPU" in blip2.line()
+    monkeypatch.setenv(hardware.EMULATE_T4, "0")
+    real = plan("blip2", True, "auto", True, hardware.detect())
+    assert real.error and not real.load_in_8bit and real.mixed_precision == "no"

@@ -8,12 +8,16 @@ capability ≥ 8.0): `torch.cuda.is_bf16_supported()` also counts emulation (Tru
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 from dataclasses import dataclass, field
 
 from vicap_utils.io import VicapError
 
 PICK_INSTEAD = "choose GPU T4 x2 in the kernel settings (Settings → Accelerator)"
+# Set to 1, a machine without a GPU gets the plan a T4 gets (fp16 autocast + GradScaler, 8-bit
+# BLIP-2 through bitsandbytes' CPU backend), run on the CPU: for tests and Kaggle rehearsals.
+EMULATE_T4 = "VICAP_EMULATE_T4"
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class GpuFacts:
     arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list(): what torch was built for
     bitsandbytes: bool = False  # importable (not imported: importing it is slow)
     torch_version: str = ""
+    emulated: bool = False  # a T4's plan run on the CPU (EMULATE_T4)
 
     @property
     def bf16(self) -> bool:
@@ -45,6 +50,8 @@ class GpuFacts:
 
     def describe(self) -> str:
         """One line: "2× Tesla T4, compute 7.5, 14.7 GB" or "no GPU (CPU only)"."""
+        if self.emulated:
+            return "no GPU: a T4's plan emulated on the CPU"
         if not self.count:
             return "no GPU (CPU only)"
         return (f"{self.count}× {self.name}, compute {self.capability[0]}.{self.capability[1]}, "
@@ -76,7 +83,8 @@ def detect() -> GpuFacts:
 
     bnb = importlib.util.find_spec("bitsandbytes") is not None
     if not torch.cuda.is_available():
-        return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__)
+        return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__,
+                        emulated=os.environ.get(EMULATE_T4, "") == "1")
     props = torch.cuda.get_device_properties(0)
     return GpuFacts(
         name=props.name,
@@ -124,6 +132,9 @@ def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tupl
 
     if not (load_in_8bit and quantizes(family)):
         return False, ""
+    if facts.emulated:
+        return facts.bitsandbytes, "" if facts.bitsandbytes else (
+            "bitsandbytes is not installed; the emulated T4 loads BLIP-2 in fp32")
     if not facts.count:
         return False, "8-bit needs a CUDA GPU; loading the model in fp32 on the CPU"
     cap = f"{facts.capability[0]}.{facts.capability[1]}"
@@ -142,6 +153,8 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
     settings ("auto", "no", "fp16", "bf16"); `real_profile` means a hub-sized base model (not a
     built-in toy model or a model folder on this machine), which a CPU cannot train."""
     notices: list[str] = []
+    if facts.emulated:
+        return emulated_t4_plan(family, load_in_8bit, mixed_precision_setting, facts)
     if not facts.count:
         error = ("no CUDA GPU here, and real profiles need one (on Kaggle: "
                  f"{PICK_INSTEAD}); on a CPU use --profile mini") if real_profile else ""
@@ -170,6 +183,17 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
         notices.append(f"{facts.count} GPUs: vicap_utils.launch.launch_training(..., "
                        f"num_processes={facts.count}) trains on all of them")
     return Plan("cuda", precision, eight_bit, facts.count, facts, tuple(notices))
+
+
+def emulated_t4_plan(family: str, load_in_8bit: bool, mixed_precision_setting: str,
+                     facts: GpuFacts) -> Plan:
+    """A T4's plan on the CPU: fp16 (autocast + GradScaler, which the trainer drives itself:
+    Accelerate makes no scaler on the CPU) unless the setting is "no", and 8-bit BLIP-2."""
+    precision = "no" if mixed_precision_setting == "no" else "fp16"
+    eight_bit, notice = eight_bit_decision(family, load_in_8bit, facts)
+    notices = [f"{EMULATE_T4}=1: running a T4's plan on the CPU, slowly (tests, rehearsals)"]
+    return Plan("cpu", precision, eight_bit, 0, facts, tuple(notices + ([notice] if notice
+                                                                        else [])))
 
 
 def plan_for(cfg) -> Plan:

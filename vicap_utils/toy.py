@@ -251,3 +251,42 @@ def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
                             unk_token="<unk>", pad_token="<pad>")
     tok.add_tokens(["<image>"], special_tokens=True)
     return tok
+
+
+def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Path:
+    """Save a random BLIP-2 (OPT decoder, one layer per part) with a byte-level BPE trained on
+    synthetic English captions into `folder`: the tiny BLIP-2 of tests and rehearsals."""
+    import random
+
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
+
+    from vicap_utils.synthetic import captions_for, random_scene
+
+    rng = random.Random(0)
+    corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]
+    tok = byte_level_tokenizer(corpus)
+    heads = 2
+    config = Blip2Config(
+        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                           num_attention_heads=heads, image_size=image_size, patch_size=16),
+        qformer_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
+                            num_attention_heads=heads, encoder_hidden_size=width, vocab_size=64),
+        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=width,
+                         ffn_dim=2 * width, num_hidden_layers=1, num_attention_heads=heads,
+                         word_embed_proj_dim=width, max_position_embeddings=128,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id),
+        num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(0)
+    model = Blip2ForConditionalGeneration(config)
+    processor = Blip2Processor(BlipImageProcessor(size={"height": image_size,
+                                                        "width": image_size}), tok,
+                               num_query_tokens=4)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return Path(folder)
