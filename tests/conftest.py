@@ -1,4 +1,5 @@
-"""Shared fixtures: outputs kept out of the repository, and one trained `mini` run per session."""
+"""Shared fixtures: outputs kept out of the repository, and one trained `mini` run per session
+(shared by the pytest-xdist workers that `scripts/test.sh` starts)."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One torch thread per worker (and its subprocesses): two workers on two cores would
+    # otherwise run four threads, slower than two.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,13 +33,17 @@ def outputs_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> 
 def mini_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An output folder holding one run of the `mini` profile as shipped (runs/mini/), trained
     once for every test that needs a fine-tuned adapter."""
-    root = tmp_path_factory.getbasetemp() / "mini_output"
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the workers' common temporary folder
+    root = shared / "mini_output"
     run = root / "runs" / "mini"
-    if not (run / "final" / "adapter_model.safetensors").is_file():
-        proc = subprocess.run([sys.executable, "-m", "vicap_utils", "train", "--profile", "mini",
-                               "--out", str(run)], capture_output=True, text=True,
-                              env={**os.environ, "VICAP_OUTPUT": str(root)}, timeout=1200)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    with FileLock(str(shared / "mini_output.lock")):
+        if not (run / "final" / "adapter_model.safetensors").is_file():
+            proc = subprocess.run([sys.executable, "-m", "vicap_utils", "train", "--profile",
+                                   "mini", "--out", str(run)], capture_output=True, text=True,
+                                  env={**os.environ, "VICAP_OUTPUT": str(root)}, timeout=1200)
+            assert proc.returncode == 0, proc.stderr[-3000:]
     return root
 
 
