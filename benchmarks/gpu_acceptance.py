@@ -87,8 +87,8 @@ def plan_from(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     parser.add_argument("--blip2-full-depth", action="store_true",
                         help="BLIP-2 with all 39 + 12 + 32 layers (default: a third)")
     parser.add_argument("--processes", type=int, choices=(1, 2), default=None,
-                        help="processes of the DDP check (default: 2 when 2 GPUs are present; "
-                             "2 on the CPU runs it under gloo)")
+                        help="processes of the DDP check (default: 2 on CUDA when 2 GPUs are "
+                             "present; 2 with --device cpu runs it under gloo)")
     parser.add_argument("--out", type=Path, default=None,
                         help="the JSON (default: gpu_acceptance.json in the output folder: "
                              "VICAP_OUTPUT, /kaggle/working on Kaggle, else ./outputs)")
@@ -97,14 +97,24 @@ def plan_from(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
     if args.device == "cuda" and not gpu_count():
         parser.exit(2, f"error: --device cuda: torch {torch.__version__} sees no CUDA GPU "
                        "here; run the dry run with --device cpu, or on a GPU machine\n")
+    gpus = gpu_count()
+    if args.device == "cuda" and args.processes == 2 and gpus < 2:
+        parser.exit(2, f"error: --processes 2: needs two GPUs, {gpus} here; leave it out\n")
     blip, blip2 = (gpu_settings(args.blip2_full_depth) if args.device == "cuda"
                    else dry_run_settings())
-    gpus = gpu_count()
-    processes = args.processes or (2 if gpus >= 2 else 1)
-    reason = ("" if processes == 2 else f"skipped: {gpus} GPU" if args.device == "cuda"
-              else "skipped: the CPU dry run (--processes 2 runs it under gloo)")
     out = args.out or env.output_dir(create=False) / "gpu_acceptance.json"
-    return Plan(blip, blip2, processes if processes == 2 else 0, reason, out), args
+    return Plan(blip, blip2, *ddp_processes(args, gpus), out), args
+
+
+def ddp_processes(args: argparse.Namespace, gpus: int) -> tuple[int, str]:
+    """(processes of the DDP check, 0 when skipped; why it is skipped)."""
+    if args.processes == 2 or (args.processes is None and args.device == "cuda" and gpus >= 2):
+        return 2, ""
+    if args.processes == 1:
+        return 0, "skipped: --processes 1"
+    if args.device == "cuda":
+        return 0, f"skipped: {gpus} GPU"
+    return 0, "skipped: the CPU dry run (--processes 2 runs it under gloo)"
 
 
 def refuse_foreign(out: Path) -> str:
