@@ -94,10 +94,10 @@ def plan_from(argv: list[str] | None) -> tuple[Plan, argparse.Namespace]:
                              "VICAP_OUTPUT, /kaggle/working on Kaggle, else ./outputs)")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not gpu_count():
+    gpus = gpu_count()
+    if args.device == "cuda" and not gpus:
         parser.exit(2, f"error: --device cuda: torch {torch.__version__} sees no CUDA GPU "
                        "here; run the dry run with --device cpu, or on a GPU machine\n")
-    gpus = gpu_count()
     if args.device == "cuda" and args.processes == 2 and gpus < 2:
         parser.exit(2, f"error: --processes 2: needs two GPUs, {gpus} here; leave it out\n")
     blip, blip2 = (gpu_settings(args.blip2_full_depth) if args.device == "cuda"
@@ -290,8 +290,8 @@ def memory_check(r: dict[str, Any]) -> dict[str, str]:
 
 def generation_check(g: dict[str, Any], ratio: float | None, device: str) -> dict[str, str]:
     """Batched captioning ≥ 8× one image per call on a GPU; on the CPU only that both ran."""
-    if "error" in g:
-        return verdict(False, g["error"])
+    if "error" in g or ratio is None:
+        return verdict(False, g.get("error", "a captioning rate is missing"))
     rates = [g[m]["images_per_s"] for m in bt.GEN_MODES]
     detail = f"batched {rates[1]:.2f} vs one at a time {rates[0]:.2f} images/s: {ratio:.2f}x"
     if device == "cuda":

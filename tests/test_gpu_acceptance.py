@@ -83,3 +83,27 @@ def test_cuda_without_a_gpu_is_one_line_and_exit_2(capsys: pytest.CaptureFixture
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--device cpu" in err
+
+
+def test_a_bad_figure_fails_its_check() -> None:
+    ga = gpu_acceptance
+    good = {"losses_finite": True, "last_grad_norm": 0.5, "final_loss": 2.0,
+            "nonfinite_grad_steps": 0, "samples_per_s": 3.0, "amp": True}
+    assert ga.trains(good)["status"] == "pass"
+    assert ga.trains({**good, "last_grad_norm": float("nan")})["status"] == "fail"
+    assert ga.trains({**good, "losses_finite": False})["status"] == "fail"
+    assert ga.fp16_check({"lora_no_cache": {**good, "amp": False}})["status"] == "fail"
+    assert ga.memory_check({"peak_memory_mib": ga.CAP_MIB + 1})["status"] == "fail"
+    oom = {"error": "out of memory under the 15,360 MiB cap"}
+    assert [ga.memory_check(oom)["status"], ga.trains(oom)["status"]] == ["fail", "fail"]
+    layers = {"type": "bitsandbytes.nn.modules.Linear8bitLt", "count": 6, "int8_weights": True,
+              "language_model_unquantized": ["model.decoder.layers.0.fc1"]}
+    assert ga.eight_bit_check({"linear8bit": layers})["status"] == "fail"
+    rates = {"one_at_a_time": {"images_per_s": 1.0}, "batched": {"images_per_s": 5.0}}
+    assert ga.generation_check(rates, 5.0, "cuda")["status"] == "fail"
+    assert ga.generation_check(rates, 5.0, "cpu")["status"] == "pass"
+    ddp = {"processes": 2, "distributed_type": "MULTI_GPU", "samples_per_s": 9.0,
+           "final_loss": 2.0, "max_weight_difference": 0.0}
+    assert ga.ddp_check(ddp, 2)["status"] == "pass"
+    assert ga.ddp_check({**ddp, "max_weight_difference": 1e-3}, 2)["status"] == "fail"
+    assert ga.ddp_check({**ddp, "processes": 1}, 2)["status"] == "fail"
