@@ -256,8 +256,7 @@ def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, 
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         del model
-        if cuda:
-            torch.cuda.empty_cache()
+        torch.cuda.empty_cache()
         cfg = ModelConfig(family="blip2", base=folder, load_in_8bit=eight_bit)
         # device_index is accelerate's device_map value: GPU 0, or "cpu"
         cap = captioner.load_base(cfg, load_in_8bit=eight_bit, log=lambda _: None,
@@ -345,7 +344,7 @@ def isolated(func: Callable[..., Any], s: Settings, *args: Any) -> Any:
         return pool.apply(in_child, (func, s, *args))
 
 
-def in_child(func: Callable[..., dict[str, Any]], s: Settings, *args: Any) -> dict[str, Any]:
+def in_child(func: Callable[..., Any], s: Settings, *args: Any) -> Any:
     """Set the thread count, then run `func(s, *args)`."""
     if s.threads:
         torch.set_num_threads(s.threads)
