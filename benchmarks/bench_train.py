@@ -10,9 +10,10 @@ Training (5 captions per image, batch 8, max_length 40, Vietnamese-extended voca
 (c) LoRA on vision features cached once (`captioner.image_features`, stored in fp16, cast back
 at use), the caching timed apart. Generation: beam 3, 40 new tokens, one image at a time and
 batched. Image decoding is timed apart too (JPEG → pixels). The rates give a projected
-30-epoch `uitviic-blip` run. Each mode runs in a forked child, so its peak memory is its own:
-CUDA `max_memory_allocated`, or on the CPU the child's peak resident memory (VmHWM) above what
-it started with (the imported libraries), i.e. model, optimiser state, activations and cache.
+30-epoch `uitviic-blip` run. Each mode runs in a child process (forked on the CPU, spawned on
+CUDA), so its peak memory is its own: CUDA `max_memory_allocated`, or on the CPU the child's
+peak resident memory (VmHWM) above what it started with (the imported libraries), i.e. model,
+optimiser state, activations and cache.
 Writes DIR/bench_train.json and DIR/bench_train.md and prints the JSON.
 """
 from __future__ import annotations
@@ -73,6 +74,31 @@ TINY = Shapes(hidden=32, intermediate=64, heads=2, depth=1, image_size=32, new_r
 
 
 @dataclass(frozen=True)
+class Blip2Shapes:
+    """BLIP-2 OPT-2.7b's widths (ViT-g, Q-Former, OPT), image size and query tokens; the depths
+    come from `Shapes.depth` (`blip2_depths`)."""
+
+    vision: int = 1408
+    vision_mlp: int = 6144
+    vision_heads: int = 16
+    qformer: int = 768
+    qformer_mlp: int = 3072
+    qformer_heads: int = 12
+    text: int = 2560
+    text_mlp: int = 10240
+    text_heads: int = 32
+    vocab: int = 50272
+    image_size: int = 224
+    patch: int = 14
+    queries: int = 32
+
+
+TINY_BLIP2 = Blip2Shapes(vision=32, vision_mlp=64, vision_heads=2, qformer=32, qformer_mlp=64,
+                         qformer_heads=2, text=64, text_mlp=128, text_heads=2, vocab=640,
+                         image_size=32, patch=16, queries=4)
+
+
+@dataclass(frozen=True)
 class Run:
     """The run being projected: `uitviic-blip`, 30 epochs."""
 
@@ -90,6 +116,9 @@ class Settings:
     shapes: Shapes
     steps: int  # timed training steps per mode
     blip2: bool = False
+    blip2_shapes: Blip2Shapes = Blip2Shapes()
+    amp_on_cpu: bool = False  # fp16 autocast and GradScaler for LoRA on the CPU too
+    eight_bit_on_cpu: bool = False  # BLIP-2 8-bit on the CPU (bitsandbytes' CPU backend)
     warmup: int = 2  # untimed steps first
     batch: int = 8
     captions_per_image: int = 5
@@ -178,56 +207,62 @@ def blip2_depths(depth: int) -> tuple[int, int, int]:
     return vision, qformer, opt
 
 
-def blip2_config(depth: int, tok):
-    """BLIP-2 OPT-2.7b's config (ViT-g, Q-Former, OPT widths), depths from `blip2_depths`."""
+def blip2_config(depth: int, tok, w: Blip2Shapes = Blip2Shapes()):
+    """A BLIP-2 config of the widths `w` (default OPT-2.7b's), depths from `blip2_depths`."""
     from transformers import Blip2Config
 
     vision, qformer, opt = blip2_depths(depth)
     return Blip2Config(
-        vision_config=dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=vision,
-                           num_attention_heads=16, image_size=224, patch_size=14),
-        qformer_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=qformer,
-                            num_attention_heads=12, encoder_hidden_size=1408),
-        text_config=dict(model_type="opt", vocab_size=50272, hidden_size=2560, ffn_dim=10240,
-                         num_hidden_layers=opt, num_attention_heads=32,
-                         word_embed_proj_dim=2560, max_position_embeddings=2048,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id),
-        num_query_tokens=32, image_token_index=tok.convert_tokens_to_ids("<image>"))
+        vision_config=dict(hidden_size=w.vision, intermediate_size=w.vision_mlp,
+                           num_hidden_layers=vision, num_attention_heads=w.vision_heads,
+                           image_size=w.image_size, patch_size=w.patch),
+        qformer_config=dict(hidden_size=w.qformer, intermediate_size=w.qformer_mlp,
+                            num_hidden_layers=qformer, num_attention_heads=w.qformer_heads,
+                            encoder_hidden_size=w.vision),
+        text_config=dict(model_type="opt", vocab_size=w.vocab, hidden_size=w.text,
+                         ffn_dim=w.text_mlp, num_hidden_layers=opt,
+                         num_attention_heads=w.text_heads, word_embed_proj_dim=w.text,
+                         max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        num_query_tokens=w.queries, image_token_index=tok.convert_tokens_to_ids("<image>"))
 
 
 def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, str]:
-    """A random BLIP-2-OPT-2.7b-shaped captioner and how it was loaded: on CUDA fp16 through the
-    package's loader (8-bit when bitsandbytes is installed), on the CPU in fp32 at reduced depth."""
+    """A random BLIP-2 of `s.blip2_shapes` and how it was loaded: on CUDA (or the CPU with
+    `s.eight_bit_on_cpu`) saved, then loaded through the package's loader (8-bit when
+    bitsandbytes is installed, pinned to GPU 0 or the CPU); otherwise built in fp32 on the CPU."""
     import tempfile
 
     from transformers import Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor
 
     from vicap_utils.config import ModelConfig
 
+    w, cuda = s.blip2_shapes, s.device == "cuda"
     tok = byte_level_tokenizer(captions, vocab_size=600)
-    processor = Blip2Processor(BlipImageProcessor(size={"height": 224, "width": 224}), tok,
-                               num_query_tokens=32)
+    processor = Blip2Processor(
+        BlipImageProcessor(size={"height": w.image_size, "width": w.image_size}), tok,
+        num_query_tokens=w.queries)
     torch.manual_seed(s.seed)
-    if s.device == "cpu":
-        model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok))
+    if not (cuda or s.eight_bit_on_cpu):
+        model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok, w))
         return (captioner.Captioner(model=model, processor=processor, family="blip2",
-                                    base="random"),
-                "fp32 on the CPU: 8-bit (bitsandbytes) needs CUDA, not available here")
+                                    base="random"), "fp32 on the CPU")
     eight_bit = has_bitsandbytes()
     with tempfile.TemporaryDirectory() as folder:
-        torch.set_default_dtype(torch.float16)
-        with torch.device("cuda"):
-            model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok))
+        torch.set_default_dtype(torch.float16 if cuda else torch.float32)
+        with torch.device(s.device):
+            model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok, w))
         torch.set_default_dtype(torch.float32)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
         del model
         torch.cuda.empty_cache()
         cfg = ModelConfig(family="blip2", base=folder, load_in_8bit=eight_bit)
-        cap = captioner.load_base(cfg, load_in_8bit=eight_bit, log=lambda _: None)
-    return captioner.place(cap, "cuda"), ("8-bit language model (bitsandbytes)" if eight_bit
-                                          else "fp16: bitsandbytes not installed")
+        # device_index is accelerate's device_map value: GPU 0, or "cpu"
+        cap = captioner.load_base(cfg, load_in_8bit=eight_bit, log=lambda _: None,
+                                  device_index=0 if cuda else "cpu")
+    return captioner.place(cap, s.device), (f"8-bit language model (bitsandbytes, {s.device})"
+                                            if eight_bit else "bitsandbytes not installed")
 
 
 def has_bitsandbytes() -> bool:
@@ -297,25 +332,29 @@ class PeakMemory:
                     else status_mib("VmHWM") - self.start)
 
 
-def isolated(func: Callable[..., dict[str, Any]], s: Settings, *args: Any) -> dict[str, Any]:
-    """`func(s, *args)` in a forked child, so it starts clean and its memory peak is its own.
+def isolated(func: Callable[..., Any], s: Settings, *args: Any) -> Any:
+    """`func(s, *args)` in a child process, so it starts clean and its memory peak is its own.
 
-    The parent must not have run torch work before: a child forked after OpenMP was used hangs.
+    On the CPU the child is forked (fast; the parent must not have run torch work before: a
+    child forked after OpenMP was used hangs). A CUDA child is spawned: importing peft imports
+    bitsandbytes, which initialises CUDA, and a forked child cannot use CUDA after that.
     """
-    with multiprocessing.get_context("fork").Pool(1) as pool:
+    method = "spawn" if s.device == "cuda" else "fork"
+    with multiprocessing.get_context(method).Pool(1) as pool:
         return pool.apply(in_child, (func, s, *args))
 
 
-def in_child(func: Callable[..., dict[str, Any]], s: Settings, *args: Any) -> dict[str, Any]:
+def in_child(func: Callable[..., Any], s: Settings, *args: Any) -> Any:
     """Set the thread count, then run `func(s, *args)`."""
     if s.threads:
         torch.set_num_threads(s.threads)
     return func(s, *args)
 
 
-def autocast(device: str, enabled: bool):
-    """fp16 autocast on CUDA when enabled; a no-op otherwise."""
-    return torch.autocast("cuda", dtype=torch.float16, enabled=enabled and device == "cuda")
+def uses_amp(s: Settings, mode: str) -> bool:
+    """Whether a training mode runs under fp16 autocast and a GradScaler: the LoRA modes on
+    CUDA, and on the CPU when `s.amp_on_cpu`."""
+    return mode != "full_ft_fp32" and (s.device == "cuda" or s.amp_on_cpu)
 
 
 # ---------------------------------------------------------------- training
@@ -377,8 +416,11 @@ def model_dtypes(cap: captioner.Captioner) -> tuple[torch.dtype, torch.dtype]:
     return next(inner.vision_model.parameters()).dtype, reader
 
 
-def train_mode(s: Settings, mode: str) -> dict[str, Any]:
-    """Train `s.warmup` + `s.steps` steps in one mode; samples/s, peak memory, parameters."""
+def train_mode(s: Settings, mode: str,
+               describe: Callable[[captioner.Captioner], dict[str, Any]] | None = None
+               ) -> dict[str, Any]:
+    """Train `s.warmup` + `s.steps` steps in one mode; samples/s, peak memory, parameters, the
+    last step's gradient norm, and what `describe` says of the model as loaded."""
     with PeakMemory(s.device) as memory:
         if s.blip2 and s.device == "cuda":
             torch.cuda.set_per_process_memory_fraction(
@@ -386,7 +428,7 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
         cap, captions, loaded = build(s)
         pixels = pool_pixels(cap, s.pool_images, s.seed)
         batches = caption_batches(cap, captions, s, s.warmup + s.steps)
-        result: dict[str, Any] = {"loaded": loaded}
+        result: dict[str, Any] = {"loaded": loaded, **(describe(cap) if describe else {})}
         cached = mode == "lora_cached"
         if mode == "full_ft_fp32":
             cap.model.requires_grad_(True)
@@ -399,25 +441,26 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
         params = [p for p in cap.model.parameters() if p.requires_grad]
         t = profile(s).train
         optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-        use_amp = mode != "full_ft_fp32"
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and s.device == "cuda")
+        use_amp = uses_amp(s, mode)
+        scaler = torch.amp.GradScaler(s.device, enabled=use_amp)
         pixel_dtype, feature_dtype = model_dtypes(cap)
         cap.model.train()
-        start = 0.0
+        start, losses, norms = 0.0, [], []
         for i, b in enumerate(progress(batches, desc=mode, unit="step")):
             if i == s.warmup:
                 sync(s.device)
                 start = time.perf_counter()
             image = (features[b.rows].to(s.device, feature_dtype) if cached
                      else pixels[b.rows].to(s.device, pixel_dtype))
-            with autocast(s.device, use_amp):
+            with torch.autocast(s.device, dtype=torch.float16, enabled=use_amp):
                 logits = captioner.forward(cap.model, cap.family, image,
                                            b.input_ids.to(s.device),
                                            b.attention_mask.to(s.device), cached=cached)
                 step_loss = captioner.loss(logits, b.labels, smoothing=t.label_smoothing)
             scaler.scale(step_loss).backward()
             scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            norms.append(torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm).detach())
+            losses.append(step_loss.detach())
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -427,7 +470,10 @@ def train_mode(s: Settings, mode: str) -> dict[str, Any]:
                   peak_memory_mib=memory.mib, device_name=device_name(s.device),
                   trainable_params=sum(p.numel() for p in params),
                   total_params=sum(p.numel() for p in cap.model.parameters()),
-                  vocab_size=logits.shape[-1], final_loss=step_loss.item())
+                  vocab_size=logits.shape[-1], final_loss=step_loss.item(), amp=use_amp,
+                  losses_finite=bool(torch.isfinite(torch.stack(losses)).all()),
+                  last_grad_norm=norms[-1].item(),
+                  nonfinite_grad_steps=int((~torch.isfinite(torch.stack(norms))).sum()))
     return result
 
 
@@ -573,8 +619,10 @@ def markdown(r: dict[str, Any]) -> str:
     s, sh = r["settings"], r["settings"]["shapes"]
     if s["blip2"]:
         vision, qformer, opt = blip2_depths(sh["depth"])
+        w = s["blip2_shapes"]
         shapes = (f"ViT-g {vision}, Q-Former {qformer}, OPT {opt} layers (the real model: 39, "
-                  "12, 32; scaled alike), widths 1408/768/2560, image 224 px")
+                  f"12, 32; scaled alike), widths {w['vision']}/{w['qformer']}/{w['text']}, "
+                  f"image {w['image_size']} px")
     else:
         shapes = (f"depth {sh['depth']} for the vision encoder and the text decoder alike (the "
                   f"real model: 12 and 12, so their ratio is kept), widths {sh['hidden']}/"
@@ -590,7 +638,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"{r['total_params'] / 1e6:.1f} M parameters",
         f"- training: batch {s['batch']}, {s['captions_per_image']} captions per image, "
         f"max_length {s['max_length']}, {s['warmup']} warm-up + {s['steps']} timed steps, "
-        "AdamW, label smoothing 0.05, fp16 autocast for LoRA on CUDA (fp32 on the CPU); "
+        "AdamW, label smoothing 0.05, fp16 autocast for LoRA on CUDA "
+        f"({'fp16 autocast' if s['amp_on_cpu'] else 'fp32'} on the CPU); "
         "rates exclude image decoding (timed apart)",
         "- peak memory: " + ("CUDA max_memory_allocated per mode" if s["device"] == "cuda" else
                              "growth of the forked child's peak resident memory (VmHWM) per "
@@ -675,8 +724,8 @@ def settings_from(argv: list[str] | None) -> tuple[Settings, Path | None]:
                  cache_batch=64 if cuda else 16, io_images=8 if args.tiny else 32,
                  threads=args.threads or (1 if args.tiny else 0))
     if args.tiny:
-        s = replace(s, pool_images=4, cache_batch=4, gen_batch=min(s.gen_batch, 4),
-                    gen_single=2, max_new_tokens=8)
+        s = replace(s, blip2_shapes=TINY_BLIP2, pool_images=4, cache_batch=4,
+                    gen_batch=min(s.gen_batch, 4), gen_single=2, max_new_tokens=8)
     return s, args.out
 
 

@@ -5,9 +5,20 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import bench_train  # noqa: E402
+
+PARENT = {"state": "as imported"}
+
+
+def parent_state(s: bench_train.Settings) -> str:
+    """What a child process sees of this module's state."""
+    return PARENT["state"]
 
 
 def test_tiny_bench_train_writes_rates_and_table(tmp_path: Path) -> None:
@@ -34,3 +45,13 @@ def test_tiny_bench_train_writes_rates_and_table(tmp_path: Path) -> None:
     table = (tmp_path / "bench_train.md").read_text(encoding="utf-8")
     assert "| training mode | samples/s |" in table and "|---|" in table
     assert "lora_cached" in table and "batched" in table
+
+
+def test_a_cuda_child_starts_fresh_rather_than_forked(monkeypatch) -> None:
+    # On a GPU machine importing peft imports bitsandbytes, which initialises CUDA in the
+    # parent; a forked child cannot use CUDA after that, so a CUDA child must be a new process
+    # that inherits none of the parent's state.
+    monkeypatch.setitem(PARENT, "state", "changed in the parent")
+    s = bench_train.Settings(device="cuda", shapes=bench_train.TINY, steps=1)
+    assert bench_train.isolated(parent_state, s) == "as imported"
+    assert bench_train.isolated(parent_state, replace(s, device="cpu")) == "changed in the parent"
