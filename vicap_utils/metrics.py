@@ -363,8 +363,15 @@ class CiderD:
             raise ValueError("CIDEr-D needs the references of at least one image")
         self.n, self.sigma = n, sigma
         self.log_images = math.log(len(refs_corpus))
-        self.df = Counter(g for refs in refs_corpus
-                          for g in {g for r in refs for g in _cider_ngrams(r, n)})
+        words, wid, sizes = _word_ids([r for refs in refs_corpus for r in refs])
+        occ_start, occ_gram, first, order = _ngram_ids(wid, sizes, n)
+        image = np.repeat(np.arange(len(refs_corpus)), [len(refs) for refs in refs_corpus])
+        width = max(len(first), 1)
+        in_image = np.sort(np.repeat(image, sizes)[occ_start] * width + occ_gram)
+        distinct = in_image[np.diff(in_image, prepend=-1) != 0] % width  # np.unique hashes: slow
+        df = np.bincount(distinct, minlength=len(first))
+        self.df = {tuple(words[i: i + k + 1]): c
+                   for i, k, c in zip(first.tolist(), order.tolist(), df.tolist())}
 
     def score(self, candidates: Sequence[str],
               refs: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
@@ -389,20 +396,57 @@ class CiderD:
         return float(scores.mean()), scores
 
     def _vectors(self, texts: Sequence[str]) -> _Tfidf:
-        """The tf-idf vectors of distinct tokenized sentences."""
-        ids: dict[tuple[str, ...], int] = {}
-        entries = [(i, ids.setdefault(g, len(ids)), len(g) - 1, c)
-                   for i, text in enumerate(texts) for g, c in _cider_ngrams(text, self.n).items()]
-        sent, gram, order, count = np.array(entries, int).reshape(-1, 4).T
-        df = np.array([self.df.get(g, 0) for g in ids], float)
+        """The tf-idf vectors of distinct tokenized sentences, n-grams counted in numpy."""
+        words, wid, sizes = _word_ids(texts)
+        occ_start, occ_gram, first, gram_order = _ngram_ids(wid, sizes, self.n)
+        n_grams = max(len(first), 1)
+        sent_of = np.repeat(np.arange(len(texts)), sizes)[occ_start]
+        keys, count = np.unique(sent_of * n_grams + occ_gram, return_counts=True)
+        sent, gram = np.divmod(keys, n_grams)
+        df = np.array([self.df.get(tuple(words[i: i + k + 1]), 0)
+                       for i, k in zip(first.tolist(), gram_order.tolist())], float)
         weight = count * (self.log_images - np.log(np.maximum(1.0, df)))[gram]
+        order = gram_order[gram]
         squares = np.bincount(sent * self.n + order, weights=weight ** 2,
                               minlength=len(texts) * self.n)
         # pycocoevalcap's length counts bigrams ("if n == 1"): len(words) - 1.
-        lengths = np.array([max(len(t.split()) - 1, 0) for t in texts], float)
+        lengths = np.maximum(sizes - 1, 0).astype(float)
         starts = np.searchsorted(sent, np.arange(len(texts) + 1))
         return _Tfidf(starts, gram, order, weight, np.sqrt(squares).reshape(len(texts), self.n),
                       lengths)
+
+
+def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words, word ids, words per text) of tokenized texts, concatenated."""
+    tokens = [t.split() for t in texts]
+    words = [w for ws in tokens for w in ws]
+    vocab: dict[str, int] = {}
+    return (words, np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int64),
+            np.array([len(ws) for ws in tokens], np.int64))
+
+
+def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 1- to n-grams of sentences of word ids (concatenated; `sizes` words each): every
+    occurrence's start position and n-gram id (equal n-grams, equal ids), then every id's first
+    start position and order - 1. An id of order k + 1 numbers the pairs (id of the k-gram
+    starting there, next word)."""
+    remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
+    prev = wid
+    occ_start, occ_gram, first, order = [], [], [], []
+    offset = 0
+    for k in range(n):
+        at = np.flatnonzero(remaining > k)
+        key = prev[at] * (len(wid) + 1) + (wid[at + k] if k else 0)
+        uniq, first_k, local = np.unique(key, return_index=True, return_inverse=True)
+        prev = np.zeros_like(wid)
+        prev[at] = local
+        occ_start.append(at)
+        occ_gram.append(local + offset)
+        first.append(at[first_k])
+        order.append(np.full(len(uniq), k))
+        offset += len(uniq)
+    return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
 
 
 @dataclass(frozen=True)
@@ -439,15 +483,6 @@ def _pair_entries(starts: np.ndarray, sentences: np.ndarray) -> tuple[np.ndarray
     pair = np.repeat(np.arange(len(sentences)), sizes)
     offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
     return pair, starts[sentences][pair] + offset
-
-
-def _cider_ngrams(text: str, n: int) -> Counter:
-    """Counts of the 1- to n-grams of a tokenized sentence, as pycocoevalcap's precook."""
-    words = text.split()
-    counts: Counter = Counter()
-    for k in range(1, n + 1):
-        counts.update(_ngrams(words, k))
-    return counts
 
 
 def quick_cider(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> float:
