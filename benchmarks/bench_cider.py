@@ -10,7 +10,7 @@ import argparse
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from bench_evaluate import caption
@@ -35,14 +35,16 @@ def refs_of(rng: random.Random, n_refs: int) -> list[str]:
     return [python_tokenize(caption(rng)) for _ in range(n_refs)]
 
 
-def best_of(job: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` runs, in seconds."""
-    times = []
+def median_times(jobs: Sequence[Callable[[], object]], repeats: int) -> list[float]:
+    """Median CPU seconds of each job over `repeats` rounds, the jobs taking turns, so that
+    other load on a shared machine weighs on all of them alike."""
+    times: list[list[float]] = [[] for _ in jobs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        job()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for job, spent in zip(jobs, times, strict=True):
+            start = time.process_time()
+            job()
+            spent.append(time.process_time() - start)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -64,17 +66,16 @@ def main() -> None:
     ours, ours_per = CiderD(refs).score(cands, refs)
     theirs, theirs_per = Cider().compute_score(gts, res)
     gap = max(abs(ours - theirs), float(np.max(np.abs(ours_per - theirs_per))))
-    t_ours = best_of(lambda: CiderD(refs).score(cands, refs), args.repeats)
-    t_theirs = best_of(lambda: Cider().compute_score(gts, res), args.repeats)
-
     corpus = [refs_of(rng, args.refs) for _ in range(args.corpus)]
-    start = time.perf_counter()
+    start = time.process_time()
     fixed = CiderD(corpus)
-    t_corpus = time.perf_counter() - start
-    t_fixed = best_of(lambda: fixed.score(cands, refs), args.repeats)
+    t_corpus = time.process_time() - start
+    t_theirs, t_ours, t_fixed = median_times(
+        [lambda: Cider().compute_score(gts, res), lambda: CiderD(refs).score(cands, refs),
+         lambda: fixed.score(cands, refs)], args.repeats)
 
     print(f"\n{len(cands)} candidates ({args.images} images x {args.samples} samples), "
-          f"{args.refs} references each; median of {args.repeats} runs")
+          f"{args.refs} references each; median CPU time of {args.repeats} runs")
     print(f"CIDEr {ours:.6f} (pycocoevalcap {theirs:.6f}); largest difference, corpus or "
           f"per candidate: {gap:.1e}")
     print(f"pycocoevalcap Cider (df from the batch):  {t_theirs * 1e3:8.2f} ms")
