@@ -498,3 +498,8 @@ def test_tokenize_words_without_underthesea_is_one_line(
     code, _, out = run_cli(tmp_path, coco_preds(), coco_refs(), "--tokenize", "words")
     assert code == 2 and not out.exists()
     assert "pip install 'underthesea>=9.5'" in one_error_line(capsys)
+
+
+def test_unknown_tokenization_is_refused() -> None:
+    with pytest.raises(metrics.VicapError, match="tokenization 'word': use 'syllable' or 'words'"):
+        metrics.evaluate(coco_preds(), coco_refs(), tokenization="word")
