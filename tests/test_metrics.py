@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 import socket
 import subprocess
+import sys
 import unicodedata
 import urllib.request
 from pathlib import Path
@@ -171,12 +174,68 @@ def test_rouge_n_counts_diacritics() -> None:
 
 def test_diversity_matches_definitions() -> None:
     hyps = ["a b a", "a b", "a b", "c"]
-    # per caption TTR: 2/3, 1, 1, 1; tokens: 8, distinct 3; captions: 4, distinct 3;
+    # tokens: 8, distinct 3; per caption TTR: 2/3, 1, 1, 1; captions: 4, distinct 3;
     # bigrams: ab ba | ab | ab -> 4, distinct 2
     assert metrics.diversity(hyps, train={"a b", "z"}) == {
-        "TTR": pytest.approx((2 / 3 + 3) / 4), "repetition_rate": 0.25, "distinct-1": 3 / 8,
-        "distinct-2": 0.5, "vocab_size": 3, "mean_length": 2.0, "novel_rate": 0.5}
+        "TTR": 3 / 8, "TTR_per_caption": pytest.approx((2 / 3 + 3) / 4), "repetition_rate": 0.25,
+        "distinct-1": 3 / 8, "distinct-2": 0.5, "vocab_size": 3, "mean_length": 2.0,
+        "novel_rate": 0.5}
     assert metrics.diversity([""])["mean_length"] == 0.0
+
+
+def test_ttr_is_corpus_types_over_tokens_with_diacritics_and_nfc() -> None:
+    """The BLIP-2 report's TTR: distinct words / words over all captions, by hand."""
+    hyps = ["một người đang chơi bóng", "một người đang đá bóng",
+            unicodedata.normalize("NFD", "người chơi") + " nguoi"]
+    # 13 words; types: một người đang chơi bóng đá nguoi (NFD "người" is "người"; "nguoi" is not)
+    result = metrics.diversity(hyps)
+    assert result["TTR"] == result["distinct-1"] == 7 / 13 and result["vocab_size"] == 7
+    assert result["TTR_per_caption"] == 1.0
+
+
+def vietnamese_cider_cases() -> list[tuple[list[str], list[list[str]]]]:
+    """(candidates, references) on the PTB stand-in's tokens: the test set's captions (an
+    exact, a partial, a wrong and an empty candidate, a repeated reference), then random
+    captions over its syllables, several images with 5 references each."""
+    refs = [[metrics.python_tokenize(c) for c in REFS[k]] for k in REFS]
+    refs[2][4] = refs[2][0]
+    hyps = [metrics.python_tokenize(PREDS[k]) for k in PREDS]
+    hyps[3] = ""
+    rng = random.Random(18)
+    words = sorted({w for caps in refs for c in caps for w in c.split()})
+    cases = [(hyps, refs)]
+    for n_images in (2, 7, 16):
+        def cap() -> str:
+            return " ".join(rng.choices(words, k=rng.randint(1, 14)))
+        cases.append(([cap() for _ in range(n_images)],
+                      [[cap() for _ in range(5)] for _ in range(n_images)]))
+    return cases
+
+
+def test_cider_d_equals_pycocoevalcap() -> None:
+    scores = []
+    for hyps, refs in vietnamese_cider_cases():
+        expected, expected_per_image = Cider().compute_score(
+            dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)})
+        score, per_image = metrics.CiderD(refs).score(hyps, refs)
+        assert score == pytest.approx(expected, abs=1e-6)
+        assert per_image == pytest.approx(expected_per_image, abs=1e-6)
+        scores.append(score)
+    assert scores[0] > 0.5 and min(scores) > 0
+
+
+def test_cider_d_document_frequencies_from_a_fixed_corpus() -> None:
+    # By hand: 2 images, idf = log 2 for "a", "b", "a b"; identical 1- and 2-grams, no 3- or
+    # 4-grams, equal lengths: 10 * mean(1, 1, 0, 0) = 5. Against itself alone idf is 0.
+    assert metrics.CiderD([["a b"], ["c d"]]).score(["a b"], [["a b"]])[0] == pytest.approx(5.0)
+    assert metrics.CiderD([["a b"]]).score(["a b"], [["a b"]])[0] == 0.0
+    # A batch scored with the whole set's frequencies gets the whole set's per-image scores,
+    # also with each image's references repeated for several samples (an SCST step).
+    hyps, refs = vietnamese_cider_cases()[0]
+    _, expected = Cider().compute_score(dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)})
+    batch = [0, 0, 7, 1, 7]
+    _, per_sample = metrics.CiderD(refs).score([hyps[i] for i in batch], [refs[i] for i in batch])
+    assert per_sample == pytest.approx(expected[batch], abs=1e-6)
 
 
 def test_novel_rate_uses_the_same_tokenization(fast_meteor: None) -> None:
@@ -410,3 +469,37 @@ def test_references_without_a_word_after_tokenizing(tmp_path: Path,
     refs = {"annotations": [{"image_id": k, "caption": "... !"} for k in PREDS]}
     with pytest.raises(metrics.VicapError, match="no reference caption of the scored images"):
         metrics.evaluate(coco_preds(), refs)
+
+
+def test_cli_tokenize_words_scores_as_the_segmenter_splits(
+        tmp_path: Path, fast_meteor: None, capsys: pytest.CaptureFixture) -> None:
+    preds = {1: "Một người đàn ông đang chơi bóng đá.", 2: "Hai cô gái đang chơi bóng chuyền."}
+    refs = {1: ["Người đàn ông đang đá bóng trên sân cỏ."],
+            2: ["Hai cô gái chơi bóng chuyền trên bãi biển."]}
+    # underthesea's words, checked by hand ("chơi bóng đá" is not "đá bóng" at word level):
+    hyps = ["một người đàn_ông đang chơi bóng_đá", "hai cô gái đang chơi bóng_chuyền"]
+    gts = [["người đàn_ông đang đá bóng trên sân_cỏ"],
+           ["hai cô gái chơi bóng_chuyền trên bãi biển"]]
+    code, _, out = run_cli(tmp_path, coco_preds(preds), coco_refs(refs), "--tokenize", "words")
+    result = json.loads(out.read_text("utf-8"))
+    assert code == 0 and result["tokenization"] == "words"
+    assert "tokenization: words" in capsys.readouterr().out
+    # 12 words, 10 types; unigram matches 3 + 5 of 12, reference length 7 + 8 = 15
+    assert result["TTR"] == 10 / 12 and result["vocab_size"] == 10 and result["mean_length"] == 6
+    assert result["BLEU-1"] == pytest.approx(8 / 12 * math.exp(1 - 15 / 12), rel=1e-6)
+    assert result["ROUGE-1"] == pytest.approx((6 / 13 + 10 / 14) / 2)
+    expected = Cider().compute_score(dict(enumerate(gts)), {i: [h] for i, h in enumerate(hyps)})
+    assert result["CIDEr"] == pytest.approx(expected[0], abs=1e-6) and result["CIDEr"] > 0
+
+
+def test_tokenize_words_without_underthesea_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "underthesea", None)  # as if not installed
+    code, _, out = run_cli(tmp_path, coco_preds(), coco_refs(), "--tokenize", "words")
+    assert code == 2 and not out.exists()
+    assert "pip install 'underthesea>=9.5'" in one_error_line(capsys)
+
+
+def test_unknown_tokenization_is_refused() -> None:
+    with pytest.raises(metrics.VicapError, match="tokenization 'word': use 'syllable' or 'words'"):
+        metrics.evaluate(coco_preds(), coco_refs(), tokenization="word")

@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-captions", help="COCO-style training captions, for novel_rate")
     p.add_argument("--allow-missing", action="store_true",
                    help="score only the reference images that have a prediction")
+    p.add_argument("--tokenize", choices=("syllable", "words"), default="syllable",
+                   help="syllable: captions as written (default); words: segmented into "
+                        "Vietnamese words first (needs underthesea), as KTVIC's published scores")
 
     sub.add_parser("env", help="print where we run: Kaggle or not, GPU, inputs, output folder")
     return parser

@@ -1,5 +1,7 @@
 """Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, made safe to
-run offline and honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity.
+run offline and honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity. CIDEr-D is
+computed by `CiderD`, batched in numpy and equal to pycocoevalcap's (tested), fast enough for a
+reward at every training step.
 
 Captions are NFC-normalised, then tokenized as pycocoevalcap does (Stanford PTB tokenizer,
 lower-cased, punctuation dropped; a pure-Python stand-in when there is no Java), and the
@@ -20,6 +22,7 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pycocoevalcap
 from pycocoevalcap.bleu.bleu import Bleu
-from pycocoevalcap.cider.cider import Cider
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
@@ -44,8 +46,8 @@ TOKENIZE_TIMEOUT_S = 300.0
 SPICE_TIMEOUT_S = 600.0
 
 STANDARD_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
-DIVERSITY_METRICS = ("TTR", "repetition_rate", "distinct-1", "distinct-2", "vocab_size",
-                     "mean_length")
+DIVERSITY_METRICS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
+                     "vocab_size", "mean_length")
 METRIC_KEYS = (*STANDARD_METRICS, "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS)
 # Tables: every reference-based score, then every diversity figure.
 SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr",
@@ -58,15 +60,18 @@ PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split a
                                 "not reproduced here)")
 
 NOTES = (
-    "CIDEr is pycocoevalcap's Cider (CIDEr-D); its document frequencies come from this set's "
-    "references, so scores depend on the evaluated set (one image alone always scores 0). "
-    "Per-image CIDEr is computed against the whole set.",
+    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal "
+    "within 1e-6); its document frequencies come from this set's references, so scores depend "
+    "on the evaluated set (one image alone always scores 0). Per-image CIDEr is computed "
+    "against the whole set.",
     "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
     "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
     "no normaliser) on NFC, lower-cased tokens.",
     "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
     "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
-    "reference per image, mean over images. Diversity metrics use the tokenized predictions.",
+    "reference per image, mean over images. Diversity metrics use the tokenized predictions; "
+    "TTR is types / tokens over all of them (the BLIP-2 report's; equal to distinct-1), "
+    "TTR_per_caption the mean within each caption.",
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -86,9 +91,11 @@ def evaluate(
     references: str | Path | Mapping,
     train_captions: str | Path | Mapping | Sequence[str] | None = None,
     allow_missing: bool = False,
+    tokenization: str = "syllable",
 ) -> dict[str, Any]:
     """Metrics for COCO results against COCO-style references (paths or loaded JSON)."""
-    return evaluate_detailed(predictions, references, train_captions, allow_missing)[0]
+    return evaluate_detailed(predictions, references, train_captions, allow_missing,
+                             tokenization)[0]
 
 
 def evaluate_detailed(
@@ -96,14 +103,23 @@ def evaluate_detailed(
     references: str | Path | Mapping,
     train_captions: str | Path | Mapping | Sequence[str] | None = None,
     allow_missing: bool = False,
+    tokenization: str = "syllable",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """`evaluate`'s metrics plus a per-image table: image_id, cider, prediction, first_reference."""
+    """`evaluate`'s metrics plus a per-image table: image_id, cider, prediction, first_reference.
+
+    `tokenization` "words" segments every caption into words before every metric."""
     preds, refs = load_predictions(predictions), load_references(references)
     keys, notes = match_images(preds, refs, allow_missing)
     train = None if train_captions is None else load_train_captions(train_captions)
     hyp_raw = [preds[k][1] for k in keys]
     ref_raw = [refs[k][1] for k in keys]
     flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
+    if tokenization == "words":
+        flat, segmenter = segment_words(flat)
+        notes.append(f"captions segmented into words by {segmenter} (lower-cased first; the "
+                     "syllables of a word joined by '_') before every metric")
+    elif tokenization != "syllable":
+        raise VicapError(f"tokenization {tokenization!r}: use 'syllable' or 'words'")
     _progress(f"tokenizing {len(flat)} captions")
     tokens, tokenizer, why = tokenize(flat)
     if why:
@@ -121,7 +137,8 @@ def evaluate_detailed(
     metrics.update(diversity(hyps, None if train is None else set(rest[pos:])))
     result = {k: metrics.get(k) for k in METRIC_KEYS}
     result.update({"unavailable": unavailable, "METEOR-vi": metrics.get("METEOR-vi"),
-                   "tokenizer": tokenizer, "n_images": len(keys), "notes": [*NOTES, *notes]})
+                   "tokenizer": tokenizer, "tokenization": tokenization, "n_images": len(keys),
+                   "notes": [*NOTES, *notes]})
     if train is not None:
         result["novel_rate"] = metrics["novel_rate"]
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
@@ -213,6 +230,18 @@ def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
     return [python_tokenize(t) for t in texts], "python-fallback", why
 
 
+def segment_words(captions: Sequence[str]) -> tuple[list[str], str]:
+    """(captions, segmenter): NFC, lower-cased captions segmented into Vietnamese words by
+    underthesea's CRF segmenter ("đàn ông" -> "đàn_ông"), as word-level published scores are."""
+    try:  # optional, and its import loads torch and transformers (seconds)
+        from underthesea import __version__, word_tokenize
+    except ImportError:
+        raise VicapError("--tokenize words needs the underthesea word segmenter: "
+                         "pip install 'underthesea>=9.5'") from None
+    return ([word_tokenize(unicodedata.normalize("NFC", c).lower(), format="text")
+             for c in captions], f"underthesea {__version__}")
+
+
 def ptb_tokenize(texts: Sequence[str]) -> list[str]:
     """pycocoevalcap's PTBTokenizer in one JVM, with a timeout: lower-cased, punctuation dropped."""
     with tempfile.TemporaryDirectory(prefix="vicap-ptb-") as tmp:
@@ -245,7 +274,7 @@ def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[
     bleu, _ = _timed("BLEU", lambda: Bleu(4).compute_score(gts, res, verbose=0))
     values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
     values["ROUGE-L"] = float(_timed("ROUGE-L", lambda: Rouge().compute_score(gts, res))[0])
-    cider, per_image = _timed("CIDEr", lambda: Cider().compute_score(gts, res))
+    cider, per_image = _timed("CIDEr", lambda: CiderD(refs).score(hyps, refs))
     values["CIDEr"] = float(cider)
     jobs: dict[str, Callable[[], float]] = {
         "METEOR": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_EN_ARGS)[0],
@@ -301,17 +330,19 @@ def rouge_n(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> float
 def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, float]:
     """Diversity of the predictions; novel_rate given the training captions `train`.
 
-    TTR is the type-token ratio within each caption, averaged (low when a caption repeats its
-    own words, "người người người"); distinct-n is the share of distinct n-grams over all
-    captions together (low when the model says the same thing about every image: mode
-    collapse); repetition_rate is the share of captions that repeat an earlier one word for word.
+    TTR is the BLIP-2 report's: distinct word types / words over all captions together, on NFC
+    text with diacritics kept, low under mode collapse; it is the same quantity as distinct-1
+    (Li et al. 2016). TTR_per_caption is the mean within-caption ratio (low when a caption
+    repeats its own words, "người người người"); distinct-2 is the share of distinct bigrams;
+    repetition_rate is the share of captions that repeat an earlier one word for word.
     """
-    toks = [h.split() for h in hyps]
+    toks = [unicodedata.normalize("NFC", h).split() for h in hyps]
     unigrams = [t for ts in toks for t in ts]
     bigrams = [b for ts in toks for b in zip(ts, ts[1:], strict=False)]
     per_caption = [_ratio(len(set(ts)), len(ts)) for ts in toks if ts]
     out = {
-        "TTR": _ratio(sum(per_caption), len(per_caption)),
+        "TTR": _ratio(len(set(unigrams)), len(unigrams)),
+        "TTR_per_caption": _ratio(sum(per_caption), len(per_caption)),
         "repetition_rate": 1.0 - _ratio(len(set(hyps)), len(hyps)),
         "distinct-1": _ratio(len(set(unigrams)), len(unigrams)),
         "distinct-2": _ratio(len(set(bigrams)), len(bigrams)),
@@ -323,14 +354,147 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
     return out
 
 
+class CiderD:
+    """pycocoevalcap's CIDEr-D (equal within 1e-6), batched: n-grams are counted once per
+    distinct sentence and every (candidate, reference) pair is scored at once in numpy.
+
+    Document frequencies come from `refs_corpus`, one list of tokenized references per image:
+    the evaluated set's references reproduce pycocoevalcap; the training references give a
+    reward that does not depend on the batch (self-critical training)."""
+
+    def __init__(self, refs_corpus: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
+        if not refs_corpus:
+            raise ValueError("CIDEr-D needs the references of at least one image")
+        self.n, self.sigma = n, sigma
+        self.log_images = math.log(len(refs_corpus))
+        words, wid, sizes = _word_ids([r for refs in refs_corpus for r in refs])
+        occ_start, occ_gram, first, order = _ngram_ids(wid, sizes, n)
+        image = np.repeat(np.arange(len(refs_corpus)), [len(refs) for refs in refs_corpus])
+        width = max(len(first), 1)
+        in_image = np.sort(np.repeat(image, sizes)[occ_start] * width + occ_gram)
+        distinct = in_image[np.diff(in_image, prepend=-1) != 0] % width  # np.unique hashes: slow
+        df = np.bincount(distinct, minlength=len(first))
+        self.df = {tuple(words[i: i + k + 1]): c
+                   for i, k, c in zip(first.tolist(), order.tolist(), df.tolist())}
+
+    def score(self, candidates: Sequence[str],
+              refs: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
+        """(mean, one score per candidate) of tokenized candidates, each against its references."""
+        if len(candidates) != len(refs) or not all(refs):
+            raise ValueError("CIDEr-D needs one non-empty list of references per candidate")
+        if not candidates:
+            return 0.0, np.zeros(0)
+        texts = list(dict.fromkeys([*candidates, *(r for rs in refs for r in rs)]))
+        row = {t: i for i, t in enumerate(texts)}
+        n_refs = np.array([len(rs) for rs in refs])
+        hyp = np.repeat([row[c] for c in candidates], n_refs)
+        ref = np.array([row[r] for rs in refs for r in rs])
+        tfidf = self._vectors(texts)
+        dot = _clipped_dots(tfidf, hyp, ref, self.n)
+        denom = tfidf.norms[hyp] * tfidf.norms[ref]
+        cosine = np.divide(dot, denom, out=np.zeros_like(dot), where=denom != 0)
+        delta = tfidf.lengths[hyp] - tfidf.lengths[ref]
+        pair = (cosine * np.exp(-(delta ** 2) / (2 * self.sigma ** 2))[:, None]).mean(axis=1)
+        owner = np.repeat(np.arange(len(candidates)), n_refs)
+        scores = np.bincount(owner, weights=pair, minlength=len(candidates)) / n_refs * 10.0
+        return float(scores.mean()), scores
+
+    def _vectors(self, texts: Sequence[str]) -> _Tfidf:
+        """The tf-idf vectors of distinct tokenized sentences, n-grams counted in numpy."""
+        words, wid, sizes = _word_ids(texts)
+        occ_start, occ_gram, first, gram_order = _ngram_ids(wid, sizes, self.n)
+        n_grams = max(len(first), 1)
+        sent_of = np.repeat(np.arange(len(texts)), sizes)[occ_start]
+        keys, count = np.unique(sent_of * n_grams + occ_gram, return_counts=True)
+        sent, gram = np.divmod(keys, n_grams)
+        df = np.array([self.df.get(tuple(words[i: i + k + 1]), 0)
+                       for i, k in zip(first.tolist(), gram_order.tolist())], float)
+        weight = count * (self.log_images - np.log(np.maximum(1.0, df)))[gram]
+        order = gram_order[gram]
+        squares = np.bincount(sent * self.n + order, weights=weight ** 2,
+                              minlength=len(texts) * self.n)
+        # pycocoevalcap's length counts bigrams ("if n == 1"): len(words) - 1.
+        lengths = np.maximum(sizes - 1, 0).astype(float)
+        starts = np.searchsorted(sent, np.arange(len(texts) + 1))
+        return _Tfidf(starts, gram, order, weight, np.sqrt(squares).reshape(len(texts), self.n),
+                      lengths)
+
+
+def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(words, word ids, words per text) of tokenized texts, concatenated."""
+    tokens = [t.split() for t in texts]
+    words = [w for ws in tokens for w in ws]
+    vocab: dict[str, int] = {}
+    return (words, np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int64),
+            np.array([len(ws) for ws in tokens], np.int64))
+
+
+def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
+               n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 1- to n-grams of sentences of word ids (concatenated; `sizes` words each): every
+    occurrence's start position and n-gram id (equal n-grams, equal ids), then every id's first
+    start position and order - 1. An id of order k + 1 numbers the pairs (id of the k-gram
+    starting there, next word)."""
+    remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
+    prev = wid
+    occ_start, occ_gram, first, order = [], [], [], []
+    offset = 0
+    for k in range(n):
+        at = np.flatnonzero(remaining > k)
+        key = prev[at] * (len(wid) + 1) + (wid[at + k] if k else 0)
+        uniq, first_k, local = np.unique(key, return_index=True, return_inverse=True)
+        prev = np.zeros_like(wid)
+        prev[at] = local
+        occ_start.append(at)
+        occ_gram.append(local + offset)
+        first.append(at[first_k])
+        order.append(np.full(len(uniq), k))
+        offset += len(uniq)
+    return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
+
+
+@dataclass(frozen=True)
+class _Tfidf:
+    """Tf-idf vectors of sentences as flat entries sorted by sentence: sentence i owns entries
+    starts[i]:starts[i + 1]; norms per sentence and n-gram order; lengths as CIDEr-D's."""
+
+    starts: np.ndarray
+    gram: np.ndarray
+    order: np.ndarray
+    weight: np.ndarray
+    norms: np.ndarray
+    lengths: np.ndarray
+
+
+def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
+    """Per (hyp[p], ref[p]) pair and n-gram order: the sum over shared n-grams of
+    min(hyp weight, ref weight) * ref weight (CIDEr-D's clipping)."""
+    h_pair, h_idx = _pair_entries(tfidf.starts, hyp)
+    r_pair, r_idx = _pair_entries(tfidf.starts, ref)
+    width = int(tfidf.gram.max(initial=0)) + 1
+    _, hi, ri = np.intersect1d(h_pair * width + tfidf.gram[h_idx],
+                               r_pair * width + tfidf.gram[r_idx],
+                               assume_unique=True, return_indices=True)
+    vh, vr = tfidf.weight[h_idx[hi]], tfidf.weight[r_idx[ri]]
+    slots = h_pair[hi] * n + tfidf.order[h_idx[hi]]
+    return np.bincount(slots, weights=np.minimum(vh, vr) * vr,
+                       minlength=len(hyp) * n).reshape(len(hyp), n)
+
+
+def _pair_entries(starts: np.ndarray, sentences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(pair index, entry index) of every entry of sentences[p], for every pair p."""
+    sizes = starts[sentences + 1] - starts[sentences]
+    pair = np.repeat(np.arange(len(sentences)), sizes)
+    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return pair, starts[sentences][pair] + offset
+
+
 def quick_cider(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> float:
     """CIDEr-D on the pure-Python tokenizer (no JVM), for model selection during training."""
-    keys = list(predictions)
-    if not keys:
+    refs = [[python_tokenize(r) for r in references[k]] for k in predictions]
+    if not refs:
         return 0.0
-    res = {k: [python_tokenize(predictions[k])] for k in keys}
-    gts = {k: [python_tokenize(r) for r in references[k]] for k in keys}
-    return float(Cider().compute_score(gts, res)[0])
+    return CiderD(refs).score([python_tokenize(p) for p in predictions.values()], refs)[0]
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:
@@ -342,7 +506,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
         shown = (f"n/a ({metrics['unavailable'].get(key, 'not computed')})" if value is None
                  else str(value) if isinstance(value, int) else f"{value:.4f}")
         lines.append(f"{key:<16} {shown}")
-    lines.append(f"images: {metrics['n_images']}, tokenizer: {metrics['tokenizer']}")
+    lines.append(f"images: {metrics['n_images']}, tokenizer: {metrics['tokenizer']}, "
+                 f"tokenization: {metrics.get('tokenization', 'syllable')}")
     return "\n".join(lines)
 
 
@@ -359,7 +524,7 @@ def cli_evaluate(args: Any) -> int:
                        [("--out", out), ("--out (its per-image CSV)", csv_path)])
         check_writable(out.parent)
     metrics, per_image = evaluate_detailed(args.predictions, args.references,
-                                           args.train_captions, args.allow_missing)
+                                           args.train_captions, args.allow_missing, args.tokenize)
     if args.out:
         atomic_write_json(out, metrics)
         atomic_write_text(csv_path, per_image.to_csv(index=False))
