@@ -105,7 +105,7 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=True, llm_int8_skip_modules=["vision_model", "qformer", "lm_head"])
-        kwargs["device_map"] = {"": device_index or 0}
+        kwargs["device_map"] = {"": device_index or 0} if torch.cuda.is_available() else {"": "cpu"}
         kwargs["dtype"] = torch.float16
     elif cfg.family == "blip2" and torch.cuda.is_available():
         kwargs["dtype"] = torch.float16

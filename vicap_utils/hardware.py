@@ -102,12 +102,18 @@ class Plan:
     """How training will use this machine; `error` set means it must not start."""
 
     device: str  # "cuda" or "cpu"
-    mixed_precision: str  # "no", "fp16" or "bf16" (what Accelerate is given)
+    mixed_precision: str  # "no", "fp16" or "bf16"
     load_in_8bit: bool  # BLIP-2 weights through bitsandbytes
     gpus: int
     facts: GpuFacts
     notices: tuple[str, ...] = field(default_factory=tuple)
     error: str = ""
+
+    @property
+    def accelerate_precision(self) -> str:
+        """What Accelerate is given: fp16 is the trainer's own (autocast + GradScaler, the same
+        on a GPU and on the CPU, where Accelerate makes no scaler); bf16 needs no scaler."""
+        return "no" if self.mixed_precision == "fp16" else self.mixed_precision
 
     def line(self) -> str:
         """One-line summary printed before training."""
