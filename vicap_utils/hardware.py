@@ -77,6 +77,11 @@ def arch_supported(capability: tuple[int, int], arch_list: tuple[str, ...] | lis
     return False
 
 
+def emulating_t4() -> bool:
+    """Whether `EMULATE_T4`=1 asks for a T4's plan (on the CPU, where there is no GPU)."""
+    return os.environ.get(EMULATE_T4, "") == "1"
+
+
 def detect() -> GpuFacts:
     """The facts of this machine: CUDA devices, what torch was built for, bitsandbytes."""
     import torch
@@ -84,7 +89,7 @@ def detect() -> GpuFacts:
     bnb = importlib.util.find_spec("bitsandbytes") is not None
     if not torch.cuda.is_available():
         return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__,
-                        emulated=os.environ.get(EMULATE_T4, "") == "1")
+                        emulated=emulating_t4())
     props = torch.cuda.get_device_properties(0)
     return GpuFacts(
         name=props.name,
