@@ -8,7 +8,9 @@ memory-mapped file under the run's `cache/` folder, reused by a resumed run. UIT
 training images at 384 px are 577 x 768 values each, about 2.1 GB in fp16: in RAM on a Kaggle
 box (30 GB), memory-mapped on a small laptop; Flickr8k's 6,000 for BLIP-2 (257 x 1408 each)
 are about 4.3 GB. The key covers the vision weights and config, the image processor's
-settings and the image files, so a change to any of them rebuilds the features.
+settings and the image files, so a change to any of them rebuilds the features. With several
+processes (one per GPU) each encodes its share of the images into that file, so none waits for
+a whole pass (BLIP-2's ViT-g over Flickr8k: minutes) in a barrier, or repeats it.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def _share(n: int, rank: int, world: int) -> range:
 def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int, desc: str,
              show: bool):
     """(start row, fp16 features) a batch of `rows` at a time, under fp16 autocast on a GPU
-    (BLIP-2's ViT-g in fp32 on a T4 is ~4x slower); in fp32 on the CPU."""
+    (a T4's tensor cores; BLIP-2's ViT stays in fp32 otherwise), in fp32 on the CPU."""
     device = next(inner_model(cap.model).vision_model.parameters()).device
     for start in progress(range(rows.start, rows.stop, batch_size), desc=desc, unit="batch",
                           disable=not show):

@@ -39,10 +39,10 @@ from vicap_utils.config import Config, load_config, save_config
 from vicap_utils.io import VicapError
 from vicap_utils.progress import progress
 
-# How long a process may wait for the others (torch's default: 10 min with NCCL). The longest
-# wait is on the main process preparing the data (auditing every image, minutes at first use);
-# the feature cache is shared out (`features.encode_images`), and even one T4 encoding all of
-# Flickr8k's 8,091 images through BLIP-2's ViT-g in fp32 takes ~15 min: an hour is 4x that.
+# How long a process may wait in a barrier for the others (default: 10 min with NCCL). The
+# longest waits: the main process preparing the data (auditing every image, minutes at first
+# use), and the feature cache (shared out by `features.encode_images`); even one T4 alone
+# pushing Flickr8k's 8,091 images through BLIP-2's ViT-g in fp32 is ~9-15 min by arithmetic.
 PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
 
 
