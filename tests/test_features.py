@@ -182,3 +182,19 @@ def test_a_full_disk_while_mapping_features_is_one_line_and_leaves_no_partial(
     with pytest.raises(VicapError, match="disk full"):
         features.encode_images(tiny_blip, images, tmp_path, "train", show=False, ram_bytes=0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_vit_runs_under_fp16_autocast(tiny_blip, images):
+    cap, seen = tiny_blip, []
+    on_cpu = features.encode_images(cap, images, show=False)
+    fc = cap.model.vision_model.encoder.layers[0].mlp.fc1
+    hook = fc.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    cap.model.cuda()
+    try:
+        on_gpu = features.encode_images(cap, images, show=False)
+    finally:
+        hook.remove()
+        cap.model.cpu()
+    assert seen and set(seen) == {torch.float16}
+    assert torch.allclose(on_gpu.float(), on_cpu.float(), atol=2e-2, rtol=2e-2)

@@ -4,6 +4,7 @@ source, and the optimiser with its learning-rate schedule. `Trainer.setup` calls
 order; notebook 03 calls them one by one."""
 from __future__ import annotations
 
+import math
 import os
 import random
 import shutil
@@ -183,9 +184,20 @@ def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
 # ---------------------------------------------------------------- optimiser
 
 
-def build_optimizer(cfg: Config, model, total_steps: int):
+def optimizer_steps(cfg: Config, batches: int, processes: int = 1) -> int:
+    """Optimizer steps of the whole run in each process, which trains on its share of the
+    loader's `batches` (Accelerate shards them, the last one padded), capped by
+    `train.max_steps` (which counts these same steps)."""
+    t = cfg.train
+    steps = math.ceil(math.ceil(batches / processes) / t.grad_accum) * t.epochs
+    return min(steps, t.max_steps) if t.max_steps else steps
+
+
+def build_optimizer(cfg: Config, model, total_steps: int, processes: int = 1):
     """AdamW (the new token rows in their own group: their learning rate, no weight decay)
-    and the warmup + cosine/linear/constant schedule over `total_steps`."""
+    and the warmup + cosine/linear/constant schedule over `total_steps` optimizer steps.
+    Accelerate's prepared scheduler steps once per process at each optimizer step, so the
+    schedule is built over `processes` times as many (the same curve, ending at the end)."""
     from transformers import get_scheduler
 
     t = cfg.train
@@ -198,6 +210,7 @@ def build_optimizer(cfg: Config, model, total_steps: int):
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr,
                                   weight_decay=t.weight_decay)
     name = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps),
-                              num_training_steps=max(total_steps, 1))
+    scheduler = get_scheduler(name, optimizer,
+                              num_warmup_steps=int(t.warmup_ratio * total_steps) * processes,
+                              num_training_steps=max(total_steps, 1) * processes)
     return optimizer, scheduler

@@ -237,13 +237,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def own_rng_state(saved: list[dict[str, Any]] | dict[str, Any], rank: int) -> dict[str, Any]:
+    """This process's entry of rng.pt's per-process states (the main process's for a rank
+    beyond them), or the one state of an older checkpoint."""
+    if isinstance(saved, dict):
+        return saved
+    return saved[rank] if rank < len(saved) else saved[0]
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     """The trainable tensors (LoRA and new token rows), detached, on the CPU."""
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState) -> None:
-    """Write last/ in one atomic step: weights, optimizer, scheduler, scaler, RNG, progress.
+def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
+              rng_states: list[dict[str, Any]] | None = None) -> None:
+    """Write last/ in one atomic step: weights, optimizer, scheduler, scaler, the RNG states of
+    every process (`rng_states`, rank order; default: this one's), progress.
 
     Each file is serialised in memory and written with plain file writes, so a full disk is an
     OSError that `atomic_dir` reports as "disk full" (torch and safetensors writing a file
@@ -256,7 +266,7 @@ def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState) -
         _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
         if scaler is not None:
             _torch_save(scaler.state_dict(), tmp / "scaler.pt")
-        _torch_save(rng_state(), tmp / "rng.pt")
+        _torch_save(rng_states or [rng_state()], tmp / "rng.pt")
         atomic_write_json(tmp / "state.json", asdict(state))
 
 
@@ -267,9 +277,10 @@ def _torch_save(obj: Any, path: Path) -> None:
     path.write_bytes(buf.getbuffer())
 
 
-def load_last(out: Path, model, optimizer, scheduler, scaler) -> None:
-    """Restore what `save_last` wrote into the live model, optimizer, scheduler and RNGs; a file
-    that does not load or does not fit is a one-line error naming it."""
+def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> None:
+    """Restore what `save_last` wrote into the live model, optimizer, scheduler and RNGs (those
+    process `rank` saved); a file that does not load or does not fit is a one-line error
+    naming it."""
     from safetensors.torch import load_file
 
     last = out / "last"
@@ -292,7 +303,7 @@ def load_last(out: Path, model, optimizer, scheduler, scaler) -> None:
         with _checkpoint_file(last / name) as path:
             part.load_state_dict(torch.load(path, weights_only=False))
     with _checkpoint_file(last / "rng.pt") as path:
-        set_rng_state(torch.load(path, weights_only=False))
+        set_rng_state(own_rng_state(torch.load(path, weights_only=False), rank))
 
 
 def run_summary(out: Path, state: RunState, vocab_report: dict[str, Any], model

@@ -8,11 +8,14 @@ memory-mapped file under the run's `cache/` folder, reused by a resumed run. UIT
 training images at 384 px are 577 x 768 values each, about 2.1 GB in fp16: in RAM on a Kaggle
 box (30 GB), memory-mapped on a small laptop; Flickr8k's 6,000 for BLIP-2 (257 x 1408 each)
 are about 4.3 GB. The key covers the vision weights and config, the image processor's
-settings and the image files, so a change to any of them rebuilds the features.
+settings and the image files, so a change to any of them rebuilds the features. With several
+processes (one per GPU) each encodes its share of the images into that file, so none waits for
+a whole pass (BLIP-2's ViT-g over Flickr8k: minutes) in a barrier, or repeats it.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from vicap_utils.captioner import Captioner, image_features, inner_model, pixel_values
 from vicap_utils.images import load_rgb
@@ -63,12 +67,36 @@ def available_memory() -> int:
         return 0
 
 
-def _batches(cap: Captioner, paths: Sequence[Path], batch_size: int, desc: str, show: bool):
-    """(start row, fp16 features) a batch of images at a time."""
-    for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch",
+def _process() -> tuple[int, int]:
+    """(rank, number of processes) of the torch.distributed group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier(world: int) -> None:
+    """Wait until every process gets here (nothing to wait for in a single process)."""
+    if world > 1:
+        dist.barrier()
+
+
+def _share(n: int, rank: int, world: int) -> range:
+    """The rows of `n` a process encodes: a contiguous block, the main process's first."""
+    size = -(-n // world)
+    return range(min(n, rank * size), min(n, (rank + 1) * size))
+
+
+def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int, desc: str,
+             show: bool):
+    """(start row, fp16 features) a batch of `rows` at a time, under fp16 autocast on a GPU
+    (a T4's tensor cores; BLIP-2's ViT stays in fp32 otherwise), in fp32 on the CPU."""
+    device = next(inner_model(cap.model).vision_model.parameters()).device
+    for start in progress(range(rows.start, rows.stop, batch_size), desc=desc, unit="batch",
                           disable=not show):
-        images = [load_rgb(p) for p in paths[start:start + batch_size]]
-        yield start, image_features(cap.model, pixel_values(cap, images)).to("cpu", DTYPE)
+        images = [load_rgb(p) for p in paths[start:min(start + batch_size, rows.stop)]]
+        with torch.autocast("cuda", dtype=DTYPE, enabled=device.type == "cuda"):
+            feats = image_features(cap.model, pixel_values(cap, images))
+        yield start, feats.to("cpu", DTYPE)
 
 
 def _saved_meta(path: Path) -> dict | None:
@@ -85,13 +113,20 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
                   ram_bytes: int | None = None, log=print) -> torch.Tensor:
     """fp16 vision features of every image, [images, tokens, hidden]: in RAM when they fit in
     `ram_bytes` (default: `RAM_SHARE` of the memory available), else memory-mapped under
-    `folder` as `<name>-<key>.f16`, reused when its key matches."""
+    `folder` as `<name>-<key>.f16`, reused when its key matches. Under torch.distributed with a
+    `folder` (every process calls it), always that file: each process encodes its share of the
+    images into it, so none waits for a whole pass or repeats another's."""
     cap.model.eval()
     paths = list(paths)
     if not paths:
         return torch.empty(0, dtype=DTYPE)
+    rank, world = _process() if folder is not None else (0, 1)
     desc = f"caching {name} image features"
-    batches = _batches(cap, paths, batch_size, desc, show)
+    batches = _batches(cap, paths, _share(len(paths), rank, world), batch_size, desc, show)
+    if world > 1:
+        log(f"vision features: {world} processes encode a share each, memory-mapped under "
+            f"{folder}")
+        return _mapped(cap, paths, folder, name, batches, log, rank, world)
     start, first = next(batches)
     shape = (len(paths), *first.shape[1:])
     size = int(np.prod(shape)) * 2
@@ -102,31 +137,60 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
         for start, feats in batches:
             out[start:start + len(feats)] = feats
         return out
+    log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
+        f"allowed); memory-mapped under {folder}")
+    return _mapped(cap, paths, folder, name, itertools.chain([(start, first)], batches), log)
+
+
+def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches, log,
+            rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The features memory-mapped from `folder/<name>-<key>.f16`: reused when complete and its
+    key matches, else written first (`_write`)."""
     key = cache_key(cap, paths)
     file, meta_file = folder / f"{name}-{key}.f16", folder / f"{name}-{key}.json"
-    meta = {"key": key, "shape": list(shape), "dtype": "float16"}
-    if file.is_file() and _saved_meta(meta_file) == meta:
-        batches.close()
-        log(f"vision features: reusing {file} ({size / 2**30:.2f} GiB)")
-        return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))
-    log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
-        f"allowed); memory-mapped in {file}")
-    partial = folder / f".{file.name}.partial"
+    if _complete(file, _saved_meta(meta_file), key):
+        log(f"vision features: reusing {file} ({file.stat().st_size / 2**30:.2f} GiB)")
+    else:
+        _write(folder, name, key, len(paths), batches, rank, world)
+    shape = tuple(read_json(meta_file)["shape"])
+    return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))
+
+
+def _complete(file: Path, meta: dict | None, key: str) -> bool:
+    """True when `file` holds the features its metadata describes (their key and size)."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(f"{name}-*"):
-            stale.unlink()
-        with open(partial, "wb") as f:  # the space reserved up front: a full disk fails here
-            os.posix_fallocate(f.fileno(), 0, size)
-        mm = np.memmap(partial, dtype=np.float16, mode="r+", shape=shape)
-        mm[:len(first)] = first.numpy()
+        return meta["key"] == key and file.stat().st_size == 2 * int(np.prod(meta["shape"]))
+    except (OSError, KeyError, TypeError, ValueError):
+        return False
+
+
+def _write(folder: Path, name: str, key: str, n: int, batches, rank: int, world: int) -> None:
+    """Write `<name>-<key>.f16` and its metadata: the main process clears the stale files and
+    reserves the space (a full disk fails there, leaving nothing), every process writes its
+    rows, the main process renames the whole file into place."""
+    file, partial = folder / f"{name}-{key}.f16", folder / f".{name}-{key}.f16.partial"
+    try:
+        if rank == 0:
+            start, first = next(batches)
+            shape = (n, *first.shape[1:])
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(f"{name}-*"):
+                stale.unlink()
+            with open(partial, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, int(np.prod(shape)) * 2)
+            batches = itertools.chain([(start, first)], batches)
+        _barrier(world)
+        rows = np.memmap(partial, dtype=np.float16, mode="r+").reshape(n, -1)
         for start, feats in batches:
-            mm[start:start + len(feats)] = feats.numpy()
-        mm.flush()
-        del mm
-        os.replace(partial, file)
+            rows[start:start + len(feats)] = feats.flatten(1).numpy()
+        rows.flush()
+        del rows
+        _barrier(world)
+        if rank == 0:
+            os.replace(partial, file)
+            atomic_write_json(folder / f"{name}-{key}.json",
+                              {"key": key, "shape": list(shape), "dtype": "float16"})
     except OSError as exc:
         partial.unlink(missing_ok=True)
         raise write_error(file, exc) from None
-    atomic_write_json(meta_file, meta)
-    return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))
+    _barrier(world)

@@ -12,6 +12,7 @@ import math
 import shlex
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ from vicap_utils.builders import (
     build_loader,
     build_optimizer,
     loader_workers,
+    optimizer_steps,
 )
 from vicap_utils.checkpoint import (
     RunState,
     load_last,
     open_run,
+    rng_state,
     save_last,
     write_history,
     write_reports,
@@ -37,6 +40,12 @@ from vicap_utils.checkpoint import (
 from vicap_utils.config import Config, load_config, save_config
 from vicap_utils.io import VicapError
 from vicap_utils.progress import progress
+
+# How long a process may wait in a barrier for the others (default: 10 min with NCCL). The
+# longest waits: the main process preparing the data (auditing every image, minutes at first
+# use), and the feature cache (shared out by `features.encode_images`); even one T4 alone
+# pushing Flickr8k's 8,091 images through BLIP-2's ViT-g in fp32 is ~9-15 min by arithmetic.
+PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
 
 
 class Trainer:
@@ -52,14 +61,15 @@ class Trainer:
     def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import InitProcessGroupKwargs, set_seed
 
         from vicap_utils.hardware import plan_for
 
         cfg, t = self.cfg, self.cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
-        self.accelerator = Accelerator(mixed_precision=hardware.accelerate_precision,
-                                       gradient_accumulation_steps=t.grad_accum)
+        self.accelerator = Accelerator(
+            mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
+            kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
         if self.main:  # the writer claims the folder (and clears it with --overwrite) first
             saved = open_run(self.out, cfg, self.resume, self.overwrite)
@@ -80,14 +90,13 @@ class Trainer:
             cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
             self.accelerator.local_process_index, self.log)
         captioner.place(self.cap, self.accelerator.device)
-        with self.accelerator.main_process_first():  # one writer of a memory-mapped cache
-            self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
-                                           self.out / "cache")
+        self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
+                                       self.out / "cache")  # every process encodes a share
         loader, self.sampler = build_loader(cfg, self.examples.train,
                                             loader_workers(cfg, self.examples.cached))
-        total = math.ceil(len(loader) / t.grad_accum) * t.epochs
-        optimizer, scheduler = build_optimizer(cfg, self.cap.model,
-                                               min(total, t.max_steps) if t.max_steps else total)
+        processes = self.accelerator.num_processes
+        optimizer, scheduler = build_optimizer(
+            cfg, self.cap.model, optimizer_steps(cfg, len(loader), processes), processes)
         forward = captioner.TrainingForward(self.cap.model, self.cap.family, self.examples.cached)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
@@ -96,7 +105,8 @@ class Trainer:
         if hardware.mixed_precision == "fp16":  # driven here on any device (`step`)
             self.scaler = torch.amp.GradScaler(self.accelerator.device.type)
         if saved:
-            load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler)
+            load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
+                      self.accelerator.process_index)
             self.log(f"resumed from {self.out / 'last'}: epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batches_done}, step {self.state.global_step}")
 
@@ -272,11 +282,13 @@ class Trainer:
                 "(try a lower train.lr, train.mixed_precision=no, or model.vision_fp32=true)")
 
     def save_last(self) -> None:
-        """Write last/ (main process, after every process got here)."""
-        self.accelerator.wait_for_everyone()
+        """Write last/ (main process, once every process got here and sent its RNG state)."""
+        from accelerate.utils import gather_object
+
+        rng_states = gather_object([rng_state()])
         if self.main:
             save_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
-                      self.state)
+                      self.state, rng_states)
 
     def save_adapter(self, name: str) -> None:
         """Write an adapter folder (best/ or final/) atomically."""
