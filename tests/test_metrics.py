@@ -238,6 +238,17 @@ def test_cider_d_document_frequencies_from_a_fixed_corpus() -> None:
     assert per_sample == pytest.approx(expected[batch], abs=1e-6)
 
 
+def test_cider_d_scores_empty_captions_and_no_shared_ngram_as_pycocoevalcap() -> None:
+    # An untrained model's empty caption (first validation) and a caption sharing nothing.
+    refs = [["một cầu thủ đá bóng"], ["hai người chơi quần vợt trên sân"]]
+    for hyps in (["", "ba con mèo"], ["", ""]):
+        expected, expected_per_image = Cider().compute_score(
+            dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)})
+        score, per_image = metrics.CiderD(refs).score(hyps, refs)
+        assert score == pytest.approx(expected, abs=1e-9) and score == 0.0
+        assert per_image == pytest.approx(expected_per_image, abs=1e-9)
+
+
 def test_novel_rate_uses_the_same_tokenization(fast_meteor: None) -> None:
     train = ["Một người đàn ông đang chơi bóng đá trên sân cỏ", "Một cô bé!"]
     result = metrics.evaluate(coco_preds(), coco_refs(), train_captions=train)

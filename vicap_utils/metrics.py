@@ -477,8 +477,8 @@ def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np
                                assume_unique=True, return_indices=True)
     vh, vr = tfidf.weight[h_idx[hi]], tfidf.weight[r_idx[ri]]
     slots = h_pair[hi] * n + tfidf.order[h_idx[hi]]
-    return np.bincount(slots, weights=np.minimum(vh, vr) * vr,
-                       minlength=len(hyp) * n).reshape(len(hyp), n)
+    return np.bincount(slots, weights=np.minimum(vh, vr) * vr,  # int64 when nothing is shared
+                       minlength=len(hyp) * n).astype(float).reshape(len(hyp), n)
 
 
 def _pair_entries(starts: np.ndarray, sentences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
