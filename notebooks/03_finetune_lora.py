@@ -57,7 +57,14 @@ from vicap_utils.exercises import (
     stock_round_trip,
 )
 from vicap_utils.launch import train_on_every_gpu
-from vicap_utils.notebook import setup, show_json, trainable_parameters, vocabulary_table, wrote
+from vicap_utils.notebook import (
+    release,
+    setup,
+    show_json,
+    trainable_parameters,
+    vocabulary_table,
+    wrote,
+)
 from vicap_utils.prepare import prepare
 
 cfg, run = setup(PROFILE, OVERRIDES)
@@ -222,13 +229,15 @@ print(f"image {val_ids[0]} before: {before}\n{' ' * len(str(val_ids[0]))}       
 # session resumes from (`last/`), validation CIDEr after each epoch with the best adapter kept
 # (`best/`), early stopping, mixed precision on a GPU, and every GPU there is (on Kaggle's
 # T4 x2, one worker process per GPU). It builds its own model from the same settings, so we
-# free ours first. With `OVERWRITE = False` it resumes an unfinished run: the one in the run
-# folder, or the one a previous Kaggle session left (attach that notebook's output as input).
+# release ours first: the model, the optimiser and its schedule, the batches, and every output
+# that still holds the autograd graph (`logits`, `scores`, `by_hand`, `loss`), which keeps the
+# base weights alive on the GPU. With `OVERWRITE = False` it resumes an unfinished run: the one
+# in the run folder, or the one a previous Kaggle session left (attach that notebook's output
+# as input).
 
 # %%
-del model, cap, optimizer, logits, loss
-if torch.cuda.is_available():
-    torch.cuda.empty_cache()
+release(globals(), "model", "cap", "optimizer", "scheduler", "loader", "examples", "batch",
+        "val_images", "logits", "scores", "targets", "by_hand", "loss")
 summary = train_on_every_gpu(cfg, run, resume=not OVERWRITE, overwrite=OVERWRITE)
 
 # %% [markdown]

@@ -52,7 +52,15 @@ from vicap_utils.metrics import (
     PUBLISHED_UITVIIC_BLIP_LABEL,
     python_tokenize,
 )
-from vicap_utils.notebook import FINE_TUNED, ZERO_SHOT, eval_inputs, evaluate_run, setup, wrote
+from vicap_utils.notebook import (
+    FINE_TUNED,
+    ZERO_SHOT,
+    eval_inputs,
+    evaluate_run,
+    release,
+    setup,
+    wrote,
+)
 
 cfg, run = setup(PROFILE)
 refs_file, images = eval_inputs(run, SPLIT)  # stops here, naming notebook 03, when no adapter
@@ -96,8 +104,11 @@ print(f"CIDEr over these {len(chosen)} images: {cider:.3f}; per image:",
 # The production path: beam search with the run's `eval` settings over every image, for the
 # base alone and for the adapter; captions NFC-normalised and tokenized as pycocoevalcap does
 # (Stanford PTB tokenizer when Java is there); every metric; files under the run folder.
+# It loads each system in turn, so we first release the adapter loaded by hand: two copies of
+# a model side by side (BLIP-2: about 7 GB each) do not fit on a T4.
 
 # %%
+release(globals(), "cap")
 result = evaluate_run(run, split=SPLIT)
 out = run / ("eval" if SPLIT == "val" else f"eval-{SPLIT}")
 

@@ -83,6 +83,38 @@ def wrote(paths: list[str | Path]) -> None:
         print(f"{_human(size):>9}  {path}")
 
 
+def release(namespace: dict[str, Any], *names: str) -> list[str]:
+    """Delete `names` from a notebook's namespace and free what they held (`free_memory`), so
+    what a cell built by hand does not sit beside the next model; print what went and the GPU
+    memory in use before and after. Names already gone are skipped (the cell can run again)."""
+    import torch
+
+    before = torch.cuda.memory_allocated() if torch.cuda.is_initialized() else 0
+    gone = [name for name in names if name in namespace]
+    for name in gone:
+        del namespace[name]
+    after = free_memory()
+    gpu = "no GPU memory held" if after is None else \
+        f"GPU memory in use {_human(before)} → {_human(after)}"
+    print(f"released {', '.join(gone) or 'nothing'}; {gpu}")
+    return gone
+
+
+def free_memory() -> int | None:
+    """Collect garbage now (a library's reference cycle can hold a whole model until the next
+    automatic collection) and return the CUDA cache to the GPU; the GPU memory still in use,
+    None without CUDA."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if not torch.cuda.is_initialized():
+        return None
+    torch.cuda.empty_cache()
+    return torch.cuda.memory_allocated()
+
+
 # ---------------------------------------------------------------- notebook 02
 
 
@@ -220,6 +252,7 @@ def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
 
     predictions = predict_file(model_ref(str(run / "best"), no_adapter), val_file, images,
                                files["predictions"])
+    free_memory()  # the model predict_file loaded, before the next system's is loaded
     metrics, per_image = evaluate_detailed(predictions, str(val_file),
                                            train_captions=str(run / "data" / "train.json"))
     atomic_write_json(files["metrics"], metrics)
