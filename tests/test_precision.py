@@ -218,3 +218,13 @@ def test_fp16_training_skips_and_counts_an_overflowing_step(family, tiny, t4, tm
     assert torch.load(last / "scheduler.pt")["last_epoch"] == 1
     steps = {int(s["step"]) for s in torch.load(last / "optimizer.pt")["state"].values()}
     assert steps == {1}
+
+
+def test_importing_the_8bit_stack_prints_nothing():
+    """bitsandbytes (imported by peft) must not add a line to vicap's one-line errors."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import vicap_utils, peft, bitsandbytes"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
