@@ -221,3 +221,43 @@ def test_the_kaggle_guide_lists_every_requirement_checked():
             for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")}
     assert ours <= checked and "bitsandbytes" in checked, ours - checked
+
+
+def trained_run(run: Path, profile: str) -> Path:
+    """What notebook 03 leaves: best/ (an adapter), last/, cache/, data/ with the split record."""
+    for part in ("best", "last", "cache", "data"):
+        (run / part).mkdir(parents=True)
+    (run / "best" / "vicap.json").write_text(json.dumps({"config": {"profile": profile}}))
+    (run / "best" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "last" / "state.json").write_text(json.dumps(
+        {"finished": True, "config": {"profile": profile}}))
+    (run / "cache" / "features.bin").write_bytes(b"\0" * 64)
+    (run / "data" / "val.json").write_text('{"images": [], "annotations": []}')
+    (run / "data" / "sources.json").write_text(json.dumps({"val_images": "/kaggle/input/x"}))
+    return run
+
+
+def test_evaluation_finds_notebook_03s_output_attached_as_input(tmp_path, monkeypatch):
+    from vicap_utils.io import VicapError
+    from vicap_utils.notebook import eval_inputs, run_dir
+
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "working").mkdir(parents=True)
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(kaggle))
+    monkeypatch.delenv("VICAP_OUTPUT", raising=False)
+    slug = bundle.kernel_slug("uitviic", "03_finetune_lora")
+    run = run_dir("uitviic-blip")
+    with pytest.raises(VicapError, match=rf"no fine-tuned adapter; attach <owner>/{slug} as "
+                                         r"input \(Add Input → Your Work"):
+        eval_inputs(run)
+    mounted = kaggle / "input" / slug
+    trained_run(mounted / "runs" / "flickr8k-blip2", "flickr8k-blip2")
+    with pytest.raises(VicapError, match="no fine-tuned adapter"):  # another profile's adapter
+        eval_inputs(run)
+    trained_run(mounted / "runs" / "uitviic-blip", "uitviic-blip")
+    before = sorted(p for p in mounted.rglob("*"))
+    assert eval_inputs(run) == (run / "data" / "val.json", Path("/kaggle/input/x"))
+    assert (run / "best" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert not (run / "last").exists() and not (run / "cache").exists()
+    assert sorted(p for p in mounted.rglob("*")) == before
+    assert eval_inputs(run)[0] == run / "data" / "val.json"  # the copy is used from then on
