@@ -47,12 +47,11 @@ TRAINING = bundle.TRAINING_NOTEBOOK
 TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=4", "train.grad_accum=1",
                    "train.patience=0", "train.val_sample=0", "train.num_workers=0",
                    "eval.num_beams=1", "eval.max_new_tokens=8", "eval.batch_size=8"]
-PARAMETERS = {"01_data_audit": {"AUDIT_WORKERS": 1},
-              "03_finetune_lora": {"HAND_STEPS": 2, "OVERRIDES": TRAIN_OVERRIDES},
+PARAMETERS = {"03_finetune_lora": {"HAND_STEPS": 2, "OVERRIDES": TRAIN_OVERRIDES},
               "04_evaluate": {"N_BY_HAND": 1}}
 # What each kernel must leave in /kaggle/working ({profile} filled in).
 OUTPUTS = {"01_data_audit": ["data/{profile}/clean.json"],
-           "02_caption_lengths": ["runs/{profile}/lengths.json"],
+           "02_caption_lengths": ["data/{profile}/lengths.json"],
            "03_finetune_lora": ["runs/{profile}/best/adapter_model.safetensors",
                                 "runs/{profile}/final/adapter_model.safetensors"],
            "04_evaluate": ["runs/{profile}/eval/metrics.json"],
