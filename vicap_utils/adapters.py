@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base
+from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base, place
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
 from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
 
@@ -111,7 +111,7 @@ def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
             raise VicapError(f"{ref.adapter}: cannot load the adapter onto its base "
                              f"{ref.model.base!r} ({error_summary(exc)}); use the base it was "
                              "trained on, or train again") from None
-    cap.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    place(cap, device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cap.model.eval()
     return cap
 

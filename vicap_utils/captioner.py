@@ -105,7 +105,7 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=True, llm_int8_skip_modules=["vision_model", "qformer", "lm_head"])
-        kwargs["device_map"] = {"": device_index or 0}
+        kwargs["device_map"] = {"": device_index or 0} if torch.cuda.is_available() else {"": "cpu"}
         kwargs["dtype"] = torch.float16
     elif cfg.family == "blip2" and torch.cuda.is_available():
         kwargs["dtype"] = torch.float16
@@ -428,12 +428,15 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
 
     BLIP-1 decodes from `[DEC]` over ViT features (given, or computed from `pixels`), exactly
     as training starts; BLIP-2 uses its own `generate()` on pixels, or the same steps after its
-    ViT on cached features. fp16 autocast on a GPU.
+    ViT on cached features. fp16 autocast on a GPU, and on the CPU under `EMULATE_T4`.
     """
+    from vicap_utils.hardware import emulating_t4
+
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
     kwargs = dec.generate_kwargs()
-    with torch.autocast("cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+    fp16 = device.type == "cuda" or emulating_t4()
+    with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
         if cap.family == "blip":
             feats = image_features(cap.model, pixels) if features is None else features
             feats = feats.to(device, next(inner.text_decoder.parameters()).dtype)

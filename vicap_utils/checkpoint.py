@@ -59,6 +59,7 @@ class RunState:
     epoch: int = 0  # epochs fully trained
     batches_done: int = 0  # batches of the current epoch already trained
     global_step: int = 0  # optimizer steps
+    skipped_steps: int = 0  # of them, fp16 steps the GradScaler skipped (gradients overflowed)
     best_cider: float = -1.0
     best_epoch: int = 0
     bad_epochs: int = 0  # validations in a row without a better CIDEr
@@ -301,6 +302,7 @@ def run_summary(out: Path, state: RunState, vocab_report: dict[str, Any], model
 
     return {"out": str(out), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
             "best_val_CIDEr": state.best_cider, "global_step": state.global_step,
+            "skipped_steps": state.skipped_steps,
             "vocabulary": vocab_report, "trainable": trainable_table(model),
             "full_val": state.full_val, "best": str(out / "best"), "final": str(out / "final")}
 

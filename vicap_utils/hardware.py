@@ -77,6 +77,11 @@ def arch_supported(capability: tuple[int, int], arch_list: tuple[str, ...] | lis
     return False
 
 
+def emulating_t4() -> bool:
+    """Whether `EMULATE_T4`=1 asks for a T4's plan (on the CPU, where there is no GPU)."""
+    return os.environ.get(EMULATE_T4, "") == "1"
+
+
 def detect() -> GpuFacts:
     """The facts of this machine: CUDA devices, what torch was built for, bitsandbytes."""
     import torch
@@ -84,7 +89,7 @@ def detect() -> GpuFacts:
     bnb = importlib.util.find_spec("bitsandbytes") is not None
     if not torch.cuda.is_available():
         return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__,
-                        emulated=os.environ.get(EMULATE_T4, "") == "1")
+                        emulated=emulating_t4())
     props = torch.cuda.get_device_properties(0)
     return GpuFacts(
         name=props.name,
@@ -102,12 +107,18 @@ class Plan:
     """How training will use this machine; `error` set means it must not start."""
 
     device: str  # "cuda" or "cpu"
-    mixed_precision: str  # "no", "fp16" or "bf16" (what Accelerate is given)
+    mixed_precision: str  # "no", "fp16" or "bf16"
     load_in_8bit: bool  # BLIP-2 weights through bitsandbytes
     gpus: int
     facts: GpuFacts
     notices: tuple[str, ...] = field(default_factory=tuple)
     error: str = ""
+
+    @property
+    def accelerate_precision(self) -> str:
+        """What Accelerate is given: fp16 is the trainer's own (autocast + GradScaler, the same
+        on a GPU and on the CPU, where Accelerate makes no scaler); bf16 needs no scaler."""
+        return "no" if self.mixed_precision == "fp16" else self.mixed_precision
 
     def line(self) -> str:
         """One-line summary printed before training."""

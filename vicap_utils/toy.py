@@ -284,6 +284,9 @@ def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Pat
         num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
     model = Blip2ForConditionalGeneration(config)
+    # random query tokens, as trained ones are: all-zero ones (the init) give the Q-Former's
+    # first LayerNorm a zero variance, whose gradient overflows fp16
+    torch.nn.init.normal_(model.query_tokens, std=1.0)
     processor = Blip2Processor(BlipImageProcessor(size={"height": image_size,
                                                         "width": image_size}), tok,
                                num_query_tokens=4)

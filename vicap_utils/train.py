@@ -45,6 +45,7 @@ class Trainer:
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
         self.resume, self.overwrite = resume, overwrite
         self.state = RunState()
+        self.scaler: torch.amp.GradScaler | None = None
 
     def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
@@ -55,7 +56,7 @@ class Trainer:
 
         cfg, t = self.cfg, self.cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
-        self.accelerator = Accelerator(mixed_precision=hardware.mixed_precision,
+        self.accelerator = Accelerator(mixed_precision=hardware.accelerate_precision,
                                        gradient_accumulation_steps=t.grad_accum)
         self.main = self.accelerator.is_main_process
         if self.main:  # the writer claims the folder (and clears it with --overwrite) first
@@ -76,7 +77,7 @@ class Trainer:
         self.cap, entries, self.vocab_report = build_captioner(
             cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
             self.accelerator.local_process_index, self.log)
-        self.cap.model.to(self.accelerator.device)
+        captioner.place(self.cap, self.accelerator.device)
         with self.accelerator.main_process_first():  # one writer of a memory-mapped cache
             self.examples = build_examples(cfg, self.cap, self.data, self.main, self.log,
                                            self.out / "cache")
@@ -90,15 +91,19 @@ class Trainer:
             forward, optimizer, loader, scheduler)
         self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
         self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict())
+        if hardware.mixed_precision == "fp16":  # driven here on any device (`step`)
+            self.scaler = torch.amp.GradScaler(self.accelerator.device.type)
         if saved:
             load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler)
             self.log(f"resumed from {self.out / 'last'}: epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batches_done}, step {self.state.global_step}")
 
-    @property
-    def scaler(self):
-        """Accelerate's fp16 GradScaler, or None."""
-        return getattr(self.accelerator, "scaler", None)
+    def autocast(self):
+        """fp16 autocast where the trainer drives fp16 (with its GradScaler), else Accelerate's
+        (bf16, or nothing)."""
+        if self.scaler is None:
+            return self.accelerator.autocast()
+        return torch.autocast(self.accelerator.device.type, dtype=torch.float16)
 
     # ---- the loop ------------------------------------------------------------------------
     def train_epoch(self, epoch: int, bar) -> float:
@@ -111,14 +116,14 @@ class Trainer:
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         for batch in batches:
             with self.accelerator.accumulate(self.model):
-                logits = self.model(batch["image"], batch["input_ids"], batch["attention_mask"])
-                loss = captioner.loss(logits, batch["labels"], t.label_smoothing)
+                with self.autocast():
+                    logits = self.model(batch["image"], batch["input_ids"],
+                                        batch["attention_mask"])
+                    loss = captioner.loss(logits, batch["labels"], t.label_smoothing)
                 self._stop_if_not_finite(loss)
-                self.accelerator.backward(loss)
-                if self.accelerator.sync_gradients and t.max_grad_norm:
-                    self.accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
+                self.accelerator.backward(self.scaler.scale(loss) if self.scaler else loss)
+                if self.accelerator.sync_gradients:
+                    self.step()
                 self.optimizer.zero_grad(set_to_none=True)
             self.state.batches_done += 1
             self.state.loss_sum += loss.item()
@@ -133,6 +138,25 @@ class Trainer:
                     break
         return self.state.loss_sum / max(self.state.loss_count, 1)
 
+    def step(self) -> None:
+        """Clip and take the optimizer and schedule step. Under fp16 the GradScaler unscales
+        first and skips a step whose gradients overflowed: counted in `skipped_steps`, the
+        weights and the schedule left as they were."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.train.max_grad_norm:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() < scale:  # the scale backs off only after an overflow
+                self.state.skipped_steps += 1
+                return
+        self.scheduler.step()
+
     def validate(self, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
         """Validation loss and CIDEr (`validation.validate`) of the per-epoch sample of
         validation images, or of all of them."""
@@ -140,7 +164,7 @@ class Trainer:
 
         return validate(self.cap, self.examples, self.cfg.eval,
                         self.data.val.captions_by_image(), self.accelerator.device,
-                        self.accelerator.autocast, sample)
+                        self.autocast, sample)
 
     def run(self) -> dict[str, Any]:
         """Train to the end (or an early stop), keeping last/, best/ and final/ current; the
@@ -216,8 +240,10 @@ class Trainer:
         self.state.history.append({
             "epoch": epoch, "train_loss": round(p["train_loss"], 5), "val_loss": round(val_loss, 5),
             "val_CIDEr": round(cider, 5), "seconds": round(p["seconds"] + time.time() - start, 2)})
+        skipped = (f"; {self.state.skipped_steps} overflowing fp16 steps skipped so far"
+                   if self.state.skipped_steps else "")
         self.log(f"epoch {epoch}: train loss {p['train_loss']:.4f}, val loss {val_loss:.4f}, "
-                 f"val CIDEr {cider:.3f}")
+                 f"val CIDEr {cider:.3f}{skipped}")
         if due and cider > self.state.best_cider:
             self.state.best_cider, self.state.best_epoch, self.state.bad_epochs = cider, epoch, 0
             if self.main:
