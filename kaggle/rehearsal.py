@@ -42,13 +42,13 @@ import bundle  # noqa: E402
 OWNER = "rehearsal"
 KERNEL = "vicap-rehearsal"
 TRAINING = bundle.TRAINING_NOTEBOOK
-# Small and quick: 3 short epochs (03's first session is killed after the first), greedy
-# 8-token captions, 2 hand-written steps.
-TRAIN_OVERRIDES = ["train.epochs=3", "train.batch_size=4", "train.grad_accum=1",
+# Small and quick: 2 epochs of 5 steps (03's first session is killed after the first), greedy
+# 8-token captions, 2 hand-written steps; one best and one worst image in 05's gallery.
+TRAIN_OVERRIDES = ["train.epochs=2", "train.batch_size=12", "train.grad_accum=1",
                    "train.patience=0", "train.val_sample=0", "train.num_workers=0",
                    "eval.num_beams=1", "eval.max_new_tokens=8", "eval.batch_size=8"]
 PARAMETERS = {"03_finetune_lora": {"HAND_STEPS": 2, "OVERRIDES": TRAIN_OVERRIDES},
-              "04_evaluate": {"N_BY_HAND": 1}}
+              "04_evaluate": {"N_BY_HAND": 1}, "05_gallery": {"N_BEST": 1, "N_WORST": 1}}
 # What each kernel must leave in /kaggle/working ({profile} filled in).
 OUTPUTS = {"01_data_audit": ["data/{profile}/clean.json"],
            "02_caption_lengths": ["data/{profile}/lengths.json"],
@@ -80,6 +80,7 @@ class Rehearsal:
 
     out: Path
     python: Path = Path()
+    path: str = ""  # the kernels' PATH
     store: dict[str, Path] = field(default_factory=dict)  # input handle → its files
     kernels: list[dict] = field(default_factory=list)
 
@@ -95,6 +96,16 @@ def base_packages(dest: Path) -> Path:
             if not skip.match(entry.name) and not (dest / entry.name).exists():
                 (dest / entry.name).symlink_to(entry)
     return dest
+
+
+def without_java(folder: Path) -> str:
+    """A PATH like this one without `java`: links to every other command, in `folder`."""
+    folder.mkdir(parents=True)
+    for entry in os.environ["PATH"].split(os.pathsep):
+        for command in Path(entry).glob("*") if Path(entry).is_dir() else []:
+            if command.name != "java" and not (folder / command.name).exists():
+                (folder / command.name).symlink_to(command)
+    return str(folder)
 
 
 def fresh_venv(folder: Path) -> Path:
@@ -164,24 +175,13 @@ def flickr8k_inputs(store: Path) -> dict[str, Path]:
 
 
 def tiny_blip(folder: Path) -> Path:
-    """BLIP-base's architecture, tokenizer and image processor at one layer of width 128,
-    random weights."""
-    from transformers import BlipConfig, BlipForConditionalGeneration, BlipImageProcessor
-    from transformers import BlipProcessor
+    """An untrained BLIP-1 of the mini base's shape (one layer of width 128, 64-pixel images,
+    BLIP's tokenizer over the BERT subset the synthetic captions use), with its processor."""
+    from vicap_utils.toy import MiniSpec, build_tiny_blip
 
-    from vicap_utils.vocab import stock_blip_tokenizer
-
-    tok = stock_blip_tokenizer()
-    width = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1,
-                 num_attention_heads=4)
-    text = dict(width, vocab_size=len(tok), encoder_hidden_size=128, max_position_embeddings=64,
-                bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
-                sep_token_id=tok.sep_token_id, eos_token_id=tok.sep_token_id)
-    vision = dict(width, image_size=384, patch_size=16)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision))
+    model, processor = build_tiny_blip(MiniSpec(layers=1))
     model.save_pretrained(folder)
-    BlipProcessor(BlipImageProcessor(size={"height": 384, "width": 384}), tok
-                  ).save_pretrained(folder)
+    processor.save_pretrained(folder)
     return folder
 
 
@@ -235,9 +235,9 @@ def fingerprint(root: Path) -> dict[str, tuple[int, int]]:
 
 
 @contextlib.contextmanager
-def kaggle_environment(root: Path, kernels: Path) -> Iterator[None]:
+def kaggle_environment(root: Path, kernels: Path, path: str) -> Iterator[None]:
     """The environment a kernel inherits: this session's /kaggle, the T4 emulation, no index,
-    no hub, and nothing of the caller's vicap (no PYTHONPATH, no VICAP_OUTPUT)."""
+    no hub, `path` as PATH, and nothing of the caller's vicap (no PYTHONPATH, no VICAP_OUTPUT)."""
     saved = dict(os.environ)
     for key in list(os.environ):
         if key.startswith(("VICAP_", "PIP_")) or key in ("PYTHONPATH", "KAGGLE_KERNEL_RUN_TYPE"):
@@ -245,7 +245,7 @@ def kaggle_environment(root: Path, kernels: Path) -> Iterator[None]:
     os.environ.update(VICAP_KAGGLE_ROOT=str(root), VICAP_EMULATE_T4="1",
                       VICAP_CACHE=str(root / "cache"), HF_HUB_OFFLINE="1", PIP_NO_INDEX="1",
                       PIP_CONFIG_FILE=os.devnull, PYTHONNOUSERSITE="1",
-                      JUPYTER_PATH=str(kernels), TOKENIZERS_PARALLELISM="false")
+                      JUPYTER_PATH=str(kernels), TOKENIZERS_PARALLELISM="false", PATH=path)
     try:
         yield
     finally:
@@ -299,7 +299,7 @@ def play(r: Rehearsal, build: Path, profile: str, stem: str, session: str,
     if interrupt:
         kill_when(first_checkpoint(run), stop)
     start, error = time.time(), ""
-    with kaggle_environment(root, r.python.parent.parent / "jupyter"):
+    with kaggle_environment(root, r.python.parent.parent / "jupyter", r.path):
         try:
             papermill.execute_notebook(str(folder / meta["code_file"]),
                                        str(root / f"{stem}.out.ipynb"), parameters=parameters,
@@ -360,6 +360,10 @@ def main(argv: list[str] | None = None) -> int:
                                       "temporary folder, kept)")
     parser.add_argument("--profile", action="append", choices=sorted(bundle.PROFILES),
                         help="profile to rehearse (repeatable; default: all)")
+    parser.add_argument("--java", action="store_true",
+                        help="let the kernels find Java (METEOR and the PTB tokenizer then "
+                             "start a JVM per call: minutes more); by default they run as on "
+                             "an image without Java")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="vicap-rehearsal-"))
     if out.exists() and any(out.iterdir()):
@@ -371,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     build = r.out / "build"
     bundle.bundle(OWNER, build, profiles)
     r.python = fresh_venv(r.out / "venv")
+    r.path = os.environ["PATH"] if args.java else without_java(r.out / "bin")
     make_inputs(r, build, profiles)
     print(f"bundle, venv and inputs: {time.time() - start:.1f} s", flush=True)
     ok = all([rehearse(r, build, p) for p in profiles])
