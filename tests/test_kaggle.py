@@ -1,9 +1,9 @@
 """The Kaggle bundle: push-ready kernels, and a first cell that installs everything offline."""
 from __future__ import annotations
 
+import ast
 import json
 import os
-import ast
 import re
 import shutil
 import subprocess
