@@ -5,11 +5,12 @@ fake Kaggle sessions, as a user's route runs on Kaggle.
 
 Each kernel runs in its own session folder DIR/<tag>/<session>/ holding `input/` and `working/`
 (`VICAP_KAGGLE_ROOT`): its metadata's data sets, models and kernel outputs mounted read-only
-the way Kaggle mounts them, its notebook executed by papermill in a fresh venv where the first
-cell installs vicap and pycocoevalcap from the wheel data set, under `VICAP_EMULATE_T4=1` (a
-T4's plan on the CPU). Notebook 03 is killed after its first checkpoint and resumed in a
-second session with the first one's output attached. The inputs are tiny (synthetic images,
-random base models saved with `bundle.py --save-base`), so both profiles run in minutes.
+the way Kaggle mounts them, its notebook executed by papermill in the profile's fresh venv
+(its first kernel's first cell installs vicap and pycocoevalcap there from the wheel data set),
+under `VICAP_EMULATE_T4=1` (a T4's plan on the CPU). Notebook 03 is killed after its first
+checkpoint and resumed in a second session with the first one's output attached. The inputs
+are tiny (synthetic images, random base models saved with `bundle.py --save-base`) and the two
+profiles play side by side, so the whole rehearsal takes minutes.
 Exit 0 only when every kernel ran, wrote what it should and left its inputs as they were;
 DIR/rehearsal.json records each kernel's seconds and outputs.
 """
@@ -311,6 +312,8 @@ def play(r: Rehearsal, build: Path, profile: str, stem: str, session: str,
     stop.set()
     seconds = round(time.time() - start, 1)
     problems = check_session(root, profile, stem, interrupt, error)
+    if not r.kernels and "installed from" not in first_cell_output(root / f"{stem}.out.ipynb"):
+        problems.append("the first cell did not install vicap into the fresh venv")
     if fingerprint(root / "input") != before:
         problems.append("an input changed")
     outputs[meta["id"]] = root / "working"
@@ -319,6 +322,15 @@ def play(r: Rehearsal, build: Path, profile: str, stem: str, session: str,
     print(f"{meta['id']} [{session}]: {seconds:.1f} s, " +
           ("; ".join(problems) if problems else "ok"), flush=True)
     return not problems
+
+
+def first_cell_output(notebook: Path) -> str:
+    """The text the executed notebook's first cell printed ("" when it did not run)."""
+    try:
+        cell = json.loads(notebook.read_text())["cells"][0]
+    except (OSError, ValueError, IndexError):
+        return ""
+    return "".join("".join(o.get("text", "")) for o in cell.get("outputs", []))
 
 
 def check_session(root: Path, profile: str, stem: str, interrupt: bool, error: str) -> list[str]:
@@ -356,23 +368,22 @@ def rehearse(r: Rehearsal, build: Path, profile: str) -> bool:
 
 
 def setup(out: Path, profiles: list[str], java: bool) -> Rehearsal:
-    """Bundle, fresh venv, inputs; recorded in out/setup.json for the profiles' processes."""
+    """Bundle and inputs, recorded in out/setup.json for the profiles' processes."""
     r = Rehearsal(out)
     build = out / "build"
     bundle.bundle(OWNER, build, profiles)
-    r.python = fresh_venv(out / "venv")
     r.path = os.environ["PATH"] if java else without_java(out / "bin")
     make_inputs(r, build, profiles)
     (out / "setup.json").write_text(json.dumps(
-        {"python": str(r.python), "path": r.path, "store": {k: str(v) for k, v in
-                                                            r.store.items()}}))
+        {"path": r.path, "store": {k: str(v) for k, v in r.store.items()}}))
     return r
 
 
 def play_profile(out: Path, profile: str) -> int:
-    """One profile's kernels (a process of its own, beside the other profile's)."""
+    """One profile's kernels (a process of its own, beside the other profile's), in a fresh
+    venv of its own: its first kernel's first cell installs vicap there."""
     saved = json.loads((out / "setup.json").read_text())
-    r = Rehearsal(out, Path(saved["python"]), saved["path"],
+    r = Rehearsal(out, fresh_venv(out / f"venv-{bundle.PROFILES[profile].tag}"), saved["path"],
                   {k: Path(v) for k, v in saved["store"].items()})
     ok = rehearse(r, out / "build", profile)
     (out / f"{profile}.json").write_text(json.dumps(r.kernels, indent=2))
@@ -401,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = args.profile or sorted(bundle.PROFILES)
     start = time.time()
     setup(out, profiles, args.java)
-    print(f"bundle, venv and inputs: {time.time() - start:.1f} s", flush=True)
+    print(f"bundle and inputs: {time.time() - start:.1f} s", flush=True)
     plays = [subprocess.Popen([sys.executable, __file__, "--play", p, "--out", str(out)])
              for p in profiles]  # side by side: a kernel's start is mostly one core's work
     ok = all([proc.wait() == 0 for proc in plays])
