@@ -20,6 +20,7 @@ def test_t4_trains_in_fp16_with_8bit_blip2_on_both_gpus():
     p = plan("blip2", True, "auto", True, T4X2)
     assert (p.device, p.mixed_precision, p.load_in_8bit, p.gpus, p.error) == \
         ("cuda", "fp16", True, 2, "")
+    assert p.accelerate_precision == "no"  # autocast + GradScaler driven by the trainer
     assert any("num_processes=2" in n for n in p.notices)
     assert p.line() == ("hardware plan: 2× Tesla T4, compute 7.5, 14.7 GB; mixed precision fp16; "
                         "BLIP-2 weights in 8-bit")
@@ -45,6 +46,7 @@ def test_p100_where_torch_has_sm60_uses_fp16_and_loads_blip2_in_fp16():
 def test_ampere_and_hopper_train_in_bf16(facts):
     p = plan("blip", False, "auto", True, facts)
     assert (p.mixed_precision, p.error, p.gpus) == ("bf16", "", 1)
+    assert p.accelerate_precision == "bf16"
     assert "mixed precision bf16" in p.line()
 
 
@@ -109,6 +111,7 @@ def test_an_emulated_t4_gets_a_t4s_plan_on_the_cpu(monkeypatch):
     assert plan("blip", False, "bf16", True, facts).mixed_precision == "fp16"
     assert plan("blip", False, "no", True, facts).mixed_precision == "no"
     assert "emulated on the CPU" in blip2.line()
+    assert blip2.accelerate_precision == "no"  # the trainer drives fp16 itself
     monkeypatch.setenv(hardware.EMULATE_T4, "0")
     real = plan("blip2", True, "auto", True, hardware.detect())
     assert real.error and not real.load_in_8bit and real.mixed_precision == "no"

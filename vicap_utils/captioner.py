@@ -14,6 +14,7 @@ padding and any prompt are -100 in the labels, or the loss would count them.
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,8 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
             load_in_8bit=True, llm_int8_skip_modules=["vision_model", "qformer", "lm_head"])
         kwargs["device_map"] = {"": device_index or 0} if torch.cuda.is_available() else {"": "cpu"}
         kwargs["dtype"] = torch.float16
+        # bitsandbytes logs, at every call, each fp32 input it quantises through fp16 (by design)
+        logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     elif cfg.family == "blip2" and torch.cuda.is_available():
         kwargs["dtype"] = torch.float16
     try:

@@ -4,6 +4,9 @@
 so every case (T4, P100, A100/H100, an arch the installed torch lacks, no GPU) is testable
 without the hardware. bf16 is chosen only where the GPU computes it natively (compute
 capability ≥ 8.0): `torch.cuda.is_bf16_supported()` also counts emulation (True on a T4).
+`VICAP_EMULATE_T4=1` (`EMULATE_T4`) gives a machine without a GPU a T4's plan, run on the CPU
+(fp16 autocast + GradScaler, 8-bit BLIP-2 through bitsandbytes' CPU backend): an emulation for
+tests and rehearsals, slow, never a measure of a T4.
 """
 from __future__ import annotations
 

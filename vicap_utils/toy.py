@@ -273,7 +273,8 @@ def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Pat
     heads = 2
     config = Blip2Config(
         vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                           num_attention_heads=heads, image_size=image_size, patch_size=16),
+                           num_attention_heads=heads, image_size=image_size, patch_size=16,
+                           initializer_range=0.02),  # the default, 1e-10, leaves a blind ViT
         qformer_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
                             num_attention_heads=heads, encoder_hidden_size=width, vocab_size=64),
         text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=width,
@@ -286,7 +287,7 @@ def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Pat
     model = Blip2ForConditionalGeneration(config)
     # random query tokens, as trained ones are: all-zero ones (the init) give the Q-Former's
     # first LayerNorm a zero variance, whose gradient overflows fp16
-    torch.nn.init.normal_(model.query_tokens, std=1.0)
+    torch.nn.init.normal_(model.query_tokens, std=config.initializer_range)
     processor = Blip2Processor(BlipImageProcessor(size={"height": image_size,
                                                         "width": image_size}), tok,
                                num_query_tokens=4)

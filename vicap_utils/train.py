@@ -2,7 +2,9 @@
 
 `builders` makes the parts (data, captioner, examples, optimiser); `checkpoint` keeps the run
 folder (its rules, the resumable `last/`, the history). The data order is a function of
-(seed, epoch), so a run killed at any moment and resumed ends with the same adapter.
+(seed, epoch), so a run killed at any moment and resumed ends with the same adapter. fp16 is
+driven here, the same on a GPU and on the CPU (`hardware.EMULATE_T4`): autocast and a
+GradScaler whose skipped steps are counted; Accelerate gets bf16 or nothing.
 """
 from __future__ import annotations
 
