@@ -1,11 +1,11 @@
 """The Kaggle bundle: push-ready kernels, and a first cell that installs everything offline."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
 import shutil
-import site
 import subprocess
 import sys
 import venv
@@ -19,6 +19,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 GPU = {"03_finetune_lora", "04_evaluate", "05_gallery", "06_caption_demo"}
 sys.path.insert(0, str(ROOT / "kaggle"))
 import bundle  # noqa: E402
+import rehearsal  # noqa: E402
 
 
 def slugify(title: str) -> str:
@@ -113,6 +114,10 @@ def test_blip2_kernels_and_command_line_overrides(tmp_path, monkeypatch):
     handles = [m for f in defaults[1:] for m in json.loads(
         (f / "kernel-metadata.json").read_text())["model_sources"]]
     assert handles and all(h == "me/blip2-opt-2.7b/transformers/default/1" for h in handles)
+    lengths = json.loads((defaults[0].parent / "flickr8k-02_caption_lengths" /
+                          "kernel-metadata.json").read_text())  # its max_length advice
+    assert lengths["model_sources"] == ["me/blip2-opt-2.7b/transformers/default/1"]
+    assert lengths["enable_gpu"] is False
 
 
 def test_first_cell_finds_the_wheels_in_every_mount_layout(tmp_path):
@@ -151,19 +156,6 @@ def test_first_cell_says_what_java_gives(tmp_path, monkeypatch):
                            "the PTB tokenizer run as in pycocoevalcap")
 
 
-def base_packages(tmp_path: Path) -> Path:
-    """This environment's site-packages without vicap and pycocoevalcap (so torch and the
-    rest need not be installed again, while the two must come from the bundle)."""
-    overlay = tmp_path / "base-site"
-    overlay.mkdir()
-    skip = re.compile(r"^(vicap|__editable__|pycocoevalcap|.*\.pth$)", re.IGNORECASE)
-    for source in site.getsitepackages():
-        for entry in Path(source).iterdir():
-            if not skip.match(entry.name) and not (overlay / entry.name).exists():
-                (overlay / entry.name).symlink_to(entry)
-    return overlay
-
-
 def test_first_cell_installs_everything_offline_in_a_fresh_venv(built, tmp_path):
     kaggle = tmp_path / "kaggle"
     shutil.copytree(built / "vicap-wheels", kaggle / "input" / "datasets" / "someone" /
@@ -174,8 +166,9 @@ def test_first_cell_installs_everything_offline_in_a_fresh_venv(built, tmp_path)
     python = fresh / "bin" / "python"
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path("
                               "'purelib'))"], capture_output=True, text=True).stdout.strip()
-    Path(purelib, "_base.pth").write_text(f"{base_packages(tmp_path)}\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VICAP_"))}
+    Path(purelib, "_base.pth").write_text(f"{rehearsal.base_packages(tmp_path / 'base-site')}\n")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PIP_", "VICAP_")) and k != "PYTHONPATH"}
     env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", VICAP_KAGGLE_ROOT=str(kaggle),
                PYTHONNOUSERSITE="1")
     cells = {}
@@ -221,3 +214,132 @@ def test_the_kaggle_guide_lists_every_requirement_checked():
             for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")}
     assert ours <= checked and "bitsandbytes" in checked, ours - checked
+
+
+def trained_run(run: Path, profile: str) -> Path:
+    """What notebook 03 leaves: best/ (an adapter), last/, cache/, data/ with the split record."""
+    for part in ("best", "last", "cache", "data"):
+        (run / part).mkdir(parents=True)
+    (run / "best" / "vicap.json").write_text(json.dumps({"config": {"profile": profile}}))
+    (run / "best" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "last" / "state.json").write_text(json.dumps(
+        {"finished": True, "config": {"profile": profile}}))
+    (run / "cache" / "features.bin").write_bytes(b"\0" * 64)
+    (run / "data" / "val.json").write_text('{"images": [], "annotations": []}')
+    (run / "data" / "sources.json").write_text(json.dumps({"val_images": "/kaggle/input/x"}))
+    return run
+
+
+def test_evaluation_finds_notebook_03s_output_attached_as_input(tmp_path, monkeypatch):
+    from vicap_utils.io import VicapError
+    from vicap_utils.notebook import eval_inputs, run_dir
+
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "working").mkdir(parents=True)
+    monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(kaggle))
+    monkeypatch.delenv("VICAP_OUTPUT", raising=False)
+    slug = bundle.kernel_slug("uitviic", "03_finetune_lora")
+    run = run_dir("uitviic-blip")
+    with pytest.raises(VicapError, match=rf"no fine-tuned adapter; attach <owner>/{slug} as "
+                                         r"input \(Add Input → Your Work"):
+        eval_inputs(run)
+    mounted = kaggle / "input" / slug
+    trained_run(mounted / "runs" / "flickr8k-blip2", "flickr8k-blip2")
+    with pytest.raises(VicapError, match="no fine-tuned adapter"):  # another profile's adapter
+        eval_inputs(run)
+    trained_run(mounted / "runs" / "uitviic-blip", "uitviic-blip")
+    before = sorted(p for p in mounted.rglob("*"))
+    assert eval_inputs(run) == (run / "data" / "val.json", Path("/kaggle/input/x"))
+    assert (run / "best" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert not (run / "last").exists() and not (run / "cache").exists()
+    assert sorted(p for p in mounted.rglob("*")) == before
+    assert eval_inputs(run)[0] == run / "data" / "val.json"  # the copy is used from then on
+
+
+def test_bundle_needs_only_the_standard_library():
+    tree = ast.parse((ROOT / "kaggle" / "bundle.py").read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
+    assert names - {"__future__"} <= sys.stdlib_module_names, names - sys.stdlib_module_names
+    inner = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+             for a in n.names} - names
+    assert inner == {"torch", "transformers"}  # --save-base alone, after its one-line check
+
+
+def test_the_first_cells_plan_settings_are_the_profiles(monkeypatch):
+    from vicap_utils.config import load_config
+
+    for name, spec in bundle.PROFILES.items():
+        cfg = load_config(name)
+        assert spec.plan == {"family": cfg.model.family, "load_in_8bit": cfg.model.load_in_8bit,
+                             "mixed_precision": cfg.train.mixed_precision}, name
+
+
+def test_bundle_metadata_commands_and_whole_builds(tmp_path, monkeypatch, capsys):
+    def fake_wheels(owner, out, extra):
+        (out / "vicap-wheels").mkdir(parents=True)
+        return out / "vicap-wheels"
+
+    monkeypatch.setattr(bundle, "wheel_dataset", fake_wheels)
+    data, mine = tmp_path / "uitviic", tmp_path / "mine"
+    data.mkdir()
+    mine.mkdir()
+    (mine / "dataset-metadata.json").write_text("{}")
+    out = tmp_path / "build"
+    monkeypatch.setattr(sys, "argv", ["bundle.py", "--owner", "me", "--profile", "uitviic-blip",
+                                      "--out", str(out), "--data-dir", f"uit-viic={data}",
+                                      "--data-dir", f"other={mine}"])
+    assert bundle.main() == 0
+    assert json.loads((data / "dataset-metadata.json").read_text())["id"] == "me/uit-viic"
+    assert (mine / "dataset-metadata.json").read_text() == "{}"  # never overwritten
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith(
+        ("kaggle ", "# "))]
+    assert lines[:3] == [f"kaggle datasets create -p {data}", f"kaggle datasets create -p {mine}",
+                         f"kaggle datasets create -p {out / 'vicap-wheels'}"]
+    assert lines[3].startswith("# model me/blip-image-captioning-base/transformers/default/1: "
+                               "python kaggle/bundle.py --owner me --save-base")
+    pushes = [line.split("uitviic-")[-1] for line in lines if "kernels push" in line]
+    assert pushes == bundle.notebook_stems()
+    wait = lines.index(f"kaggle kernels push -p {out / 'uitviic-04_evaluate'}") - 1
+    assert lines[wait] == ("# when me/vicap-uitviic-03-finetune-lora has finished (kaggle "
+                           "kernels status me/vicap-uitviic-03-finetune-lora):")
+
+    def broken(owner, out, extra):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(bundle, "wheel_dataset", broken)
+    with pytest.raises(OSError):
+        bundle.bundle("me", tmp_path / "half", ["uitviic-blip"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build", "mine", "uitviic"]
+    with pytest.raises(SystemExit, match=rf"{data}: not made by kaggle/bundle.py"):
+        bundle.bundle("me", data, ["uitviic-blip"])
+
+
+def test_save_base_writes_fp16_weights_and_the_kaggle_model_metadata(tmp_path, monkeypatch,
+                                                                     capsys):
+    from safetensors import safe_open
+
+    from vicap_utils.toy import build_tiny_blip2
+
+    source = build_tiny_blip2(tmp_path / "blip2-opt-2.7b")
+    monkeypatch.setattr(sys, "argv", ["bundle.py", "--owner", "me", "--save-base", str(source),
+                                      "--out", str(tmp_path / "upload")])
+    assert bundle.main() == 0
+    weights = tmp_path / "upload" / "blip2-opt-2.7b"
+    with safe_open(str(weights / "model.safetensors"), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}
+    # fp16, except what transformers keeps in fp32 (Blip2's _keep_in_fp32_modules)
+    assert {k.split(".")[0] for k, d in dtypes.items() if d != "F16"} == {"qformer", "query_tokens"}
+    assert {d for k, d in dtypes.items() if k.startswith(("vision_model", "language_model"))} == \
+        {"F16"}
+    assert (weights / "tokenizer_config.json").is_file()
+    instance = json.loads((weights / "model-instance-metadata.json").read_text())
+    assert (instance["ownerSlug"], instance["modelSlug"], instance["framework"],
+            instance["instanceSlug"]) == ("me", "blip2-opt-2.7b", "transformers", "default")
+    card = tmp_path / "upload" / "blip2-opt-2.7b-model"
+    model = json.loads((card / "model-metadata.json").read_text())
+    assert (model["ownerSlug"], model["slug"], model["isPrivate"]) == ("me", "blip2-opt-2.7b",
+                                                                      True)
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"kaggle models create -p {card}", f"kaggle models instances create -p {weights}"]

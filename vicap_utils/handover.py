@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vicap_utils.io import VicapError, recover_dir
@@ -61,14 +61,15 @@ def _profile(run: Path) -> str | None:
     return config.get("profile")
 
 
-def _runs_under(root: Path) -> Iterator[Path]:
-    """`root` and the folders below it (a few levels) that hold a checkpoint."""
+def _runs_under(root: Path, holds: Callable[[Path], object] = _last_dir) -> Iterator[Path]:
+    """`root` and the folders below it (a few levels) that hold a checkpoint (or, with
+    `holds`, whatever it checks a folder for)."""
     if not root.is_dir():
         return
     base = len(root.parts)
     for folder, dirs, _files in os.walk(root):
         here = Path(folder)
-        if _last_dir(here) is not None:
+        if holds(here):
             yield here
         if len(here.parts) - base >= _MAX_DEPTH:
             dirs.clear()
@@ -103,10 +104,22 @@ def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
     return _newest(Path(out_dir), profile) or _newest(_input_root(input_root), profile)
 
 
-def bring_back(src: str | Path, dst: str | Path) -> Path:
-    """Copy the run folder `src` (read-only input) to `dst` in the output folder and return
-    `dst`. `dst` must not exist or be empty: nothing there is overwritten. The copy lands in
-    a temporary sibling first and is renamed into place, so `dst` is whole or absent."""
+def find_trained(profile: str, input_root: str | Path | None = None) -> Path | None:
+    """The newest run of `profile` whose best/ holds a fine-tuned adapter under `input_root`
+    (default the Kaggle input root: an attached notebook 03 output), or None."""
+    from vicap_utils.adapters import WEIGHTS_FILE, is_adapter  # torch: only when asked
+
+    runs = [r for r in _runs_under(_input_root(input_root), lambda r: is_adapter(r / "best"))
+            if _profile(r) in (None, profile)]
+    return max(runs, key=lambda r: (r / "best" / WEIGHTS_FILE).stat().st_mtime) if runs else None
+
+
+def bring_back(src: str | Path, dst: str | Path, what: str = "unfinished",
+               skip: tuple[str, ...] = ()) -> Path:
+    """Copy the run folder `src` (read-only input) to `dst` in the output folder, without the
+    entries named in `skip`, and return `dst`. `dst` must not exist or be empty: nothing there
+    is overwritten. The copy lands in a temporary sibling first and is renamed into place, so
+    `dst` is whole or absent."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise VicapError(f"{dst}: not empty; the previous session's run {src} is not copied over "
@@ -115,7 +128,7 @@ def bring_back(src: str | Path, dst: str | Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".incoming", dir=dst.parent))
     try:
         copied = tmp / "run"
-        shutil.copytree(src, copied, ignore=shutil.ignore_patterns(".*.tmp"),
+        shutil.copytree(src, copied, ignore=shutil.ignore_patterns(".*.tmp", *skip),
                         copy_function=shutil.copyfile)
         for path in [copied, *copied.rglob("*")]:  # inputs are read-only; the copy is ours
             path.chmod(path.stat().st_mode | 0o200)
@@ -126,7 +139,7 @@ def bring_back(src: str | Path, dst: str | Path) -> Path:
     state = _state(dst)
     progress = (f" (epoch {state['epoch']} done, step {state['global_step']})"
                 if {"epoch", "global_step"} <= state.keys() else "")
-    print(f"copied the unfinished run {src} → {dst}{progress}")
+    print(f"copied the {what} run {src} → {dst}{progress}")
     return dst
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from vicap_utils.config import Config, load_config
 from vicap_utils.data import CaptionSet, load_captions
-from vicap_utils.env import output_dir, print_environment
+from vicap_utils.env import is_kaggle, kaggle_input, output_dir, print_environment
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
 
 ZERO_SHOT = "zero-shot"
@@ -203,14 +203,31 @@ class RunEval:
 
 def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     """(captions file, images folder) of the run's `val` (or `test`) split, or a hint to run
-    notebook 03 first."""
+    notebook 03 first. A run folder without an adapter is first filled with the newest one
+    trained for this profile under the Kaggle input root (notebook 03's kernel attached as
+    input: read-only, so its adapter, data record and reports are copied, not its checkpoint
+    or feature cache), so evaluations are written here, never into the input."""
     from vicap_utils.adapters import is_adapter
     from vicap_utils.checkpoint import run_references
+    from vicap_utils.handover import bring_back, find_trained
 
     best = run / "best"
     if not is_adapter(best):
-        raise VicapError(f"{best}: no fine-tuned adapter; run notebook 03_finetune_lora first")
+        found = find_trained(run.name)
+        if found is None:
+            raise VicapError(f"{best}: no fine-tuned adapter; {_train_hint(run.name)}")
+        bring_back(found, run, what="trained", skip=("cache", "last", ".last.old"))
     return run_references(run, split)
+
+
+def _train_hint(profile: str) -> str:
+    """How to get an adapter: on Kaggle, the notebook 03 kernel to attach (the slug
+    kaggle/bundle.py gives it); elsewhere, run notebook 03."""
+    if not is_kaggle():
+        return "run notebook 03_finetune_lora first"
+    slug = f"vicap-{profile.split('-')[0]}-03-finetune-lora"
+    return (f"attach <owner>/{slug} as input (Add Input → Your Work: notebook 03's output, "
+            f"mounted under {kaggle_input()}), or run notebook 03_finetune_lora first")
 
 
 def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
