@@ -106,3 +106,13 @@ def test_generation_starts_from_dec_as_training_does(tiny_blip):
                                 dec=captioner.Decoding(num_beams=2, max_new_tokens=3,
                                                        num_return_sequences=2))
     assert len(alts) == 2 and all(isinstance(score, float) for _, score in alts)
+
+
+def test_decoding_from_eval_applies_changes_to_configured_fields():
+    from vicap_utils.config import EvalConfig
+
+    ev = EvalConfig()
+    greedy = captioner.Decoding.from_eval(ev, num_beams=1, max_new_tokens=7)
+    assert (greedy.num_beams, greedy.max_new_tokens) == (1, 7)
+    assert greedy.repetition_penalty == ev.repetition_penalty
+    assert captioner.Decoding.from_eval(ev).num_beams == ev.num_beams

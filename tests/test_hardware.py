@@ -22,7 +22,7 @@ def test_t4_trains_in_fp16_with_8bit_blip2_on_both_gpus():
         ("cuda", "fp16", True, 2, "")
     assert p.accelerate_precision == "no"  # autocast + GradScaler driven by the trainer
     assert any("num_processes=2" in n for n in p.notices)
-    assert p.line() == ("hardware plan: 2× Tesla T4, compute 7.5, 14.7 GB; mixed precision fp16; "
+    assert p.line() == ("hardware plan: 2× Tesla T4, compute 7.5, 14.7 GiB; mixed precision fp16; "
                         "BLIP-2 weights in 8-bit")
     blip = plan("blip", False, "auto", True, T4X2)
     assert (blip.mixed_precision, blip.load_in_8bit) == ("fp16", False)

@@ -408,8 +408,8 @@ class Decoding:
     @classmethod
     def from_eval(cls, ev: EvalConfig, **changes: Any) -> Decoding:
         """Beam search as configured in an `eval` section, with `changes` applied."""
-        return cls(num_beams=ev.num_beams, max_new_tokens=ev.max_new_tokens,
-                   repetition_penalty=ev.repetition_penalty, **changes)
+        return cls(**{"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens,
+                      "repetition_penalty": ev.repetition_penalty, **changes})
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for `generate()`."""

@@ -30,7 +30,7 @@ class GpuFacts:
     name: str = "cpu"
     count: int = 0
     capability: tuple[int, int] = (0, 0)
-    memory_gb: float = 0.0
+    memory_gib: float = 0.0  # binary gigabytes (2**30 bytes)
     arch_list: tuple[str, ...] = ()  # torch.cuda.get_arch_list(): what torch was built for
     bitsandbytes: bool = False  # importable (not imported: importing it is slow)
     torch_version: str = ""
@@ -52,13 +52,13 @@ class GpuFacts:
         return self.count == 0 or arch_supported(self.capability, self.arch_list)
 
     def describe(self) -> str:
-        """One line: "2× Tesla T4, compute 7.5, 14.7 GB" or "no GPU (CPU only)"."""
+        """One line: "2× Tesla T4, compute 7.5, 14.7 GiB" or "no GPU (CPU only)"."""
         if self.emulated:
             return "no GPU: a T4's plan emulated on the CPU"
         if not self.count:
             return "no GPU (CPU only)"
         return (f"{self.count}× {self.name}, compute {self.capability[0]}.{self.capability[1]}, "
-                f"{self.memory_gb} GB")
+                f"{self.memory_gib} GiB")
 
 
 def arch_supported(capability: tuple[int, int], arch_list: tuple[str, ...] | list[str]) -> bool:
@@ -98,7 +98,7 @@ def detect() -> GpuFacts:
         name=props.name,
         count=torch.cuda.device_count(),
         capability=(props.major, props.minor),
-        memory_gb=round(props.total_memory / 2**30, 1),
+        memory_gib=round(props.total_memory / 2**30, 1),
         arch_list=tuple(torch.cuda.get_arch_list()),
         bitsandbytes=bnb,
         torch_version=torch.__version__,

@@ -303,13 +303,13 @@ def _fresh(paths: Any, than: Path) -> bool:
 
 
 def _human(size: int) -> str:
-    """A byte count as B/KB/MB/GB."""
+    """A byte count in binary units: B/KiB/MiB/GiB."""
     value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
-    return f"{value:.1f} GB"
+    return f"{value:.1f} GiB"
 
 
 def show_json(data: Any) -> None:
