@@ -47,7 +47,7 @@ from pathlib import Path
 from vicap_utils import report
 from vicap_utils.audit import audit  # noqa: F401  (for exercise 2)
 from vicap_utils.data import load_captions, split_by_image
-from vicap_utils.exercises import check_equal, copy_data_set
+from vicap_utils.exercises import check_equal, check_planted, copy_data_set
 from vicap_utils.images import check_image
 from vicap_utils.io import read_json
 from vicap_utils.notebook import setup, wrote
@@ -141,13 +141,14 @@ KEPT_CAPTIONS = None  # your answer: a number
 
 # %%
 check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
-            "summary['annotations_ok'], or the 'kept' column of the first table")
+            "captions, not images: the audit's summary counts the ones it kept")
 
 # %% [markdown]
 # **2 · Plant a defect and find it.** `copy_data_set` copies a few images and their captions
 # into a scratch folder. Damage one image there (cut its file short:
-# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on the copy, and give the reason
-# code the audit reports for it (see `rejects.csv` in the audit's output folder).
+# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on the copy with the output folder
+# `scratch / "audit"`, and give the reason code the audit reports for it (see `rejects.csv`
+# there). The check reads that file: the answer must come from your audit.
 
 # %%
 scratch = out.parent / "scratch-01"
@@ -155,8 +156,7 @@ captions_copy, images_copy = copy_data_set(raw.train, raw.images, scratch, n_ima
 PLANTED_REASON = None  # your answer: the reason code of the damaged image
 
 # %%
-check_equal("2 · planted defect", PLANTED_REASON, "unreadable_image",
-            "audit(captions_copy, images_copy, scratch / 'audit'), then read rejects.csv")
+check_planted(PLANTED_REASON, scratch / "audit", captions_copy)
 
 # %% [markdown]
 # **3 · Another seed.** Split the clean set again with seed 7 (`split_by_image(clean,
@@ -170,7 +170,8 @@ NEW_VAL_IMAGES = None  # your answer: a number
 check_equal("3 · another seed", NEW_VAL_IMAGES,
             lambda: len(set(split_by_image(clean, cfg.data.val_fraction, 7)[1].images)
                         - set(data.val.images)),
-            "len(set(new_val.images) - set(data.val.images))")
+            "image ids in the new validation set and not in data.val (not the captions, not "
+            "the images both share)")
 
 # %% [markdown]
 # **4 · Open.** What else should an audit check before training a captioner? (Ideas: captions

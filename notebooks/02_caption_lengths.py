@@ -103,14 +103,16 @@ fig = report.plot_lengths(lengths, recommended, out / "caption_lengths.png")
 # From easy to open. Each "check yourself" cell says whether your answer is right.
 #
 # **1 · Truncation.** What share of the training captions is longer than 16 tokens (so a
-# `max_length` of 18, with `[DEC]` and `[SEP]`, would cut them)? Use the `lengths` table.
+# `max_length` of 18, with `[DEC]` and `[SEP]`, would cut them)? Use the `lengths` table;
+# two decimals are enough.
 
 # %%
 SHARE_OVER_16 = None  # your answer: a fraction between 0 and 1
 
 # %%
 check_close("1 · truncation", SHARE_OVER_16, lambda: float((lengths["tokens"] > 16).mean()),
-            "(lengths['tokens'] > 16).mean()")
+            "a fraction of all training captions, counted in model tokens (not syllables), "
+            "strictly longer than 16", decimals=2)
 
 # %% [markdown]
 # **2 · One word.** How many tokens does the stock tokenizer
@@ -133,7 +135,8 @@ check_equal("2 · extended tokenizer", TOKENS_EXTENDED,
 # **3 · A sentence it never saw.** Write a Vietnamese sentence with at least one syllable that
 # no training caption has (e.g. about a swimmer, a referee, the rain). Does the extended
 # tokenizer still give it back with every diacritic? (It appends every Vietnamese letter too,
-# so unseen syllables are spelled out letter by letter.)
+# so unseen syllables are spelled out letter by letter; how it spaces punctuation, "3 - 0",
+# does not count.)
 
 # %%
 UNSEEN_SENTENCE = None  # your answer: a sentence (a string)

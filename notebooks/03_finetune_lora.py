@@ -268,23 +268,7 @@ print(f"best epoch {summary['best_epoch']} (val CIDEr {summary['best_val_CIDEr']
 # ## Exercises
 # From easy to open. Each "check yourself" cell says whether your answer is right.
 #
-# **1 · Rank and size.** Build the `LoraConfig` for rank 4 and for rank 32 (hint:
-# `dataclasses.replace(cfg.lora, r=4)`, a fresh `captioner.load_base`, `extend_vocabulary`,
-# `add_lora`) and read the trainable share of all parameters (`trainable_table`, row
-# `"all"`, column `"share_%"`) for each.
-
-# %%
-SHARE_R4 = None  # your answer: the trainable share (%) with r=4
-SHARE_R32 = None  # and with r=32
-
-# %%
-check_close("1 · rank 4", SHARE_R4, lambda: lora_share(cfg, 4, captions),
-            "the 'share_%' of the 'all' row of trainable_table, with r=4")
-check_close("1 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
-            "the same with r=32")
-
-# %% [markdown]
-# **2 · Without the extension.** With `model.extend_vocab=false` the model keeps BERT's
+# **1 · Without the extension.** With `model.extend_vocab=false` the model keeps BERT's
 # tokenizer. Load a fresh base (`captioner.load_base(cfg.model)`), encode `example` with its
 # tokenizer and decode it back (`add_special_tokens=False`): what comes back? Put the decoded
 # text in `DECODED_STOCK`.
@@ -293,11 +277,11 @@ check_close("1 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
 DECODED_STOCK = None  # your answer: the decoded caption
 
 # %%
-check_equal("2 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
-            "tokenizer.decode(tokenizer(example, add_special_tokens=False)['input_ids'])")
+check_equal("1 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
+            "the text the fresh base's own tokenizer gives back, not the extended one's")
 
 # %% [markdown]
-# **3 · Cross-attention too.** `lora.cross_attention=true` also adapts the decoder's
+# **2 · Cross-attention too.** `lora.cross_attention=true` also adapts the decoder's
 # cross-attention (where the text looks at the image). How many modules does LoRA wrap then?
 # (Count the names that `captioner.lora_targets(...)` matches in the base model.)
 
@@ -305,9 +289,27 @@ check_equal("2 · without the extension", DECODED_STOCK, lambda: stock_round_tri
 N_TARGETS_CROSS = None  # your answer: the number of modules LoRA adapts with cross-attention
 
 # %%
-check_equal("3 · cross-attention", N_TARGETS_CROSS,
+check_equal("2 · cross-attention", N_TARGETS_CROSS,
             lambda: lora_target_count(cfg, cross_attention=True),
-            "re.fullmatch(captioner.lora_targets(family, settings), name) over named_modules()")
+            "module names of a fresh base that the pattern matches in full, with cross_attention "
+            "on in the LoRA settings")
+
+# %% [markdown]
+# **3 · Rank and size.** Build the `LoraConfig` for rank 4 and for rank 32 (hint:
+# `dataclasses.replace(cfg.lora, r=4)`, a fresh `captioner.load_base`, `extend_vocabulary`,
+# `add_lora`) and read the trainable share of all parameters (`trainable_table`, row
+# `"all"`, column `"share_%"`) for each, to two decimals.
+
+# %%
+SHARE_R4 = None  # your answer: the trainable share (%) with r=4
+SHARE_R32 = None  # and with r=32
+
+# %%
+check_close("3 · rank 4", SHARE_R4, lambda: lora_share(cfg, 4, captions),
+            "a percentage of all parameters (row 'all'), for a fresh base with the extended "
+            "vocabulary and r=4", decimals=2)
+check_close("3 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
+            "the same with r=32", decimals=2)
 
 # %% [markdown]
 # **4 · Open.** Run section 6 again with ten times the learning rate

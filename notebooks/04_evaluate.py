@@ -45,7 +45,14 @@ from pycocoevalcap.cider.cider import Cider
 from vicap_utils import captioner, report
 from vicap_utils.adapters import load_model
 from vicap_utils.data import load_captions
-from vicap_utils.exercises import bleu1, check, check_close, cider_alone, wrong_but_high_bleu
+from vicap_utils.exercises import (
+    BLEU_CASE,
+    bleu1,
+    check,
+    check_close,
+    cider_alone,
+    wrong_but_high_bleu,
+)
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import (
     PUBLISHED_UITVIIC_BLIP,
@@ -150,8 +157,7 @@ report.diversity_table(result.metrics).round(3)
 # %% [markdown]
 # ## Per-image CIDEr
 # CIDEr weights n-grams by their rarity across the **whole evaluated set**, so each image's
-# score is computed against the document frequencies of all validation references (one
-# image alone would always score 0).
+# score is computed against the document frequencies of all validation references.
 
 # %%
 fig = report.plot_cider_hist(result.per_image, out=out / "cider_per_image.png")
@@ -168,32 +174,38 @@ print(f"CIDEr: zero-shot {result.metrics[ZERO_SHOT]['CIDEr']:.3f}, "
 # ## Exercises
 # From easy to open. Each "check yourself" cell says whether your answer is right.
 #
-# **1 · BLEU-1 by hand.** For the first image above, count the caption's words (after
-# `python_tokenize`) that appear in its references — each word counts at most as often as it
-# appears in the one reference that has it most ("clipped") — divide by the caption's length,
-# and multiply by the brevity penalty `exp(1 - r/c)` when the caption (length `c`) is shorter
-# than the reference closest in length (`r`), else 1.
+# **1 · BLEU-1 by hand.** `BLEU_CASE` holds the tokenized references of one image and a
+# caption for it (printed below). Count the caption's words that appear in the references —
+# each word counts at most as often as it appears in the one reference that has it most
+# ("clipped") — divide by the caption's length, and multiply by the brevity penalty
+# `exp(1 - r/c)` when the caption (length `c`) is shorter than the reference closest in length
+# (`r`), else 1. Two decimals are enough.
 
 # %%
-BLEU1_FIRST = None  # your answer: BLEU-1 of the first image's caption
+case_references, case_caption = BLEU_CASE
+print(f"caption:    {case_caption}")
+print("references:", *case_references, sep="\n  ")
+BLEU1_CASE = None  # your answer: BLEU-1 of the caption
+
+# %%
+check_close("1 · BLEU-1 by hand", BLEU1_CASE, lambda: bleu1(case_references, case_caption),
+            "clip each word's count, divide by the caption's length, then the brevity penalty "
+            "against the reference closest in length", decimals=2)
+
+# %% [markdown]
+# **2 · High BLEU, wrong caption.** Write a caption for the first image above that scores
+# BLEU-1 ≥ 0.7 against its references (`gts[first]`) but says something wrong: take a
+# reference and swap one word for one none of the references has (another colour, another
+# sport, another number). Adding words to a true caption does not make it wrong.
 
 # %%
 first = chosen[0]
-check_close("1 · BLEU-1 by hand", BLEU1_FIRST, lambda: bleu1(gts[first], res[first][0]),
-            "clipped unigram precision × brevity penalty, for the first image only")
-
-# %% [markdown]
-# **2 · High BLEU, wrong caption.** Write a caption for the first image that scores BLEU-1 ≥ 0.7
-# against its references but says something wrong (a word none of the references has: another
-# colour, another sport, another number).
-
-# %%
 WRONG_CAPTION = None  # your answer: a caption (a string)
 
 # %%
 check("2 · high BLEU, wrong caption", WRONG_CAPTION,
       lambda: isinstance(WRONG_CAPTION, str) and wrong_but_high_bleu(gts[first], WRONG_CAPTION),
-      "keep most of a reference's words, change one that matters",
+      "one reference word for word, with exactly one word swapped for one no reference has",
       "right: BLEU counts shared words, not whether the caption is true")
 
 # %% [markdown]
@@ -205,7 +217,8 @@ CIDER_ALONE = None  # your answer: the score
 
 # %%
 check_close("3 · CIDEr of one image", CIDER_ALONE, lambda: cider_alone(gts[first], res[first][0]),
-            "Cider().compute_score({0: gts[first]}, {0: res[first]})[0]")
+            "a set of one image: one key in both dicts, the first image's references and "
+            "caption; the overall score, not the per-image array", decimals=2)
 
 # %% [markdown]
 # **4 · Open.** Which of the metrics would you trust most for Vietnamese captions, and why?

@@ -58,7 +58,7 @@ from IPython.display import display
 
 from vicap_utils import captioner, report
 from vicap_utils.demo import build_app, open_sample, partner
-from vicap_utils.exercises import check, check_equal
+from vicap_utils.exercises import check_equal, check_temperature
 from vicap_utils.notebook import setup, wrote
 
 cfg, _ = setup(PROFILE)
@@ -112,24 +112,22 @@ WRITES_DIACRITICS = None  # your answer: "base" or "adapter"
 # %%
 check_equal("1 · diacritics", WRITES_DIACRITICS, "adapter" if any(
     not c.no_adapter for c in app.choices) else "base",
-    "compare the two captions of the handout")
+    "the one whose caption has ă, ơ, ư, đ or tone marks")
 
 # %% [markdown]
-# **2 · Temperature.** Caption the handout image 5 times with sampling
-# (`captioner.Decoding(num_beams=1, do_sample=True, temperature=T)`) at T = 0.3 and at
-# T = 1.5, after `torch.manual_seed(0)`, with the adapter (`app.load(choice)[0]`). How many
-# *different* captions do you get at each temperature?
+# **2 · Temperature.** Caption the handout image (`picture`) 5 times with sampling
+# (`captioner.Decoding(num_beams=1, do_sample=True, temperature=T)`), one `captioner.caption`
+# call at a time, with the adapter (`app.load(adapter)[0]`); do it at T = 0.3 and at T = 1.5,
+# each time right after `torch.manual_seed(0)`. How many *different* captions do you get at
+# each temperature? The check draws the same captions again.
 
 # %%
+adapter = choice  # the model of the handout: the newest adapter, or the base alone
 DISTINCT_LOW_T = None  # your answer: a number from 1 to 5
 DISTINCT_HIGH_T = None  # your answer
 
 # %%
-check("2 · temperature", DISTINCT_LOW_T,
-      lambda: all(isinstance(n, int) and 1 <= n <= 5 for n in (DISTINCT_LOW_T, DISTINCT_HIGH_T))
-      and DISTINCT_HIGH_T >= DISTINCT_LOW_T,
-      "len(set(captions)) for five sampled captions at each temperature",
-      "right: the higher the temperature, the more the captions vary")
+check_temperature(DISTINCT_LOW_T, DISTINCT_HIGH_T, app.load(adapter)[0], picture)
 
 # %% [markdown]
 # **3 · Open.** Upload three photos of your own (a match, a street, a meal). Where does the

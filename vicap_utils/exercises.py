@@ -1,16 +1,21 @@
 """"Check yourself" cells and the reference answers they compare with.
 
 An exercise stub leaves its answer as `None`; the check then says the exercise is not done yet
-and what to do. A wrong answer gets a hint, a right one a short confirmation. Checks only
-print, so a notebook run headless (CI, "Run all") goes on past an open exercise. An expected
-value may be given as a function, computed only once there is an answer to compare.
+and gives a hint, never the solution. A wrong answer gets the same hint, a right one a short
+confirmation. Checks only print, so a notebook run headless (CI, "Run all") goes on past an
+open exercise. An expected value may be given as a function, computed only once there is an
+answer to compare. A check recomputes on a case where the usual wrong answers differ from the
+right one, accepts every right form (numpy scalars, rounding to the decimals the question
+asks), and answers that only the student's own run can give are checked against that run.
 
 The notebooks' exercises and their solutions (notebooks/solutions/) call the same reference
 functions below, so an answer is checked against one definition.
 """
 from __future__ import annotations
 
+import csv
 import math
+import numbers
 import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -38,15 +43,33 @@ def check(exercise: str, answer: Any, ok: bool | Callable[[], bool], hint: str,
         print(f"{NOT_YET} {exercise}: not quite ({answer!r}): {hint}")
 
 
+def is_number(answer: Any) -> bool:
+    """Whether `answer` is a real number (a numpy scalar too), not a bool."""
+    return isinstance(answer, numbers.Real) and not isinstance(answer, bool)
+
+
 def check_close(exercise: str, answer: Any, expected: float | Callable[[], float], hint: str,
-                rel: float = 1e-3, abs_tol: float = 1e-6) -> None:
-    """`check` for a number: right when within `rel` (relative) or `abs_tol` of `expected`."""
+                decimals: int = 2) -> None:
+    """`check` for a number asked to `decimals` decimals: right when it rounds like `expected`
+    (within half a unit of the last decimal)."""
     if answer is None:
         return check(exercise, answer, False, hint)
-    value = expected() if callable(expected) else expected
-    ok = isinstance(answer, int | float) and not isinstance(answer, bool) and math.isclose(
-        float(answer), float(value), rel_tol=rel, abs_tol=abs_tol)
-    return check(exercise, answer, ok, hint, f"right, {value:.4g}")
+    value = float(expected() if callable(expected) else expected)
+    ok = is_number(answer) and abs(float(answer) - value) <= 0.5 * 10 ** -decimals + 1e-9
+    return check(exercise, answer, ok, hint, f"right, {value:.{decimals + 2}f}")
+
+
+def same(answer: Any, value: Any) -> bool:
+    """Whether `answer` is `value` in any right form: a number of any type, a list as any
+    sequence, a text with any spacing."""
+    if is_number(value):
+        return is_number(answer) and answer == value
+    if isinstance(value, str):
+        return isinstance(answer, str) and answer.split() == value.split()
+    if isinstance(value, list):
+        return (isinstance(answer, Sequence) and not isinstance(answer, str)
+                and len(answer) == len(value) and all(map(same, answer, value)))
+    return answer == value
 
 
 def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
@@ -55,7 +78,7 @@ def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
     if answer is None:
         return check(exercise, answer, False, hint)
     value = expected() if callable(expected) else expected
-    return check(exercise, answer, answer == value, hint, f"right, {value!r}")
+    return check(exercise, answer, same(answer, value), hint, f"right, {value!r}")
 
 
 # ---------------------------------------------------------------- 01 · data audit
@@ -82,6 +105,23 @@ def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
     return folder / "captions.json", folder / "images"
 
 
+def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
+    """Exercise 01·2: right when `answer` is the reason of an image row in the `rejects.csv`
+    of an audit written into `audit_folder` after the copy was made, so a reason code typed
+    without planting a defect and auditing the copy is not enough."""
+    rejects = Path(audit_folder) / "rejects.csv"
+    fresh = rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime
+    reasons = set()
+    if fresh:
+        with rejects.open(encoding="utf-8", newline="") as f:
+            reasons = {row["reason"] for row in csv.DictReader(f) if row["kind"] == "image"}
+    hint = (f"the reason column of the image row in {rejects}" if reasons else
+            f"no audit of a damaged copy in {audit_folder} yet: cut an image of the copy short, "
+            "audit the copy into that folder, then read its rejects.csv")
+    check("2 · planted defect", answer, isinstance(answer, str) and answer.strip() in reasons,
+          hint)
+
+
 # ---------------------------------------------------------------- 02 · caption lengths
 
 
@@ -92,12 +132,14 @@ def token_count(tokenizer, text: str) -> int:
 
 def unseen_and_kept(tokenizer, sentence: str, training_captions: Sequence[str]) -> bool:
     """Whether `sentence` has a syllable no training caption has and still comes back from
-    `tokenizer` whole (diacritics and all)."""
+    `tokenizer` whole: every letter and diacritic (the tokenizer's spacing around punctuation
+    does not count)."""
     from vicap_utils.vocab import canonical, syllables
 
     back = tokenizer.decode(tokenizer(sentence, add_special_tokens=False)["input_ids"])
     new = set(syllables([sentence])) - set(syllables(training_captions))
-    return bool(new) and canonical(back) == canonical(sentence)
+    letters = ["".join(canonical(text).split()) for text in (back, sentence)]  # "3-0" → "3 - 0"
+    return bool(new) and letters[0] == letters[1]
 
 
 # ---------------------------------------------------------------- 03 · fine-tuning
@@ -143,6 +185,15 @@ def lora_target_count(cfg: Config, cross_attention: bool) -> int:
 # ---------------------------------------------------------------- 04 · evaluation
 
 
+BLEU_CASE = (["cầu thủ đang đá bóng trên sân",
+              "hai cầu thủ mặc áo đỏ đang tranh bóng trên sân",
+              "trận đấu bóng đá"],
+             "cầu thủ cầu thủ đá bóng")
+"""Tokenized references of one image and a caption for exercise 04·1, where leaving out the
+clipping ("cầu thủ" twice), the brevity penalty (6 words; the closest reference has 7, the
+shortest 4) or taking the wrong reference length each gives another number."""
+
+
 def bleu1(references: Sequence[str], caption: str) -> float:
     """pycocoevalcap's BLEU-1 of one tokenized caption against its tokenized references."""
     from pycocoevalcap.bleu.bleu import Bleu
@@ -158,21 +209,45 @@ def cider_alone(references: Sequence[str], caption: str) -> float:
 
 
 def wrong_but_high_bleu(references: Sequence[str], caption: str, bleu: float = 0.7) -> bool:
-    """Whether `caption` (raw text) scores BLEU-1 ≥ `bleu` against the tokenized references
-    while using a word none of them has."""
+    """Whether `caption` (raw text) is a tokenized reference with one word swapped for a word
+    none of the references has, so it says something else (a true caption with words added
+    does not count), and still scores BLEU-1 ≥ `bleu`."""
     from vicap_utils.metrics import python_tokenize
 
     words = python_tokenize(caption).split()
     seen = {w for r in references for w in r.split()}
-    return bleu1(references, " ".join(words)) >= bleu and any(w not in seen for w in words)
+
+    def one_swap(reference: list[str]) -> bool:
+        swapped = [new for old, new in zip(reference, words) if old != new]
+        return len(reference) == len(words) and len(swapped) == 1 and swapped[0] not in seen
+
+    return any(one_swap(r.split()) for r in references) and bleu1(references,
+                                                                  " ".join(words)) >= bleu
 
 
 # ---------------------------------------------------------------- 05 · gallery
 
 
-def biggest_gain(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float]) -> Any:
-    """The image id whose per-image CIDEr gained most from fine-tuning."""
-    return max(fine_tuned, key=lambda i: (fine_tuned[i] - zero_shot.get(i, 0.0), str(i)))
+GAIN_CASE = ({1: 0.9, 2: 0.6, 3: 0.2, 4: 0.5}, {1: 0.8, 2: 0.1, 3: 0.0, 4: 0.5})
+"""Per-image CIDEr (fine-tuned, zero-shot) for exercise 05·1 where the best fine-tuned image
+is not the one that gained most (on `mini` zero-shot CIDEr is 0 everywhere, so they are)."""
+
+
+def biggest_gains(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float]) -> set:
+    """The image ids whose per-image CIDEr gained most from fine-tuning (ties all count)."""
+    gains = {i: fine_tuned[i] - zero_shot.get(i, 0.0) for i in fine_tuned}
+    return {i for i, gain in gains.items() if math.isclose(gain, max(gains.values()))}
+
+
+def check_biggest_gain(answer: Any, fine_tuned: Mapping[Any, float],
+                       zero_shot: Mapping[Any, float]) -> None:
+    """Exercise 05·1: `answer` is a function (fine_tuned, zero_shot) → image id, right when it
+    finds the biggest gain both on `GAIN_CASE` and on the run's own scores."""
+    check("1 · biggest gain", answer, lambda: callable(answer) and all(
+        answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in (GAIN_CASE, (fine_tuned,
+                                                                           zero_shot))),
+          "a function of the two dicts returning the image id whose fine-tuned score rose most "
+          "above its zero-shot score; it is also tried on scores where zero-shot is not 0")
 
 
 def three_decodings(cap, image) -> list[str]:
@@ -182,3 +257,29 @@ def three_decodings(cap, image) -> list[str]:
     ways = [Decoding(num_beams=1), Decoding(num_beams=5),
             Decoding(num_beams=5, repetition_penalty=1.5)]
     return [caption(cap, images=[image], dec=dec)[0][0][0] for dec in ways]
+
+
+# ---------------------------------------------------------------- 06 · caption demo
+
+
+def distinct_samples(cap, image, temperature: float, n: int = 5) -> int:
+    """How many different captions `n` sampled captions of `image` at `temperature` are, drawn
+    one call at a time after `torch.manual_seed(0)`."""
+    import torch
+
+    from vicap_utils.captioner import Decoding, caption
+
+    torch.manual_seed(0)
+    dec = Decoding(num_beams=1, do_sample=True, temperature=temperature)
+    return len({caption(cap, images=[image], dec=dec)[0][0][0] for _ in range(n)})
+
+
+def check_temperature(low: Any, high: Any, cap, image) -> None:
+    """Exercise 06·2: the distinct-caption counts at T = 0.3 and 1.5, checked against the same
+    draws (same seed, same model, same image), so a plausible guess is not enough."""
+    answer = None if low is None or high is None else [low, high]
+    check("2 · temperature", answer, lambda: same(answer, [distinct_samples(cap, image, t)
+                                                           for t in (0.3, 1.5)]),
+          "for each temperature: torch.manual_seed(0), then five calls of caption() with "
+          "sampling; count the different captions with a set",
+          "right: a higher temperature flattens the distribution, so captions vary more")

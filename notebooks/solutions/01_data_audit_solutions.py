@@ -29,7 +29,7 @@ import pandas as pd
 
 from vicap_utils.audit import audit
 from vicap_utils.data import load_captions, split_by_image
-from vicap_utils.exercises import check_equal, copy_data_set
+from vicap_utils.exercises import check_equal, check_planted, copy_data_set
 from vicap_utils.io import read_json
 from vicap_utils.notebook import setup
 from vicap_utils.prepare import prepare, raw_data
@@ -46,7 +46,7 @@ clean = load_captions(out / "clean.json")
 # %%
 KEPT_CAPTIONS = summary["annotations_ok"]
 check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
-            "summary['annotations_ok'], or the 'kept' column of the first table")
+            "captions, not images: the audit's summary counts the ones it kept")
 
 # %% [markdown]
 # **2 · Plant a defect and find it.** Cut one image of a scratch copy short, audit the copy,
@@ -60,8 +60,7 @@ victim.write_bytes(victim.read_bytes()[:300])
 audit(captions_copy, images_copy, scratch / "audit")
 rejects = pd.read_csv(scratch / "audit" / "rejects.csv")
 PLANTED_REASON = rejects.loc[rejects["kind"] == "image", "reason"].iloc[0]
-check_equal("2 · planted defect", PLANTED_REASON, "unreadable_image",
-            "audit(captions_copy, images_copy, scratch / 'audit'), then read rejects.csv")
+check_planted(PLANTED_REASON, scratch / "audit", captions_copy)
 
 # %% [markdown]
 # **3 · Another seed.** A new seed draws another validation set: scores of two runs on two
@@ -74,5 +73,6 @@ NEW_VAL_IMAGES = len(set(new_val.images) - set(data.val.images))
 check_equal("3 · another seed", NEW_VAL_IMAGES,
             lambda: len(set(split_by_image(clean, cfg.data.val_fraction, 7)[1].images)
                         - set(data.val.images)),
-            "len(set(new_val.images) - set(data.val.images))")
+            "image ids in the new validation set and not in data.val (not the captions, not "
+            "the images both share)")
 print(f"{NEW_VAL_IMAGES} of {len(new_val.images)} validation images change with seed 7")

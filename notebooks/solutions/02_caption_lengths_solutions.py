@@ -41,7 +41,8 @@ lengths = report.caption_lengths(captions, model_tokenizer(cfg, tokenizers))
 # %%
 SHARE_OVER_16 = float((lengths["tokens"] > 16).mean())
 check_close("1 · truncation", SHARE_OVER_16, lambda: float((lengths["tokens"] > 16).mean()),
-            "(lengths['tokens'] > 16).mean()")
+            "a fraction of all training captions, counted in model tokens (not syllables), "
+            "strictly longer than 16", decimals=2)
 
 # %% [markdown]
 # **2 · One word.** The stock tokenizer writes "người" as the pieces of "nguoi"; the extended

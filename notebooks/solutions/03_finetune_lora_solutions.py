@@ -43,7 +43,29 @@ captions = [a.caption for a in prepare(cfg, Path(cfg.data.prepared)).train.annot
 example = captions[0]
 
 # %% [markdown]
-# **1 · Rank and size.** LoRA adds `r × (d_in + d_out)` parameters per adapted matrix, so the
+# **1 · Without the extension.** The stock tokenizer lower-cases and strips the accents.
+
+# %%
+stock = captioner.load_base(cfg.model).tokenizer
+DECODED_STOCK = stock.decode(stock(example, add_special_tokens=False)["input_ids"])
+print(DECODED_STOCK)
+check_equal("1 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
+            "the text the fresh base's own tokenizer gives back, not the extended one's")
+
+# %% [markdown]
+# **2 · Cross-attention too.** Three more matrices (query, key, value) per decoder layer.
+
+# %%
+cap = captioner.load_base(cfg.model)
+targets = captioner.lora_targets(cap.family, replace(cfg.lora, cross_attention=True))
+N_TARGETS_CROSS = sum(bool(re.fullmatch(targets, n)) for n, _ in cap.model.named_modules())
+check_equal("2 · cross-attention", N_TARGETS_CROSS,
+            lambda: lora_target_count(cfg, cross_attention=True),
+            "module names of a fresh base that the pattern matches in full, with cross_attention "
+            "on in the LoRA settings")
+
+# %% [markdown]
+# **3 · Rank and size.** LoRA adds `r × (d_in + d_out)` parameters per adapted matrix, so the
 # trainable share grows with the rank; the new vocabulary rows stay the same.
 
 # %%
@@ -53,30 +75,10 @@ for r in (4, 32):
     captioner.extend_vocabulary(cap, captions)
     model = captioner.add_lora(cap, captioner.lora_config(cap, replace(cfg.lora, r=r)))
     shares[r] = captioner.trainable_table(model)[-1]["share_%"]
-SHARE_R4, SHARE_R32 = shares[4], shares[32]
+SHARE_R4, SHARE_R32 = round(shares[4], 2), round(shares[32], 2)
 print(shares)
-check_close("1 · rank 4", SHARE_R4, lambda: lora_share(cfg, 4, captions),
-            "the 'share_%' of the 'all' row of trainable_table, with r=4")
-check_close("1 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
-            "the same with r=32")
-
-# %% [markdown]
-# **2 · Without the extension.** The stock tokenizer lower-cases and strips the accents.
-
-# %%
-stock = captioner.load_base(cfg.model).tokenizer
-DECODED_STOCK = stock.decode(stock(example, add_special_tokens=False)["input_ids"])
-print(DECODED_STOCK)
-check_equal("2 · without the extension", DECODED_STOCK, lambda: stock_round_trip(cfg, example),
-            "tokenizer.decode(tokenizer(example, add_special_tokens=False)['input_ids'])")
-
-# %% [markdown]
-# **3 · Cross-attention too.** Three more matrices (query, key, value) per decoder layer.
-
-# %%
-cap = captioner.load_base(cfg.model)
-targets = captioner.lora_targets(cap.family, replace(cfg.lora, cross_attention=True))
-N_TARGETS_CROSS = sum(bool(re.fullmatch(targets, n)) for n, _ in cap.model.named_modules())
-check_equal("3 · cross-attention", N_TARGETS_CROSS,
-            lambda: lora_target_count(cfg, cross_attention=True),
-            "re.fullmatch(captioner.lora_targets(family, settings), name) over named_modules()")
+check_close("3 · rank 4", SHARE_R4, lambda: lora_share(cfg, 4, captions),
+            "a percentage of all parameters (row 'all'), for a fresh base with the extended "
+            "vocabulary and r=4", decimals=2)
+check_close("3 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
+            "the same with r=32", decimals=2)

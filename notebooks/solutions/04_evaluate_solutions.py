@@ -29,7 +29,14 @@ from collections import Counter
 from vicap_utils import captioner
 from vicap_utils.adapters import load_model
 from vicap_utils.data import load_captions
-from vicap_utils.exercises import bleu1, check, check_close, cider_alone, wrong_but_high_bleu
+from vicap_utils.exercises import (
+    BLEU_CASE,
+    bleu1,
+    check,
+    check_close,
+    cider_alone,
+    wrong_but_high_bleu,
+)
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import python_tokenize
 from vicap_utils.notebook import eval_inputs, setup
@@ -48,18 +55,24 @@ print(hypothesis, "|", gts[first][0])
 
 # %% [markdown]
 # **1 · BLEU-1 by hand.** Clipped matches over the caption's length, times the brevity
-# penalty against the reference closest in length.
+# penalty against the reference closest in length. Here "cầu" and "thủ" come twice but no
+# reference has them more than once, so 4 of the 6 words count; the closest reference has 7
+# words, so the penalty is `exp(1 - 7/6)`. Without the clipping, the penalty, or with the
+# shortest or the average reference length, the number comes out different.
 
 # %%
-words = hypothesis.split()
+case_references, case_caption = BLEU_CASE
+words = case_caption.split()
 counts = Counter(words)
-best_count = {w: max(r.split().count(w) for r in gts[first]) for w in counts}
+best_count = {w: max(r.split().count(w) for r in case_references) for w in counts}
 precision = sum(min(n, best_count[w]) for w, n in counts.items()) / len(words)
-closest = min((abs(len(r.split()) - len(words)), len(r.split())) for r in gts[first])[1]
+closest = min((abs(len(r.split()) - len(words)), len(r.split())) for r in case_references)[1]
 penalty = 1.0 if len(words) > closest else math.exp(1 - closest / len(words))
-BLEU1_FIRST = precision * penalty
-check_close("1 · BLEU-1 by hand", BLEU1_FIRST, lambda: bleu1(gts[first], res[first][0]),
-            "clipped unigram precision × brevity penalty, for the first image only")
+BLEU1_CASE = round(precision * penalty, 2)
+print(f"precision {precision:.4f} × penalty {penalty:.4f} = {precision * penalty:.4f}")
+check_close("1 · BLEU-1 by hand", BLEU1_CASE, lambda: bleu1(case_references, case_caption),
+            "clip each word's count, divide by the caption's length, then the brevity penalty "
+            "against the reference closest in length", decimals=2)
 
 # %% [markdown]
 # **2 · High BLEU, wrong caption.** Keep a reference's words and change the colour.
@@ -69,7 +82,7 @@ colours = ["đỏ", "vàng", "trắng", "đen", "xanh"]
 reference = gts[first][0].split()
 for i, word in enumerate(reference):
     if word in colours:
-        reference[i] = next(c for c in colours if c not in gts[first][0].split())
+        reference[i] = next(c for c in colours if c not in " ".join(gts[first]).split())
         break
 else:
     reference[-1] = "hươu"  # no colour to change: a giraffe will do
@@ -77,7 +90,7 @@ WRONG_CAPTION = " ".join(reference)
 print(WRONG_CAPTION)
 check("2 · high BLEU, wrong caption", WRONG_CAPTION,
       lambda: isinstance(WRONG_CAPTION, str) and wrong_but_high_bleu(gts[first], WRONG_CAPTION),
-      "keep most of a reference's words, change one that matters",
+      "one reference word for word, with exactly one word swapped for one no reference has",
       "right: BLEU counts shared words, not whether the caption is true")
 
 # %% [markdown]
@@ -88,4 +101,5 @@ check("2 · high BLEU, wrong caption", WRONG_CAPTION,
 # %%
 CIDER_ALONE = cider_alone(gts[first], res[first][0])
 check_close("3 · CIDEr of one image", CIDER_ALONE, lambda: cider_alone(gts[first], res[first][0]),
-            "Cider().compute_score({0: gts[first]}, {0: res[first]})[0]")
+            "a set of one image: one key in both dicts, the first image's references and "
+            "caption; the overall score, not the per-image array", decimals=2)
