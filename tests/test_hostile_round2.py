@@ -93,27 +93,36 @@ def caption_set(tmp_path) -> Path:
     return tmp_path
 
 
+def kill_9_while_decoding(root: Path, args: list[str], start: str = "plain") -> None:
+    """Run the CLI with slow decodes, kill -9 it once two workers decode, and assert that no
+    process it started is left 5 s later."""
+    marker = uuid.uuid4().hex
+    started = root / f"started-{marker}"
+    started.mkdir()
+    env = {**os.environ, "VICAP_TEST_MARKER": marker, "VICAP_TEST_SLOW_DIR": str(started),
+           "PYTHONPATH": os.pathsep.join([str(root / "site"), str(REPO)])}
+    proc = subprocess.Popen([sys.executable, "-c", RUN_CLI, start, *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: len(os.listdir(started)) >= 2, 120), "no worker started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert wait_for(lambda: not marked_processes(marker), 5), \
+            f"left running: {marked_processes(marker)}"
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in marked_processes(marker):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("start", ["fork", "threads"])
 def test_kill_9_of_audit_leaves_no_worker_and_the_rerun_succeeds(caption_set, start):
     root = caption_set
     args = ["audit", "--annotations", str(root / "captions.json"), "--images",
             str(root / "images"), "--out", str(root / "out"), "--workers", "2"]
-    marker = uuid.uuid4().hex
-    (root / "started").mkdir()
-    env = {**os.environ, "VICAP_TEST_MARKER": marker, "VICAP_TEST_SLOW_DIR": str(root / "started"),
-           "PYTHONPATH": os.pathsep.join([str(root / "site"), str(REPO)])}
-    proc = subprocess.Popen([sys.executable, "-c", RUN_CLI, start, *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for(lambda: len(os.listdir(root / "started")) >= 2, 60), "no worker started"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert wait_for(lambda: not marked_processes(marker), 5), \
-            f"left running: {marked_processes(marker)}"
-    finally:
-        for pid in marked_processes(marker):
-            os.kill(pid, signal.SIGKILL)
+    kill_9_while_decoding(root, args, start)
     started = time.monotonic()
     rerun = subprocess.run([sys.executable, "-m", "vicap_utils", *args], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -121,3 +130,17 @@ def test_kill_9_of_audit_leaves_no_worker_and_the_rerun_succeeds(caption_set, st
     assert time.monotonic() - started < 30
     assert sorted(os.listdir(root / "out")) == sorted(
         [".vicap-owned.json", "audit.json", "clean.json", "rejects.csv"])
+
+
+@pytest.mark.slow
+def test_kill_9_of_train_during_data_preparation_leaves_nothing_and_the_rerun_starts(
+        tmp_path, monkeypatch):
+    """The rerun into the same run folder gets past both locks (run and data/) to decoding,
+    and is killed there too: a whole training would not fit the suite's time."""
+    monkeypatch.setenv("VICAP_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SLOW_DECODE)
+    args = ["train", "--profile", "mini", "--set", "data.synthetic_images=8",
+            "--out", str(tmp_path / "run")]
+    kill_9_while_decoding(tmp_path, args)
+    kill_9_while_decoding(tmp_path, args)
