@@ -19,9 +19,17 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from vicap_utils.folders import LOCK
+from vicap_utils.__main__ import main
+from vicap_utils.checkpoint import open_run
+from vicap_utils.config import load_config
+from vicap_utils.folders import LOCK, MARKER, folder_lock
+from vicap_utils.synthetic import generate
 
 REPO = Path(__file__).resolve().parent.parent
+REFERENCES = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+              "annotations": [{"id": 1, "image_id": 1, "caption": "con chó chạy trên cỏ"},
+                              {"id": 2, "image_id": 2, "caption": "hai con mèo ngủ"}]}
+PREDICTIONS = [{"image_id": 1, "caption": "con chó chạy"}, {"image_id": 2, "caption": "mèo ngủ"}]
 
 # Loaded at start-up by every Python process of the command (workers, forkserver included):
 # each image decode sleeps, and a worker leaves a file when it starts decoding.
@@ -144,3 +152,64 @@ def test_kill_9_of_train_during_data_preparation_leaves_nothing_and_the_rerun_st
             "--out", str(tmp_path / "run")]
     kill_9_while_decoding(tmp_path, args)
     kill_9_while_decoding(tmp_path, args)
+
+
+# ---------------------------------------------------------------- files vicap did not write
+
+
+def refused(argv: list[str], root: Path, capsys, names: Path, says: str) -> None:
+    """Run the CLI: exit 2, one stderr line naming `names` and saying `says`, nothing under
+    `root` changed."""
+    before = checksums(root)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(names) in err and says in err, err
+    assert checksums(root) == before
+
+
+def test_train_overwrite_keeps_a_user_cache_the_run_never_wrote(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = load_config("mini", None, [])
+    with folder_lock(run):
+        open_run(run, cfg, resume=False, overwrite=False)  # what a run records at its start
+    assert json.loads((run / MARKER).read_text())["entries"] == ["config.json", "data"]
+    (run / "cache").mkdir()
+    (run / "cache" / "notes.txt").write_text("the user's")
+    refused(["train", "--profile", "mini", "--out", str(run), "--overwrite"], tmp_path, capsys,
+            run / "cache", "exists and vicap did not write it")
+
+
+def test_evaluate_keeps_a_user_file_where_the_per_image_csv_would_go(tmp_path, capsys):
+    (tmp_path / "refs.json").write_text(json.dumps(REFERENCES))
+    (tmp_path / "preds.json").write_text(json.dumps(PREDICTIONS))
+    (tmp_path / "m_per_image.csv").write_text("the user's table\n")
+    refused(["evaluate", "--predictions", str(tmp_path / "preds.json"), "--references",
+             str(tmp_path / "refs.json"), "--out", str(tmp_path / "m.json"), "--overwrite"],
+            tmp_path, capsys, tmp_path / "m_per_image.csv", "move it away")
+    (tmp_path / "m_per_image.csv").unlink()
+    (tmp_path / "m.json").write_text("the user's metrics\n")
+    refused(["evaluate", "--predictions", str(tmp_path / "preds.json"), "--references",
+             str(tmp_path / "refs.json"), "--out", str(tmp_path / "m.json")],
+            tmp_path, capsys, tmp_path / "m.json", "add --overwrite")
+
+
+def test_predict_keeps_an_existing_user_file_without_overwrite(tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "images" / "a.png")
+    (tmp_path / "refs.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "a.png"}], "annotations": []}))
+    (tmp_path / "p.json").write_text("the user's predictions\n")
+    refused(["predict", "--model", "mini", "--no-adapter", "--annotations",
+             str(tmp_path / "refs.json"), "--images", str(tmp_path / "images"), "--out",
+             str(tmp_path / "p.json")], tmp_path, capsys, tmp_path / "p.json", "add --overwrite")
+
+
+def test_synth_overwrite_keeps_a_user_photo_inside_images(tmp_path, capsys):
+    generate(tmp_path / "set", n_images=2, seed=1)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(tmp_path / "set" / "images" / "holiday.png")
+    refused(["synth", "--out", str(tmp_path / "set"), "--n-images", "2", "--overwrite"],
+            tmp_path, capsys, tmp_path / "set" / "images" / "holiday.png", "vicap did not draw")
+    (tmp_path / "set" / "images" / "holiday.png").unlink()
+    assert main(["synth", "--out", str(tmp_path / "set"), "--n-images", "3", "--overwrite"]) == 0
+    assert len(os.listdir(tmp_path / "set" / "images")) == 3

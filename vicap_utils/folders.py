@@ -4,11 +4,15 @@ The rules every command follows before writing into an output folder:
 
 - **Ownership.** A folder vicap writes into holds `.vicap-owned.json`: the kinds of outputs
   (run, audit, split, synth, data), the vicap version and the entries (top-level names) vicap
-  wrote there. vicap replaces or deletes only listed entries; a listed folder is vicap's with
-  everything in it. A missing or empty folder is created or adopted. A folder vicap does not own
-  (no marker) that already holds files may receive new entries, never one whose name is taken;
-  `--overwrite` on such a folder is refused. A command that wants a fresh folder (`synth`)
-  refuses any content unless `--overwrite`, which then replaces only vicap's entries.
+  wrote there, each recorded just before it is first written. vicap replaces or deletes only
+  listed entries; a listed folder is vicap's with everything in it, except a synthetic set's
+  `images/`, vicap's file by file (the files its captions.json lists). A missing or empty
+  folder is created or adopted. A folder vicap does not own (no marker) that already holds
+  files may receive new entries, never one whose name is taken; `--overwrite` on such a folder
+  is refused. A command that wants a fresh folder (`synth`) refuses any content unless
+  `--overwrite`, which then replaces only vicap's entries. A single file (`predict --out`,
+  `evaluate --out`) that exists and vicap did not write is replaced only with `--overwrite`;
+  a file vicap writes beside it (a per-image CSV) never.
 - **Lock.** `.vicap-lock` holds the writer's pid and start time under an exclusive `flock`: a
   second writer fails at once naming that pid; the kernel drops the lock of a process that
   dies, so a lock file left by a killed run is taken over, and so is one still locked by
@@ -507,6 +511,35 @@ def output_folder(folder: PathLike, kind: str, names: Iterable[str], *, inputs: 
     with folder_lock(folder) as path:
         settle(path)
         claim(path, kind, names, overwrite=overwrite, empty=empty)
+        yield path
+
+
+def refuse_foreign_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+                         overwrite: bool = False) -> None:
+    """Refuse, before any work, to replace a file vicap did not write in `folder`: one the user
+    named (`named`, e.g. --out) unless `overwrite`; one vicap writes beside it (`beside`, e.g.
+    a per-image CSV) in any case."""
+    folder = Path(folder)
+    owned = owned_entries(folder)
+    for name in named:
+        if os.path.lexists(folder / name) and name not in owned and not overwrite:
+            raise VicapError(f"{folder / name}: exists and vicap did not write it; add "
+                             "--overwrite to replace it, or pick another --out")
+    for name in beside:
+        if os.path.lexists(folder / name) and name not in owned:
+            raise VicapError(f"{folder / name}: exists and vicap did not write it (vicap "
+                             "writes it beside --out); move it away or pick another --out")
+
+
+@contextlib.contextmanager
+def replacing_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+                    overwrite: bool = False) -> Iterator[Path]:
+    """Hold `folder`'s lock while single files are written there: refused as by
+    `refuse_foreign_files`, then recorded as vicap's before they are written."""
+    named, beside = list(named), list(beside)
+    with folder_lock(folder) as path:
+        refuse_foreign_files(path, named, beside, overwrite=overwrite)
+        record(path, [*named, *beside])
         yield path
 
 
