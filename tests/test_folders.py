@@ -23,7 +23,9 @@ from vicap_utils.folders import (
     owned_entries,
     record,
     refuse_aliases,
+    refuse_foreign_files,
     remove_owned,
+    replacing_files,
     staged,
 )
 from vicap_utils.io import VicapError
@@ -388,3 +390,16 @@ def test_live_holder_recorded_with_its_start_time_keeps_the_lock(tmp_path, holde
     with pytest.raises(VicapError, match=f"in use by process {proc.pid};"):
         with folder_lock(tmp_path):
             pass
+
+
+def test_single_files_replace_a_user_file_only_when_named_and_overwrite(tmp_path):
+    (tmp_path / "m.json").write_text("user")
+    with pytest.raises(VicapError, match="add --overwrite"):
+        refuse_foreign_files(tmp_path, ["m.json"])
+    with pytest.raises(VicapError, match="vicap writes it beside --out"):
+        refuse_foreign_files(tmp_path, ["x.json"], ["m.json"], overwrite=True)
+    with replacing_files(tmp_path, ["m.json"], ["m.csv"], overwrite=True):
+        (tmp_path / "m.json").write_text("vicap")
+        (tmp_path / "m.csv").write_text("vicap")
+    assert owned_entries(tmp_path) == {"m.json", "m.csv"}
+    refuse_foreign_files(tmp_path, ["m.json"], ["m.csv"])  # vicap's now: replaced freely

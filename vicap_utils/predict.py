@@ -40,7 +40,6 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     refuse_aliases({"--annotations": annotations, "--images": images, "--model": ref.adapter},
                    {"--out": out})
     check_writable(out.parent)
-    refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
     cs = load_captions(annotations)
     folder = Path(images)
     if not folder.is_dir():
@@ -53,6 +52,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
         read += [("--model", path) for path in sorted(ref.adapter.iterdir())]
     refuse_aliases(read, {"--out": out})
+    refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
     dec = dec or Decoding.from_eval(ref.eval)
     cap = load_for_inference(ref)
     ids = sorted(cs.images, key=str)
