@@ -294,10 +294,14 @@ def _acquire(folder: Path) -> int:
 @contextlib.contextmanager
 def _folder_serialised(folder: Path) -> Iterator[None]:
     """Hold an exclusive `flock` on the folder itself while the lock file is examined (a
-    no-op where folders cannot be locked)."""
+    no-op where the folder cannot be opened or locked)."""
     import fcntl
 
-    fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:  # e.g. a folder without read permission
+        yield
+        return
     try:
         with contextlib.suppress(OSError):
             fcntl.flock(fd, fcntl.LOCK_EX)
