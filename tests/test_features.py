@@ -15,6 +15,7 @@ from vicap_utils.builders import Examples, build_loader, loader_workers, val_sam
 from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.config import load_config
 from vicap_utils.dataset import CaptionPairs, PixelSource
+from vicap_utils.folders import claim, owned_entries
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +199,13 @@ def test_on_a_gpu_the_vit_runs_under_fp16_autocast(tiny_blip, images):
         cap.model.cpu()
     assert seen and set(seen) == {torch.float16}
     assert torch.allclose(on_gpu.float(), on_cpu.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_a_runs_marker_lists_cache_only_once_features_are_written_there(tiny_blip, images,
+                                                                       tmp_path):
+    claim(tmp_path, "run")
+    features.encode_images(tiny_blip, images, tmp_path / "cache", "train", show=False)
+    assert "cache" not in owned_entries(tmp_path)  # kept in RAM: nothing written
+    features.encode_images(tiny_blip, images, tmp_path / "cache", "train", show=False,
+                           ram_bytes=0)
+    assert "cache" in owned_entries(tmp_path)

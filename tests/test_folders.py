@@ -23,7 +23,9 @@ from vicap_utils.folders import (
     owned_entries,
     record,
     refuse_aliases,
+    refuse_foreign_files,
     remove_owned,
+    replacing_files,
     staged,
 )
 from vicap_utils.io import VicapError
@@ -168,10 +170,10 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path, holder):
     proc = holder(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (tmp_path / LOCK).read_text().strip() == str(proc.pid)  # the stale file is left
+    assert (tmp_path / LOCK).read_text().split()[0] == str(proc.pid)  # the stale file is left
     assert lock_holder(tmp_path) is None
     with folder_lock(tmp_path):
-        assert (tmp_path / LOCK).read_text().strip() == str(os.getpid())
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
     assert not (tmp_path / LOCK).exists()
 
 
@@ -201,7 +203,7 @@ def test_without_flock_a_live_pid_holds_and_a_dead_one_is_stale(tmp_path, monkey
         sleeper.kill()
         sleeper.wait()
     with folder_lock(tmp_path):
-        assert (tmp_path / LOCK).read_text().strip() == str(os.getpid())
+        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
 
 
 def test_lock_in_a_path_that_cannot_be_a_folder(tmp_path):
@@ -350,3 +352,54 @@ def test_reader_that_cannot_finish_an_interrupted_commit_says_why(tmp_path, hold
     assert str(info.value) == (f"{tmp_path}: holds outputs a killed vicap command left half "
                                f"replaced ({COMMIT}), and they cannot be finished now: is in use "
                                f"by process {proc.pid}; wait for it or pick another --out")
+
+
+# A process that locks `.vicap-lock` of argv[1] and writes argv[2] into it as its holder.
+FAKE_HOLDER = ("import fcntl, os, sys, time\n"
+               "fd = os.open(os.path.join(sys.argv[1], '.vicap-lock'), os.O_RDWR | os.O_CREAT)\n"
+               "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, sys.argv[2].encode())\n"
+               "print('locked', flush=True)\ntime.sleep(120)\n")
+
+
+@pytest.mark.parametrize("recorded", ["dead", "reused"])
+def test_lock_left_locked_by_a_dead_holders_survivor_is_taken_over(tmp_path, recorded):
+    """A survivor of a killed writer (a worker it forked) still holds the flock: the writer it
+    names is dead, or its pid now belongs to another process (start time differs)."""
+    if recorded == "dead":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        content = f"{dead.pid} 1\n"
+    else:
+        content = f"{os.getpid()} 1\n"  # a live pid, started later than that
+    survivor = subprocess.Popen([sys.executable, "-c", FAKE_HOLDER, str(tmp_path), content],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert survivor.stdout.readline().strip() == "locked"
+        assert lock_holder(tmp_path) is None
+        with folder_lock(tmp_path):
+            assert lock_holder(tmp_path) == os.getpid()
+    finally:
+        survivor.kill()
+        survivor.wait()
+
+
+def test_live_holder_recorded_with_its_start_time_keeps_the_lock(tmp_path, holder):
+    proc = holder(tmp_path)
+    pid, start = (tmp_path / LOCK).read_text().split()
+    assert int(pid) == proc.pid and int(start) > 0
+    with pytest.raises(VicapError, match=f"in use by process {proc.pid};"):
+        with folder_lock(tmp_path):
+            pass
+
+
+def test_single_files_replace_a_user_file_only_when_named_and_overwrite(tmp_path):
+    (tmp_path / "m.json").write_text("user")
+    with pytest.raises(VicapError, match="add --overwrite"):
+        refuse_foreign_files(tmp_path, ["m.json"])
+    with pytest.raises(VicapError, match="vicap writes it beside --out"):
+        refuse_foreign_files(tmp_path, ["x.json"], ["m.json"], overwrite=True)
+    with replacing_files(tmp_path, ["m.json"], ["m.csv"], overwrite=True):
+        (tmp_path / "m.json").write_text("vicap")
+        (tmp_path / "m.csv").write_text("vicap")
+    assert owned_entries(tmp_path) == {"m.json", "m.csv"}
+    refuse_foreign_files(tmp_path, ["m.json"], ["m.csv"])  # vicap's now: replaced freely

@@ -32,7 +32,7 @@ from test_hostile_inputs import (  # noqa: F401 (permissions_apply is a fixture)
 )
 
 from vicap_utils.__main__ import main
-from vicap_utils.folders import LOCK
+from vicap_utils.folders import LOCK, record
 from vicap_utils.synthetic import generate
 
 TINY = ["--set", "data.synthetic_images=40", "--set", "train.epochs=1", "--set",
@@ -53,6 +53,7 @@ def template(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("hostile-training")
     assert main(["train", "--profile", "mini", "--out", str(root / "run"), *TINY]) == 0
     generate(root / "set", n_images=3, seed=5)
+    record(root, ["preds.json"])  # an earlier predict's output, recorded as predict records it
     (root / "preds.json").write_text('[{"image_id": 1, "caption": "earlier"}]\n')
     return root
 

@@ -81,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-beams", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that vicap did not write")
 
     p = sub.add_parser("evaluate", help="score predictions against references")
     p.add_argument("--predictions", required=True, help="COCO results JSON")
@@ -92,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenize", choices=("syllable", "words"), default="syllable",
                    help="syllable: captions as written (default); words: segmented into "
                         "Vietnamese words first (needs underthesea), as KTVIC's published scores")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that vicap did not write")
 
     sub.add_parser("env", help="print where we run: Kaggle or not, GPU, inputs, output folder")
     return parser

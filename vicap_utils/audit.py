@@ -26,7 +26,10 @@ import csv
 import io
 import multiprocessing
 import os
+import select
 import signal
+import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -47,7 +50,7 @@ from vicap_utils.data import (
     load_captions,
     write_coco,
 )
-from vicap_utils.folders import output_folder, refuse_aliases, staged
+from vicap_utils.folders import output_folder, pid_alive, refuse_aliases, staged
 from vicap_utils.images import ImageCheck, check_image
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, input_dir
 from vicap_utils.progress import progress
@@ -178,7 +181,7 @@ def _check_in_pool(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
     chunks = [[str(p) for p in paths[i : i + size]] for i in range(0, len(paths), size)]
     results: list[list[ImageCheck]] = [[] for _ in chunks]
     pool = ProcessPoolExecutor(min(workers, len(chunks)), mp_context=_pool_context(),
-                               initializer=_worker_start)
+                               initializer=_worker_start, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(_check_chunk, chunk): index for index, chunk in enumerate(chunks)}
         with progress(total=len(paths), unit="img", desc="decoding images") as bar:
@@ -227,11 +230,25 @@ def _chunk_size(n_paths: int, workers: int) -> int:
     return max(1, min(_MAX_CHUNK, n_paths // (workers * 8)))
 
 
-def _worker_start() -> None:
+def _worker_start(parent: int) -> None:
     """Worker start-up: truncated images must fail to load, whatever the parent set; Ctrl-C
-    is the parent's to handle (it ends the workers), so workers print no traceback."""
+    is the parent's to handle (it ends the workers), so workers print no traceback; the
+    worker dies with its parent (even a kill -9 of it), so no orphan keeps the folder locked."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as the process `parent` ends (a Linux pidfd wakes at once;
+    elsewhere polled each second). A worker's parent may be the forkserver, which lives as
+    long as its workers do, so the signal prctl(PR_SET_PDEATHSIG) sends would never come."""
+    try:
+        select.select([os.pidfd_open(parent)], [], [])
+    except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
+        while pid_alive(parent):
+            time.sleep(1)
+    os._exit(1)
 
 
 def _check_chunk(paths: list[str]) -> list[ImageCheck]:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from vicap_utils.config import Config, config_from_dict, diff_keys
+from vicap_utils.folders import claim, record, remove_owned
 from vicap_utils.io import (
     VicapError,
     atomic_dir,
@@ -47,6 +48,9 @@ HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
                "summary.json", "cache")
 RUN_ENTRIES = (*RUN_OUTPUTS, "data")
+# What every run writes as soon as it starts; each other entry is recorded as vicap's when it
+# is first written (the feature cache only when features do not fit in RAM).
+RUN_STARTED = ("config.json", "data")
 # What `save_last` always writes (scaler.pt only with fp16).
 LAST_FILES = ("state.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 START_AGAIN = "start again with --overwrite instead of --resume"
@@ -83,20 +87,18 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
     did not write (see `folders`). The `writer` (the main process, holding the folder's lock)
     claims the folder and, with `--overwrite`, removes the outputs vicap wrote there.
     """
-    from vicap_utils.folders import claim, record, remove_owned
-
     if out.exists() and not out.is_dir():
         raise VicapError(f"{out}: is a file; --out needs a folder for the run")
     refuse_inputs_in_outputs(out, cfg)
     if writer:
         claim(out, "run", RUN_ENTRIES, overwrite=overwrite)
-        record(out, RUN_ENTRIES)
+        record(out, RUN_STARTED)
     last = recover_dir(out / "last") if writer else (out / "last" if (out / "last").is_dir()
                                                      else None)
     if overwrite and not resume:
         if writer:
             remove_owned(out, RUN_OUTPUTS)
-            record(out, RUN_ENTRIES)  # this run writes them again: still vicap's to replace
+            record(out, RUN_STARTED)
         return None
     if not resume:
         if (out / "final").is_dir():
@@ -260,6 +262,7 @@ def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
     themselves raise their own errors without the cause)."""
     from safetensors.torch import save
 
+    record(out, ["last"])
     with atomic_dir(out / "last") as tmp:
         (tmp / "trainable.safetensors").write_bytes(save(trainable_state(model)))
         _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -324,6 +327,7 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> Path:
     writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
     writer.writeheader()
     writer.writerows(history)
+    record(out, ["history.csv"])
     return atomic_write_text(out / "history.csv", buf.getvalue())
 
 
@@ -334,6 +338,7 @@ def write_reports(out: Path, history: list[dict[str, Any]], summary: dict[str, A
     from vicap_utils.report import plot_history
 
     write_history(out, history)
+    record(out, ["loss_curve.png", "summary.json"])
     if history:
         plt.close(plot_history(history, out / "loss_curve.png"))
     atomic_write_json(out / "summary.json", summary)

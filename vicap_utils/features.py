@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from vicap_utils.captioner import Captioner, image_features, inner_model, pixel_values
+from vicap_utils.folders import read_marker, record
 from vicap_utils.images import load_rgb
 from vicap_utils.io import VicapError, atomic_write_json, read_json, write_error
 from vicap_utils.progress import progress
@@ -173,6 +174,8 @@ def _write(folder: Path, name: str, key: str, n: int, batches, rank: int, world:
         if rank == 0:
             start, first = next(batches)
             shape = (n, *first.shape[1:])
+            if read_marker(folder.parent) is not None:  # a run's: its marker lists cache/ now
+                record(folder.parent, [folder.name])
             folder.mkdir(parents=True, exist_ok=True)
             for stale in folder.glob(f"{name}-*"):
                 stale.unlink()

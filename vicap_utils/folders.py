@@ -4,15 +4,21 @@ The rules every command follows before writing into an output folder:
 
 - **Ownership.** A folder vicap writes into holds `.vicap-owned.json`: the kinds of outputs
   (run, audit, split, synth, data), the vicap version and the entries (top-level names) vicap
-  wrote there. vicap replaces or deletes only listed entries; a listed folder is vicap's with
-  everything in it. A missing or empty folder is created or adopted. A folder vicap does not own
-  (no marker) that already holds files may receive new entries, never one whose name is taken;
-  `--overwrite` on such a folder is refused. A command that wants a fresh folder (`synth`)
-  refuses any content unless `--overwrite`, which then replaces only vicap's entries.
-- **Lock.** `.vicap-lock` holds the writer's pid under an exclusive `flock`: a second writer
-  fails at once naming that pid; the kernel drops the lock of a process that dies, so a lock
-  file left by a killed run is taken over (where `flock` is unsupported, a lock whose pid is
-  no longer running is).
+  wrote there, each recorded just before it is first written. vicap replaces or deletes only
+  listed entries; a listed folder is vicap's with everything in it, except a synthetic set's
+  `images/`, vicap's file by file (the files its captions.json lists). A missing or empty
+  folder is created or adopted. A folder vicap does not own (no marker) that already holds
+  files may receive new entries, never one whose name is taken; `--overwrite` on such a folder
+  is refused. A command that wants a fresh folder (`synth`) refuses any content unless
+  `--overwrite`, which then replaces only vicap's entries. A single file (`predict --out`,
+  `evaluate --out`) that exists and vicap did not write is replaced only with `--overwrite`;
+  a file vicap writes beside it (a per-image CSV) never.
+- **Lock.** `.vicap-lock` holds the writer's pid and start time under an exclusive `flock`: a
+  second writer fails at once naming that pid; the kernel drops the lock of a process that
+  dies, so a lock file left by a killed run is taken over, and so is one still locked by
+  processes a dead writer left behind (where `flock` is unsupported, a lock whose writer no
+  longer runs is). The start time keeps a later process that reuses the pid from passing for
+  the writer.
 - **Sets.** Outputs are written into a staging folder inside the output folder, then committed:
   the staging folder is renamed to `.vicap-commit` (the commit point), the old entries are moved
   aside, the new ones moved in (folders first), the old ones deleted. A crash before the commit
@@ -56,6 +62,7 @@ Labelled = Mapping[str, PathLike | None] | Iterable[tuple[str, PathLike | None]]
 # Folders this process holds the lock of (real path -> depth): the lock is re-entrant within
 # one process, so a command may call another (train -> audit) on the folder it holds.
 _HELD: dict[str, int] = {}
+_ORPHANED = object()  # the lock's holder is dead, processes it left still hold the file
 
 
 @dataclass
@@ -257,41 +264,68 @@ def lock_holder(folder: PathLike) -> int | None:
 
 
 def _acquire(folder: Path) -> int:
-    """Open, lock and stamp `folder/.vicap-lock`; returns the open descriptor."""
+    """Open, lock and stamp `folder/.vicap-lock`; returns the open descriptor. Under a brief
+    lock on the folder itself, so a takeover never races another writer's stamp."""
     path = folder / LOCK
-    for _ in range(20):
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            raise VicapError(f"{folder}: cannot write in this output folder "
-                             f"({exc.strerror})") from None
-        try:
-            holder = _try_lock(fd)
-            if holder is not None:
-                raise VicapError(f"{folder}: is in use by process {holder}; wait for it or "
-                                 "pick another --out")
-            if _same_file(fd, path):
-                _stamp(fd, path)
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)  # the lock file was replaced between open and lock: try again
+    with _folder_serialised(folder):
+        for _ in range(20):
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            except OSError as exc:
+                raise VicapError(f"{folder}: cannot write in this output folder "
+                                 f"({exc.strerror})") from None
+            try:
+                holder = _try_lock(fd)
+                if holder is _ORPHANED and _same_file(fd, path):
+                    os.unlink(path)  # held by what a dead holder left running: take it over
+                elif holder is not None and holder is not _ORPHANED:
+                    raise VicapError(f"{folder}: is in use by process {holder}; wait for it "
+                                     "or pick another --out")
+                elif holder is None and _same_file(fd, path):
+                    _stamp(fd, path)
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)  # the lock file was replaced or taken over: try again
     raise VicapError(f"{path}: the lock file keeps changing; try again")
 
 
-def _try_lock(fd: int) -> int | str | None:
-    """None once this process holds the lock, else who holds it (pid, or words)."""
+@contextlib.contextmanager
+def _folder_serialised(folder: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` on the folder itself while the lock file is examined (a
+    no-op where the folder cannot be opened or locked)."""
+    import fcntl
+
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY)
+    except OSError:  # e.g. a folder without read permission
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> int | str | object | None:
+    """None once this process holds the lock, `_ORPHANED` when the recorded holder is dead yet
+    the file is still locked (by processes it left), else who holds it (pid, or words)."""
     import fcntl
 
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return _read_pid(fd) or "(another vicap process)"
+        holder = _read_holder(fd)
+        if holder and not _running(*holder):
+            return _ORPHANED
+        return holder[0] if holder else "(another vicap process)"
     except OSError:  # no flock on this file system: trust the pid, if it still runs
-        pid = _read_pid(fd)
-        return pid if pid and pid != os.getpid() and _alive(pid) else None
+        holder = _read_holder(fd)
+        return holder[0] if holder and holder[0] != os.getpid() and _running(*holder) else None
 
 
 def _holder(fd: int) -> int | None:
@@ -300,20 +334,20 @@ def _holder(fd: int) -> int | None:
 
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _read_pid(fd)
     except OSError:
-        pid = _read_pid(fd)
-        return pid if pid and _alive(pid) else None
+        holder = _read_holder(fd)
+        return holder[0] if holder and _running(*holder) else None
     fcntl.flock(fd, fcntl.LOCK_UN)
     return None
 
 
 def _stamp(fd: int, path: Path) -> None:
-    """Write this process's pid into the lock file (replacing a dead holder's)."""
+    """Write this process's pid and start time into the lock file (replacing a dead holder's):
+    a later process that reuses the pid cannot pass for the holder."""
+    start = _start_time(os.getpid())
     try:
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()}{'' if start is None else f' {start}'}\n".encode(), 0)
     except OSError as exc:
         raise write_error(path, exc) from None
 
@@ -339,16 +373,38 @@ def _same_file(fd: int, path: Path) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
-def _read_pid(fd: int) -> int | None:
-    """The pid written in a lock file, None when it holds none."""
+def _read_holder(fd: int) -> tuple[int, int | None] | None:
+    """(pid, start time or None) written in a lock file, None when it holds no pid."""
     try:
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        words = os.pread(fd, 64, 0).decode("ascii", "replace").split()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not words or not words[0].isdigit():
+        return None
+    return int(words[0]), int(words[1]) if len(words) > 1 and words[1].isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> int | None:
+    """When the process started (/proc/PID/stat field 22, clock ticks after boot); None where
+    /proc cannot tell, -1 for a zombie (it has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return -1 if fields[0] == b"Z" else int(fields[19])
+
+
+def _running(pid: int, start: int | None) -> bool:
+    """True while the process that wrote (pid, start) runs: the same pid started at the same
+    time where /proc tells, else any process of that pid."""
+    now = _start_time(pid)
+    if now is None:
+        return pid_alive(pid)
+    return now != -1 and (start is None or now == start)
+
+
+def pid_alive(pid: int) -> bool:
     """True when a process with this pid exists."""
     try:
         os.kill(pid, 0)
@@ -459,6 +515,35 @@ def output_folder(folder: PathLike, kind: str, names: Iterable[str], *, inputs: 
     with folder_lock(folder) as path:
         settle(path)
         claim(path, kind, names, overwrite=overwrite, empty=empty)
+        yield path
+
+
+def refuse_foreign_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+                         overwrite: bool = False) -> None:
+    """Refuse, before any work, to replace a file vicap did not write in `folder`: one the user
+    named (`named`, e.g. --out) unless `overwrite`; one vicap writes beside it (`beside`, e.g.
+    a per-image CSV) in any case."""
+    folder = Path(folder)
+    owned = owned_entries(folder)
+    for name in named:
+        if os.path.lexists(folder / name) and name not in owned and not overwrite:
+            raise VicapError(f"{folder / name}: exists and vicap did not write it; add "
+                             "--overwrite to replace it, or pick another --out")
+    for name in beside:
+        if os.path.lexists(folder / name) and name not in owned:
+            raise VicapError(f"{folder / name}: exists and vicap did not write it (vicap "
+                             "writes it beside --out); move it away or pick another --out")
+
+
+@contextlib.contextmanager
+def replacing_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+                    overwrite: bool = False) -> Iterator[Path]:
+    """Hold `folder`'s lock while single files are written there: refused as by
+    `refuse_foreign_files`, then recorded as vicap's before they are written."""
+    named, beside = list(named), list(beside)
+    with folder_lock(folder) as path:
+        refuse_foreign_files(path, named, beside, overwrite=overwrite)
+        record(path, [*named, *beside])
         yield path
 
 

@@ -34,7 +34,12 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 from vicap_utils import meteor
-from vicap_utils.folders import check_writable, refuse_aliases
+from vicap_utils.folders import (
+    check_writable,
+    refuse_aliases,
+    refuse_foreign_files,
+    replacing_files,
+)
 from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, output_file, read_json
 from vicap_utils.text import LINE_BREAKS
 
@@ -523,11 +528,13 @@ def cli_evaluate(args: Any) -> int:
                         "--train-captions": args.train_captions},
                        [("--out", out), ("--out (its per-image CSV)", csv_path)])
         check_writable(out.parent)
+        refuse_foreign_files(out.parent, [out.name], [csv_path.name], overwrite=args.overwrite)
     metrics, per_image = evaluate_detailed(args.predictions, args.references,
                                            args.train_captions, args.allow_missing, args.tokenize)
     if args.out:
-        atomic_write_json(out, metrics)
-        atomic_write_text(csv_path, per_image.to_csv(index=False))
+        with replacing_files(out.parent, [out.name], [csv_path.name], overwrite=args.overwrite):
+            atomic_write_json(out, metrics)
+            atomic_write_text(csv_path, per_image.to_csv(index=False))
         _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
     return 0

@@ -23,11 +23,18 @@ def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size:
 
 
 def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out: str | Path,
-                 dec: Decoding | None = None, batch_size: int | None = None) -> list[dict]:
+                 dec: Decoding | None = None, batch_size: int | None = None,
+                 overwrite: bool = False) -> list[dict]:
     """Caption every image listed in a caption file with the model `ref` names; write COCO
-    results ([{"image_id", "caption"}]) to `out`. Decoding defaults to the adapter's `eval`."""
+    results ([{"image_id", "caption"}]) to `out` (an existing file vicap did not write only
+    with `overwrite`). Decoding defaults to the adapter's `eval`."""
     from vicap_utils.data import load_captions
-    from vicap_utils.folders import check_writable, refuse_aliases
+    from vicap_utils.folders import (
+        check_writable,
+        refuse_aliases,
+        refuse_foreign_files,
+        replacing_files,
+    )
 
     out = output_file(out, "predictions JSON")
     refuse_aliases({"--annotations": annotations, "--images": images, "--model": ref.adapter},
@@ -45,6 +52,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
         read += [("--model", path) for path in sorted(ref.adapter.iterdir())]
     refuse_aliases(read, {"--out": out})
+    refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
     dec = dec or Decoding.from_eval(ref.eval)
     cap = load_for_inference(ref)
     ids = sorted(cs.images, key=str)
@@ -52,14 +60,16 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     captions = predict_images(cap, [folder / cs.images[i].file_name for i in ids], dec,
                               batch_size or ref.eval.batch_size)
     results = [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]
-    atomic_write_json(out, results)
+    with replacing_files(out.parent, [out.name], overwrite=overwrite):
+        atomic_write_json(out, results)
     print(f"{len(results)} captions ({ref.label}, beam {dec.num_beams}) in "
           f"{time.time() - start:.1f} s -> {out}")
     return results
 
 
 def cli_predict(args) -> int:
-    """`vicap predict --model DIR [--no-adapter] --annotations FILE --images DIR --out FILE`."""
+    """`vicap predict --model DIR [--no-adapter] --annotations FILE --images DIR --out FILE
+    [--overwrite]`."""
     ref = model_ref(args.model, no_adapter=args.no_adapter)
     for name in ("num_beams", "max_new_tokens", "batch_size"):
         value = getattr(args, name)
@@ -70,5 +80,5 @@ def cli_predict(args) -> int:
     dec.num_beams = args.num_beams or ev.num_beams
     dec.max_new_tokens = args.max_new_tokens or ev.max_new_tokens
     predict_file(ref, args.annotations, args.images, args.out, dec,
-                 args.batch_size or ev.batch_size)
+                 args.batch_size or ev.batch_size, overwrite=args.overwrite)
     return 0

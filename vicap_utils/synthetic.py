@@ -6,6 +6,7 @@ colour, and five captions that state exactly those three facts, so a tiny model 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import random
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vicap_utils.io import VicapError, atomic_write_json
+from vicap_utils.io import VicapError, atomic_write_json, read_json
 from vicap_utils.progress import progress
 from vicap_utils.text import normalize_caption
 
@@ -423,10 +424,26 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
         raise VicapError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out, \
-            staged(out) as tmp:
-        _draw_set(tmp, n_images, seed, lang, size)
+    with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out:
+        _refuse_foreign_images(out)
+        with staged(out) as tmp:
+            _draw_set(tmp, n_images, seed, lang, size)
     return out / "captions.json"
+
+
+def _refuse_foreign_images(out: Path) -> None:
+    """Refuse to replace an earlier set's images/ while it holds a file its captions.json does
+    not list: vicap drew only those, so a photo placed there is the user's."""
+    from vicap_utils.folders import visible_entries
+
+    drawn: set[str] = set()
+    with contextlib.suppress(VicapError, TypeError, KeyError):
+        drawn = {str(info["file_name"]) for info in
+                 read_json(out / "captions.json", "synthetic captions")["images"]}
+    foreign = sorted(set(visible_entries(out / "images")) - drawn)
+    if foreign:
+        raise VicapError(f"{out / 'images' / foreign[0]}: vicap did not draw it, and --overwrite "
+                         "would replace images/; move it away or pick another --out")
 
 
 def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int]) -> None:

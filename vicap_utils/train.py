@@ -38,6 +38,7 @@ from vicap_utils.checkpoint import (
     write_reports,
 )
 from vicap_utils.config import Config, load_config, save_config
+from vicap_utils.folders import record
 from vicap_utils.io import VicapError
 from vicap_utils.progress import progress
 
@@ -294,6 +295,7 @@ class Trainer:
         """Write an adapter folder (best/ or final/) atomically."""
         from vicap_utils.adapters import write_adapter
 
+        record(self.out, [name])
         write_adapter(self.cap, self.out / name, self.cfg.to_dict(), self.state.vocab_entries,
                       {"epoch": self.state.epoch, "val_CIDEr": self.state.best_cider,
                        "vocabulary": self.vocab_report})
