@@ -16,12 +16,12 @@ vicap train --profile mini --out "$OUT/run" --overwrite \
   --set data.images="$OUT/synthetic/images"
 vicap synth --out "$OUT/test" --n-images 100 --seed 777 --overwrite
 vicap predict --model "$OUT/run/best" --no-adapter --annotations "$OUT/test/captions.json" \
-  --images "$OUT/test/images" --out "$OUT/predictions-zero-shot.json"
+  --images "$OUT/test/images" --out "$OUT/predictions-zero-shot.json" --overwrite
 vicap predict --model "$OUT/run/best" --annotations "$OUT/test/captions.json" \
-  --images "$OUT/test/images" --out "$OUT/predictions-fine-tuned.json"
+  --images "$OUT/test/images" --out "$OUT/predictions-fine-tuned.json" --overwrite
 for which in zero-shot fine-tuned; do
   vicap evaluate --predictions "$OUT/predictions-$which.json" \
-    --references "$OUT/test/captions.json" --out "$OUT/metrics-$which.json"
+    --references "$OUT/test/captions.json" --out "$OUT/metrics-$which.json" --overwrite
 done
 set +x
 echo "Done. Audit: $OUT/run/data/audit.json · adapter: $OUT/run/best · metrics: $OUT/metrics-{zero-shot,fine-tuned}.json"
