@@ -18,7 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageChops
 
 from vicap_utils.audit import audit
-from vicap_utils.io import atomic_write_json
+from vicap_utils.ops.io import atomic_write_json
 
 WIDTH, HEIGHT = 640, 480
 

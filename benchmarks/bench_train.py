@@ -47,8 +47,8 @@ from transformers import (
 
 from vicap_utils import captioner
 from vicap_utils.config import Config, load_config
-from vicap_utils.progress import progress
-from vicap_utils.toy import byte_level_tokenizer
+from vicap_utils.ops.progress import progress
+from vicap_utils.toy.model import byte_level_tokenizer
 from vicap_utils.vocab import extension_entries, stock_blip_tokenizer
 
 TRAIN_MODES = ("full_ft_fp32", "lora_no_cache", "lora_cached")
@@ -139,7 +139,7 @@ class Settings:
 
 def vietnamese_captions(n_images: int, per_image: int, seed: int) -> list[list[str]]:
     """`per_image` Vietnamese captions per image, from the synthetic set's generator."""
-    from vicap_utils.synthetic import captions_for, random_scene
+    from vicap_utils.toy.data import captions_for, random_scene
 
     rng = random.Random(seed)
     return [captions_for(random_scene(rng), "vi", rng, k=per_image) for _ in range(n_images)]

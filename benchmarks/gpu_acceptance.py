@@ -31,7 +31,8 @@ from typing import Any
 import bench_train as bt
 import torch
 
-from vicap_utils import captioner, env, launch
+from vicap_utils import captioner
+from vicap_utils.ops import env, launch
 
 KIND = "vicap gpu acceptance"  # marks the JSON as this script's, so a rerun may replace it
 CAP_MIB = bt.T4_BYTES / 2**20

@@ -116,7 +116,7 @@ def java_line():
 
 def print_plan():
     """The hardware plan for this kernel's profile; stop here if it cannot train."""
-    from vicap_utils.hardware import detect, plan
+    from vicap_utils.ops.hardware import detect, plan
 
     settings = SETTINGS["plan"]
     result = plan(settings["family"], settings["load_in_8bit"], settings["mixed_precision"],

@@ -130,7 +130,7 @@ def fresh_venv(folder: Path) -> Path:
 
 def scenes(lang: str, seed: int) -> Iterator[tuple[object, list[str]]]:
     """Endless (image, five captions) pairs from the synthetic ball-sports world."""
-    from vicap_utils.synthetic import captions_for, draw_scene, random_scene
+    from vicap_utils.toy.data import captions_for, draw_scene, random_scene
 
     rng = random.Random(seed)
     while True:
@@ -179,7 +179,7 @@ def flickr8k_inputs(store: Path) -> dict[str, Path]:
 def tiny_blip(folder: Path) -> Path:
     """An untrained BLIP-1 of the mini base's shape (one layer of width 128, 64-pixel images,
     BLIP's tokenizer over the BERT subset the synthetic captions use), with its processor."""
-    from vicap_utils.toy import MiniSpec, build_tiny_blip
+    from vicap_utils.toy.model import MiniSpec, build_tiny_blip
 
     model, processor = build_tiny_blip(MiniSpec(layers=1))
     model.save_pretrained(folder)
@@ -190,7 +190,7 @@ def tiny_blip(folder: Path) -> Path:
 def model_inputs(store: Path, profile: str) -> dict[str, Path]:
     """The profile's base model, built at random and saved for upload as the docs say
     (`bundle.py --save-base`, fp16), as the Kaggle model the kernels attach."""
-    from vicap_utils.toy import build_tiny_blip2
+    from vicap_utils.toy.model import build_tiny_blip2
 
     handle = bundle.PROFILES[profile].models[0].format(owner=OWNER)
     built = store / "built" / profile

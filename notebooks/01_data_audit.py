@@ -44,14 +44,14 @@ EXAMPLES_PER_REASON = 2
 # %%
 from pathlib import Path
 
-from vicap_utils import report
 from vicap_utils.audit import audit  # noqa: F401  (for exercise 2)
 from vicap_utils.data import load_captions, split_by_image
-from vicap_utils.exercises import check_equal, check_planted, copy_data_set
 from vicap_utils.images import check_image
-from vicap_utils.io import read_json
-from vicap_utils.notebook import setup, wrote
+from vicap_utils.ops.io import read_json
 from vicap_utils.prepare import prepare, raw_data
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.teach.notebook import setup, wrote
 from vicap_utils.text import normalize_caption
 
 cfg, _ = setup(PROFILE)

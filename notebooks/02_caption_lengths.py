@@ -40,10 +40,22 @@ N_EXAMPLES = 4
 # %%
 from pathlib import Path
 
-from vicap_utils import report
-from vicap_utils.exercises import check, check_close, check_equal, token_count, unseen_and_kept
-from vicap_utils.notebook import model_tokenizer, setup, tokenizer_variants, write_lengths, wrote
 from vicap_utils.prepare import prepare
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import (
+                          check,
+                          check_close,
+                          check_equal,
+                          token_count,
+                          unseen_and_kept,
+)
+from vicap_utils.teach.notebook import (
+                          model_tokenizer,
+                          setup,
+                          tokenizer_variants,
+                          write_lengths,
+                          wrote,
+)
 
 cfg, _ = setup(PROFILE)
 out = Path(cfg.data.prepared)

@@ -47,17 +47,19 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from vicap_utils import captioner, report
+from vicap_utils import captioner
 from vicap_utils.builders import build_examples, build_loader, build_optimizer
-from vicap_utils.exercises import (
+from vicap_utils.ops.launch import train_on_every_gpu
+from vicap_utils.prepare import prepare
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import (
     check_close,
     check_equal,
     lora_share,
     lora_target_count,
     stock_round_trip,
 )
-from vicap_utils.launch import train_on_every_gpu
-from vicap_utils.notebook import (
+from vicap_utils.teach.notebook import (
     release,
     setup,
     show_json,
@@ -65,7 +67,6 @@ from vicap_utils.notebook import (
     vocabulary_table,
     wrote,
 )
-from vicap_utils.prepare import prepare
 
 cfg, run = setup(PROFILE, OVERRIDES)
 device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -42,10 +42,17 @@ N_BY_HAND = 3  # images captioned and scored by hand before the full evaluation
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
 
-from vicap_utils import captioner, report
-from vicap_utils.adapters import load_model
+from vicap_utils import captioner
 from vicap_utils.data import load_captions
-from vicap_utils.exercises import (
+from vicap_utils.images import load_rgb
+from vicap_utils.metrics import (
+    PUBLISHED_UITVIIC_BLIP,
+    PUBLISHED_UITVIIC_BLIP_LABEL,
+    python_tokenize,
+)
+from vicap_utils.ops.adapters import load_model
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import (
     BLEU_CASE,
     bleu1,
     check,
@@ -53,13 +60,7 @@ from vicap_utils.exercises import (
     cider_alone,
     wrong_but_high_bleu,
 )
-from vicap_utils.images import load_rgb
-from vicap_utils.metrics import (
-    PUBLISHED_UITVIIC_BLIP,
-    PUBLISHED_UITVIIC_BLIP_LABEL,
-    python_tokenize,
-)
-from vicap_utils.notebook import (
+from vicap_utils.teach.notebook import (
     FINE_TUNED,
     ZERO_SHOT,
     eval_inputs,

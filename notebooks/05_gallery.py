@@ -39,11 +39,11 @@ N_WORST = 3  # and with the lowest
 # First, the versions and hardware this run uses.
 
 # %%
-from vicap_utils import report
-from vicap_utils.adapters import load_model
-from vicap_utils.exercises import check_biggest_gain, check_equal, three_decodings
 from vicap_utils.images import load_rgb
-from vicap_utils.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup, wrote
+from vicap_utils.ops.adapters import load_model
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import check_biggest_gain, check_equal, three_decodings
+from vicap_utils.teach.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup, wrote
 
 cfg, run = setup(PROFILE)
 

@@ -56,10 +56,11 @@ PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with 
 import torch  # noqa: F401  (for exercise 2)
 from IPython.display import display
 
-from vicap_utils import captioner, report
-from vicap_utils.demo import build_app, open_sample, partner
-from vicap_utils.exercises import check_equal, check_temperature
-from vicap_utils.notebook import setup, wrote
+from vicap_utils import captioner
+from vicap_utils.teach import report
+from vicap_utils.teach.demo import build_app, open_sample, partner
+from vicap_utils.teach.exercises import check_equal, check_temperature
+from vicap_utils.teach.notebook import setup, wrote
 
 cfg, _ = setup(PROFILE)
 

@@ -8,7 +8,7 @@ import torch
 
 from vicap_utils.captioner import IGNORE, Captioner, encode_captions, image_prefix, lora_targets
 from vicap_utils.config import load_config
-from vicap_utils.toy import build_tiny_blip2
+from vicap_utils.toy.model import build_tiny_blip2
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +48,9 @@ def test_default_lora_targets_hit_qformer_and_opt(blip2_base):
 def test_tiny_blip2_trains_saves_reloads_and_generates(blip2_base, tmp_path, capsys):
     from PIL import Image
 
-    from vicap_utils.adapters import load_model
     from vicap_utils.captioner import Decoding, caption
-    from vicap_utils.synthetic import generate
+    from vicap_utils.ops.adapters import load_model
+    from vicap_utils.toy.data import generate
     from vicap_utils.train import train
 
     data = tmp_path / "data"
@@ -79,7 +79,7 @@ def test_cached_vit_features_give_blip2_the_loss_and_captions_of_pixels(blip2_ba
     from transformers import Blip2ForConditionalGeneration, Blip2Processor
 
     from vicap_utils import captioner
-    from vicap_utils.features import encode_images
+    from vicap_utils.ops.features import encode_images
 
     proc = Blip2Processor.from_pretrained(blip2_base)
     model = Blip2ForConditionalGeneration.from_pretrained(blip2_base).eval()

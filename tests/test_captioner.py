@@ -21,7 +21,7 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tiny_blip():
     """An untrained tiny BLIP-1 with the real BERT tokenizer over a subset vocabulary."""
-    from vicap_utils.toy import MiniSpec, build_tiny_blip
+    from vicap_utils.toy.model import MiniSpec, build_tiny_blip
 
     model, processor = build_tiny_blip(MiniSpec(layers=1))
     return Captioner(model=model, processor=processor, family="blip", base="tiny")

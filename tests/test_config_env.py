@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from vicap_utils import env, weights
 from vicap_utils.config import config_from_dict, load_config, save_config
-from vicap_utils.io import VicapError
+from vicap_utils.ops import env, weights
+from vicap_utils.ops.io import VicapError
 
 
 def test_overrides_are_type_checked():

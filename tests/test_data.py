@@ -16,7 +16,7 @@ from vicap_utils.data import (
     split_by_image,
     write_coco,
 )
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 
 UITVIIC = {
     "info": {"description": "UIT-ViIC sample"},

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from vicap_utils.data import load_captions
-from vicap_utils.demo import N_SAMPLES, build_app, find_adapters
-from vicap_utils.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
+from vicap_utils.teach.demo import N_SAMPLES, build_app, find_adapters
+from vicap_utils.teach.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
 
 VIETNAMESE = re.compile(r"[ăâđêôơưáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ]",
                         re.IGNORECASE)
@@ -133,7 +133,7 @@ def test_compare_shows_adapter_and_base_side_by_side(app):
 
 
 def test_uploaded_photo_is_captioned(app):
-    from vicap_utils.synthetic import draw_scene, random_scene
+    from vicap_utils.toy.data import draw_scene, random_scene
 
     rng = random.Random(7)
     photo = draw_scene(random_scene(rng), (200, 150), rng).convert("RGBA")
@@ -173,7 +173,7 @@ def test_without_adapter_the_base_works_and_the_app_says_how_to_train(tmp_path):
 
 
 def test_a_failing_model_load_is_a_message(tmp_path):
-    from vicap_utils.io import VicapError
+    from vicap_utils.ops.io import VicapError
 
     def broken(source: str, no_adapter: bool = False):
         raise VicapError(f"cannot load model {source!r}")

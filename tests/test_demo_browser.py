@@ -93,7 +93,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 
 def synthetic_photo(path: Path) -> Path:
     """A synthetic ball-sports scene saved as PNG, the kind of image the mini adapter knows."""
-    from vicap_utils.synthetic import draw_scene, random_scene
+    from vicap_utils.toy.data import draw_scene, random_scene
 
     rng = random.Random(11)
     draw_scene(random_scene(rng), (320, 240), rng).save(path)

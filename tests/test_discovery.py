@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from vicap_utils import env
+from vicap_utils.ops import env
 
 
 def touch(path: Path, text: str = "") -> Path:

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from vicap_utils import launch
-from vicap_utils.checkpoint import RunState, load_last, save_last
+from vicap_utils.ops import launch
+from vicap_utils.ops.checkpoint import RunState, load_last, save_last
 from vicap_utils.train import PROCESS_GROUP_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ PROBE = textwrap.dedent("""
     import torch
     import torch.distributed as dist
 
-    from vicap_utils import features
+    from vicap_utils.ops import features
     from vicap_utils.config import load_config
     from vicap_utils.dataset import image_rows
     from vicap_utils.train import Trainer

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vicap_utils import captioner, exercises
+from vicap_utils import captioner
 from vicap_utils.audit import audit
 from vicap_utils.config import profile_config
-from vicap_utils.exercises import (
+from vicap_utils.teach import exercises
+from vicap_utils.teach.exercises import (
     BLEU_CASE,
     GAIN_CASE,
     check_biggest_gain,
@@ -25,8 +26,8 @@ from vicap_utils.exercises import (
     check_planted,
     check_temperature,
 )
-from vicap_utils.notebook import tokenizer_variants
-from vicap_utils.synthetic import generate
+from vicap_utils.teach.notebook import tokenizer_variants
+from vicap_utils.toy.data import generate
 
 RIGHT, WRONG, NOT_YET = "right", "wrong", "not yet"
 TRAINING = ["một cầu thủ đang đá bóng trên sân", "hai người chơi bóng chuyền trên bãi cát"]

@@ -10,18 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from vicap_utils import captioner, features
+from vicap_utils import captioner
 from vicap_utils.builders import Examples, build_loader, loader_workers, val_sample
 from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.config import load_config
 from vicap_utils.dataset import CaptionPairs, PixelSource
-from vicap_utils.folders import claim, owned_entries
+from vicap_utils.ops import features
+from vicap_utils.ops.folders import claim, owned_entries
 
 
 @pytest.fixture(scope="module")
 def tiny_blip():
     """An untrained tiny BLIP-1 (ViT frozen, as training has it)."""
-    from vicap_utils.toy import MiniSpec, build_tiny_blip
+    from vicap_utils.toy.model import MiniSpec, build_tiny_blip
 
     torch.manual_seed(0)
     model, processor = build_tiny_blip(MiniSpec(layers=1))
@@ -174,7 +175,7 @@ def test_a_full_disk_while_mapping_features_is_one_line_and_leaves_no_partial(
         tiny_blip, images, tmp_path, monkeypatch):
     import errno
 
-    from vicap_utils.io import VicapError
+    from vicap_utils.ops.io import VicapError
 
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from vicap_utils import folders
-from vicap_utils.folders import (
+from vicap_utils.ops import folders
+from vicap_utils.ops.folders import (
     COMMIT,
     LOCK,
     MARKER,
@@ -28,9 +28,9 @@ from vicap_utils.folders import (
     replacing_files,
     staged,
 )
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 
-HOLD_LOCK = ("import sys, time\nfrom vicap_utils.folders import folder_lock\n"
+HOLD_LOCK = ("import sys, time\nfrom vicap_utils.ops.folders import folder_lock\n"
              "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n"
              "    time.sleep(120)\n")
 

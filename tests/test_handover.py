@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from vicap_utils import handover
-from vicap_utils.io import VicapError
+from vicap_utils.ops import handover
+from vicap_utils.ops.io import VicapError
 
 LAST_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 

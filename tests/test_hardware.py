@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from vicap_utils import env, hardware
-from vicap_utils.hardware import GpuFacts, plan
-from vicap_utils.io import VicapError
+from vicap_utils.ops import env, hardware
+from vicap_utils.ops.hardware import GpuFacts, plan
+from vicap_utils.ops.io import VicapError
 
 # torch 2.10+cu128 as shipped in Kaggle's image: no Pascal (sm_60) kernels.
 CU128 = ("sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120")

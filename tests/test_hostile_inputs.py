@@ -30,8 +30,8 @@ import pytest
 from PIL import Image
 
 from vicap_utils.__main__ import main
-from vicap_utils.folders import LOCK, MARKER, is_bookkeeping, record
-from vicap_utils.synthetic import generate
+from vicap_utils.ops.folders import LOCK, MARKER, is_bookkeeping, record
+from vicap_utils.toy.data import generate
 
 BASE = {
     "info": {"name": "hostile"},
@@ -638,7 +638,7 @@ def test_ctrl_c_cancels_queued_decodes_at_once(scene: Path) -> None:
 @contextlib.contextmanager
 def lock_held(folder: Path) -> Iterator[int]:
     """Another process holding `folder`'s vicap lock for the block; yields its pid."""
-    hold = ("import sys, time\nfrom vicap_utils.folders import folder_lock\n"
+    hold = ("import sys, time\nfrom vicap_utils.ops.folders import folder_lock\n"
             "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)\n")
     holder = subprocess.Popen([sys.executable, "-c", hold, str(folder)],
                               stdout=subprocess.PIPE, text=True)

@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 from vicap_utils.__main__ import main
-from vicap_utils.checkpoint import open_run
 from vicap_utils.config import load_config
-from vicap_utils.folders import LOCK, MARKER, folder_lock
-from vicap_utils.synthetic import generate
+from vicap_utils.ops.checkpoint import open_run
+from vicap_utils.ops.folders import LOCK, MARKER, folder_lock
+from vicap_utils.toy.data import generate
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCES = {"images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],

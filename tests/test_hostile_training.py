@@ -32,8 +32,8 @@ from test_hostile_inputs import (  # noqa: F401 (permissions_apply is a fixture)
 )
 
 from vicap_utils.__main__ import main
-from vicap_utils.folders import LOCK, record
-from vicap_utils.synthetic import generate
+from vicap_utils.ops.folders import LOCK, record
+from vicap_utils.toy.data import generate
 
 TINY = ["--set", "data.synthetic_images=40", "--set", "train.epochs=1", "--set",
         "train.max_steps=2", "--set", "train.batch_size=8", "--set", "eval.num_beams=1",
@@ -430,7 +430,7 @@ def test_predict_into_a_read_only_folder_fails_before_loading(scene: Path) -> No
 def test_a_checkpoint_state_from_an_older_vicap_takes_defaults_for_newer_fields(tmp_path):
     from dataclasses import asdict
 
-    from vicap_utils.checkpoint import RunState, _read_state
+    from vicap_utils.ops.checkpoint import RunState, _read_state
 
     state = asdict(RunState(epoch=3, global_step=30, config={"profile": "mini"}))
     for newer in ("full_val", "pending"):

@@ -231,8 +231,8 @@ def trained_run(run: Path, profile: str) -> Path:
 
 
 def test_evaluation_finds_notebook_03s_output_attached_as_input(tmp_path, monkeypatch):
-    from vicap_utils.io import VicapError
-    from vicap_utils.notebook import eval_inputs, run_dir
+    from vicap_utils.ops.io import VicapError
+    from vicap_utils.teach.notebook import eval_inputs, run_dir
 
     kaggle = tmp_path / "kaggle"
     (kaggle / "working").mkdir(parents=True)
@@ -320,7 +320,7 @@ def test_save_base_writes_fp16_weights_and_the_kaggle_model_metadata(tmp_path, m
                                                                      capsys):
     from safetensors import safe_open
 
-    from vicap_utils.toy import build_tiny_blip2
+    from vicap_utils.toy.model import build_tiny_blip2
 
     source = build_tiny_blip2(tmp_path / "blip2-opt-2.7b")
     monkeypatch.setattr(sys, "argv", ["bundle.py", "--owner", "me", "--save-base", str(source),

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from vicap_utils import launch
-from vicap_utils.io import VicapError
+from vicap_utils.ops import launch
+from vicap_utils.ops.io import VicapError
 
 CPU_DDP = {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 TINY = ["--set", "data.synthetic_images=48", "--set", "train.epochs=1",
@@ -54,7 +54,7 @@ def test_a_failing_worker_raises_its_own_error_line(tmp_path):
 def test_launching_never_imports_torch_in_the_notebook_process(tmp_path):
     script = textwrap.dedent("""
         import io, sys
-        from vicap_utils.launch import launch_training
+        from vicap_utils.ops.launch import launch_training
         out = io.StringIO()
         assert launch_training(["--help"], 2, out=out) == 0
         assert out.getvalue().count("usage: vicap train") == 2, out.getvalue()

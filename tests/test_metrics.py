@@ -19,8 +19,9 @@ from pycocoevalcap.meteor.meteor import Meteor
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-from vicap_utils import meteor, metrics
+from vicap_utils import metrics
 from vicap_utils.__main__ import main
+from vicap_utils.ops import meteor
 from vicap_utils.text import strip_diacritics
 
 REFS = {

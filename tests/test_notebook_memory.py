@@ -17,10 +17,10 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config as ShellConfig
 
-import vicap_utils.adapters
 import vicap_utils.builders
 import vicap_utils.captioner
-import vicap_utils.launch
+import vicap_utils.ops.adapters
+import vicap_utils.ops.launch
 from vicap_utils.data import load_captions, write_coco
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -120,7 +120,7 @@ def test_03_frees_its_hand_built_model_before_the_trainer_starts(
     monkeypatch.setattr(vicap_utils.captioner, "load_base",
                         weights.wrap(vicap_utils.captioner.load_base))
     monkeypatch.setattr(vicap_utils.builders, "build_optimizer", tracked_optimizer)
-    monkeypatch.setattr(vicap_utils.launch, "train_on_every_gpu", probe)
+    monkeypatch.setattr(vicap_utils.ops.launch, "train_on_every_gpu", probe)
     run_until(shell, "03_finetune_lora", {"HAND_STEPS": 2}, "train_on_every_gpu(cfg")
     assert len(weights.loads) == 1 and len(weights.loads[0]) > 50
     assert seen == {"weights": [0], "optimizer": [False, False]}
@@ -142,8 +142,8 @@ def test_04_keeps_one_model_alive_at_a_time(shell: InteractiveShell, mini_run: P
         alive_at_load.append(weights.alive())
         return loader(*args, **kwargs)
 
-    loader = weights.wrap(vicap_utils.adapters.load_base)
-    monkeypatch.setattr(vicap_utils.adapters, "load_base", load_base)
+    loader = weights.wrap(vicap_utils.ops.adapters.load_base)
+    monkeypatch.setattr(vicap_utils.ops.adapters, "load_base", load_base)
     run_until(shell, "04_evaluate", {"N_BY_HAND": 2}, "evaluate_run(")
     assert alive_at_load == [[], [0], [0, 0]]  # the adapter by hand, then base and adapter
     assert (run / "eval" / "metrics.json").is_file()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from vicap_utils import captioner
 from vicap_utils.config import load_config
-from vicap_utils.hardware import EMULATE_T4
+from vicap_utils.ops.hardware import EMULATE_T4
 from vicap_utils.train import Trainer, train
 
 QUIET = {"log": lambda *args, **kwargs: None}
@@ -22,8 +22,8 @@ QUIET = {"log": lambda *args, **kwargs: None}
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """(tiny BLIP-2 folder, synthetic English captions file of 12 images)."""
-    from vicap_utils.synthetic import generate
-    from vicap_utils.toy import build_tiny_blip2
+    from vicap_utils.toy.data import generate
+    from vicap_utils.toy.model import build_tiny_blip2
 
     root = tmp_path_factory.mktemp("precision")
     generate(root / "data", n_images=12, seed=3, lang="en")
@@ -95,7 +95,7 @@ def lora_grads_after_backward(cap, image, ids, mask, labels, cached: bool) -> di
 def test_8bit_blip2_lora_gets_every_gradient_in_fp32_on_pixels_and_cached_features(tiny, t4):
     import bitsandbytes as bnb
 
-    from vicap_utils.features import encode_images
+    from vicap_utils.ops.features import encode_images
 
     cfg = blip2_config(tiny)
     cap = captioner.load_base(cfg.model, **QUIET)
@@ -155,7 +155,7 @@ def test_8bit_blip2_killed_after_a_checkpoint_resumes_to_the_same_adapter_and_ca
     GradScaler's scale of an uninterrupted run. The adapter captions on a fresh 8-bit base."""
     import bitsandbytes as bnb
 
-    from vicap_utils.adapters import load_model
+    from vicap_utils.ops.adapters import load_model
 
     cfg = blip2_config(tiny, "train.max_steps=6", "train.save_every_steps=2")
     overflow_at({1}, monkeypatch)

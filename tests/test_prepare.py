@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from vicap_utils.config import load_config
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 from vicap_utils.prepare import prepare
-from vicap_utils.synthetic import generate
+from vicap_utils.toy.data import generate
 from vicap_utils.vocab import canonical
 
 PLANTED = {  # captions that must never be trained on, and why

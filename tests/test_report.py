@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from vicap_utils import report
 from vicap_utils.data import Annotation, CaptionSet, ImageInfo
+from vicap_utils.teach import report
 from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
 
 CAPTIONS = ["Một người đàn ông đang chơi bóng đá.", "Hai cô gái chơi bóng chuyền trên bãi biển.",

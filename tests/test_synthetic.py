@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from vicap_utils.__main__ import main
-from vicap_utils.io import VicapError
-from vicap_utils.synthetic import captions_for, draw_scene, generate, random_scene
+from vicap_utils.ops.io import VicapError
+from vicap_utils.toy.data import captions_for, draw_scene, generate, random_scene
 
 # What a caption must say, written out here independently of the module's own tables.
 VI_SPORT = {"football": ("bóng đá", "đá bóng"), "tennis": ("quần vợt",),
@@ -178,7 +178,7 @@ def test_cli_unusable_out_is_one_line(tmp_path, capsys):
 
 KILLED_RESYNTH = """
 import inspect, os, signal, sys
-import vicap_utils.synthetic as synthetic
+import vicap_utils.toy.data as synthetic
 draw, calls = synthetic.draw_scene, []
 def draw_then_die(*args):
     calls.append(1)

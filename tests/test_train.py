@@ -233,7 +233,7 @@ def test_a_run_cut_short_in_one_kaggle_session_resumes_in_the_next(tmp_path, mon
 def test_overwrite_twice_replaces_the_run_each_time(tmp_path):
     """--overwrite removes the run's outputs and the new run writes them again, still listed
     as vicap's: a second --overwrite (the mini pipeline run twice) replaces them too."""
-    from vicap_utils.folders import owned_entries
+    from vicap_utils.ops.folders import owned_entries
 
     run = tmp_path / "run"
     args = ["train", "--profile", "mini", "--out", str(run), "--overwrite", *FAST,

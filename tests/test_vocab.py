@@ -8,7 +8,7 @@ import torch
 from transformers import BertTokenizer
 
 from vicap_utils import vocab
-from vicap_utils.synthetic import captions_for, random_scene
+from vicap_utils.toy.data import captions_for, random_scene
 
 FIXTURE = vocab.bert_vocab_path()  # the real BERT-base uncased vocabulary (see its README)
 

@@ -50,10 +50,10 @@ from vicap_utils.data import (
     load_captions,
     write_coco,
 )
-from vicap_utils.folders import output_folder, pid_alive, refuse_aliases, staged
 from vicap_utils.images import ImageCheck, check_image
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, input_dir
-from vicap_utils.progress import progress
+from vicap_utils.ops.folders import output_folder, pid_alive, refuse_aliases, staged
+from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, input_dir
+from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption, syllable_count
 
 REASONS = {

@@ -18,8 +18,9 @@ from vicap_utils import captioner
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
 from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, image_rows
-from vicap_utils.features import encode_images
-from vicap_utils.io import atomic_write_json
+from vicap_utils.families import EXTENDS_VOCABULARY
+from vicap_utils.ops.features import encode_images
+from vicap_utils.ops.io import atomic_write_json
 from vicap_utils.prepare import PreparedData, prepare
 
 RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources.json
@@ -32,7 +33,7 @@ def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
     """The audited, split data (prepared in `data.prepared`, default RUN/data/, and reused when
     its fingerprint matches), recorded in RUN/data/ (train, val and any test captions, their
     image folders) so evaluation finds its references."""
-    from vicap_utils.folders import output_folder, staged
+    from vicap_utils.ops.folders import output_folder, staged
 
     folder = Path(cfg.data.prepared) if cfg.data.prepared else run / RUN_DATA
     data = prepare(cfg, folder, log=log)
@@ -65,7 +66,7 @@ def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | 
     cap = captioner.load_base(cfg.model, load_in_8bit, device_index, log)
     report: dict[str, Any] = {}
     entries: list[str] = []
-    if cfg.model.extend_vocab and captioner.extends_vocabulary(cap.family):
+    if cfg.model.extend_vocab and cap.family in EXTENDS_VOCABULARY:
         captions = [a.caption for a in data.train.annotations]
         before = tokenizer_report(cap.tokenizer, captions).as_dict()
         entries = captioner.extend_vocabulary(cap, captions, vocab_entries)

@@ -22,11 +22,10 @@ from typing import Any
 import torch
 
 from vicap_utils.config import EvalConfig, LoraSettings, ModelConfig
-from vicap_utils.io import VicapError
+from vicap_utils.families import EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.ops.io import VicapError
 from vicap_utils.text import normalize_caption
-
-FAMILIES = ("blip", "blip2")
-IGNORE = -100  # label value the loss skips
+from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (the captioner's steps)
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
 BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"
@@ -91,8 +90,8 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
     under DDP, never `device_map="auto"`). BLIP-2 runs in fp16 on a GPU with its ViT kept in
     fp32 (`vision_fp32`: an fp16 ViT is known to give NaN losses).
     """
-    from vicap_utils.hardware import detect, eight_bit_decision
-    from vicap_utils.weights import resolve_base
+    from vicap_utils.ops.hardware import detect, eight_bit_decision
+    from vicap_utils.ops.weights import resolve_base
 
     source = resolve_base(cfg.base)
     if load_in_8bit is None:
@@ -139,18 +138,6 @@ def place(cap: Captioner, device: str | torch.device) -> Captioner:
     return cap
 
 
-def extends_vocabulary(family: str) -> bool:
-    """Whether a family's tokenizer needs the Vietnamese extension: BLIP-1's WordPiece
-    vocabulary does; BLIP-2's byte-level one writes Vietnamese already."""
-    return family == "blip"
-
-
-def quantizes(family: str) -> bool:
-    """Whether a family loads its language model in 8-bit when asked (BLIP-2's OPT-2.7B;
-    BLIP-1 fits a T4 as it is)."""
-    return family == "blip2"
-
-
 def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
                       entries: list[str] | None = None) -> list[str]:
     """BLIP-1: extend the tokenizer for Vietnamese and grow and initialise the embeddings.
@@ -160,7 +147,7 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     """
     from vicap_utils import vocab
 
-    if not extends_vocabulary(cap.family):
+    if cap.family not in EXTENDS_VOCABULARY:
         return []
     stock = cap.tokenizer
     if entries is None:
@@ -254,16 +241,6 @@ def describe_trainable(model) -> str:
 # ---------------------------------------------------------------- captions → token ids
 
 
-def special_ids(tokenizer) -> tuple[int, int, int]:
-    """(bos, eos, pad) ids: `[DEC]`/`[SEP]`/`[PAD]` for BLIP-1, `</s>`/`</s>`/`<pad>` for OPT."""
-    bos = tokenizer.bos_token_id
-    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if bos is None or eos is None:
-        raise VicapError("the tokenizer needs a bos and an eos (or sep) token")
-    return bos, eos, pad
-
-
 def image_prefix(cap: Captioner) -> list[int]:
     """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none.
 
@@ -277,36 +254,6 @@ def image_prefix(cap: Captioner) -> list[int]:
     if not count:
         raise VicapError("the BLIP-2 processor and model config give no num_query_tokens")
     return [image_id] * int(count)
-
-
-def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str = "",
-                    prefix: list[int] | tuple[int, ...] = ()
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) for `prefix + bos + prompt + caption + eos`.
-
-    Labels are -100 on the image prefix, bos, prompt and padding, so the loss counts only the
-    caption and its eos. `max_length` counts bos and eos (not the prefix); a long caption is
-    cut before its eos, which is always kept.
-    """
-    bos, eos, pad = special_ids(tokenizer)
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
-    rows, labels = [], []
-    for ids in texts:
-        body = (prompt_ids + ids)[: max_length - 2]
-        seq = list(prefix) + [bos] + body + [eos]
-        n_masked = len(prefix) + 1 + min(len(prompt_ids), len(body))
-        rows.append(seq)
-        labels.append([IGNORE] * n_masked + seq[n_masked:])
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for i, (r, lbl) in enumerate(zip(rows, labels)):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-        lab[i, : len(lbl)] = torch.tensor(lbl)
-    return input_ids, mask, lab
 
 
 # ---------------------------------------------------------------- images → features
@@ -433,7 +380,7 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
     as training starts; BLIP-2 uses its own `generate()` on pixels, or the same steps after its
     ViT on cached features. fp16 autocast on a GPU, and on the CPU under `EMULATE_T4`.
     """
-    from vicap_utils.hardware import emulating_t4
+    from vicap_utils.ops.hardware import emulating_t4
 
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device

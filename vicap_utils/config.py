@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from vicap_utils.io import VicapError, read_json
+from vicap_utils.ops.io import VicapError, read_json
 
 
 @dataclass
@@ -309,9 +309,9 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 
 
 def profile_config(name: str) -> Config:
-    """The named profile's config (`auto` resolved through vicap_utils.env)."""
+    """The named profile's config (`auto` resolved through vicap_utils.ops.env)."""
     if name == "auto":
-        from vicap_utils.env import auto_profile
+        from vicap_utils.ops.env import auto_profile
 
         name = auto_profile()
     if name not in PROFILES:
@@ -344,7 +344,7 @@ def config_from_dict(raw: dict[str, Any], where: str = "config") -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as JSON, atomically."""
-    from vicap_utils.io import atomic_write_text
+    from vicap_utils.ops.io import atomic_write_text
 
     return atomic_write_text(path, cfg.to_json() + "\n")
 

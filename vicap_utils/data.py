@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vicap_utils.io import VicapError, atomic_write_json, input_file, read_json
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_file, read_json
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,7 +166,7 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None) -> Cap
     Flickr8k split lists are looked up beside the captions file and in `images_dir`. A set
     that a killed vicap command left half-replaced is finished first (see folders.py).
     """
-    from vicap_utils.folders import finish_interrupted
+    from vicap_utils.ops.folders import finish_interrupted
 
     path = input_file(path, "captions file")
     finish_interrupted(path.parent)
@@ -549,7 +549,7 @@ def _val_count(n_images: int, val_fraction: float) -> int:
 
 def cli_split(args: argparse.Namespace) -> int:
     """`vicap split`: write train.json, val.json and split.json into args.out, as one set."""
-    from vicap_utils.folders import output_folder, staged
+    from vicap_utils.ops.folders import output_folder, staged
 
     if not 0 < args.val_fraction < 1:
         raise VicapError(f"--val-fraction must be between 0 and 1 (got {args.val_fraction})")

@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 from PIL import ExifTags, Image, ImageOps
 
-from vicap_utils.io import VicapError, path_problem
+from vicap_utils.ops.io import VicapError, path_problem
 
 # EXIF orientations that rotate by 90 or 270 degrees, so width and height swap on display.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}

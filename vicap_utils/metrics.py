@@ -33,14 +33,20 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from vicap_utils import meteor
-from vicap_utils.folders import (
+from vicap_utils.ops import meteor
+from vicap_utils.ops.folders import (
     check_writable,
     refuse_aliases,
     refuse_foreign_files,
     replacing_files,
 )
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, output_file, read_json
+from vicap_utils.ops.io import (
+    VicapError,
+    atomic_write_json,
+    atomic_write_text,
+    output_file,
+    read_json,
+)
 from vicap_utils.text import LINE_BREAKS
 
 PKG_DIR = Path(next(iter(pycocoevalcap.__path__)))

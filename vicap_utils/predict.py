@@ -4,16 +4,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vicap_utils.adapters import ModelRef, load_for_inference, model_ref
 from vicap_utils.captioner import Captioner, Decoding, caption
-from vicap_utils.io import VicapError, atomic_write_json, output_file
+from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
+from vicap_utils.ops.io import VicapError, atomic_write_json, output_file
 
 
 def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size: int,
                    desc: str = "captioning") -> list[str]:
     """One caption per image file, `batch_size` images per `generate` call, with a progress bar."""
     from vicap_utils.images import load_rgb
-    from vicap_utils.progress import progress
+    from vicap_utils.ops.progress import progress
 
     captions: list[str] = []
     for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
@@ -29,7 +29,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     results ([{"image_id", "caption"}]) to `out` (an existing file vicap did not write only
     with `overwrite`). Decoding defaults to the adapter's `eval`."""
     from vicap_utils.data import load_captions
-    from vicap_utils.folders import (
+    from vicap_utils.ops.folders import (
         check_writable,
         refuse_aliases,
         refuse_foreign_files,

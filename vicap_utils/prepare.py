@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vicap_utils.config import Config, DataConfig
 from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco
-from vicap_utils.io import VicapError, atomic_write_json, read_json
+from vicap_utils.ops.io import VicapError, atomic_write_json, read_json
 
 PREPARED_FILE = "prepared.json"
 # What `prepare` writes in its folder (the audit adds audit.json, clean.json, rejects.csv).
@@ -84,7 +84,7 @@ def raw_data(cfg: Config) -> RawData:
     """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
     data set attached under /kaggle/input (with its own validation and test files when it has
     them, and its images found in any attached data set)."""
-    from vicap_utils import toy
+    from vicap_utils.toy import data as toy
 
     d = cfg.data
     roots: tuple[Path, ...] = ()
@@ -125,7 +125,7 @@ def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] =
         if (folder / sample).is_file():
             return folder
     if roots:
-        from vicap_utils.env import find_image_folder
+        from vicap_utils.ops.env import find_image_folder
 
         found = find_image_folder([info.file_name for info in cs.images.values()], roots)
         if found is not None:
@@ -140,7 +140,7 @@ def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] =
 def _discover(cfg: Config) -> tuple[Path, Path | None, Path | None, tuple[Path, ...]]:
     """The profile's data set under /kaggle/input: (train, val, test captions files, folders to
     look for images in), or a one-line hint to attach it."""
-    from vicap_utils.env import discover_data, kaggle_input
+    from vicap_utils.ops.env import discover_data, kaggle_input
 
     found = discover_data(cfg.profile)
     if not found.found:
@@ -196,7 +196,7 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
     vicap command is writing, a name in it vicap did not write, and an output that would
     replace one of its inputs."""
     from vicap_utils.audit import OUTPUTS
-    from vicap_utils.folders import output_folder, staged
+    from vicap_utils.ops.folders import output_folder, staged
 
     raw = raw_data(cfg)
     inputs = [(f"data.{name}_annotations", captions)
@@ -234,7 +234,7 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, key: str,
     """Audit each caption file (the training one into `folder`, the others into
     `val-audit/`, `test-audit/`), then split unless a validation file was given."""
     from vicap_utils.audit import audit
-    from vicap_utils.folders import record
+    from vicap_utils.ops.folders import record
 
     clean: dict[str, CaptionSet] = {}
     rejects: dict[str, int] = {}

@@ -28,7 +28,8 @@ from vicap_utils.builders import (
     loader_workers,
     optimizer_steps,
 )
-from vicap_utils.checkpoint import (
+from vicap_utils.config import Config, load_config, save_config
+from vicap_utils.ops.checkpoint import (
     RunState,
     load_last,
     open_run,
@@ -37,10 +38,9 @@ from vicap_utils.checkpoint import (
     write_history,
     write_reports,
 )
-from vicap_utils.config import Config, load_config, save_config
-from vicap_utils.folders import record
-from vicap_utils.io import VicapError
-from vicap_utils.progress import progress
+from vicap_utils.ops.folders import record
+from vicap_utils.ops.io import VicapError
+from vicap_utils.ops.progress import progress
 
 # How long a process may wait in a barrier for the others (default: 10 min with NCCL). The
 # longest waits: the main process preparing the data (auditing every image, minutes at first
@@ -64,7 +64,7 @@ class Trainer:
         from accelerate import Accelerator
         from accelerate.utils import InitProcessGroupKwargs, set_seed
 
-        from vicap_utils.hardware import plan_for
+        from vicap_utils.ops.hardware import plan_for
 
         cfg, t = self.cfg, self.cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
@@ -185,7 +185,7 @@ class Trainer:
         import contextlib
         import os
 
-        from vicap_utils.folders import folder_lock
+        from vicap_utils.ops.folders import folder_lock
 
         main = os.environ.get("RANK", "0") == "0"
         with folder_lock(self.out) if main else contextlib.nullcontext():
@@ -293,7 +293,7 @@ class Trainer:
 
     def save_adapter(self, name: str) -> None:
         """Write an adapter folder (best/ or final/) atomically."""
-        from vicap_utils.adapters import write_adapter
+        from vicap_utils.ops.adapters import write_adapter
 
         record(self.out, [name])
         write_adapter(self.cap, self.out / name, self.cfg.to_dict(), self.state.vocab_entries,
@@ -302,7 +302,7 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         """Where things went and the headline numbers (`checkpoint.run_summary`)."""
-        from vicap_utils.checkpoint import run_summary
+        from vicap_utils.ops.checkpoint import run_summary
 
         return run_summary(self.out, self.state, self.vocab_report, self.cap.model)
 
@@ -317,7 +317,7 @@ def cli_train(args) -> int:
     """`vicap train (--profile NAME | --config FILE) [--set k=v …] --out DIR [--resume]`."""
     import os
 
-    from vicap_utils.handover import prepare_resume
+    from vicap_utils.ops.handover import prepare_resume
 
     cfg = load_config(args.profile, args.config, args.overrides)
     if args.resume:  # a previous Kaggle session's run, attached as input, is copied back first

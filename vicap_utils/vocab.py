@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 from vicap_utils.text import VIETNAMESE_LETTERS, strip_diacritics
 
 _PUNCT_SPACE = re.compile(r"\s+([.,;:!?)\]])")
@@ -220,3 +220,46 @@ def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int)
             bias[new_id] = bias[pieces].mean() if pieces else bias[:first_new_id].mean()
         count += 1
     return count
+
+
+IGNORE = -100  # label value the loss skips
+
+
+def special_ids(tokenizer) -> tuple[int, int, int]:
+    """(bos, eos, pad) ids: `[DEC]`/`[SEP]`/`[PAD]` for BLIP-1, `</s>`/`</s>`/`<pad>` for OPT."""
+    bos = tokenizer.bos_token_id
+    eos = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if bos is None or eos is None:
+        raise VicapError("the tokenizer needs a bos and an eos (or sep) token")
+    return bos, eos, pad
+
+
+def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str = "",
+                    prefix: list[int] | tuple[int, ...] = ()
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask, labels) for `prefix + bos + prompt + caption + eos`.
+
+    Labels are -100 on the image prefix, bos, prompt and padding, so the loss counts only the
+    caption and its eos. `max_length` counts bos and eos (not the prefix); a long caption is
+    cut before its eos, which is always kept.
+    """
+    bos, eos, pad = special_ids(tokenizer)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
+    rows, labels = [], []
+    for ids in texts:
+        body = (prompt_ids + ids)[: max_length - 2]
+        seq = list(prefix) + [bos] + body + [eos]
+        n_masked = len(prefix) + 1 + min(len(prompt_ids), len(body))
+        rows.append(seq)
+        labels.append([IGNORE] * n_masked + seq[n_masked:])
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    for i, (r, lbl) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+        lab[i, : len(lbl)] = torch.tensor(lbl)
+    return input_ids, mask, lab

@@ -29,9 +29,9 @@ import pandas as pd
 
 from vicap_utils.audit import audit
 from vicap_utils.data import load_captions, split_by_image
-from vicap_utils.exercises import check_equal, check_planted, copy_data_set
-from vicap_utils.io import read_json
-from vicap_utils.notebook import setup
+from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.ops.io import read_json
+from vicap_utils.teach.notebook import setup
 from vicap_utils.prepare import prepare, raw_data
 
 cfg, _ = setup(PROFILE)

@@ -25,9 +25,9 @@ PROFILE = "auto"  # the same profile as notebook 02
 # %%
 from pathlib import Path
 
-from vicap_utils import report
-from vicap_utils.exercises import check, check_close, check_equal, token_count, unseen_and_kept
-from vicap_utils.notebook import model_tokenizer, setup, tokenizer_variants
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import check, check_close, check_equal, token_count, unseen_and_kept
+from vicap_utils.teach.notebook import model_tokenizer, setup, tokenizer_variants
 from vicap_utils.prepare import prepare
 
 cfg, _ = setup(PROFILE)

@@ -28,14 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from vicap_utils import captioner
-from vicap_utils.exercises import (
+from vicap_utils.teach.exercises import (
     check_close,
     check_equal,
     lora_share,
     lora_target_count,
     stock_round_trip,
 )
-from vicap_utils.notebook import setup
+from vicap_utils.teach.notebook import setup
 from vicap_utils.prepare import prepare
 
 cfg, _ = setup(PROFILE)

@@ -27,9 +27,9 @@ import math
 from collections import Counter
 
 from vicap_utils import captioner
-from vicap_utils.adapters import load_model
+from vicap_utils.ops.adapters import load_model
 from vicap_utils.data import load_captions
-from vicap_utils.exercises import (
+from vicap_utils.teach.exercises import (
     BLEU_CASE,
     bleu1,
     check,
@@ -39,7 +39,7 @@ from vicap_utils.exercises import (
 )
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import python_tokenize
-from vicap_utils.notebook import eval_inputs, setup
+from vicap_utils.teach.notebook import eval_inputs, setup
 
 cfg, run = setup(PROFILE)
 refs_file, images = eval_inputs(run)

@@ -23,11 +23,12 @@ PROFILE = "auto"  # the same profile as notebook 05
 # same "check yourself" cells.
 
 # %%
-from vicap_utils import captioner, report
-from vicap_utils.adapters import load_model
-from vicap_utils.exercises import check_biggest_gain, check_equal, three_decodings
+from vicap_utils import captioner
+from vicap_utils.teach import report
+from vicap_utils.ops.adapters import load_model
+from vicap_utils.teach.exercises import check_biggest_gain, check_equal, three_decodings
 from vicap_utils.images import load_rgb
-from vicap_utils.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup
+from vicap_utils.teach.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup
 
 cfg, run = setup(PROFILE)
 result = evaluate_run(run, reuse=True)

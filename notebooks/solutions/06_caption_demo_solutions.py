@@ -26,9 +26,9 @@ PROFILE = "auto"  # the same profile as notebook 06
 import torch
 
 from vicap_utils import captioner
-from vicap_utils.demo import build_app, open_sample
-from vicap_utils.exercises import check_equal, check_temperature
-from vicap_utils.notebook import setup
+from vicap_utils.teach.demo import build_app, open_sample
+from vicap_utils.teach.exercises import check_equal, check_temperature
+from vicap_utils.teach.notebook import setup
 
 cfg, _ = setup(PROFILE)
 app = build_app(base=cfg.model.base)

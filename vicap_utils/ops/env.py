@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vicap_utils.hardware import GpuFacts, detect
+from vicap_utils.ops.hardware import GpuFacts, detect
 
 # Globs (under the Kaggle input root) that find each real data set, whatever the mount layout.
 # UIT-ViIC is distributed as uitviic_captions_{train,val,test}2017.json (some copies spell it

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from vicap_utils.config import Config, config_from_dict, diff_keys
-from vicap_utils.folders import claim, record, remove_owned
-from vicap_utils.io import (
+from vicap_utils.ops.folders import claim, record, remove_owned
+from vicap_utils.ops.io import (
     VicapError,
     atomic_dir,
     atomic_write_json,
@@ -125,7 +125,7 @@ def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
     training would write over: one of the run's outputs (or inside one), or a file the
     prepared-data folder (`data.prepared`) receives."""
     from vicap_utils.audit import OUTPUTS
-    from vicap_utils.folders import refuse_aliases
+    from vicap_utils.ops.folders import refuse_aliases
     from vicap_utils.prepare import SPLIT_FILES, SUB_AUDITS
 
     d = cfg.data
@@ -335,7 +335,7 @@ def write_reports(out: Path, history: list[dict[str, Any]], summary: dict[str, A
     """A finished run's history.csv, loss_curve.png (loss and CIDEr per epoch), summary.json."""
     import matplotlib.pyplot as plt
 
-    from vicap_utils.report import plot_history
+    from vicap_utils.teach.report import plot_history
 
     write_history(out, history)
     record(out, ["loss_curve.png", "summary.json"])

@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 
 from vicap_utils.captioner import Captioner, image_features, inner_model, pixel_values
-from vicap_utils.folders import read_marker, record
 from vicap_utils.images import load_rgb
-from vicap_utils.io import VicapError, atomic_write_json, read_json, write_error
-from vicap_utils.progress import progress
+from vicap_utils.ops.folders import read_marker, record
+from vicap_utils.ops.io import VicapError, atomic_write_json, read_json, write_error
+from vicap_utils.ops.progress import progress
 
 DTYPE = torch.float16
 RAM_SHARE = 0.25  # keep features in RAM when they take at most this share of available memory

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from vicap_utils.io import VicapError, recover_dir
+from vicap_utils.ops.io import VicapError, recover_dir
 
 CHECKPOINT = "last"
 _SKIP = {"last", "best", "final", "data"}  # parts of a run, never runs themselves
@@ -85,7 +85,7 @@ def _recency(run: Path) -> tuple[float, int]:
 
 def _input_root(input_root: str | Path | None) -> Path:
     if input_root is None:
-        from vicap_utils.env import kaggle_input
+        from vicap_utils.ops.env import kaggle_input
 
         return kaggle_input()
     return Path(input_root)
@@ -107,7 +107,7 @@ def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
 def find_trained(profile: str, input_root: str | Path | None = None) -> Path | None:
     """The newest run of `profile` whose best/ holds a fine-tuned adapter under `input_root`
     (default the Kaggle input root: an attached notebook 03 output), or None."""
-    from vicap_utils.adapters import WEIGHTS_FILE, is_adapter  # torch: only when asked
+    from vicap_utils.ops.adapters import WEIGHTS_FILE, is_adapter  # torch: only when asked
 
     runs = [r for r in _runs_under(_input_root(input_root), lambda r: is_adapter(r / "best"))
             if _profile(r) in (None, profile)]

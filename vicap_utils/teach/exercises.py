@@ -90,7 +90,7 @@ def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
     damage in an exercise: (captions.json, images folder) in `folder`, replacing a copy vicap
     made there before (never anything else)."""
     from vicap_utils.data import load_captions, write_coco
-    from vicap_utils.folders import output_folder, staged
+    from vicap_utils.ops.folders import output_folder, staged
 
     cs = load_captions(captions, images)
     small = cs.subset(list(cs.images)[:n_images])
@@ -149,7 +149,7 @@ def base_tokenizer(cfg: Config):
     """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
     from transformers import AutoProcessor
 
-    from vicap_utils.weights import resolve_base
+    from vicap_utils.ops.weights import resolve_base
 
     return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
 

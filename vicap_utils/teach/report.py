@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from vicap_utils.data import CaptionSet, ImageId
-from vicap_utils.io import atomic_write_bytes, atomic_write_text
 from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
+from vicap_utils.ops.io import atomic_write_bytes, atomic_write_text
 from vicap_utils.text import syllable_count
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter

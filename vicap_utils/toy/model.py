@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from vicap_utils.config import DataConfig
-from vicap_utils.io import atomic_dir, file_lock
-from vicap_utils.vocab import bert_vocab_path, stock_blip_tokenizer
+from vicap_utils.ops.io import atomic_dir, file_lock
+from vicap_utils.toy.data import captions_for, random_scene, synthetic_set, synthetic_vocabulary
+from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_tokenizer
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,6 @@ class MiniSpec:
         """Short stable hash of the spec."""
         blob = json.dumps(asdict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
-
-
-def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
-    """Every caption the synthetic generator can write (sampled), in both languages."""
-    import random
-
-    from vicap_utils.synthetic import captions_for, random_scene
-
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(n_scenes):
-        scene = random_scene(rng)
-        texts += captions_for(scene, "vi", rng) + captions_for(scene, "en", rng)
-    return sorted(set(texts))
 
 
 def mini_vocab() -> dict[str, int]:
@@ -111,57 +97,18 @@ def build_tiny_blip(spec: MiniSpec):
     return model, BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
-BUILTIN_MODELS = ("mini",)
-
-
 def builtin_model(name: str) -> Path | None:
     """The folder of a built-in toy base model (`mini`, built and cached on first use), or None
     when `name` is not one."""
     return ensure_mini_base() if name == "mini" else None
 
 
-def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:
-    """(captions file, images folder) of the synthetic set a `synthetic` data source asks for
-    (drawn once, then cached), or None for any other source."""
-    if data.source != "synthetic":
-        return None
-    folder = synthetic_set(data.lang, data.synthetic_images, data.synthetic_seed)
-    return folder / "captions.json", folder / "images"
-
-
-def sample_images(n: int, seed: int = 2024, size: tuple[int, int] = (320, 240)) -> dict:
-    """{label: image} of synthetic scenes drawn in memory, for demos without a data set."""
-    import random
-
-    from vicap_utils.synthetic import draw_scene, random_scene
-
-    out = {}
-    for i in range(n):
-        rng = random.Random(f"vicap-demo:{seed}:{i}")
-        scene = random_scene(rng)
-        out[f"synthetic {i + 1} · {scene['sport']}"] = draw_scene(scene, size, rng)
-    return out
-
-
-def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
-    """The cached synthetic caption set for (lang, n, seed); drawn on first use."""
-    from vicap_utils.env import cache_dir
-    from vicap_utils.synthetic import generate
-
-    folder = cache_dir("synthetic") / f"{lang}-n{n_images}-s{seed}"
-    with file_lock(folder.with_name(f".{folder.name}.lock")):
-        if not (folder / "captions.json").is_file():
-            with atomic_dir(folder) as tmp:
-                generate(tmp, n_images=n_images, seed=seed, lang=lang)
-    return folder
-
-
 def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
-    from vicap_utils.captioner import encode_captions
+
     from vicap_utils.data import load_captions
     from vicap_utils.images import load_rgb
-    from vicap_utils.progress import progress
+    from vicap_utils.ops.progress import progress
 
     folder = synthetic_set("en", spec.n_images, spec.data_seed)
     cs = load_captions(folder / "captions.json")
@@ -207,7 +154,7 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
 
 def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
     """Path of the cached, English-pre-trained tiny BLIP; builds it on first use."""
-    from vicap_utils.env import cache_dir
+    from vicap_utils.ops.env import cache_dir
 
     spec = spec or MiniSpec()
     folder = cache_dir("mini-base") / spec.key()
@@ -265,7 +212,6 @@ def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Pat
         BlipImageProcessor,
     )
 
-    from vicap_utils.synthetic import captions_for, random_scene
 
     rng = random.Random(0)
     corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]

@@ -15,7 +15,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 from vicap_utils.images import to_rgb
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 
 MAX_UPLOAD_BYTES = 15 * 2**20
 # Formats PIL may try: a short list keeps rarely used decoders away from untrusted bytes.

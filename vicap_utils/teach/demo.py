@@ -2,7 +2,7 @@
 
 The notebook only displays `build_app().widget`; everything else lives here. Models load once
 and stay cached by (folder, no_adapter). Uploads are decoded from bytes in memory by
-`vicap_utils.uploads`; every failure becomes a message in the app, never a traceback.
+`vicap_utils.teach.uploads`; every failure becomes a message in the app, never a traceback.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from PIL import Image
 
 from vicap_utils.captioner import Decoding
 from vicap_utils.config import EvalConfig, ModelConfig
-from vicap_utils.env import KAGGLE_INPUT
+from vicap_utils.ops.env import KAGGLE_INPUT
 
 ADAPTER_FILES = ("vicap.json", "adapter_model.safetensors")
 THUMB_SIZE = (360, 270)
@@ -109,8 +109,8 @@ def _adapter_mtime(folder: Path) -> float:
 
 def adapter_base(folder: Path) -> str:
     """The base model an adapter was trained on, from its vicap.json ("unknown" if unreadable)."""
-    from vicap_utils.adapters import model_ref
-    from vicap_utils.io import VicapError
+    from vicap_utils.ops.adapters import model_ref
+    from vicap_utils.ops.io import VicapError
 
     try:
         return model_ref(str(folder)).model.base
@@ -174,9 +174,9 @@ def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
 
 def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
-    from vicap_utils.checkpoint import run_references
     from vicap_utils.data import load_captions
-    from vicap_utils.io import VicapError
+    from vicap_utils.ops.checkpoint import run_references
+    from vicap_utils.ops.io import VicapError
 
     try:
         val_file, folder = run_references(adapter.parent)
@@ -274,7 +274,7 @@ class CaptionApp:
 
     def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
                  root: Path, loader: Callable | None = None) -> None:
-        from vicap_utils.adapters import load_model
+        from vicap_utils.ops.adapters import load_model
 
         self.root = root
         self.choices = choices
@@ -376,7 +376,7 @@ class CaptionApp:
     @_guarded
     def on_upload(self, change: dict | None = None) -> None:
         """Decode the uploaded bytes in memory; a bad file gives a message, not a traceback."""
-        from vicap_utils.uploads import decode_upload, first_upload
+        from vicap_utils.teach.uploads import decode_upload, first_upload
 
         if not self.upload.value:
             return
@@ -461,8 +461,8 @@ def build_app(output_dir: str | Path | None = None,
     """The app over the adapters found under `output_dir` (default: the environment's) and
     the folders of `also_search` that exist (by default /kaggle/input, where a previous
     notebook's output can be attached); `base` is the base model offered alone."""
-    from vicap_utils import toy
-    from vicap_utils.env import output_dir as default_output_dir
+    from vicap_utils.ops.env import output_dir as default_output_dir
+    from vicap_utils.toy import data as toy
 
     root = Path(output_dir) if output_dir else default_output_dir()
     roots = [root, *[Path(p) for p in also_search if Path(p).is_dir()]]

@@ -11,8 +11,9 @@ import pandas as pd
 
 from vicap_utils.config import Config, load_config
 from vicap_utils.data import CaptionSet, load_captions
-from vicap_utils.env import is_kaggle, kaggle_input, output_dir, print_environment
-from vicap_utils.io import VicapError, atomic_write_json, atomic_write_text, read_json
+from vicap_utils.families import EXTENDS_VOCABULARY
+from vicap_utils.ops.env import is_kaggle, kaggle_input, output_dir, print_environment
+from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, read_json
 
 ZERO_SHOT = "zero-shot"
 FINE_TUNED = "fine-tuned"
@@ -147,14 +148,12 @@ def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
 
 def model_tokenizer(cfg: Config, variants: dict[str, Any]):
     """The tokenizer the profile trains with: BLIP-1 extended (or stock), BLIP-2 its own."""
-    from vicap_utils.captioner import extends_vocabulary
-
-    if extends_vocabulary(cfg.model.family):
+    if cfg.model.family in EXTENDS_VOCABULARY:
         return variants["extended" if cfg.model.extend_vocab else "stock (strips accents)"]
     try:
         from transformers import AutoProcessor
 
-        from vicap_utils.weights import resolve_base
+        from vicap_utils.ops.weights import resolve_base
 
         return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
     except (OSError, ValueError, VicapError) as exc:
@@ -207,9 +206,9 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     trained for this profile under the Kaggle input root (notebook 03's kernel attached as
     input: read-only, so its adapter, data record and reports are copied, not its checkpoint
     or feature cache), so evaluations are written here, never into the input."""
-    from vicap_utils.adapters import is_adapter
-    from vicap_utils.checkpoint import run_references
-    from vicap_utils.handover import bring_back, find_trained
+    from vicap_utils.ops.adapters import is_adapter
+    from vicap_utils.ops.checkpoint import run_references
+    from vicap_utils.ops.handover import bring_back, find_trained
 
     best = run / "best"
     if not is_adapter(best):
@@ -263,8 +262,8 @@ def _system_files(out: Path, slug: str) -> dict[str, Path]:
 def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
                   files: dict[str, Path]) -> None:
     """Predict with one system and evaluate against the run's validation references."""
-    from vicap_utils.adapters import model_ref
     from vicap_utils.metrics import evaluate_detailed
+    from vicap_utils.ops.adapters import model_ref
     from vicap_utils.predict import predict_file
 
     predictions = predict_file(model_ref(str(run / "best"), no_adapter), val_file, images,

@@ -14,7 +14,7 @@ from typing import Any
 
 from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base, place
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
-from vicap_utils.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
+from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
 
 META_FILE = "vicap.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -78,7 +78,7 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
     if path.is_dir() and not (path / "config.json").is_file():
         raise VicapError(f"{path}: neither an adapter folder (no {META_FILE}) nor a saved model "
                          "(no config.json); use a run's best/ or final/ folder")
-    from vicap_utils.weights import model_type
+    from vicap_utils.ops.weights import model_type
 
     return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
 

@@ -14,8 +14,10 @@ import importlib.util
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from vicap_utils.io import VicapError
+from vicap_utils.families import BUILTIN_MODELS, QUANTIZES
+from vicap_utils.ops.io import VicapError
 
 PICK_INSTEAD = "choose GPU T4 x2 in the kernel settings (Settings → Accelerator)"
 # Set to 1, a machine without a GPU gets the plan a T4 gets (fp16 autocast + GradScaler, 8-bit
@@ -142,9 +144,7 @@ class Plan:
 def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tuple[bool, str]:
     """Whether BLIP-2 loads in 8-bit here, and the one-line notice when asked for but not
     possible (no GPU, compute capability < 7.5, or no bitsandbytes)."""
-    from vicap_utils.captioner import quantizes
-
-    if not (load_in_8bit and quantizes(family)):
+    if not (load_in_8bit and family in QUANTIZES):
         return False, ""
     if facts.emulated:
         return facts.bitsandbytes, "" if facts.bitsandbytes else (
@@ -194,7 +194,7 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
     eight_bit, notice = eight_bit_decision(family, load_in_8bit, facts)
     notices += [notice] if notice else []
     if facts.count > 1:
-        notices.append(f"{facts.count} GPUs: vicap_utils.launch.launch_training(..., "
+        notices.append(f"{facts.count} GPUs: vicap_utils.ops.launch.launch_training(..., "
                        f"num_processes={facts.count}) trains on all of them")
     return Plan("cuda", precision, eight_bit, facts.count, facts, tuple(notices))
 
@@ -215,10 +215,6 @@ def plan_for(cfg) -> Plan:
 
     A base named on the hub or as a Kaggle model is a real profile; a built-in toy model or a
     saved-model folder on this machine is not (a CPU may train those, slowly)."""
-    from pathlib import Path
-
-    from vicap_utils.toy import BUILTIN_MODELS
-
     base = cfg.model.base
     real = base not in BUILTIN_MODELS and not Path(base).expanduser().is_dir()
     return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real,

@@ -7,15 +7,15 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 
 
 def resolve_base(base: str) -> str:
     """Turn `model.base` into something `from_pretrained` loads: a built-in toy model's folder,
     a saved-model folder, a Kaggle input folder holding that model, a cached hub snapshot,
     or the hub id itself when the hub is reachable."""
-    from vicap_utils import toy
-    from vicap_utils.env import find_inputs
+    from vicap_utils.ops.env import find_inputs
+    from vicap_utils.toy import model as toy
 
     built = toy.builtin_model(base)
     if built is not None:
@@ -65,7 +65,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def model_type(base: str) -> str:
     """The `model_type` in a base model's config.json ("" when it cannot be read here)."""
-    from vicap_utils.io import read_json
+    from vicap_utils.ops.io import read_json
 
     config = Path(resolve_base(base)) / "config.json"
     return str(read_json(config, "model config").get("model_type", "")) if config.is_file() \

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TextIO
 
-from vicap_utils.io import VicapError
+from vicap_utils.ops.io import VicapError
 
 _TAIL_LINES = 200
 _PYTHON_ERROR = re.compile(r"^\s*(?:\w+\.)*\w*(?:Error|Exception|Interrupt): \S")
@@ -112,8 +112,8 @@ def train_on_every_gpu(cfg, run, resume: bool = False, overwrite: bool = False) 
     from pathlib import Path
 
     from vicap_utils.config import save_config
-    from vicap_utils.handover import prepare_resume
-    from vicap_utils.hardware import detect
+    from vicap_utils.ops.handover import prepare_resume
+    from vicap_utils.ops.hardware import detect
 
     run = Path(run)
     if resume and prepare_resume(run, cfg.profile) is None:

@@ -15,8 +15,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vicap_utils.io import VicapError, atomic_write_json, read_json
-from vicap_utils.progress import progress
+from vicap_utils.config import DataConfig
+from vicap_utils.ops.env import cache_dir
+from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, file_lock, read_json
+from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption
 
 RGB = tuple[int, int, int]
@@ -418,7 +420,7 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
     (drawn in a staging folder, then committed); a folder that already holds anything is
     refused unless `overwrite`, which replaces only what vicap wrote there.
     """
-    from vicap_utils.folders import output_folder, staged
+    from vicap_utils.ops.folders import output_folder, staged
 
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
@@ -434,7 +436,7 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
 def _refuse_foreign_images(out: Path) -> None:
     """Refuse to replace an earlier set's images/ while it holds a file its captions.json does
     not list: vicap drew only those, so a photo placed there is the user's."""
-    from vicap_utils.folders import visible_entries
+    from vicap_utils.ops.folders import visible_entries
 
     drawn: set[str] = set()
     with contextlib.suppress(VicapError, TypeError, KeyError):
@@ -463,7 +465,7 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
                                 "caption": caption})
     info = {"description": "vicap synthetic ball-sports captions", "version": "1",
-            "lang": lang, "seed": seed, "generator": "vicap_utils.synthetic"}
+            "lang": lang, "seed": seed, "generator": "vicap_utils.toy.data"}
     atomic_write_json(folder / "captions.json",
                       {"info": info, "images": images, "annotations": annotations})
 
@@ -475,3 +477,42 @@ def cli_synth(args: argparse.Namespace) -> int:
     print(f"vicap synth: {args.n_images} images, {args.n_images * 5} {args.lang} captions "
           f"-> {path}")
     return 0
+
+
+def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
+    """Every caption the synthetic generator can write (sampled), in both languages."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n_scenes):
+        scene = random_scene(rng)
+        texts += captions_for(scene, "vi", rng) + captions_for(scene, "en", rng)
+    return sorted(set(texts))
+
+
+def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:
+    """(captions file, images folder) of the synthetic set a `synthetic` data source asks for
+    (drawn once, then cached), or None for any other source."""
+    if data.source != "synthetic":
+        return None
+    folder = synthetic_set(data.lang, data.synthetic_images, data.synthetic_seed)
+    return folder / "captions.json", folder / "images"
+
+
+def sample_images(n: int, seed: int = 2024, size: tuple[int, int] = (320, 240)) -> dict:
+    """{label: image} of synthetic scenes drawn in memory, for demos without a data set."""
+    out = {}
+    for i in range(n):
+        rng = random.Random(f"vicap-demo:{seed}:{i}")
+        scene = random_scene(rng)
+        out[f"synthetic {i + 1} · {scene['sport']}"] = draw_scene(scene, size, rng)
+    return out
+
+
+def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
+    """The cached synthetic caption set for (lang, n, seed); drawn on first use."""
+    folder = cache_dir("synthetic") / f"{lang}-n{n_images}-s{seed}"
+    with file_lock(folder.with_name(f".{folder.name}.lock")):
+        if not (folder / "captions.json").is_file():
+            with atomic_dir(folder) as tmp:
+                generate(tmp, n_images=n_images, seed=seed, lang=lang)
+    return folder

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vicap_utils import __version__
-from vicap_utils.io import (
+from vicap_utils.ops.io import (
     VicapError,
     atomic_write_json,
     make_output_dir,

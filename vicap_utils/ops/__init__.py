@@ -1,0 +1,1 @@
+"""Machinery: environment, hardware, folders and files, weights, checkpoints, sessions, the CLI."""

@@ -1,0 +1,120 @@
+"""Command-line interface: `python -m vicap_utils COMMAND …` (also installed as `vicap`).
+
+Each command's work lives in its own module, imported only when that command runs, so
+`vicap audit` never pays for importing torch. User errors exit 2 with one line.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from vicap_utils.ops.io import VicapError
+
+# command -> (module, function); the function takes the parsed args and returns an exit code.
+COMMANDS = {
+    "synth": ("vicap_utils.toy.data", "cli_synth"),
+    "audit": ("vicap_utils.audit", "cli_audit"),
+    "split": ("vicap_utils.data", "cli_split"),
+    "train": ("vicap_utils.train", "cli_train"),
+    "predict": ("vicap_utils.predict", "cli_predict"),
+    "evaluate": ("vicap_utils.metrics", "cli_evaluate"),
+    "env": ("vicap_utils.ops.env", "cli_env"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command, per the CLI contract (docs/architecture.md)."""
+    parser = _Parser(
+        prog="vicap", description="Vietnamese image captioning with BLIP + LoRA."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="draw the synthetic ball-sports caption set")
+    p.add_argument("--out", required=True, help="output folder (images/ and captions JSON)")
+    p.add_argument("--n-images", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lang", choices=["vi", "en"], default="vi")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a set vicap drew earlier in OUT (nothing else there)")
+
+    p = sub.add_parser("audit", help="check a caption set; write the clean set and a report")
+    p.add_argument("--annotations", required=True, help="COCO-style captions JSON, "
+                   "Flickr8k.token.txt or Flickr8k captions.txt")
+    p.add_argument("--images", required=True, help="images folder")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
+
+    p = sub.add_parser("split", help="seeded split by image into train/val COCO files")
+    p.add_argument("--annotations", required=True, help="clean COCO-style captions JSON")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=42)
+
+    p = sub.add_parser("train", help="audit the data, then LoRA fine-tuning")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--profile", help="named profile: mini, uitviic-blip, flickr8k-blip2, auto")
+    src.add_argument("--config", help="config JSON (e.g. a run's config.json)")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT")
+
+    p = sub.add_parser("predict", help="caption images with an adapter or a base model")
+    p.add_argument("--model", required=True,
+                   help="an adapter folder (a run's best/ or final/), or a base model (hub id, "
+                        "saved-model folder, or mini) that captions zero-shot")
+    p.add_argument("--no-adapter", action="store_true",
+                   help="with an adapter folder: caption with its base model alone")
+    p.add_argument("--annotations", required=True, help="COCO-style JSON listing the images")
+    p.add_argument("--images", required=True, help="images folder")
+    p.add_argument("--out", required=True, help="predictions JSON (COCO results)")
+    p.add_argument("--num-beams", type=int, default=None)
+    p.add_argument("--max-new-tokens", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that vicap did not write")
+
+    p = sub.add_parser("evaluate", help="score predictions against references")
+    p.add_argument("--predictions", required=True, help="COCO results JSON")
+    p.add_argument("--references", required=True, help="COCO-style captions JSON")
+    p.add_argument("--out", help="metrics JSON (per-image CIDEr CSV is written beside it)")
+    p.add_argument("--train-captions", help="COCO-style training captions, for novel_rate")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score only the reference images that have a prediction")
+    p.add_argument("--tokenize", choices=("syllable", "words"), default="syllable",
+                   help="syllable: captions as written (default); words: segmented into "
+                        "Vietnamese words first (needs underthesea), as KTVIC's published scores")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file that vicap did not write")
+
+    sub.add_parser("env", help="print where we run: Kaggle or not, GPU, inputs, output folder")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, dispatch, and turn user errors into one line on stderr with exit code 2."""
+    args = build_parser().parse_args(argv)
+    module_name, func_name = COMMANDS[args.command]
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except VicapError as exc:
+        print(f"vicap {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vicap {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

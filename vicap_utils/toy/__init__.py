@@ -1,0 +1,1 @@
+"""The toy world: synthetic ball-sports data (`data`) and the tiny `mini` base model (`model`)."""
