@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from vicap_utils.data import load_captions
 from vicap_utils.ops import folders
 from vicap_utils.ops.folders import (
     COMMIT,
     LOCK,
     MARKER,
     claim,
-    finish_interrupted,
     folder_lock,
     lock_holder,
     owned_entries,
@@ -186,26 +186,6 @@ def test_lock_is_released_on_error_and_reentrant(tmp_path):
     assert lock_holder(tmp_path) is None
 
 
-def test_without_flock_a_live_pid_holds_and_a_dead_one_is_stale(tmp_path, monkeypatch):
-    import fcntl
-
-    def no_flock(fd, op):
-        raise OSError(errno.ENOLCK, "No locks available")
-
-    monkeypatch.setattr(fcntl, "flock", no_flock)
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        (tmp_path / LOCK).write_text(f"{sleeper.pid}\n")
-        with pytest.raises(VicapError, match=f"in use by process {sleeper.pid}"):
-            with folder_lock(tmp_path):
-                pass
-    finally:
-        sleeper.kill()
-        sleeper.wait()
-    with folder_lock(tmp_path):
-        assert (tmp_path / LOCK).read_text().split()[0] == str(os.getpid())
-
-
 def test_lock_in_a_path_that_cannot_be_a_folder(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(VicapError, match="exists and is not a folder"):
@@ -267,9 +247,29 @@ def test_interrupted_commit_is_finished_never_mixed(tmp_path, moved_in):
         os.rename(tmp_path / name, replaced / name)
     for name in ("images", "captions.json")[:moved_in]:
         os.rename(commit / name, tmp_path / name)
-    finish_interrupted(tmp_path)
+    with folder_lock(tmp_path):  # the next writer finishes it
+        pass
     assert tree(tmp_path) == {"captions.json": b"new captions", "images/a.jpg": b"new image"}
     assert not commit.exists()
+
+
+def test_reading_captions_beside_an_interrupted_commit_changes_no_file(tmp_path):
+    """Readers never write: a commit a killed writer left is finished by the next writer."""
+    claim(tmp_path, "split")
+    with staged(tmp_path) as tmp:
+        (tmp / "train.json").write_text(json.dumps(
+            {"images": [{"id": 1, "file_name": "a.jpg"}],
+             "annotations": [{"id": 1, "image_id": 1, "caption": "một con chó"}]}))
+    (tmp_path / COMMIT / ".vicap-replaced").mkdir(parents=True)
+    (tmp_path / COMMIT / "val.json").write_text("{}")
+
+    def listing() -> list[tuple[str, int]]:
+        return [(str(p.relative_to(tmp_path)), p.stat().st_mtime_ns)
+                for p in sorted(tmp_path.rglob("*"))]
+
+    before = listing()
+    assert len(load_captions(tmp_path / "train.json").images) == 1
+    assert listing() == before
 
 
 def test_claim_removes_staging_left_by_a_killed_process(tmp_path):
@@ -342,54 +342,6 @@ def test_output_folder_helper_checks_everything_before_work(tmp_path, holder):
     with pytest.raises(VicapError, match="in use by process"):
         with folders.output_folder(tmp_path / "busy", "audit", ["clean.json"]):
             pytest.fail("work started")
-
-
-def test_reader_that_cannot_finish_an_interrupted_commit_says_why(tmp_path, holder):
-    (tmp_path / COMMIT).mkdir()
-    proc = holder(tmp_path)
-    with pytest.raises(VicapError) as info:
-        finish_interrupted(tmp_path)
-    assert str(info.value) == (f"{tmp_path}: holds outputs a killed vicap command left half "
-                               f"replaced ({COMMIT}), and they cannot be finished now: is in use "
-                               f"by process {proc.pid}; wait for it or pick another --out")
-
-
-# A process that locks `.vicap-lock` of argv[1] and writes argv[2] into it as its holder.
-FAKE_HOLDER = ("import fcntl, os, sys, time\n"
-               "fd = os.open(os.path.join(sys.argv[1], '.vicap-lock'), os.O_RDWR | os.O_CREAT)\n"
-               "fcntl.flock(fd, fcntl.LOCK_EX)\nos.write(fd, sys.argv[2].encode())\n"
-               "print('locked', flush=True)\ntime.sleep(120)\n")
-
-
-@pytest.mark.parametrize("recorded", ["dead", "reused"])
-def test_lock_left_locked_by_a_dead_holders_survivor_is_taken_over(tmp_path, recorded):
-    """A survivor of a killed writer (a worker it forked) still holds the flock: the writer it
-    names is dead, or its pid now belongs to another process (start time differs)."""
-    if recorded == "dead":
-        dead = subprocess.Popen([sys.executable, "-c", "pass"])
-        dead.wait()
-        content = f"{dead.pid} 1\n"
-    else:
-        content = f"{os.getpid()} 1\n"  # a live pid, started later than that
-    survivor = subprocess.Popen([sys.executable, "-c", FAKE_HOLDER, str(tmp_path), content],
-                                stdout=subprocess.PIPE, text=True)
-    try:
-        assert survivor.stdout.readline().strip() == "locked"
-        assert lock_holder(tmp_path) is None
-        with folder_lock(tmp_path):
-            assert lock_holder(tmp_path) == os.getpid()
-    finally:
-        survivor.kill()
-        survivor.wait()
-
-
-def test_live_holder_recorded_with_its_start_time_keeps_the_lock(tmp_path, holder):
-    proc = holder(tmp_path)
-    pid, start = (tmp_path / LOCK).read_text().split()
-    assert int(pid) == proc.pid and int(start) > 0
-    with pytest.raises(VicapError, match=f"in use by process {proc.pid};"):
-        with folder_lock(tmp_path):
-            pass
 
 
 def test_single_files_replace_a_user_file_only_when_named_and_overwrite(tmp_path):

@@ -163,13 +163,9 @@ def _annotation_entry(ann: Annotation) -> dict[str, Any]:
 def load_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionSet:
     """Read a caption set, detecting COCO-style JSON, Flickr8k.token.txt or captions.txt.
 
-    Flickr8k split lists are looked up beside the captions file and in `images_dir`. A set
-    that a killed vicap command left half-replaced is finished first (see folders.py).
+    Flickr8k split lists are looked up beside the captions file and in `images_dir`.
     """
-    from vicap_utils.ops.folders import finish_interrupted
-
     path = input_file(path, "captions file")
-    finish_interrupted(path.parent)
     if path.suffix.lower() == ".json":
         return read_coco(path)
     text = _read_text(path)

@@ -6,12 +6,15 @@ import errno
 import json
 import os
 import re
+import secrets
 import shutil
 import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 # JSON deeper than this is refused when read: vicap's files need 4 levels, and Python's
 # reader and writer both recurse (a deeper document would end in a RecursionError).
@@ -25,10 +28,9 @@ class VicapError(Exception):
 
 
 def path_problem(path: str | Path) -> tuple[str, str] | None:
-    """(code, words) for why `path` is not an ordinary existing file or folder, else None.
+    """(code, words) for why `path` is not an existing file or folder, else None.
 
-    Codes: `missing`, `broken_link`, `loop`, `no_access`, `not_regular`, `bad_name`,
-    `error`. A folder is not a problem here; callers that need a file check `is_dir`.
+    Codes: missing, broken_link, loop, no_access, not_regular, bad_name, error.
     """
     try:
         st = os.stat(path)
@@ -51,16 +53,20 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
+def _refuse(path: Path, what: str, problem: tuple[str, str]) -> VicapError:
+    """The one-line error for an input path with a `path_problem`."""
+    code, words = problem
+    return VicapError(f"{path}: {what} " + ("not found" if code == "missing" else words))
+
+
 def input_file(path: str | Path, what: str = "file") -> Path:
     """`path` if it is a readable regular file, else a one-line VicapError saying what it is."""
     path = Path(path)
     problem = path_problem(path)
-    if problem is None and path.is_dir():
-        raise VicapError(f"{path}: is a folder, not a {what}")
     if problem is not None:
-        code, words = problem
-        raise VicapError(f"{path}: {what} not found" if code == "missing"
-                         else f"{path}: {what} {words}")
+        raise _refuse(path, what, problem)
+    if path.is_dir():
+        raise VicapError(f"{path}: is a folder, not a {what}")
     return path
 
 
@@ -69,18 +75,16 @@ def input_dir(path: str | Path, what: str = "folder") -> Path:
     path = Path(path)
     problem = path_problem(path)
     if problem is not None:
-        code, words = problem
-        raise VicapError(f"{path}: {what} not found" if code == "missing"
-                         else f"{path}: {what} {words}")
+        raise _refuse(path, what, problem)
     if not path.is_dir():
         raise VicapError(f"{path}: {what} is a file, not a folder")
     return path
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """Load JSON, turning a missing, unreadable, malformed or absurdly nested file into a
-    one-line VicapError."""
+    """Load JSON; a missing, unreadable, malformed or absurdly nested file is a VicapError."""
     path = input_file(path, what)
+    too_deep = f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
     try:
         with open(path, encoding="utf-8-sig") as fh:
             data = json.load(fh)
@@ -90,15 +94,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     except UnicodeDecodeError:
         raise VicapError(f"{path}: not UTF-8 text") from None
     except RecursionError:
-        raise VicapError(f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} "
-                         "levels)") from None
+        raise VicapError(too_deep) from None
     except ValueError:  # Python refuses integers of more than 4300 digits
         raise VicapError(f"{path}: holds a number with thousands of digits; ids and sizes "
                          "must be ordinary numbers") from None
     except OSError as exc:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
     if json_depth(data) > MAX_JSON_DEPTH:
-        raise VicapError(f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+        raise VicapError(too_deep)
     return data
 
 
@@ -107,28 +110,18 @@ def json_depth(data: Any) -> int:
     deepest, stack = 0, [(data, 0)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, dict | list):
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
             deepest = max(deepest, depth + 1)
-            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict)
-                                                   else value))
+            stack.extend((item, depth + 1) for item in value)
     return deepest
 
 
 def error_summary(exc: BaseException) -> str:
-    """A library exception as a short phrase for a one-line error: its first message line, or
-    the line that says what did not fit (torch lists those under a bare heading)."""
+    """A library exception as a short phrase: its first line, or torch's "size mismatch" one."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
     return next((ln for ln in lines if "size mismatch" in ln), lines[0])[:200]
-
-
-def disk_full(exc: BaseException) -> OSError | None:
-    """The "no room" OSError behind a failed write, None for any other failure; safetensors
-    reports it only in its message ("... (os error 28)")."""
-    if isinstance(exc, OSError):
-        return exc if exc.errno in DISK_FULL else None
-    found = re.search(r"\(os error (\d+)\)", str(exc))
-    code = int(found.group(1)) if found else None
-    return OSError(code, os.strerror(code)) if code in DISK_FULL else None
 
 
 def write_error(path: str | Path, exc: OSError) -> VicapError:
@@ -140,9 +133,7 @@ def write_error(path: str | Path, exc: OSError) -> VicapError:
 
 
 def make_output_dir(path: str | Path) -> Path:
-    """Create an output folder (and its parents) before any output is written, so a path that
-    cannot be a folder (a file, a file as parent, a symlink loop, no permission) fails as one
-    line."""
+    """Create an output folder and its parents; a path that cannot be one is a VicapError."""
     path = Path(path)
     problem = path_problem(path)
     if problem is not None and problem[0] in ("loop", "broken_link", "not_regular", "bad_name"):
@@ -161,38 +152,26 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise VicapError(f"{path}: is a folder; give a file name for the {what}")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise VicapError(f"{path}: {parent} is a file, not a folder")
-            break
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise VicapError(f"{path}: {parent} is a file, not a folder")
     return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write bytes to a temporary sibling, then rename it: a crash never leaves half a file.
-
-    A failed write (disk full, no permission) is a one-line VicapError; the previous file,
-    if any, is unchanged.
-    """
+    """Write to a temporary sibling, fsync, then rename: a crash never leaves half a file, and
+    a failed write is a one-line VicapError with the previous file unchanged."""
     path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise write_error(path, exc) from None
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; outputs get the usual permissions
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise write_error(path, exc) from None
         raise
@@ -211,37 +190,37 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename.
+    """Yield a temporary folder beside `path` that replaces `path` on success.
 
-    A full disk while the folder is filled is a one-line VicapError, `path` unchanged."""
+    The old folder is kept as `.NAME.old` between the two renames (see `recover_dir`); a full
+    disk is a one-line VicapError with `path` unchanged."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old")
     try:
         try:
             yield tmp
         except VicapError as exc:  # an atomic write inside: name the folder, not its stand-in
             raise VicapError(str(exc).replace(str(tmp), str(path))) from None
-        except Exception as exc:
-            full = disk_full(exc)
-            if full is not None:
-                raise write_error(path, full) from None
+        except Exception as exc:  # safetensors names a full disk only as "(os error 28)"
+            found = re.search(r"\(os error (\d+)\)", str(exc))
+            code = exc.errno if isinstance(exc, OSError) else found and int(found.group(1))
+            if code in DISK_FULL:
+                raise write_error(path, OSError(code, os.strerror(code))) from None
             raise
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
-        if old.exists():
-            shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
 def recover_dir(path: str | Path) -> Path | None:
-    """Return `path`, restoring it from the `.old` copy an interrupted `atomic_dir` may leave."""
+    """`path`, restored first from the `.old` copy an interrupted `atomic_dir` may leave."""
     path = Path(path)
     old = path.with_name(f".{path.name}.old")
     if not path.exists() and old.exists():
@@ -249,17 +228,6 @@ def recover_dir(path: str | Path) -> Path | None:
     return path if path.exists() else None
 
 
-@contextlib.contextmanager
-def file_lock(path: str | Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if needed) so that only one process builds
-    a shared cache entry at a time; the others wait, then find it built."""
-    import fcntl
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def file_lock(path: str | Path) -> FileLock:
+    """A blocking lock on `path`, so one process builds a shared cache entry; the others wait."""
+    return FileLock(path)
