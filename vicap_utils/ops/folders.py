@@ -1,20 +1,13 @@
 """Output folders: what vicap may replace there, one writer at a time, inputs never written over.
 
-- Ownership: `.vicap-owned.json` lists the kinds of outputs (run, audit, split, synth, data)
-  and the entries (top-level names) vicap wrote, each recorded just before it is first written.
-  vicap replaces or deletes only those (a synthetic set's `images/` file by file). A folder
-  without the marker may receive new names, never one that is taken, and `--overwrite` on it
-  is refused; a command that wants a fresh folder (`synth`) refuses any content unless
-  `--overwrite`. A single named file (`predict --out`) vicap did not write is replaced only
-  with `--overwrite`, a file vicap writes beside it never.
-- Lock: `.vicap-lock`, a kernel lock (`filelock`) holding the writer's pid: a second writer
-  stops at once naming it; the lock of a process that dies is dropped by the kernel.
-- Sets: outputs are staged inside the output folder, renamed to `.vicap-commit` (the commit
-  point), then moved in (folders first) with the old ones moved aside. A crash before the
-  commit point changes nothing; the next writer to lock the folder finishes one after it, so
-  old and new never mix. Readers never write.
-- Aliases: an output that is an input (same path, symlink or hard link), or a folder holding
-  one, is refused before any work.
+- Ownership: `.vicap-owned.json` lists the entries vicap wrote (recorded before writing); only
+  those are replaced or deleted. Without it a folder takes new names only, never `--overwrite`.
+- Lock: `.vicap-lock`, a kernel lock (`filelock`) holding the writer's pid; the kernel drops
+  the lock of a process that dies.
+- Sets: staged inside the folder, renamed to `.vicap-commit` (the commit point), moved in with
+  the old entries moved aside; the next writer to lock the folder finishes an interrupted one,
+  so old and new never mix. Readers never write.
+- Aliases: an output that is an input (path, symlink or hard link), or holds one, is refused.
 """
 from __future__ import annotations
 
@@ -82,7 +75,6 @@ def visible_entries(folder: PathLike) -> list[str]:
         raise VicapError(f"{folder}: cannot list the output folder ({exc.strerror})") from None
 
 
-
 def read_marker(folder: PathLike) -> Marker | None:
     """The folder's marker, None when vicap never claimed it; a damaged one is a VicapError."""
     path = Path(folder) / MARKER
@@ -107,8 +99,9 @@ def owned_entries(folder: PathLike) -> set[str]:
 
 def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: bool = False,
           empty: bool = False) -> Marker:
-    """Make `folder` a vicap output folder of `kind` that may receive `names`, or refuse
-    (see the module docstring). Call it under `folder_lock`."""
+    """Make `folder` a vicap output folder of `kind` for `names`, under `folder_lock`. Refuses
+    `overwrite` on a folder vicap did not create, any content when `empty` (unless `overwrite`:
+    a fresh set, as `synth` wants), and a name that is taken by a file vicap did not write."""
     if kind not in KINDS:
         raise ValueError(f"unknown folder kind {kind!r} (one of {', '.join(KINDS)})")
     folder = make_output_dir(folder)
@@ -188,7 +181,6 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-
 @contextlib.contextmanager
 def folder_lock(folder: PathLike) -> Iterator[Path]:
     """Hold the folder's lock (re-entrant in one process) and finish a commit a killed writer
@@ -256,7 +248,6 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-
 @contextlib.contextmanager
 def staged(folder: PathLike) -> Iterator[Path]:
     """Yield an empty staging folder inside `folder` whose entries then replace those of the
@@ -311,7 +302,6 @@ def settle(folder: PathLike) -> None:
     shutil.rmtree(commit)
 
 
-
 @contextlib.contextmanager
 def output_folder(folder: PathLike, kind: str, names: Iterable[str], *, inputs: Labelled = (),
                   overwrite: bool = False, empty: bool = False,
@@ -361,7 +351,6 @@ def check_writable(folder: PathLike) -> Path:
     except OSError as exc:
         raise VicapError(f"{folder}: cannot write in this folder ({exc.strerror})") from None
     return folder
-
 
 
 def refuse_aliases(inputs: Labelled, outputs: Labelled) -> None:
