@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -44,20 +43,12 @@ PathLike = str | os.PathLike
 Labelled = Mapping[str, PathLike | None] | Iterable[tuple[str, PathLike | None]]
 
 
-@dataclass
-class Marker:
-    """The content of `.vicap-owned.json`."""
-
-    kinds: list[str] = field(default_factory=list)
-    entries: list[str] = field(default_factory=list)
-    version: str = __version__
-
-    def write(self, folder: Path) -> None:
-        """Write the marker file atomically."""
-        atomic_write_json(folder / MARKER, {
-            "vicap": self.version, "kinds": self.kinds, "entries": sorted(set(self.entries)),
-            "about": "written by vicap: the entries it created here, the only ones it will "
-                     "replace or delete"})
+def _write_marker(folder: Path, kinds: list[str], entries: Iterable[str]) -> None:
+    """Write `.vicap-owned.json` atomically."""
+    atomic_write_json(folder / MARKER, {
+        "vicap": __version__, "kinds": kinds, "entries": sorted(set(entries)),
+        "about": "written by vicap: the entries it created here, the only ones it will replace "
+                 "or delete"})
 
 
 def is_bookkeeping(name: str) -> bool:
@@ -75,8 +66,9 @@ def visible_entries(folder: PathLike) -> list[str]:
         raise VicapError(f"{folder}: cannot list the output folder ({exc.strerror})") from None
 
 
-def read_marker(folder: PathLike) -> Marker | None:
-    """The folder's marker, None when vicap never claimed it; a damaged one is a VicapError."""
+def read_marker(folder: PathLike) -> dict | None:
+    """The folder's marker (its `kinds` and `entries`), None when vicap never claimed it; a
+    damaged one is a VicapError."""
     path = Path(folder) / MARKER
     if not os.path.lexists(path):
         return None
@@ -88,17 +80,17 @@ def read_marker(folder: PathLike) -> Marker | None:
             and all(isinstance(e, str) and _valid_name(e) for e in entries)):
         raise VicapError(f"{path}: not a vicap ownership marker (needs 'kinds' and 'entries' "
                          "lists of names); move it away or pick another --out")
-    return Marker(kinds, entries, str(data.get("vicap", "")))
+    return data
 
 
 def owned_entries(folder: PathLike) -> set[str]:
     """Names vicap wrote in `folder` (empty when it holds no marker)."""
     marker = read_marker(folder)
-    return set(marker.entries) if marker else set()
+    return set(marker["entries"]) if marker else set()
 
 
 def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: bool = False,
-          empty: bool = False) -> Marker:
+          empty: bool = False) -> None:
     """Make `folder` a vicap output folder of `kind` for `names`, under `folder_lock`. Refuses
     `overwrite` on a folder vicap did not create, any content when `empty` (unless `overwrite`:
     a fresh set, as `synth` wants), and a name that is taken by a file vicap did not write."""
@@ -115,7 +107,7 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
         more = f" and {len(present) - 3} more" if len(present) > 3 else ""
         raise VicapError(f"{folder}: already holds {', '.join(present[:3])}{more}; add "
                          "--overwrite to replace what vicap wrote there, or pick an empty --out")
-    owned = set(marker.entries) if marker else set()
+    owned = set(marker["entries"]) if marker else set()
     foreign = [n for n in names if os.path.lexists(folder / n) and n not in owned]
     if foreign:
         raise VicapError(f"{folder / foreign[0]}: exists and vicap did not write it; move it "
@@ -124,21 +116,18 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
         if name.startswith(STAGING_PREFIX):
             with contextlib.suppress(OSError):
                 _remove(folder / name)
-    if marker is None or kind not in marker.kinds:
-        marker = marker or Marker()
-        marker.kinds.append(kind)
-        marker.write(folder)
-    return marker
+    if marker is None or kind not in marker["kinds"]:
+        kinds = marker["kinds"] if marker else []
+        _write_marker(folder, [*kinds, kind], owned)
 
 
 def record(folder: PathLike, names: Iterable[str]) -> None:
     """Add `names` to the entries vicap owns in `folder`; call it before writing them."""
     folder = Path(folder)
     names = [_checked_name(n) for n in names]
-    marker = read_marker(folder) or Marker()
-    if not set(names) <= set(marker.entries):
-        marker.entries = sorted(set(marker.entries) | set(names))
-        marker.write(folder)
+    marker = read_marker(folder) or {"kinds": [], "entries": []}
+    if not set(names) <= set(marker["entries"]):
+        _write_marker(folder, marker["kinds"], [*marker["entries"], *names])
 
 
 def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
@@ -147,7 +136,7 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     folder = Path(folder)
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)
-    owned = set(marker.entries) if marker else set()
+    owned = set(marker["entries"]) if marker else set()
     foreign = [n for n in names if n not in owned and os.path.lexists(folder / n)]
     if foreign:
         raise VicapError(f"{folder / foreign[0]}: not removed: vicap did not write it")
@@ -155,8 +144,7 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     for name in removed:
         _remove(folder / name)
     if marker is not None:
-        marker.entries = [e for e in marker.entries if e not in names]
-        marker.write(folder)
+        _write_marker(folder, marker["kinds"], owned - set(names))
     return removed
 
 
