@@ -239,9 +239,8 @@ def pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def staged(folder: PathLike) -> Iterator[Path]:
     """Yield an empty staging folder inside `folder` whose entries then replace those of the
-    same names as one set, recorded as vicap's. Call it under `folder_lock`, after `claim`.
-
-    On any failure `folder` is unchanged; a full disk is a one-line VicapError naming it."""
+    same names as one set, recorded as vicap's; on failure `folder` is unchanged and a full disk
+    is a one-line VicapError. Call it under `folder_lock`, after `claim`."""
     folder = Path(folder)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))

@@ -28,10 +28,8 @@ class VicapError(Exception):
 
 
 def path_problem(path: str | Path) -> tuple[str, str] | None:
-    """(code, words) for why `path` is not an existing file or folder, else None.
-
-    Codes: missing, broken_link, loop, no_access, not_regular, bad_name, error.
-    """
+    """(code, words) for why `path` is not an existing file or folder, else None; codes:
+    missing, broken_link, loop, no_access, not_regular, bad_name, error."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -190,10 +188,8 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path` that replaces `path` on success.
-
-    The old folder is kept as `.NAME.old` between the two renames (see `recover_dir`); a full
-    disk is a one-line VicapError with `path` unchanged."""
+    """Yield a temporary folder beside `path` that replaces it on success (the old one is
+    `.NAME.old` between the two renames: see `recover_dir`); a full disk leaves `path` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
