@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from multiprocessing.context import BaseContext
 from pathlib import Path
 from typing import Any
@@ -55,29 +55,6 @@ OUTPUTS = ("audit.json", "clean.json", "rejects.csv")
 REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
 
 
-@dataclass
-class AuditResult:
-    """What the audit found: the clean set, the rejects and the counts for audit.json."""
-
-    clean: CaptionSet
-    rejects: list[Reject]
-    images_total: int
-    annotations_total: int
-    normalized_captions: int
-
-    def summary(self) -> dict[str, Any]:
-        """The audit.json content; every reason code is present, 0 when none."""
-        counts = Counter(reject.reason for reject in self.rejects)
-        return {
-            "images_total": self.images_total,
-            "images_ok": len(self.clean.images),
-            "annotations_total": self.annotations_total,
-            "annotations_ok": len(self.clean.annotations),
-            "normalized_captions": self.normalized_captions,
-            "rejects": {reason: counts.get(reason, 0) for reason in REASONS},
-        }
-
-
 def audit(
     annotations_path: str | Path,
     images_dir: str | Path,
@@ -99,10 +76,9 @@ def audit(
     with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:
         paths = [images_dir / info.file_name for info in cs.images.values()]
         checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
-        result = screen(cs, checks)
-        summary = result.summary()
+        clean, rejects, summary = screen(cs, checks)
         with staged(out) as tmp:
-            write_report(result, summary, tmp)
+            write_report(clean, rejects, summary, tmp)
     print(format_summary(summary, out_dir))
     return summary
 
@@ -120,10 +96,9 @@ def worker_count(workers: int | None) -> int:
 # ---------------------------------------------------------------- decoding
 
 
-def check_images(paths: Sequence[Path], workers: int | None = None) -> list[ImageCheck]:
-    """Fully decode every image, in input order, in a pool of `workers` processes (default: all
-    cores). On Ctrl-C or any error the queued decodes are cancelled and the workers ended."""
-    workers = worker_count(workers)
+def check_images(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
+    """Fully decode every image, in input order, in a pool of `workers` processes. On Ctrl-C
+    or any error the queued decodes are cancelled and the workers ended."""
     if workers == 1 or len(paths) < 2:
         return [check_image(path) for path in progress(paths, unit="img", desc="decoding images")]
     chunk = max(1, min(64, len(paths) // (workers * 8)))  # ~8 per worker: a smooth bar, little IPC
@@ -155,14 +130,13 @@ def _stop(pool: ProcessPoolExecutor) -> None:
 def _pool_context() -> BaseContext:
     """`fork` (quick) when this process runs a single thread, else `forkserver` or `spawn`:
     forking a process that runs other threads (a notebook kernel, torch) can deadlock."""
-    try:
+    try:  # Linux lists a process's threads in /proc
         single_thread = len(os.listdir("/proc/self/task")) == 1
-    except OSError:  # no /proc: cannot tell
+    except OSError:
         single_thread = False
-    methods = multiprocessing.get_all_start_methods()
-    if single_thread and "fork" in methods:
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    forkserver = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
+    method = "fork" if single_thread else "forkserver" if forkserver else "spawn"
+    return multiprocessing.get_context(method)
 
 
 def _worker_start(parent: int) -> None:
@@ -195,9 +169,10 @@ def _decode(path: Path) -> ImageCheck:
 # ---------------------------------------------------------------- screening
 
 
-def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]) -> AuditResult:
-    """Apply every rule: images that fail to decode, bad captions, images left captionless;
-    the reader's rejects come first."""
+def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]
+           ) -> tuple[CaptionSet, list[Reject], dict[str, Any]]:
+    """Apply every rule (images that fail to decode, bad captions, images left captionless):
+    the clean set, the rejects (the reader's first) and the audit.json content."""
     image_rejects = [
         Reject("image", image_id, cs.images[image_id].file_name, check.reason or "", check.detail)
         for image_id, check in checks.items()
@@ -218,8 +193,15 @@ def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]) -> AuditResult:
     clean = clean.subset(image_id for image_id in decoded if image_id in with_captions)
     rejects = cs.rejects + image_rejects + captionless + caption_rejects
     read_rejects = Counter(reject.kind for reject in cs.rejects)
-    return AuditResult(clean, rejects, len(cs.images) + read_rejects["image"],
-                       len(cs.annotations) + read_rejects["annotation"], normalized)
+    counts = Counter(reject.reason for reject in rejects)
+    return clean, rejects, {
+        "images_total": len(cs.images) + read_rejects["image"],
+        "images_ok": len(clean.images),
+        "annotations_total": len(cs.annotations) + read_rejects["annotation"],
+        "annotations_ok": len(clean.annotations),
+        "normalized_captions": normalized,
+        "rejects": {reason: counts.get(reason, 0) for reason in REASONS},  # every code, 0 or more
+    }
 
 
 def _screen_captions(cs: CaptionSet, bad_images: set[ImageId]
@@ -254,15 +236,16 @@ def _screen_captions(cs: CaptionSet, bad_images: set[ImageId]
     return kept, rejects, normalized
 
 
-def write_report(result: AuditResult, summary: dict[str, Any], out_dir: Path) -> None:
+def write_report(clean: CaptionSet, rejects: list[Reject], summary: dict[str, Any],
+                 out_dir: Path) -> None:
     """Write rejects.csv, clean.json and audit.json into `out_dir` (a staging folder in
     `audit`, so that the three replace the previous ones as a set)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(REJECT_COLUMNS)
-    writer.writerows((r.kind, r.id, r.file, r.reason, r.detail) for r in result.rejects)
+    writer.writerows((r.kind, r.id, r.file, r.reason, r.detail) for r in rejects)
     atomic_write_text(out_dir / "rejects.csv", buffer.getvalue())
-    write_coco(result.clean, out_dir / "clean.json")
+    write_coco(clean, out_dir / "clean.json")
     atomic_write_json(out_dir / "audit.json", summary)
 
 

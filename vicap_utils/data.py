@@ -31,16 +31,15 @@ _IMAGE_KEYS = ("id", "file_name")
 _ANNOTATION_KEYS = ("id", "image_id", "caption")
 _KNOWN_IMAGE_FIELDS = {"id", "file_name", "width", "height", "split"}
 # Flickr8k's official split lists, found beside the token file; "dev" is our "val".
-FLICKR_SPLIT_FILES = {
-    "Flickr_8k.trainImages.txt": "train",
-    "Flickr_8k.devImages.txt": "val",
-    "Flickr_8k.testImages.txt": "test",
-}
+FLICKR_SPLIT_FILES = {"Flickr_8k.trainImages.txt": "train", "Flickr_8k.devImages.txt": "val",
+                      "Flickr_8k.testImages.txt": "test"}
 SPLIT_OUTPUTS = ("train.json", "val.json", "split.json")
 _FORMATS_HINT = "expected COCO-style JSON, Flickr8k.token.txt, or captions.txt with 'image,caption'"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not U+2028, not \x1c)
 _DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
+# A non-blank Flickr8k line: line number, file name, caption, why it does not parse (or None).
+_Row = tuple[int, str, str, str | None]
 _NOT_TEXT = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
 
 
@@ -114,12 +113,9 @@ class CaptionSet:
     def subset(self, image_ids: Iterable[ImageId]) -> CaptionSet:
         """The given images (KeyError for an unknown id) with their captions and split."""
         images = {image_id: self.images[image_id] for image_id in image_ids}
-        return CaptionSet(
-            images=images,
-            annotations=[ann for ann in self.annotations if ann.image_id in images],
-            split={i: name for i, name in self.split.items() if i in images},
-            extra=dict(self.extra),
-        )
+        return CaptionSet(images, [ann for ann in self.annotations if ann.image_id in images],
+                          {i: name for i, name in self.split.items() if i in images},
+                          dict(self.extra))
 
     def _image_entry(self, info: ImageInfo) -> dict[str, Any]:
         """One COCO image dict, with size and split when known."""
@@ -165,11 +161,10 @@ def read_coco(path: str | Path) -> CaptionSet:
     data = read_json(path, "captions file")
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
             and isinstance(data.get("annotations"), list)):
-        raise VicapError(
-            f"{path}: not a COCO-style captions file (needs 'images' and 'annotations' lists)"
-        )
-    image_ids = _IdTypes(path, "image ids")
-    annotation_ids = _IdTypes(path, "annotation ids")
+        raise VicapError(f"{path}: not a COCO-style captions file (needs 'images' and "
+                         "'annotations' lists)")
+    image_ids: dict[type, tuple[str, ImageId]] = {}  # int/str -> where the first was seen
+    annotation_ids: dict[type, tuple[str, ImageId]] = {}
     images: dict[ImageId, ImageInfo] = {}
     left_out: dict[ImageId, str] = {}  # image id -> file name, for images the reader rejected
     split: dict[ImageId, str] = {}
@@ -179,7 +174,7 @@ def read_coco(path: str | Path) -> CaptionSet:
         _require_keys(path, where, entry, _IMAGE_KEYS)
         _refuse_surrogates(path, where, entry)
         image_id, file_name = entry["id"], entry["file_name"]
-        image_ids.see(image_id, f"{where} id")
+        _one_id_type(path, "image ids", image_ids, image_id, f"{where} id")
         if not isinstance(file_name, str):
             raise VicapError(f"{path}: {where} 'file_name' must be text")
         if image_id in images or image_id in left_out:
@@ -201,8 +196,8 @@ def read_coco(path: str | Path) -> CaptionSet:
         where = f"annotations[{index}]"
         _require_keys(path, where, entry, _ANNOTATION_KEYS)
         _refuse_surrogates(path, where, _others(entry, {"caption"}))
-        annotation_ids.see(entry["id"], f"{where} id")
-        image_ids.see(entry["image_id"], f"{where} image_id")
+        _one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id")
+        _one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id")
         reject = _annotation_reject(entry, images, left_out)
         if reject:
             rejects.append(reject)
@@ -223,12 +218,11 @@ def read_flickr_token(
     text = _read_text(path) if text is None else text
     rows: list[_Row] = []
     for lineno, line in enumerate(_NEWLINE.split(text), start=1):
-        if not line.strip():
-            continue
-        key, tab, caption = line.partition("\t")
-        name = (key.rpartition("#")[0] if "#" in key else key).strip()
-        problem = None if tab and name else "expected 'name.jpg#N<TAB>caption'"
-        rows.append(_Row(len(rows) + 1, lineno, name, caption, problem))
+        if line.strip():
+            key, tab, caption = line.partition("\t")
+            name = (key.rpartition("#")[0] if "#" in key else key).strip()
+            rows.append((lineno, name, caption,
+                         None if tab and name else "expected 'name.jpg#N<TAB>caption'"))
     cs = _from_rows(rows)
     for folder in split_dirs:
         for file_name, split_name in FLICKR_SPLIT_FILES.items():
@@ -249,18 +243,16 @@ def read_flickr_csv(path: str | Path, text: str | None = None) -> CaptionSet:
         raise VicapError(f"{path}: expected the CSV header 'image,caption'")
     rows: list[_Row] = []
     for lineno, line in body[1:]:
-        number = len(rows) + 1
         try:
             cells = next(csv.reader([line], strict=True))
         except csv.Error as exc:
             problem = ("unterminated quote" if "unexpected end of data" in str(exc)
                        else f"CSV quoting error ({exc})")
-            rows.append(_Row(number, lineno, line.partition(",")[0].strip(), "", problem))
-            continue
-        if len(cells) < 2 or not cells[0].strip():
-            rows.append(_Row(number, lineno, "", "", "expected 'image,caption'"))
-            continue
-        rows.append(_Row(number, lineno, cells[0].strip(), ",".join(cells[1:]), None))
+            rows.append((lineno, line.partition(",")[0].strip(), "", problem))
+        else:
+            good = len(cells) >= 2 and cells[0].strip()
+            rows.append((lineno, cells[0].strip(), ",".join(cells[1:]), None) if good
+                        else (lineno, "", "", "expected 'image,caption'"))
     return _from_rows(rows)
 
 
@@ -316,21 +308,15 @@ def _require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> No
                 raise VicapError(f"{path}: {where} '{key}' is empty")
 
 
-class _IdTypes:
-    """Refuses a file that mixes integer and text ids (`1` and `"1"` are different ids),
-    naming where the first of each was seen."""
-
-    def __init__(self, path: Path, what: str) -> None:
-        self.path, self.what = path, what
-        self.first: dict[type, tuple[str, ImageId]] = {}
-
-    def see(self, value: ImageId, where: str) -> None:
-        """Note one id; VicapError when its type differs from the ones seen before."""
-        self.first.setdefault(int if isinstance(value, int) else str, (where, value))
-        if len(self.first) == 2:
-            (w_int, v_int), (w_str, v_str) = self.first[int], self.first[str]
-            raise VicapError(f"{self.path}: {self.what} mix integers and text ({w_int} is "
-                             f"{_short(v_int)}, {w_str} is {_short(v_str)}); use one type")
+def _one_id_type(path: Path, what: str, first: dict[type, tuple[str, ImageId]], value: ImageId,
+                 where: str) -> None:
+    """Refuse a file that mixes integer and text ids (`1` and `"1"` are different ids), naming
+    where the first of each was seen (`first` remembers it)."""
+    first.setdefault(int if isinstance(value, int) else str, (where, value))
+    if len(first) == 2:
+        (w_int, v_int), (w_str, v_str) = first[int], first[str]
+        raise VicapError(f"{path}: {what} mix integers and text ({w_int} is {_short(v_int)}, "
+                         f"{w_str} is {_short(v_str)}); use one type")
 
 
 def _refuse_surrogates(path: Path, where: str, value: Any) -> None:
@@ -391,28 +377,16 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@dataclass(frozen=True)
-class _Row:
-    """One non-blank Flickr8k line; `problem` says why it did not parse (None when it did)."""
-
-    number: int
-    lineno: int
-    file_name: str
-    caption: str
-    problem: str | None
-
-
-def _from_rows(rows: Iterable[_Row]) -> CaptionSet:
+def _from_rows(rows: list[_Row]) -> CaptionSet:
     """A set from Flickr8k lines: image id = full file name, annotation id = caption number
     (counted over non-blank lines, so a rejected line does not renumber the ones after it)."""
     images: dict[ImageId, ImageInfo] = {}
     left_out: set[str] = set()
     annotations, rejects = [], []
-    for row in rows:
-        name = row.file_name
-        if row.problem:
-            rejects.append(Reject("annotation", row.number, name, "malformed_line",
-                                  f"line {row.lineno}: {row.problem}"))
+    for number, (lineno, name, caption, problem) in enumerate(rows, start=1):
+        if problem:
+            rejects.append(Reject("annotation", number, name, "malformed_line",
+                                  f"line {lineno}: {problem}"))
             continue
         if name not in images and name not in left_out:
             problem = _file_name_problem(name)
@@ -422,10 +396,10 @@ def _from_rows(rows: Iterable[_Row]) -> CaptionSet:
             else:
                 images[name] = ImageInfo(name, name)
         if name in left_out:
-            rejects.append(Reject("annotation", row.number, name, "orphaned_by_image",
-                                  f"line {row.lineno}: image {name!r} was rejected"))
+            rejects.append(Reject("annotation", number, name, "orphaned_by_image",
+                                  f"line {lineno}: image {name!r} was rejected"))
         else:
-            annotations.append(Annotation(row.number, name, row.caption))
+            annotations.append(Annotation(number, name, caption))
     return CaptionSet(images, annotations, rejects=rejects)
 
 
