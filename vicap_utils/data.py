@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 
 ImageId = int | str
 
-_IMAGE_KEYS = ("id", "file_name")
 _ANNOTATION_KEYS = ("id", "image_id", "caption")
 _KNOWN_IMAGE_FIELDS = {"id", "file_name", "width", "height", "split"}
 # Flickr8k's official split lists, found beside the token file; "dev" is our "val".
@@ -171,7 +170,7 @@ def read_coco(path: str | Path) -> CaptionSet:
     rejects: list[Reject] = []
     for index, entry in enumerate(data["images"]):
         where = f"images[{index}]"
-        _require_keys(path, where, entry, _IMAGE_KEYS)
+        _require_keys(path, where, entry, ("id", "file_name"))
         _refuse_surrogates(path, where, entry)
         image_id, file_name = entry["id"], entry["file_name"]
         _one_id_type(path, "image ids", image_ids, image_id, f"{where} id")
@@ -198,9 +197,14 @@ def read_coco(path: str | Path) -> CaptionSet:
         _refuse_surrogates(path, where, _others(entry, {"caption"}))
         _one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id")
         _one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id")
-        reject = _annotation_reject(entry, images, left_out)
-        if reject:
-            rejects.append(reject)
+        image_id, problem = entry["image_id"], _caption_problem(entry["caption"])
+        if image_id in left_out:
+            rejects.append(Reject("annotation", entry["id"], left_out[image_id],
+                                  "orphaned_by_image", f"image {_short(image_id)} was rejected"))
+        elif problem:
+            info = images.get(image_id)
+            rejects.append(Reject("annotation", entry["id"], info.file_name if info else "",
+                                  "caption_not_text", problem))
         else:  # a null caption becomes empty text
             annotations.append(Annotation(entry["id"], entry["image_id"], entry["caption"] or "",
                                           _others(entry, set(_ANNOTATION_KEYS))))
@@ -347,26 +351,15 @@ def _file_name_problem(name: str) -> tuple[str, str] | None:
     return None
 
 
-def _annotation_reject(entry: dict[str, Any], images: dict[ImageId, ImageInfo],
-                       left_out: dict[ImageId, str]) -> Reject | None:
-    """A reader-level reject for a caption of a rejected image or a caption that is not text
-    (null counts as empty text)."""
-    image_id, caption = entry["image_id"], entry["caption"]
-    if image_id in left_out:
-        return Reject("annotation", entry["id"], left_out[image_id], "orphaned_by_image",
-                      f"image {_short(image_id)} was rejected")
-    if caption is None or (isinstance(caption, str) and not _SURROGATE.search(caption)):
+def _caption_problem(caption: Any) -> str | None:
+    """Why a caption value is not text, None when it is (null counts as empty text)."""
+    if isinstance(caption, str) and (bad := _SURROGATE.search(caption)):
+        return f"caption is not valid Unicode (a lone surrogate at character {bad.start()})"
+    if caption is None or isinstance(caption, str):
         return None
-    if isinstance(caption, str):
-        detail = (f"caption is not valid Unicode (a lone surrogate at character "
-                  f"{_SURROGATE.search(caption).start()})")
-    else:
-        nan = isinstance(caption, float) and math.isnan(caption)
-        kind = "NaN" if nan else _NOT_TEXT.get(type(caption), "an object")
-        detail = f"caption is {kind} ({_short(caption)}), not text"
-    info = images.get(image_id)
-    return Reject("annotation", entry["id"], info.file_name if info else "", "caption_not_text",
-                  detail)
+    nan = isinstance(caption, float) and math.isnan(caption)
+    kind = "NaN" if nan else _NOT_TEXT.get(type(caption), "an object")
+    return f"caption is {kind} ({_short(caption)}), not text"
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -1,17 +1,16 @@
 """The audited data a run trains on: find the raw captions, audit them, split them, and cache it.
 
-`prepare(cfg, folder)` is what `vicap train` and notebook 01 both call, so the files notebook 01
-shows are the files training reads; nothing the audit rejects reaches a training batch. The
-folder holds the audit's files (`val-audit/`, `test-audit/` for separate files), `train.json`,
-`val.json` (`test.json`), `split.json` and, written last, `prepared.json`, whose fingerprint of
-the caption files' bytes, the images' names, sizes and times and the data settings lets a
+`vicap train` and notebook 01 both call `prepare`, so notebook 01 shows the files training reads.
+`prepared.json`, written last, holds the fingerprint of the inputs and settings that lets a
 second call with the same inputs read the set back.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from vicap_utils.ops.io import VicapError, atomic_write_json, read_json
 from vicap_utils.toy.data import builtin_data
 
 PREPARED_FILE = "prepared.json"
+SETS = ("train", "val", "test")
 # What `prepare` writes in its folder (the audit adds audit.json, clean.json, rejects.csv).
 SPLIT_FILES = ("train.json", "val.json", "test.json", "split.json", PREPARED_FILE,
                "sources.json")
@@ -46,12 +46,10 @@ class RawData:
 
     def files(self) -> dict[str, tuple[Path, Path]]:
         """{split name: (captions file, images folder)} of the files given."""
-        out = {"train": (self.train, self.images)}
-        if self.val is not None:
-            out["val"] = (self.val, self.val_images or self.images)
-        if self.test is not None:
-            out["test"] = (self.test, self.test_images or self.images)
-        return out
+        given = {"train": (self.train, self.images), "val": (self.val, self.val_images),
+                 "test": (self.test, self.test_images)}
+        return {name: (captions, images or self.images)
+                for name, (captions, images) in given.items() if captions is not None}
 
 
 @dataclass
@@ -103,12 +101,8 @@ def raw_data(cfg: Config) -> RawData:
                             else (found.train, found.val, found.test))
     val = Path(d.val_annotations) if d.val_annotations else val
     test = Path(d.test_annotations) if d.test_annotations else test
-    raw = RawData(train, find_images_dir(train, d.images, roots))
-    if val is not None:
-        raw.val, raw.val_images = val, find_images_dir(val, d.images, roots)
-    if test is not None:
-        raw.test, raw.test_images = test, find_images_dir(test, d.images, roots)
-    return raw
+    find = functools.partial(find_images_dir, hint=d.images, roots=roots)
+    return RawData(train, find(train), val, val and find(val), test, test and find(test))
 
 
 def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] = ()) -> Path:
@@ -178,51 +172,50 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
         key = fingerprint(raw, cfg.data)
         saved = folder / PREPARED_FILE
         saved = read_json(saved, "prepared-data record") if saved.is_file() else {}
-        if saved.get("fingerprint") == key:
-            test = folder / "test.json"
-            data = PreparedData(
-                folder, load_captions(folder / "train.json"), load_captions(folder / "val.json"),
-                raw.images, raw.val_images or raw.images, key, saved.get("rejects", {}),
-                reused=True, test=load_captions(test) if test.is_file() else None,
-                test_images=raw.test_images or raw.images)
-            log(f"data: audited set reused from {folder} (fingerprint {key}): {_counts(data)}")
-            return data
-        data = _audit_and_split(cfg.data, raw, folder, key, workers)
-        with staged(folder) as tmp:
-            write_split(tmp, data.train, data.val, cfg.data.split_seed, cfg.data.val_fraction)
-            if data.test is not None:
-                write_coco(data.test, tmp / "test.json")
-            atomic_write_json(tmp / PREPARED_FILE, {
-                "fingerprint": key,
-                "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
-                "rejects": data.rejects, "train_images": len(data.train.images),
-                "val_images": len(data.val.images)})
-    log(f"data: {_counts(data)} -> {folder}")
+        reused = saved.get("fingerprint") == key
+        if reused:
+            sets = {name: load_captions(folder / f"{name}.json") for name in SETS
+                    if name != "test" or (folder / "test.json").is_file()}
+            rejects = saved.get("rejects", {})
+        else:
+            sets, rejects = _audit_and_split(cfg.data, raw, folder, workers)
+        data = PreparedData(folder, sets["train"], sets["val"], raw.images,
+                            raw.val_images or raw.images, key, rejects, reused, sets.get("test"),
+                            raw.test_images or raw.images)
+        if not reused:
+            with staged(folder) as tmp:
+                write_split(tmp, data.train, data.val, cfg.data.split_seed, cfg.data.val_fraction)
+                if data.test is not None:
+                    write_coco(data.test, tmp / "test.json")
+                atomic_write_json(tmp / PREPARED_FILE, {
+                    "fingerprint": key,
+                    "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
+                    "rejects": rejects, "train_images": len(data.train.images),
+                    "val_images": len(data.val.images)})
+    log(f"data: audited set reused from {folder} (fingerprint {key}): {_counts(data)}" if reused
+        else f"data: {_counts(data)} -> {folder}")
     return data
 
 
-def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, key: str,
-                     workers: int | None) -> PreparedData:
-    """Audit each caption file (the training one into `folder`, the others into
-    `val-audit/`, `test-audit/`), then split unless a validation file was given."""
-    clean: dict[str, CaptionSet] = {}
-    rejects: dict[str, int] = {}
+def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | None
+                     ) -> tuple[dict[str, CaptionSet], dict[str, int]]:
+    """Audit each caption file (the training one into `folder`, the others into `val-audit/`,
+    `test-audit/`), then split unless a validation file was given: the sets by name, and the
+    count of each reject reason over all audits."""
+    sets: dict[str, CaptionSet] = {}
+    rejects: Counter[str] = Counter()
     for name, (captions, images) in raw.files().items():
         out = folder if name == "train" else folder / f"{name}-audit"
         if out != folder:
             record(folder, [out.name])
-        summary = audit(captions, images, out, workers=workers)
-        for reason, count in summary["rejects"].items():
-            rejects[reason] = rejects.get(reason, 0) + count
-        clean[name] = load_captions(out / "clean.json")
-    train, val = _split(clean["train"], clean.get("val"), d)
-    data = PreparedData(folder, _limit(train, d.max_train_images), _limit(val, d.max_val_images),
-                        raw.images, raw.val_images or raw.images, key, rejects,
-                        test=clean.get("test"), test_images=raw.test_images or raw.images)
-    if not data.train.images or not data.val.images:
-        raise VicapError(f"{raw.train}: the audit left {len(data.train.images)} training and "
-                         f"{len(data.val.images)} validation images; see {folder}/rejects.csv")
-    return data
+        rejects.update(audit(captions, images, out, workers=workers)["rejects"])
+        sets[name] = load_captions(out / "clean.json")
+    train, val = _split(sets["train"], sets.get("val"), d)
+    sets["train"], sets["val"] = _limit(train, d.max_train_images), _limit(val, d.max_val_images)
+    if not sets["train"].images or not sets["val"].images:
+        raise VicapError(f"{raw.train}: the audit left {len(sets['train'].images)} training and "
+                         f"{len(sets['val'].images)} validation images; see {folder}/rejects.csv")
+    return sets, dict(rejects)
 
 
 def _split(train: CaptionSet, val: CaptionSet | None, d: DataConfig
