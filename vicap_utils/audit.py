@@ -38,8 +38,7 @@ from vicap_utils.text import normalize_caption, syllable_count
 
 REASONS = {
     "missing_file": "the image file does not exist (or its file_name is empty)",
-    "unreadable_image": "the image does not decode fully (truncated, not an image, a folder, "
-                        "a symlink loop, no permission)",
+    "unreadable_image": "the image does not decode fully (truncated, a folder, no permission)",
     "image_without_captions": "no caption of a decodable image was kept",
     "empty_caption": "the caption has no words (null, blank, punctuation only)",
     "unknown_image_id": "the caption's image id is not in the images list",
@@ -48,8 +47,7 @@ REASONS = {
     "orphaned_by_image": "the caption's image was rejected",
     "caption_not_text": "the caption is not text (number, list, object, boolean, NaN, bad Unicode)",
     "file_outside_images": "the file name is absolute or leads out of the images folder with ..",
-    "malformed_line": "a Flickr8k line that does not parse (no tab, a CSV quoting error such as "
-                      "an unterminated quote); its line number is in the detail",
+    "malformed_line": "a Flickr8k line that does not parse (no tab, a CSV quoting error)",
 }
 OUTPUTS = ("audit.json", "clean.json", "rejects.csv")
 REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
@@ -61,12 +59,8 @@ def audit(
     out_dir: str | Path,
     workers: int | None = None,
 ) -> dict[str, Any]:
-    """Audit a caption set; write audit.json, clean.json and rejects.csv in `out_dir`.
-
-    Returns the audit.json content. Defects are reported, not raised; bad input, an output
-    that would write over an input, or an output folder that is busy, not writable or holds
-    files vicap did not write raise VicapError before any image is decoded.
-    """
+    """Audit a caption set into `out_dir`; return the audit.json content. Defects are reported;
+    bad input or an unusable output folder raise VicapError before any image is decoded."""
     workers = worker_count(workers)
     images_dir = input_dir(images_dir, "images folder")
     out_dir = Path(out_dir)
@@ -108,23 +102,17 @@ def check_images(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
     try:
         decoded = pool.map(_decode, paths, chunksize=chunk)  # forks before the bar's thread starts
         checks = list(progress(decoded, total=len(paths), unit="img", desc="decoding images"))
-    except BrokenProcessPool:
-        _stop(pool)
-        raise VicapError("an image-decoding process died (out of memory?); run again with "
-                         "--workers 1 to see which image") from None
-    except BaseException:
-        _stop(pool)
+    except BaseException as exc:  # end the workers now (taken first: shutdown forgets them)
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        if isinstance(exc, BrokenProcessPool):
+            raise VicapError("an image-decoding process died (out of memory?); run again with "
+                             "--workers 1 to see which image") from None
         raise
     pool.shutdown()
     return checks
-
-
-def _stop(pool: ProcessPoolExecutor) -> None:
-    """Cancel the queued decodes and end the workers now (taken first: shutdown forgets them)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        process.terminate()
 
 
 def _pool_context() -> BaseContext:

@@ -32,7 +32,6 @@ _KNOWN_IMAGE_FIELDS = {"id", "file_name", "width", "height", "split"}
 # Flickr8k's official split lists, found beside the token file; "dev" is our "val".
 FLICKR_SPLIT_FILES = {"Flickr_8k.trainImages.txt": "train", "Flickr_8k.devImages.txt": "val",
                       "Flickr_8k.testImages.txt": "test"}
-SPLIT_OUTPUTS = ("train.json", "val.json", "split.json")
 _FORMATS_HINT = "expected COCO-style JSON, Flickr8k.token.txt, or captions.txt with 'image,caption'"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not U+2028, not \x1c)
@@ -417,9 +416,12 @@ def split_by_image(
     return train, val
 
 
+SPLIT_FILES = ("train.json", "val.json", "split.json")
+
+
 def write_split(folder: Path, train: CaptionSet, val: CaptionSet, seed: int,
                 val_fraction: float) -> None:
-    """Write train.json, val.json and split.json (the seed and the image ids of each side)."""
+    """Write the SPLIT_FILES: both sides as COCO, and split.json (seed and image ids)."""
     write_coco(train, folder / "train.json")
     write_coco(val, folder / "val.json")
     atomic_write_json(folder / "split.json", {"seed": seed, "val_fraction": val_fraction,
@@ -434,7 +436,7 @@ def cli_split(args: argparse.Namespace) -> int:
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
     inputs = {"--annotations": args.annotations}
-    with output_folder(args.out, "split", SPLIT_OUTPUTS, inputs=inputs) as out, \
+    with output_folder(args.out, "split", SPLIT_FILES, inputs=inputs) as out, \
             staged(out) as tmp:
         write_split(tmp, train, val, args.seed, args.val_fraction)
     print(f"split {len(cs.images)} images (seed {args.seed}): {len(train.images)} train, "

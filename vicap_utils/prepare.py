@@ -159,10 +159,8 @@ def _stat_key(path: Path) -> str:
 
 def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
             log=print) -> PreparedData:
-    """Audit and split the configured data into `folder`, or read it back when the folder
-    already holds the set for the same fingerprint. Refuses, before any work, a folder another
-    vicap command is writing, a name in it vicap did not write, and an output that would
-    replace one of its inputs."""
+    """Audit and split the configured data into `folder`, or read it back when it holds the set
+    of the same fingerprint. An unusable folder is refused before any work."""
     raw = raw_data(cfg)
     inputs = [(f"data.{name}_annotations", captions)
               for name, (captions, _) in raw.files().items()]
