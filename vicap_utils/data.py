@@ -304,11 +304,10 @@ def _require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> No
         if key not in entry:
             raise VicapError(f"{path}: {where} has no '{key}'")
         value = entry[key]
-        if key.endswith("id"):
-            if isinstance(value, bool) or not isinstance(value, int | str):
-                raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
-            if value == "":
-                raise VicapError(f"{path}: {where} '{key}' is empty")
+        if key.endswith("id") and (isinstance(value, bool) or not isinstance(value, int | str)):
+            raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
+        if key.endswith("id") and value == "":
+            raise VicapError(f"{path}: {where} '{key}' is empty")
 
 
 def _one_id_type(path: Path, what: str, first: dict[type, tuple[str, ImageId]], value: ImageId,
