@@ -1,9 +1,8 @@
 """`vicap audit`: decode every image, screen every caption, write the clean set and a report.
 
-Outputs (in `--out`, as one set: all three new, or the previous three untouched): audit.json
-(counts, every reason code present), clean.json (the kept images and normalised captions, COCO
-style), rejects.csv (kind, id, file, reason, detail: one row per rejected image or caption).
-Every input caption is either in clean.json or in rejects.csv, with a reason code of `REASONS`.
+Outputs, as one set: audit.json (counts of every reason code), clean.json (kept images and
+normalised captions, COCO style), rejects.csv (one row per rejected image or caption, with its
+reason from `REASONS`). Every input caption is in clean.json or in rejects.csv.
 """
 from __future__ import annotations
 
@@ -53,12 +52,8 @@ OUTPUTS = ("audit.json", "clean.json", "rejects.csv")
 REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
 
 
-def audit(
-    annotations_path: str | Path,
-    images_dir: str | Path,
-    out_dir: str | Path,
-    workers: int | None = None,
-) -> dict[str, Any]:
+def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | Path,
+          workers: int | None = None) -> dict[str, Any]:
     """Audit a caption set into `out_dir`; return the audit.json content. Defects are reported;
     bad input or an unusable output folder raise VicapError before any image is decoded."""
     workers = worker_count(workers)
@@ -161,22 +156,14 @@ def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]
            ) -> tuple[CaptionSet, list[Reject], dict[str, Any]]:
     """Apply every rule (images that fail to decode, bad captions, images left captionless):
     the clean set, the rejects (the reader's first) and the audit.json content."""
-    image_rejects = [
-        Reject("image", image_id, cs.images[image_id].file_name, check.reason or "", check.detail)
-        for image_id, check in checks.items()
-        if not check.ok
-    ]
+    image_rejects = [Reject("image", i, cs.images[i].file_name, check.reason or "", check.detail)
+                     for i, check in checks.items() if not check.ok]
     kept, caption_rejects, normalized = _screen_captions(cs, {r.id for r in image_rejects})
-    decoded = {
-        image_id: replace(info, width=checks[image_id].width, height=checks[image_id].height)
-        for image_id, info in cs.images.items()
-        if checks[image_id].ok
-    }
+    decoded = {i: replace(info, width=checks[i].width, height=checks[i].height)
+               for i, info in cs.images.items() if checks[i].ok}
     with_captions = {ann.image_id for ann in kept}
-    captionless = [
-        Reject("image", image_id, info.file_name, "image_without_captions", "no valid caption")
-        for image_id, info in decoded.items() if image_id not in with_captions
-    ]
+    captionless = [Reject("image", i, info.file_name, "image_without_captions", "no valid caption")
+                   for i, info in decoded.items() if i not in with_captions]
     clean = CaptionSet(decoded, kept, cs.split, cs.extra)
     clean = clean.subset(image_id for image_id in decoded if image_id in with_captions)
     rejects = cs.rejects + image_rejects + captionless + caption_rejects
@@ -239,11 +226,9 @@ def write_report(clean: CaptionSet, rejects: list[Reject], summary: dict[str, An
 
 def format_summary(summary: dict[str, Any], out_dir: Path) -> str:
     """A short table for the terminal."""
-    lines = [
-        f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",
-        f"{'captions':<26}{summary['annotations_ok']:>8} ok of {summary['annotations_total']}",
-        f"{'captions normalised':<26}{summary['normalized_captions']:>8}",
-    ]
+    lines = [f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",
+             f"{'captions':<26}{summary['annotations_ok']:>8} ok of {summary['annotations_total']}",
+             f"{'captions normalised':<26}{summary['normalized_captions']:>8}"]
     lines += [f"{reason:<26}{count:>8}" for reason, count in summary["rejects"].items() if count]
     lines.append(f"wrote audit.json, clean.json, rejects.csv to {out_dir}")
     return "\n".join(lines)

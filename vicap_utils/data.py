@@ -212,9 +212,8 @@ def read_coco(path: str | Path) -> CaptionSet:
     return CaptionSet(images, annotations, split, extra, rejects)
 
 
-def read_flickr_token(
-    path: str | Path, text: str | None = None, split_dirs: Iterable[Path] = ()
-) -> CaptionSet:
+def read_flickr_token(path: str | Path, text: str | None = None,
+                      split_dirs: Iterable[Path] = ()) -> CaptionSet:
     """Flickr8k.token.txt (`name.jpg#i<TAB>caption`), with the official split lists when the
     folders in `split_dirs` hold them. A line without a tab is a `malformed_line` reject."""
     path = Path(path)
@@ -397,9 +396,8 @@ def _from_rows(rows: list[_Row]) -> CaptionSet:
 # ---------------------------------------------------------------- split
 
 
-def split_by_image(
-    cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
-) -> tuple[CaptionSet, CaptionSet]:
+def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
+                   ) -> tuple[CaptionSet, CaptionSet]:
     """Seeded train/val split by image, identical on every machine and Python version.
 
     Images are ranked by sha256("{seed}:{image_id}"); the first round(n * val_fraction) go

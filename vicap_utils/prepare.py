@@ -144,17 +144,13 @@ def fingerprint(raw: RawData, d: DataConfig) -> str:
         cs = load_captions(captions, images)  # first: a one-line error for an unreadable file
         h.update(f"\n{name}\n{hashlib.sha256(captions.read_bytes()).hexdigest()}".encode())
         for info in cs.images.values():
-            h.update(f"{info.file_name}\0{_stat_key(images / info.file_name)}\n".encode())
+            try:
+                st = os.stat(images / info.file_name)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            h.update(f"{info.file_name}\0{stamp}\n".encode())
     return h.hexdigest()[:16]
-
-
-def _stat_key(path: Path) -> str:
-    """Size and modification time of a file, or "missing"."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
