@@ -10,8 +10,7 @@ from vicap_utils.ops.io import VicapError, path_problem
 
 # EXIF orientations that rotate by 90 or 270 degrees, so width and height swap on display.
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}
-_ALPHA_MODES = {"LA", "PA", "RGBa", "La"}
-_WIDE_MODES = {"I", "F"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
 class ImageCheck(NamedTuple):
@@ -25,12 +24,9 @@ class ImageCheck(NamedTuple):
 
 
 def check_image(path: str | Path) -> ImageCheck:
-    """Decode the whole file (a truncated JPEG passes a header check) and report why it fails.
-
-    Reason codes: `missing_file` (not there, or a broken symlink), `unreadable_image` (a
-    folder, a symlink loop, a pipe or device, no permission, or not a whole image); None when
-    the image is fine. A pipe is never opened (reading it could wait forever).
-    """
+    """Decode the whole file (a truncated JPEG passes a header check): reason `missing_file`
+    (absent, a broken symlink) or `unreadable_image` (a folder, a symlink loop, a pipe or
+    device, no permission, not a whole image). A pipe is never opened: reading could hang."""
     path = Path(path)
     problem = path_problem(path)
     if problem is not None:
@@ -43,19 +39,17 @@ def check_image(path: str | Path) -> ImageCheck:
     try:
         with Image.open(path) as im:
             im.load()
-            width, height = _displayed_size(im)
+            width, height = im.size
+            if im.getexif().get(ExifTags.Base.Orientation) in _SWAPPING_ORIENTATIONS:
+                width, height = height, width
     except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         return ImageCheck(False, "unreadable_image", f"{type(exc).__name__}: {exc}", None, None)
     return ImageCheck(True, None, "", width, height)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open, fully decode, apply EXIF orientation and convert any mode to 8-bit RGB.
-
-    Transparent pixels are composited on white, 16-bit greys are scaled, CMYK is converted. A
-    file that does not decode is a one-line VicapError naming it (run `vicap audit` to find
-    every such file before captioning or training).
-    """
+    """Open, fully decode, apply EXIF orientation and convert to 8-bit RGB; a file that does
+    not decode is a one-line VicapError naming it."""
     try:
         with Image.open(path) as im:
             im.load()
@@ -67,42 +61,23 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
-    """Convert an already decoded image of any common mode to RGB."""
+    """Convert a decoded image of any common mode to RGB: 16/32-bit greys scaled to 8 bits,
+    transparent pixels composited on white, CMYK and palettes converted."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I;16") or im.mode in _WIDE_MODES:
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
         return _wide_to_8bit(im).convert("RGB")
-    if _has_alpha(im):
-        return _on_white(im.convert("RGBA"))
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
     return im.convert("RGB")
 
 
-def _displayed_size(im: Image.Image) -> tuple[int, int]:
-    """Width and height after the EXIF orientation tag is applied."""
-    orientation = im.getexif().get(ExifTags.Base.Orientation)
-    if orientation in _SWAPPING_ORIENTATIONS:
-        return im.height, im.width
-    return im.width, im.height
-
-
-def _has_alpha(im: Image.Image) -> bool:
-    """True for modes with an alpha band and palette/grey images with a transparency key."""
-    return im.mode == "RGBA" or im.mode in _ALPHA_MODES or "transparency" in im.info
-
-
-def _on_white(rgba: Image.Image) -> Image.Image:
-    """Composite an RGBA image on a white background."""
-    background = Image.new("RGB", rgba.size, (255, 255, 255))
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
-
-
 def _wide_to_8bit(im: Image.Image) -> Image.Image:
-    """Map 16/32-bit integer or float greys to 8-bit L (16-bit range when values exceed 255).
-
-    numpy is imported here only: it starts threads, and the audit forks worker processes.
-    """
-    import numpy as np
+    """Map 16/32-bit integer or float greys to 8-bit L (16-bit range when values exceed 255)."""
+    import numpy as np  # numpy: its import starts threads, and the audit forks workers
 
     values = np.asarray(im, dtype=np.float64)
     if values.size and values.max() > 255:

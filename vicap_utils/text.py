@@ -5,49 +5,34 @@ import re
 import unicodedata
 
 # Every lower-case Vietnamese letter that carries a diacritic (vowel marks, tones, and đ).
-VIETNAMESE_LETTERS = (
-    "àáảãạăằắẳẵặâầấẩẫậ"
-    "đ"
-    "èéẻẽẹêềếểễệ"
-    "ìíỉĩị"
-    "òóỏõọôồốổỗộơờớởỡợ"
-    "ùúủũụưừứửữự"
-    "ỳýỷỹỵ"
-)
-
+VIETNAMESE_LETTERS = ("àáảãạăằắẳẵặâầấẩẫậđèéẻẽẹêềếểễệìíỉĩị"
+                      "òóỏõọôồốổỗộơờớởỡợùúủũụưừứửữựỳýỷỹỵ")
 # What str.splitlines() breaks on; the Java tools read one caption per line.
 LINE_BREAKS = re.compile(r"[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]")
 _WHITESPACE = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCT = re.compile(r"\s+([.,;:!?])")
 _WORD_CHAR = re.compile(r"\w")
 _STROKED_D = str.maketrans({"đ": "d", "Đ": "D"})
-_INVISIBLE = ("Cc", "Cf")
 
 
 def normalize_caption(s: str) -> str:
-    """NFC, invisible characters removed, whitespace collapsed and stripped, no space before
-    . , ; : ! ? — case kept.
-
-    Captions typed on different keyboards differ only in these ways; one form per caption
-    keeps duplicate detection and n-gram metrics honest. Invisible means control and format
-    characters (NUL, BEL, ESC, zero-width space, BOM, bidi marks); line breaks and tabs are
-    whitespace and become one space.
-    """
+    """NFC, invisible characters dropped, whitespace (line breaks, tabs) collapsed and stripped,
+    no space before . , ; : ! ? — case kept. One form per caption keeps duplicate detection and
+    n-gram metrics honest across keyboards."""
     s = unicodedata.normalize("NFC", drop_invisible(s))
-    s = _WHITESPACE.sub(" ", s).strip()
-    return _SPACE_BEFORE_PUNCT.sub(r"\1", s)
+    return _SPACE_BEFORE_PUNCT.sub(r"\1", _WHITESPACE.sub(" ", s).strip())
 
 
 def drop_invisible(s: str) -> str:
-    """Remove control and format characters (Unicode Cc and Cf) other than whitespace."""
+    """Remove control and format characters (Unicode Cc and Cf: NUL, ESC, zero-width space, BOM,
+    bidi marks) other than whitespace."""
     if s.isprintable():  # the common case: nothing to remove
         return s
-    return "".join(ch for ch in s if ch.isspace() or unicodedata.category(ch) not in _INVISIBLE)
+    return "".join(ch for ch in s if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf"))
 
 
 def syllable_count(s: str) -> int:
-    """Whitespace-separated syllables (Vietnamese writes one syllable per token); bare
-    punctuation is not counted."""
+    """Whitespace-separated syllables (one per token in Vietnamese); bare punctuation is not one."""
     return sum(1 for token in s.split() if _WORD_CHAR.search(token))
 
 
