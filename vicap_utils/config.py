@@ -127,10 +127,6 @@ class Config:
         """Plain nested dict, JSON-ready."""
         return asdict(self)
 
-    def to_json(self) -> str:
-        """Indented JSON for config.json."""
-        return json.dumps(self.to_dict(), ensure_ascii=False, indent=2)
-
 
 SECTIONS = ("data", "model", "lora", "train", "eval")
 
@@ -267,7 +263,7 @@ def load_config(
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as JSON, atomically."""
-    return atomic_write_text(path, cfg.to_json() + "\n")
+    return atomic_write_text(path, json.dumps(cfg.to_dict(), ensure_ascii=False, indent=2) + "\n")
 
 
 def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
