@@ -9,6 +9,7 @@ import copy
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -167,7 +168,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-ADAPTER = TypeAdapter(Config)
+ADAPTER = cache(lambda: TypeAdapter(Config))  # built at first use: importing stays quick
 TYPE_NAMES = {"int": "int", "float": "float", "bool": "bool", "string": "str"}
 BOUNDS = {"greater_than_equal": "at least", "greater_than": "greater than",
           "less_than_equal": "at most", "less_than": "less than"}
@@ -204,7 +205,7 @@ def config_from_dict(values: Any, where: str = "config",
     if not isinstance(values, dict):
         raise VicapError(f"{where}: a config must be a JSON object")
     try:
-        return ADAPTER.validate_python(values)
+        return ADAPTER().validate_python(values)
     except ValidationError as exc:
         error, sets = exc.errors()[0], overrides or {}
         loc = error["loc"]
