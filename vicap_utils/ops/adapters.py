@@ -1,10 +1,8 @@
 """Adapter folders (a run's `best/` and `final/`) and what `--model` names.
 
-An adapter folder holds the peft adapter (safetensors), the processor with its extended
-tokenizer, and `vicap.json` (family, base, vocabulary entries, the run's config), so it
-rebuilds the exact captioner on its own. `--model` names either such a folder, or a base model
-(hub id, folder, built-in toy) that captions zero-shot; `--no-adapter` with an adapter folder
-captions with that adapter's base alone.
+An adapter folder holds the peft adapter, the processor with its extended tokenizer and
+`vicap.json` (family, base, vocabulary, the run's config): enough to rebuild the captioner.
+`--model` names such a folder, or a base model that captions zero-shot.
 """
 from __future__ import annotations
 
@@ -12,18 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base, place
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
 from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
+from vicap_utils.ops.weights import model_type
 
 META_FILE = "vicap.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+USE_A_RUN = "use a run's best/ or final/ folder"
 
 
 def write_adapter(cap: Captioner, folder: str | Path, config: dict[str, Any],
                   vocab_entries: list[str], extra: dict[str, Any] | None = None) -> Path:
-    """Write the adapter (safetensors), the processor and vicap.json as `folder`, in one
-    atomic step (an interrupted write leaves the previous folder as it was)."""
+    """Write the adapter, the processor and vicap.json as `folder` in one atomic step."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         cap.model.save_pretrained(tmp, safe_serialization=True)
@@ -61,48 +63,36 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
     if (path / META_FILE).is_file():
         meta = read_json(path / META_FILE, "adapter metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
-            raise VicapError(f"{path / META_FILE}: not vicap adapter metadata (no config); use "
-                             "a run's best/ or final/ folder")
+            raise VicapError(f"{path / META_FILE}: not vicap adapter metadata (no config); "
+                             f"{USE_A_RUN}")
         cfg = config_from_dict(meta["config"], str(path / META_FILE))
         if no_adapter:
             return ModelRef(spec, cfg.model, None, cfg.eval)
         if not (path / WEIGHTS_FILE).is_file():
             raise VicapError(f"{path}: {WEIGHTS_FILE} missing (only safetensors adapters are "
-                             "loaded); use a run's best/ or final/ folder")
+                             f"loaded); {USE_A_RUN}")
         entries = meta.get("vocab_entries", [])
         if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
-            raise VicapError(f"{path / META_FILE}: 'vocab_entries' must be a list of text; use "
-                             "a run's best/ or final/ folder")
-        check_weights(path / WEIGHTS_FILE)
+            raise VicapError(f"{path / META_FILE}: 'vocab_entries' must be a list of text; "
+                             f"{USE_A_RUN}")
+        try:  # refuse weights that are empty, cut short or not safetensors before loading
+            with safe_open(str(path / WEIGHTS_FILE), "pt") as weights:
+                weights.keys()
+        except Exception as exc:  # safetensors raises its own SafetensorError
+            raise VicapError(f"{path / WEIGHTS_FILE}: damaged adapter weights "
+                             f"({error_summary(exc)}); {USE_A_RUN}, or train again") from None
         return ModelRef(spec, cfg.model, path, cfg.eval, entries)
     if path.is_dir() and not (path / "config.json").is_file():
         raise VicapError(f"{path}: neither an adapter folder (no {META_FILE}) nor a saved model "
-                         "(no config.json); use a run's best/ or final/ folder")
-    from vicap_utils.ops.weights import model_type
-
+                         f"(no config.json); {USE_A_RUN}")
     return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
-
-
-def check_weights(path: Path) -> None:
-    """Refuse, before any model is loaded, an adapter weights file that is empty, truncated or
-    not safetensors at all."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as weights:
-            weights.keys()
-    except Exception as exc:  # safetensors raises its own SafetensorError
-        raise VicapError(f"{path}: damaged adapter weights ({error_summary(exc)}); use a run's "
-                         "best/ or final/ folder, or train again") from None
 
 
 def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
     """The captioner a ModelRef names, on `device` (default: the GPU if any), in eval mode."""
-    import torch
-
     cap = load_base(ref.model)
     if ref.adapter is not None:
-        from peft import PeftModel
+        from peft import PeftModel  # slow to import; only an adapter needs it
 
         extend_vocabulary(cap, entries=ref.vocab_entries)
         try:

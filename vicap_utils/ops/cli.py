@@ -1,8 +1,7 @@
 """Command-line interface: `python -m vicap_utils COMMAND …` (also installed as `vicap`).
 
-Each command's work lives in its own module, imported only when that command runs, so
-`vicap audit` never pays for importing torch. User errors exit 2 with one line.
-"""
+A command's module is imported only when it runs (`vicap audit` never imports torch); user
+errors exit 2 with one line."""
 from __future__ import annotations
 
 import argparse
@@ -12,16 +11,11 @@ from collections.abc import Sequence
 
 from vicap_utils.ops.io import VicapError
 
-# command -> (module, function); the function takes the parsed args and returns an exit code.
-COMMANDS = {
-    "synth": ("vicap_utils.toy.data", "cli_synth"),
-    "audit": ("vicap_utils.audit", "cli_audit"),
-    "split": ("vicap_utils.data", "cli_split"),
-    "train": ("vicap_utils.train", "cli_train"),
-    "predict": ("vicap_utils.predict", "cli_predict"),
-    "evaluate": ("vicap_utils.metrics", "cli_evaluate"),
-    "env": ("vicap_utils.ops.env", "cli_env"),
-}
+# command -> the module whose `cli_<command>(args)` runs it and returns an exit code
+COMMANDS = {"synth": "vicap_utils.toy.data", "audit": "vicap_utils.audit",
+            "split": "vicap_utils.data", "train": "vicap_utils.train",
+            "predict": "vicap_utils.predict", "evaluate": "vicap_utils.metrics",
+            "env": "vicap_utils.ops.env"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,9 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command, per the CLI contract (docs/architecture.md)."""
-    parser = _Parser(
-        prog="vicap", description="Vietnamese image captioning with BLIP + LoRA."
-    )
+    parser = _Parser(prog="vicap", description="Vietnamese image captioning with BLIP + LoRA.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("synth", help="draw the synthetic ball-sports caption set")
@@ -47,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a set vicap drew earlier in OUT (nothing else there)")
 
     p = sub.add_parser("audit", help="check a caption set; write the clean set and a report")
-    p.add_argument("--annotations", required=True, help="COCO-style captions JSON, "
-                   "Flickr8k.token.txt or Flickr8k captions.txt")
+    p.add_argument("--annotations", required=True,
+                   help="COCO-style captions JSON, Flickr8k.token.txt or Flickr8k captions.txt")
     p.add_argument("--images", required=True, help="images folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: cores)")
@@ -104,10 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one line on stderr with exit code 2."""
     args = build_parser().parse_args(argv)
-    module_name, func_name = COMMANDS[args.command]
     try:
-        func = getattr(importlib.import_module(module_name), func_name)
-        return int(func(args) or 0)
+        module = importlib.import_module(COMMANDS[args.command])
+        return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except VicapError as exc:
         print(f"vicap {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,16 +1,14 @@
 """Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
 
 Every Kaggle path derives from `VICAP_KAGGLE_ROOT` (default `/kaggle`), so tests build fake
-trees for each mount layout: `<root>/input/<slug>/…` and `<root>/input/datasets/<owner>/<slug>/…`
-(data sets), `<root>/input/<model>/<framework>/<variation>/<version>/…` (models),
-`<root>/working` (outputs).
+trees for each mount layout: data sets at `input/<slug>/` or `input/datasets/<owner>/<slug>/`,
+models at `input/<model>/<framework>/<variation>/<version>/`, outputs in `working/`.
 """
 from __future__ import annotations
 
 import glob
 import os
 import platform
-import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ FLICKR_SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.de
 # Folder names that usually hold a data set's images, best first.
 IMAGE_DIR_GLOBS = ["train2017", "val2017", "test2017", "*train2017*", "*val2017*", "*test2017*",
                    "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset"]
+gpu_info = detect  # the same facts the training plan uses
 
 
 def kaggle_root() -> Path:
@@ -42,33 +41,24 @@ def kaggle_input() -> Path:
     return kaggle_root() / "input"
 
 
-def kaggle_working() -> Path:
-    """Kaggle's output folder (kept as the notebook's output when a session ends)."""
-    return kaggle_root() / "working"
-
-
 def __getattr__(name: str) -> Path:
-    """`KAGGLE_INPUT` / `KAGGLE_WORKING` as module constants, read from the root when asked."""
+    """`KAGGLE_INPUT` as a module constant, read from the root when asked."""
     if name == "KAGGLE_INPUT":
         return kaggle_input()
-    if name == "KAGGLE_WORKING":
-        return kaggle_working()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel (its environment variable, or its working folder)."""
-    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or kaggle_working().is_dir()
+    return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()
 
 
 def output_dir(sub: str = "", create: bool = True) -> Path:
     """VICAP_OUTPUT when set, else the Kaggle working folder on Kaggle, else ./outputs."""
     if os.environ.get("VICAP_OUTPUT"):
         base = Path(os.environ["VICAP_OUTPUT"])
-    elif is_kaggle():
-        base = kaggle_working()
     else:
-        base = Path("outputs")
+        base = kaggle_root() / "working" if is_kaggle() else Path("outputs")
     path = base / sub if sub else base
     if create:
         path.mkdir(parents=True, exist_ok=True)
@@ -94,13 +84,8 @@ def find_inputs(patterns: list[str], root: Path | None = None) -> list[Path]:
 
 @dataclass(frozen=True)
 class DataFiles:
-    """A profile's data set as found under the input root.
-
-    UIT-ViIC: `train`/`val`/`test` are its caption files (COCO-style JSON). Flickr8k: `captions`
-    is the one captions file and `train`/`val`/`test` the official image-name lists, when the
-    copy has them. `image_dirs` are folders that may hold the images, nearest first (use
-    `find_image_folder` to pick the one that holds a split's images).
-    """
+    """A profile's data set as found: UIT-ViIC's caption files per split, or Flickr8k's one
+    `captions` file with its official image lists; `image_dirs` may hold images, nearest first."""
 
     profile: str
     train: Path | None = None
@@ -146,12 +131,7 @@ def discover_data(profile: str, root: Path | None = None) -> DataFiles:
 
 def _shared(a: Path, b: Path) -> int:
     """How many leading path parts two paths share."""
-    n = 0
-    for x, y in zip(a.parts, b.parts):
-        if x != y:
-            break
-        n += 1
-    return n
+    return len(os.path.commonprefix([a.parts, b.parts]))
 
 
 def _nearest(paths: list[Path], anchor: Path) -> Path | None:
@@ -171,14 +151,12 @@ def image_folders(root: Path, near: Path | None = None) -> tuple[Path, ...]:
 
 def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
                       sample: int = 20) -> Path | None:
-    """The folder under `roots` (default the Kaggle input root) holding the most of the given
-    image files, matched by base name: COCO's train2017/ or val2017/, or a flat folder, in any
-    attached data set. Checks an even sample of the names; None when no folder has any."""
+    """The folder under `roots` (default the Kaggle input root) holding most of an even sample
+    of the given images, matched by base name; None when no folder has any."""
     names = sorted({Path(n).name for n in file_names})
     if not names:
         return None
-    step = max(len(names) // sample, 1)
-    probe = names[::step][:sample]
+    probe = names[::max(len(names) // sample, 1)][:sample]
     roots = [kaggle_input()] if roots is None else [Path(r) for r in roots]
     best, best_hits = None, 0
     for root in roots:
@@ -191,16 +169,11 @@ def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = 
     return best
 
 
-def gpu_info() -> GpuFacts:
-    """The accelerator's facts (the same `hardware.detect()` the training plan uses)."""
-    return detect()
-
-
 def auto_profile() -> str:
     """On Kaggle with a GPU and the data attached, the real profile; anywhere else `mini`."""
     if os.environ.get("VICAP_PROFILE") and os.environ["VICAP_PROFILE"] != "auto":
         return os.environ["VICAP_PROFILE"]
-    if is_kaggle() and gpu_info().count:
+    if is_kaggle() and detect().count:
         for name, patterns in DATA_GLOBS.items():
             if find_inputs(patterns):
                 return name
@@ -218,13 +191,13 @@ def versions() -> dict[str, str]:
     return out
 
 
-def describe() -> dict[str, object]:
+def describe(facts: GpuFacts | None = None) -> dict[str, object]:
     """Everything the top of a notebook prints: versions, hardware, Kaggle, folders."""
     return {
         "versions": versions(),
         "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
         "kaggle": is_kaggle(),
-        "gpu": asdict(gpu_info()),
+        "gpu": asdict(facts or detect()),
         "output_dir": str(output_dir(create=False)),
         "profile_auto": auto_profile(),
     }
@@ -232,25 +205,21 @@ def describe() -> dict[str, object]:
 
 def print_environment() -> dict[str, object]:
     """Print the environment summary (one line per fact) and return it."""
-    info = describe()
-    for key, value in info["versions"].items():
-        print(f"{key:>13}: {value}")
-    facts = GpuFacts(**{**info["gpu"], "capability": tuple(info["gpu"]["capability"]),
-                        "arch_list": tuple(info["gpu"]["arch_list"])})
-    hw = facts.describe()
+    facts = detect()
+    info = describe(facts)
+    hardware = facts.describe()
     if facts.count:
-        hw += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
-               f"torch kernels for it={facts.supported}")
-    print(f"{'platform':>13}: {info['platform']}")
-    print(f"{'accelerator':>13}: {hw}")
-    print(f"{'kaggle':>13}: {info['kaggle']}")
-    print(f"{'output dir':>13}: {info['output_dir']}")
-    print(f"{'auto profile':>13}: {info['profile_auto']}")
+        hardware += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
+                     f"torch kernels for it={facts.supported}")
+    rows = {**info["versions"], "platform": info["platform"], "accelerator": hardware,
+            "kaggle": info["kaggle"], "output dir": info["output_dir"],
+            "auto profile": info["profile_auto"]}
+    for key, value in rows.items():
+        print(f"{key:>13}: {value}")
     return info
 
 
 def cli_env(args: object) -> int:
     """`vicap env`: print the environment summary."""
     print_environment()
-    sys.stdout.flush()
     return 0

@@ -1,5 +1,5 @@
 """Where a base model's weights come from: a built-in toy model, a folder, a Kaggle input, the
-Hugging Face cache, or the hub — with one clear error when none of them has it offline."""
+Hugging Face cache, or the hub, with one clear error when none of them has it offline."""
 from __future__ import annotations
 
 import os
@@ -7,17 +7,15 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from vicap_utils.ops.io import VicapError
+from vicap_utils.ops.env import find_inputs
+from vicap_utils.ops.io import VicapError, read_json
+from vicap_utils.toy.model import builtin_model
 
 
 def resolve_base(base: str) -> str:
-    """Turn `model.base` into something `from_pretrained` loads: a built-in toy model's folder,
-    a saved-model folder, a Kaggle input folder holding that model, a cached hub snapshot,
-    or the hub id itself when the hub is reachable."""
-    from vicap_utils.ops.env import find_inputs
-    from vicap_utils.toy import model as toy
-
-    built = toy.builtin_model(base)
+    """`model.base` as something `from_pretrained` loads: a built-in toy model's folder, a saved
+    model, a Kaggle input holding it, a cached hub snapshot, or the hub id when reachable."""
+    built = builtin_model(base)
     if built is not None:
         return str(built)
     path = Path(base).expanduser()
@@ -41,9 +39,9 @@ def resolve_base(base: str) -> str:
 
 def hub_cache(repo_id: str) -> str | None:
     """The locally cached snapshot of a hub model, if an earlier run downloaded it."""
-    try:
-        from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # slow to import; only loading needs it
 
+    try:
         return snapshot_download(repo_id, local_files_only=True)
     except Exception:  # noqa: BLE001 - any failure just means "not cached"
         return None
@@ -53,7 +51,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub's host accepts a connection (fails fast offline, no retries)."""
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return False
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # slow to import; only loading needs it
 
     host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
     try:
@@ -65,8 +63,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 def model_type(base: str) -> str:
     """The `model_type` in a base model's config.json ("" when it cannot be read here)."""
-    from vicap_utils.ops.io import read_json
-
     config = Path(resolve_base(base)) / "config.json"
-    return str(read_json(config, "model config").get("model_type", "")) if config.is_file() \
-        else ""
+    if not config.is_file():
+        return ""
+    return str(read_json(config, "model config").get("model_type", ""))
