@@ -1,8 +1,6 @@
-"""pycocoevalcap's Java tools (PTB tokenizer, METEOR 1.5, SPICE), each run as one subprocess with
-a timeout: a failure is a reason (`ScorerUnavailable`), never a hang. pycocoevalcap's own
-wrappers hold METEOR's JVM behind a lock that stays held after an error, write temporary files
-into site-packages and let SPICE download CoreNLP (~385 MB), which dies offline.
-"""
+"""pycocoevalcap's Java tools (PTB tokenizer, METEOR 1.5, SPICE), each one subprocess with a
+timeout, so a failure is a reason, never a hang: its own wrappers keep METEOR's JVM behind a lock
+that stays held after an error, and let SPICE download CoreNLP (~385 MB), which dies offline."""
 from __future__ import annotations
 
 import json
@@ -23,11 +21,9 @@ PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
 METEOR_JAR = PKG_DIR / "meteor" / "meteor-1.5.jar"
 SPICE_DIR = PKG_DIR / "spice"
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-# What pycocoevalcap runs: English with the jar's normaliser (which splits Vietnamese letters
-# outside Latin-1 into separate tokens: "người" -> "ng ư ờ i").
+# pycocoevalcap's METEOR: English, with a normaliser that splits Vietnamese letters outside
+# Latin-1 ("người" -> "ng ư ờ i"); METEOR-vi: language-independent, exact matches, no normaliser.
 METEOR_EN_ARGS = ("-l", "en", "-norm")
-# METEOR-vi: language-independent parameters, exact matching, no normaliser, on the NFC,
-# lower-cased tokens the caller gives.
 METEOR_VI_ARGS = ("-l", "other")
 TOKENIZE_TIMEOUT_S = 300.0
 METEOR_TIMEOUT_S = 300.0
