@@ -32,13 +32,12 @@ from vicap_utils.ops.io import (
 )
 from vicap_utils.text import LINE_BREAKS
 
-STANDARD_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
-DIVERSITY_METRICS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
-                     "vocab_size", "mean_length")
-METRIC_KEYS = (*STANDARD_METRICS, "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS)
-# Tables: every reference-based score, then every diversity figure.
-SCORE_KEYS = (*STANDARD_METRICS[:5], "METEOR-vi", *STANDARD_METRICS[5:], "ROUGE-1", "ROUGE-2")
-DIVERSITY_KEYS = (*DIVERSITY_METRICS, "novel_rate")
+# Every reference-based score, then every diversity figure: metrics.json and the tables.
+SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr",
+              "SPICE", "ROUGE-1", "ROUGE-2")
+DIVERSITY_KEYS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
+                  "vocab_size", "mean_length", "novel_rate")
+METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given training captions
 
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
@@ -46,18 +45,17 @@ PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split a
                                 "not reproduced here)")
 
 NOTES = (
-    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal "
-    "within 1e-6); its document frequencies come from this set's references, so scores depend "
-    "on the evaluated set (one image alone always scores 0). Per-image CIDEr is computed "
-    "against the whole set.",
+    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal within "
+    "1e-6); its document frequencies come from this set's references, so scores depend on the "
+    "evaluated set (one image alone always scores 0); per-image CIDEr is against the whole set.",
     "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
     "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
     "no normaliser) on NFC, lower-cased tokens.",
     "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
     "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
-    "reference per image, mean over images. Diversity metrics use the tokenized predictions; "
-    "TTR is types / tokens over all of them (the BLIP-2 report's; equal to distinct-1), "
-    "TTR_per_caption the mean within each caption.",
+    "reference per image, mean over images. Diversity uses the tokenized predictions: TTR is "
+    "types / tokens over all of them (the BLIP-2 report's, = distinct-1), TTR_per_caption the "
+    "mean within each caption.",
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -80,9 +78,8 @@ def evaluate_detailed(
     allow_missing: bool = False,
     tokenization: str = "syllable",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Metrics of COCO results against COCO-style references (paths or loaded JSON), and a
-    per-image table (image_id, cider, prediction, first_reference). `tokenization` "words"
-    segments every caption into words before every metric."""
+    """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
+    per-image table; `tokenization` "words" segments captions into words first."""
     preds, refs = load_predictions(predictions), load_references(references)
     keys, notes = match_images(preds, refs, allow_missing)
     train = None if train_captions is None else load_train_captions(train_captions)
@@ -108,9 +105,8 @@ def evaluate_detailed(
     metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
     metrics.update(diversity(hyps, None if train is None else set(rest)))
     result = {k: metrics.get(k) for k in METRIC_KEYS}
-    result.update({"unavailable": unavailable, "METEOR-vi": metrics.get("METEOR-vi"),
-                   "tokenizer": tokenizer, "tokenization": tokenization, "n_images": len(keys),
-                   "notes": [*NOTES, *notes]})
+    result.update({"unavailable": unavailable, "tokenizer": tokenizer,
+                   "tokenization": tokenization, "n_images": len(keys), "notes": [*NOTES, *notes]})
     if train is not None:
         result["novel_rate"] = metrics["novel_rate"]
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
@@ -181,8 +177,8 @@ def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str
 
 def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
                  allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(image keys to score in reference order, notes): unknown ids fail, and missing ones
-    unless `allow_missing`."""
+    """(keys to score in reference order, notes): unknown ids fail, missing ones too unless
+    `allow_missing`."""
     unknown = [preds[k][0] for k in preds if k not in refs]
     if unknown:
         raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
@@ -268,11 +264,8 @@ def rouge_n(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> float
 
 
 def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, float]:
-    """Diversity of the tokenized predictions (NFC, diacritics kept); novel_rate given `train`.
-
-    TTR is the BLIP-2 report's, types / tokens over all captions (= distinct-1, Li et al. 2016);
-    TTR_per_caption the mean within each caption ("người người người" is low); repetition_rate
-    the share of captions repeating an earlier one word for word."""
+    """Diversity of tokenized predictions (NFC, diacritics kept; TTR as in NOTES); repetition_rate
+    is the share repeating an earlier caption word for word; novel_rate needs `train`."""
     toks = [unicodedata.normalize("NFC", h).split() for h in hyps]
     unigrams = [t for ts in toks for t in ts]
     bigrams = [b for ts in toks for b in zip(ts, ts[1:])]
@@ -292,11 +285,9 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
 
 
 class CiderD:
-    """pycocoevalcap's CIDEr-D (equal within 1e-6), batched: n-grams are counted once per
-    distinct sentence and every (candidate, reference) pair is scored at once in numpy.
-
-    Document frequencies come from `refs_corpus`, tokenized references per image: the evaluated
-    set's reproduce pycocoevalcap; the training set's give a reward independent of the batch."""
+    """pycocoevalcap's CIDEr-D (equal within 1e-6), every (candidate, reference) pair at once in
+    numpy. Document frequencies come from `refs_corpus` (tokenized references per image): the
+    evaluated set's reproduce pycocoevalcap; the training set's give a batch-free reward."""
 
     def __init__(self, refs_corpus: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
         if not refs_corpus:
