@@ -119,6 +119,6 @@ def run_java(args: list[str], timeout: float, what: str, cwd: Path) -> str:
 
 
 def _one_per_line(texts: Iterable[str]) -> str:
-    """One text a line, `|||` and line breaks removed (METEOR reads a line per caption)."""
+    """One caption a line (line breaks collapsed), `|||` dropped as pycocoevalcap does."""
     return "".join(" ".join(t.replace("|||", "").split()) + "\n" for t in texts)
 
