@@ -21,7 +21,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
 from vicap_utils import metrics
 from vicap_utils.__main__ import main
-from vicap_utils.ops import meteor
+from vicap_utils.ops import jvm
 from vicap_utils.text import strip_diacritics
 
 REFS = {
@@ -100,7 +100,7 @@ def full_result() -> tuple[dict, object]:
 @pytest.fixture
 def fast_meteor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Skip the 7-second METEOR start-up in tests that check something else."""
-    monkeypatch.setattr(meteor, "meteor_score",
+    monkeypatch.setattr(jvm, "meteor_score",
                         lambda hyps, refs, *args, **kwargs: (0.5, [0.5] * len(hyps)))
 
 
@@ -141,7 +141,7 @@ def test_meteor_vi_differs_from_meteor_and_equals_the_jar(full_result: tuple,
     tokens, _, _ = metrics.tokenize([PREDS[k] for k in keys] + [c for k in keys for c in REFS[k]])
     (tmp_path / "hyp.txt").write_text("".join(f"{t}\n" for t in tokens[:10]), "utf-8")
     (tmp_path / "ref.txt").write_text("".join(f"{t}\n" for t in tokens[10:]), "utf-8")
-    out = subprocess.run(["java", "-Dfile.encoding=UTF-8", "-jar", str(meteor.METEOR_JAR),
+    out = subprocess.run(["java", "-Dfile.encoding=UTF-8", "-jar", str(jvm.METEOR_JAR),
                           "hyp.txt", "ref.txt", "-l", "other", "-r", "5", "-q"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
     assert result["METEOR-vi"] == pytest.approx(float(out.stdout.strip()), abs=1e-9)
@@ -261,25 +261,25 @@ def test_meteor_survives_newlines_and_separators() -> None:
     clean = ["một người đang chơi bóng", "hai cầu thủ", ""]
     refs = [["người đàn ông\r\nchơi bóng", "một người chơi bóng"], ["hai cầu thủ"], ["x"]]
     clean_refs = [["người đàn ông chơi bóng", "một người chơi bóng"], ["hai cầu thủ"], ["x"]]
-    score, per_image = meteor.meteor_score(hyps, refs, meteor.METEOR_VI_ARGS, timeout=60)
+    score, per_image = jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS, timeout=60)
     assert len(per_image) == 3 and per_image[1] > 0.9 and per_image[2] == 0.0
-    assert (score, per_image) == meteor.meteor_score(clean, clean_refs, meteor.METEOR_VI_ARGS)
+    assert (score, per_image) == jvm.meteor_score(clean, clean_refs, jvm.METEOR_VI_ARGS)
 
 
 def test_meteor_failure_reports_and_next_call_works(tmp_path: Path) -> None:
     hyps, refs = ["một người"], [["một người đàn ông"]]
-    with pytest.raises(meteor.MeteorError, match="timed out"):
-        meteor.meteor_score(hyps, refs, meteor.METEOR_EN_ARGS, timeout=0.5)
+    with pytest.raises(jvm.ScorerUnavailable, match="timed out"):
+        jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS, timeout=0.5)
     bogus = tmp_path / "meteor.jar"
     bogus.write_bytes(b"not a jar")
-    with pytest.raises(meteor.MeteorError, match="stopped early"):
-        meteor.meteor_score(hyps, refs, jar=bogus, timeout=30)
-    assert meteor.meteor_score(hyps, refs, meteor.METEOR_VI_ARGS, timeout=60)[0] > 0.3
+    with pytest.raises(jvm.ScorerUnavailable, match="stopped early"):
+        jvm.meteor_score(hyps, refs, jar=bogus, timeout=30)
+    assert jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS, timeout=60)[0] > 0.3
 
 
 def test_meteor_failure_inside_evaluate_gives_null_with_reason(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(meteor, "METEOR_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(jvm, "METEOR_TIMEOUT_S", 0.3)
     result = metrics.evaluate(coco_preds(), coco_refs())
     assert result["METEOR"] is None and "timed out" in result["unavailable"]["METEOR"]
     assert result["BLEU-1"] > 0.3
@@ -292,7 +292,7 @@ def test_spice_absent_is_null_with_reason_and_no_network(
 
     monkeypatch.setattr(socket, "socket", no_network)
     monkeypatch.setattr(urllib.request, "urlretrieve", no_network)
-    monkeypatch.setattr(metrics, "SPICE_DIR", tmp_path)
+    monkeypatch.setattr(jvm, "SPICE_DIR", tmp_path)
     result = metrics.evaluate(coco_preds(), coco_refs())
     assert result["SPICE"] is None
     assert "CoreNLP jars not installed" in result["unavailable"]["SPICE"]
@@ -301,12 +301,12 @@ def test_spice_absent_is_null_with_reason_and_no_network(
 def test_spice_that_fails_to_run_is_null_with_reason(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     (tmp_path / "lib").mkdir()
-    for name in metrics.SPICE_CORENLP_JARS:
+    for name in jvm.SPICE_CORENLP_JARS:
         (tmp_path / "lib" / name).write_bytes(b"not a jar")
     (tmp_path / "spice-1.0.jar").write_bytes(b"not a jar")
-    monkeypatch.setattr(metrics, "SPICE_DIR", tmp_path)
-    with pytest.raises(metrics.ScorerUnavailable, match=r"SPICE failed \(exit 1\)"):
-        metrics.spice_score(["a b"], [["a b"]], timeout=30)
+    monkeypatch.setattr(jvm, "SPICE_DIR", tmp_path)
+    with pytest.raises(jvm.ScorerUnavailable, match=r"SPICE failed \(exit 1\)"):
+        jvm.spice_score(["a b"], [["a b"]], timeout=30)
 
 
 def test_cli_without_java(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,

@@ -1,45 +1,28 @@
-"""Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, made safe to
-run offline and honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity. CIDEr-D is
-computed by `CiderD`, batched in numpy and equal to pycocoevalcap's (tested), fast enough for a
-reward at every training step.
-
-Captions are NFC-normalised, then tokenized as pycocoevalcap does (Stanford PTB tokenizer,
-lower-cased, punctuation dropped; a pure-Python stand-in when there is no Java), and the
-scorers are called directly: `COCOEvalCap` builds SPICE first, which downloads Stanford CoreNLP
-(~385 MB) and dies offline. SPICE parses with English models, so it means little for
-Vietnamese; it is computed only when CoreNLP's jars are already installed and the jar runs.
+"""Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, safe offline and
+honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity, on NFC, PTB-tokenized text (a
+pure-Python stand-in without Java). CIDEr-D is `CiderD`, batched in numpy and equal to
+pycocoevalcap's, fast enough for a reward at every training step.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pycocoevalcap
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from vicap_utils.ops import meteor
-from vicap_utils.ops.folders import (
-    check_writable,
-    refuse_aliases,
-    refuse_foreign_files,
-    replacing_files,
-)
+from vicap_utils.ops import folders, jvm
 from vicap_utils.ops.io import (
     VicapError,
     atomic_write_json,
@@ -49,21 +32,12 @@ from vicap_utils.ops.io import (
 )
 from vicap_utils.text import LINE_BREAKS
 
-PKG_DIR = Path(next(iter(pycocoevalcap.__path__)))
-PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
-SPICE_DIR = PKG_DIR / "spice"
-SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-TOKENIZE_TIMEOUT_S = 300.0
-SPICE_TIMEOUT_S = 600.0
-
-STANDARD_METRICS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "SPICE")
-DIVERSITY_METRICS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
-                     "vocab_size", "mean_length")
-METRIC_KEYS = (*STANDARD_METRICS, "ROUGE-1", "ROUGE-2", *DIVERSITY_METRICS)
-# Tables: every reference-based score, then every diversity figure.
+# Every reference-based score, then every diversity figure: metrics.json and the tables.
 SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr",
               "SPICE", "ROUGE-1", "ROUGE-2")
-DIVERSITY_KEYS = (*DIVERSITY_METRICS, "novel_rate")
+DIVERSITY_KEYS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
+                  "vocab_size", "mean_length", "novel_rate")
+METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given training captions
 
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
@@ -71,18 +45,17 @@ PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split a
                                 "not reproduced here)")
 
 NOTES = (
-    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal "
-    "within 1e-6); its document frequencies come from this set's references, so scores depend "
-    "on the evaluated set (one image alone always scores 0). Per-image CIDEr is computed "
-    "against the whole set.",
+    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal within "
+    "1e-6); its document frequencies come from this set's references, so scores depend on the "
+    "evaluated set (one image alone always scores 0); per-image CIDEr is against the whole set.",
     "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
     "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
     "no normaliser) on NFC, lower-cased tokens.",
     "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
     "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
-    "reference per image, mean over images. Diversity metrics use the tokenized predictions; "
-    "TTR is types / tokens over all of them (the BLIP-2 report's; equal to distinct-1), "
-    "TTR_per_caption the mean within each caption.",
+    "reference per image, mean over images. Diversity uses the tokenized predictions: TTR is "
+    "types / tokens over all of them (the BLIP-2 report's, = distinct-1), TTR_per_caption the "
+    "mean within each caption.",
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -93,20 +66,9 @@ _FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-
                  "\u2019": "'"}
 
 
-class ScorerUnavailable(RuntimeError):
-    """A metric cannot be computed here; the message says why."""
-
-
-def evaluate(
-    predictions: str | Path | list,
-    references: str | Path | Mapping,
-    train_captions: str | Path | Mapping | Sequence[str] | None = None,
-    allow_missing: bool = False,
-    tokenization: str = "syllable",
-) -> dict[str, Any]:
-    """Metrics for COCO results against COCO-style references (paths or loaded JSON)."""
-    return evaluate_detailed(predictions, references, train_captions, allow_missing,
-                             tokenization)[0]
+def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """`evaluate_detailed`'s metrics alone (same arguments)."""
+    return evaluate_detailed(*args, **kwargs)[0]
 
 
 def evaluate_detailed(
@@ -116,14 +78,12 @@ def evaluate_detailed(
     allow_missing: bool = False,
     tokenization: str = "syllable",
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """`evaluate`'s metrics plus a per-image table: image_id, cider, prediction, first_reference.
-
-    `tokenization` "words" segments every caption into words before every metric."""
+    """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
+    per-image table; `tokenization` "words" segments captions into words first."""
     preds, refs = load_predictions(predictions), load_references(references)
     keys, notes = match_images(preds, refs, allow_missing)
     train = None if train_captions is None else load_train_captions(train_captions)
-    hyp_raw = [preds[k][1] for k in keys]
-    ref_raw = [refs[k][1] for k in keys]
+    hyp_raw, ref_raw = [preds[k][1] for k in keys], [refs[k][1] for k in keys]
     flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
     if tokenization == "words":
         flat, segmenter = segment_words(flat)
@@ -136,20 +96,17 @@ def evaluate_detailed(
     if why:
         notes.append(f"python-fallback tokenizer used ({why}); scores may differ slightly from "
                      "PTB-tokenized ones")
-    hyps, rest = tokens[: len(keys)], tokens[len(keys):]
-    ref_tok, pos = [], 0
-    for caps in ref_raw:
-        ref_tok.append(rest[pos: pos + len(caps)])
-        pos += len(caps)
+    rest = iter(tokens[len(keys):])
+    hyps, ref_tok = tokens[: len(keys)], [[next(rest) for _ in caps] for caps in ref_raw]
     if not any(t for caps in ref_tok for t in caps):
-        raise VicapError(f"{_label(references, 'references')}: no reference caption of the "
-                         "scored images has a word; there is nothing to score against")
+        label = references if isinstance(references, (str, Path)) else "references"
+        raise VicapError(f"{label}: no reference caption of the scored images has a word; there "
+                         "is nothing to score against")
     metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
-    metrics.update(diversity(hyps, None if train is None else set(rest[pos:])))
+    metrics.update(diversity(hyps, None if train is None else set(rest)))
     result = {k: metrics.get(k) for k in METRIC_KEYS}
-    result.update({"unavailable": unavailable, "METEOR-vi": metrics.get("METEOR-vi"),
-                   "tokenizer": tokenizer, "tokenization": tokenization, "n_images": len(keys),
-                   "notes": [*NOTES, *notes]})
+    result.update({"unavailable": unavailable, "tokenizer": tokenizer,
+                   "tokenization": tokenization, "n_images": len(keys), "notes": [*NOTES, *notes]})
     if train is not None:
         result["novel_rate"] = metrics["novel_rate"]
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
@@ -163,18 +120,11 @@ def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str
     if not isinstance(data, list):
         raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
     out: dict[str, tuple[Any, str]] = {}
-    id_types: dict[type, str] = {}
-    for i, item in enumerate(data):
-        if not (isinstance(item, dict) and _is_id(item.get("image_id"))
-                and isinstance(item.get("caption"), str)):
-            raise VicapError(f"{label}: item {i} is not {{\"image_id\": int or str, "
-                             f"\"caption\": str}}")
-        _check_id_type(label, id_types, item["image_id"], f"item {i}")
-        _check_unicode(label, item["caption"], f"item {i}")
-        key = str(item["image_id"])
-        if key in out:
-            raise VicapError(f"{label}: more than one prediction for image_id {key}")
-        out[key] = (item["image_id"], item["caption"])
+    shape = 'is not {"image_id": int or str, "caption": str}'
+    for image_id, caption in _checked_items(label, data, "item", shape):
+        if str(image_id) in out:
+            raise VicapError(f"{label}: more than one prediction for image_id {image_id}")
+        out[str(image_id)] = (image_id, caption)
     if not out:
         raise VicapError(f"{label}: no predictions")
     return out
@@ -182,25 +132,40 @@ def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str
 
 def load_references(references: str | Path | Mapping,
                     what: str = "references") -> dict[str, tuple[Any, list[str]]]:
-    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names the
-    input in error messages."""
+    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names it."""
     label, data = _load(references, what)
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
         raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
     out: dict[str, tuple[Any, list[str]]] = {}
-    id_types: dict[type, str] = {}
-    for i, ann in enumerate(data["annotations"]):
-        if not (isinstance(ann, Mapping) and _is_id(ann.get("image_id"))
-                and isinstance(ann.get("caption"), str)):
-            raise VicapError(f"{label}: annotation {i} lacks an image_id or a caption string")
-        _check_id_type(label, id_types, ann["image_id"], f"annotation {i}")
-        _check_unicode(label, ann["caption"], f"annotation {i}")
-        out.setdefault(str(ann["image_id"]), (ann["image_id"], []))[1].append(ann["caption"])
+    shape = "lacks an image_id or a caption string"
+    for image_id, caption in _checked_items(label, data["annotations"], "annotation", shape):
+        out.setdefault(str(image_id), (image_id, []))[1].append(caption)
     if not out:
         raise VicapError(f"{label}: no reference captions")
     if not any(c.strip() for _, caps in out.values() for c in caps):
         raise VicapError(f"{label}: every caption is empty; there is nothing to score against")
     return out
+
+
+def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
+    """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
+    would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
+    first_of_type: dict[type, str] = {}
+    for i, item in enumerate(items):
+        image_id = item.get("image_id") if isinstance(item, Mapping) else None
+        valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
+            isinstance(image_id, str) and image_id != "")
+        if not (valid_id and isinstance(item.get("caption"), str)):
+            raise VicapError(f"{label}: {what} {i} {shape}")
+        kind = int if isinstance(image_id, int) else str
+        first_of_type.setdefault(kind, f"{what} {i} has image_id {image_id!r}"[:80])
+        if len(first_of_type) == 2:
+            raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
+                             f"{first_of_type[str]}); use one type")
+        if _SURROGATE.search(item["caption"]):
+            raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
+                             "(a lone surrogate)")
+        yield image_id, item["caption"]
 
 
 def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
@@ -212,7 +177,7 @@ def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str
 
 def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
                  allow_missing: bool) -> tuple[list[str], list[str]]:
-    """Image keys to score, in reference order; unknown ids always fail, missing ones unless
+    """(keys to score in reference order, notes): unknown ids fail, missing ones too unless
     `allow_missing`."""
     unknown = [preds[k][0] for k in preds if k not in refs]
     if unknown:
@@ -222,50 +187,30 @@ def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
     if missing and not allow_missing:
         raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
                          " (use --allow-missing to score only the predicted images)")
-    notes = []
-    if missing:
-        notes.append(f"scored {len(preds)} of {len(refs)} reference images (allow_missing)")
+    notes = [f"scored {len(preds)} of {len(refs)} reference images (allow_missing)"
+             ] if missing else []
     return [k for k in refs if k in preds], notes
 
 
 def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
     """NFC, then PTB as pycocoevalcap runs it, else the Python stand-in: (tokens, name, why)."""
     texts = [LINE_BREAKS.sub(" ", unicodedata.normalize("NFC", c)) for c in captions]
-    if shutil.which("java") is None:
-        why = "java not found on PATH"
-    else:
-        try:
-            return ptb_tokenize(texts), "ptb", None
-        except ScorerUnavailable as exc:
-            why = str(exc)
-    return [python_tokenize(t) for t in texts], "python-fallback", why
+    try:
+        return jvm.ptb_tokenize(texts), "ptb", None
+    except jvm.ScorerUnavailable as exc:
+        return [python_tokenize(t) for t in texts], "python-fallback", str(exc)
 
 
 def segment_words(captions: Sequence[str]) -> tuple[list[str], str]:
     """(captions, segmenter): NFC, lower-cased captions segmented into Vietnamese words by
-    underthesea's CRF segmenter ("đàn ông" -> "đàn_ông"), as word-level published scores are."""
-    try:  # optional, and its import loads torch and transformers (seconds)
+    underthesea's CRF ("đàn ông" -> "đàn_ông"), as word-level published scores are."""
+    try:  # underthesea: optional, and its import loads torch and transformers (seconds)
         from underthesea import __version__, word_tokenize
     except ImportError:
         raise VicapError("--tokenize words needs the underthesea word segmenter: "
                          "pip install 'underthesea>=9.5'") from None
     return ([word_tokenize(unicodedata.normalize("NFC", c).lower(), format="text")
              for c in captions], f"underthesea {__version__}")
-
-
-def ptb_tokenize(texts: Sequence[str]) -> list[str]:
-    """pycocoevalcap's PTBTokenizer in one JVM, with a timeout: lower-cased, punctuation dropped."""
-    with tempfile.TemporaryDirectory(prefix="vicap-ptb-") as tmp:
-        path = Path(tmp) / "captions.txt"
-        path.write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
-        cmd = [shutil.which("java") or "java", "-cp", str(PTB_JAR),
-               "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines", "-lowerCase", str(path)]
-        out = _run_java(cmd, TOKENIZE_TIMEOUT_S, "PTB tokenizer", cwd=PTB_JAR.parent)
-    lines = out.decode("utf-8", "replace").split("\n")
-    if len(lines) < len(texts):
-        raise ScorerUnavailable(f"PTB tokenizer returned {len(lines)} lines for {len(texts)}")
-    return [" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
-            for line in lines[: len(texts)]]
 
 
 def python_tokenize(text: str) -> str:
@@ -275,82 +220,56 @@ def python_tokenize(text: str) -> str:
 
 
 def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[float]]:
-    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr).
-
-    Both tokenizers give NFC, lower-cased text, which is what METEOR-vi needs as it is."""
-    gts = {i: r for i, r in enumerate(refs)}
-    res = {i: [h] for i, h in enumerate(hyps)}
+    """Every reference-based metric on tokenized (NFC, lower-cased) text: (values, unavailable,
+    per-image CIDEr); a Java scorer that cannot run gives None and its reason."""
+    gts, res = dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)}
+    jobs: dict[str, Callable[[], Any]] = {
+        "BLEU": lambda: Bleu(4).compute_score(gts, res, verbose=0)[0],
+        "ROUGE-L": lambda: float(Rouge().compute_score(gts, res)[0]),
+        "CIDEr": lambda: CiderD(refs).score(hyps, refs),
+        "METEOR": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS)[0],
+        "METEOR-vi": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS)[0],
+        "SPICE": lambda: jvm.spice_score(hyps, refs),
+        "ROUGE-1": lambda: rouge_n(hyps, refs, 1),
+        "ROUGE-2": lambda: rouge_n(hyps, refs, 2),
+    }
     values: dict[str, Any] = {}
     unavailable: dict[str, str] = {}
-    bleu, _ = _timed("BLEU", lambda: Bleu(4).compute_score(gts, res, verbose=0))
-    values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-    values["ROUGE-L"] = float(_timed("ROUGE-L", lambda: Rouge().compute_score(gts, res))[0])
-    cider, per_image = _timed("CIDEr", lambda: CiderD(refs).score(hyps, refs))
-    values["CIDEr"] = float(cider)
-    jobs: dict[str, Callable[[], float]] = {
-        "METEOR": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_EN_ARGS)[0],
-        "METEOR-vi": lambda: meteor.meteor_score(hyps, refs, meteor.METEOR_VI_ARGS)[0],
-        "SPICE": lambda: spice_score(hyps, refs),
-    }
     for name, job in jobs.items():
+        _progress(f"{name} …")
+        start = time.perf_counter()
         try:
-            values[name] = float(_timed(name, job))
-        except (meteor.MeteorError, ScorerUnavailable) as exc:
+            values[name] = job()
+            _progress(f"{name} done in {time.perf_counter() - start:.1f} s")
+        except jvm.ScorerUnavailable as exc:
             values[name], unavailable[name] = None, str(exc)
             _progress(f"{name} unavailable: {exc}")
-    values["ROUGE-1"] = _timed("ROUGE-1", lambda: rouge_n(hyps, refs, 1))
-    values["ROUGE-2"] = _timed("ROUGE-2", lambda: rouge_n(hyps, refs, 2))
+    values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(values.pop("BLEU"))})
+    values["CIDEr"], per_image = values["CIDEr"]
     return values, unavailable, [float(s) for s in per_image]
-
-
-def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_TIMEOUT_S) -> float:
-    """SPICE via its jar in a subprocess, only if CoreNLP is installed: never downloads."""
-    missing = [j for j in SPICE_CORENLP_JARS if not (SPICE_DIR / "lib" / j).is_file()]
-    if missing:
-        raise ScorerUnavailable(f"Stanford CoreNLP jars not installed ({', '.join(missing)}); "
-                                "SPICE would download ~385 MB on first use, not attempted")
-    java = shutil.which("java")
-    if java is None:
-        raise ScorerUnavailable("java not found on PATH")
-    with tempfile.TemporaryDirectory(prefix="vicap-spice-") as tmp:
-        src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
-        items = [{"image_id": i, "test": h, "refs": r}
-                 for i, (h, r) in enumerate(zip(hyps, refs, strict=True))]
-        src.write_text(json.dumps(items), "utf-8")
-        cmd = [java, "-jar", "-Xmx8G", str(SPICE_DIR / "spice-1.0.jar"), str(src),
-               "-out", str(dst), "-subset", "-silent"]
-        _run_java(cmd, timeout, "SPICE", cwd=SPICE_DIR)
-        try:
-            results = json.loads(dst.read_text("utf-8"))
-            values = [_float(item["scores"]["All"]["f"]) for item in results]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ScorerUnavailable(f"SPICE output unreadable: {exc!r}") from None
-    score = float(np.mean(values)) if values else math.nan
-    if not math.isfinite(score):
-        raise ScorerUnavailable("SPICE returned no score")
-    return score
 
 
 def rouge_n(hyps: Sequence[str], refs: Sequence[Sequence[str]], n: int) -> float:
     """ROUGE-N F1 over whitespace tokens: best reference per image, mean over images."""
-    best = [max(_ngram_f1(_ngrams(h.split(), n), _ngrams(r.split(), n)) for r in rs)
-            for h, rs in zip(hyps, refs, strict=True)]
+    def grams(text: str) -> Counter:
+        words = text.split()
+        return Counter(zip(*(words[i:] for i in range(n))))
+
+    def f1(hyp: Counter, ref: Counter) -> float:  # 2PR / (P + R) = 2 overlap / (|hyp| + |ref|)
+        overlap = sum((hyp & ref).values())
+        return 2 * overlap / (hyp.total() + ref.total()) if overlap else 0.0
+
+    best = [max(f1(grams(h), grams(r)) for r in rs) for h, rs in zip(hyps, refs, strict=True)]
     return float(np.mean(best)) if best else 0.0
 
 
 def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, float]:
-    """Diversity of the predictions; novel_rate given the training captions `train`.
-
-    TTR is the BLIP-2 report's: distinct word types / words over all captions together, on NFC
-    text with diacritics kept, low under mode collapse; it is the same quantity as distinct-1
-    (Li et al. 2016). TTR_per_caption is the mean within-caption ratio (low when a caption
-    repeats its own words, "người người người"); distinct-2 is the share of distinct bigrams;
-    repetition_rate is the share of captions that repeat an earlier one word for word.
-    """
+    """Diversity of tokenized predictions (NFC, diacritics kept; TTR as in NOTES); repetition_rate
+    is the share repeating an earlier caption word for word; novel_rate needs `train`."""
     toks = [unicodedata.normalize("NFC", h).split() for h in hyps]
     unigrams = [t for ts in toks for t in ts]
-    bigrams = [b for ts in toks for b in zip(ts, ts[1:], strict=False)]
-    per_caption = [_ratio(len(set(ts)), len(ts)) for ts in toks if ts]
+    bigrams = [b for ts in toks for b in zip(ts, ts[1:])]
+    per_caption = [len(set(ts)) / len(ts) for ts in toks if ts]
     out = {
         "TTR": _ratio(len(set(unigrams)), len(unigrams)),
         "TTR_per_caption": _ratio(sum(per_caption), len(per_caption)),
@@ -366,12 +285,9 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
 
 
 class CiderD:
-    """pycocoevalcap's CIDEr-D (equal within 1e-6), batched: n-grams are counted once per
-    distinct sentence and every (candidate, reference) pair is scored at once in numpy.
-
-    Document frequencies come from `refs_corpus`, one list of tokenized references per image:
-    the evaluated set's references reproduce pycocoevalcap; the training references give a
-    reward that does not depend on the batch (self-critical training)."""
+    """pycocoevalcap's CIDEr-D (equal within 1e-6), every (candidate, reference) pair at once in
+    numpy. Document frequencies come from `refs_corpus` (tokenized references per image): the
+    evaluated set's reproduce pycocoevalcap; the training set's give a batch-free reward."""
 
     def __init__(self, refs_corpus: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
         if not refs_corpus:
@@ -442,10 +358,9 @@ def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
                n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The 1- to n-grams of sentences of word ids (concatenated; `sizes` words each): every
-    occurrence's start position and n-gram id (equal n-grams, equal ids), then every id's first
-    start position and order - 1. An id of order k + 1 numbers the pairs (id of the k-gram
-    starting there, next word)."""
+    """The 1- to n-grams of concatenated sentences of word ids: each occurrence's start and
+    n-gram id (equal n-grams, equal ids), then each id's first start and order - 1. An id of
+    order k + 1 numbers the pairs (id of the k-gram starting there, next word)."""
     remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
     prev = wid
     occ_start, occ_gram, first, order = [], [], [], []
@@ -466,8 +381,8 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
 
 @dataclass(frozen=True)
 class _Tfidf:
-    """Tf-idf vectors of sentences as flat entries sorted by sentence: sentence i owns entries
-    starts[i]:starts[i + 1]; norms per sentence and n-gram order; lengths as CIDEr-D's."""
+    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
+    norms per sentence and n-gram order; lengths as CIDEr-D's."""
 
     starts: np.ndarray
     gram: np.ndarray
@@ -510,9 +425,8 @@ def quick_cider(predictions: Mapping[Any, str], references: Mapping[Any, list[st
 
 def format_table(metrics: Mapping[str, Any]) -> str:
     """Readable two-column table of the metrics, with reasons for the unavailable ones."""
-    keys = [*SCORE_KEYS, *DIVERSITY_KEYS]
     lines = [f"{'metric':<16} value", f"{'-' * 16} {'-' * 8}"]
-    for key in (k for k in keys if k in metrics):
+    for key in (k for k in (*SCORE_KEYS, *DIVERSITY_KEYS) if k in metrics):
         value = metrics[key]
         shown = (f"n/a ({metrics['unavailable'].get(key, 'not computed')})" if value is None
                  else str(value) if isinstance(value, int) else f"{value:.4f}")
@@ -523,43 +437,27 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def cli_evaluate(args: Any) -> int:
-    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV.
-
-    The output paths are checked first (not an input, not a folder, writable), so a bad --out
-    fails before minutes of scoring."""
+    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV. The
+    output paths are checked first, so a bad --out fails before minutes of scoring."""
     if args.out:
         out = output_file(args.out, "metrics JSON")
         csv_path = output_file(out.with_name(f"{out.stem}_per_image.csv"), "per-image CSV")
-        refuse_aliases({"--predictions": args.predictions, "--references": args.references,
-                        "--train-captions": args.train_captions},
-                       [("--out", out), ("--out (its per-image CSV)", csv_path)])
-        check_writable(out.parent)
-        refuse_foreign_files(out.parent, [out.name], [csv_path.name], overwrite=args.overwrite)
+        folders.refuse_aliases({"--predictions": args.predictions, "--references": args.references,
+                                "--train-captions": args.train_captions},
+                               [("--out", out), ("--out (its per-image CSV)", csv_path)])
+        folders.check_writable(out.parent)
+        folders.refuse_foreign_files(out.parent, [out.name], [csv_path.name],
+                                     overwrite=args.overwrite)
     metrics, per_image = evaluate_detailed(args.predictions, args.references,
                                            args.train_captions, args.allow_missing, args.tokenize)
     if args.out:
-        with replacing_files(out.parent, [out.name], [csv_path.name], overwrite=args.overwrite):
+        with folders.replacing_files(out.parent, [out.name], [csv_path.name],
+                                     overwrite=args.overwrite):
             atomic_write_json(out, metrics)
             atomic_write_text(csv_path, per_image.to_csv(index=False))
         _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
     return 0
-
-
-def _run_java(cmd: list[str], timeout: float, what: str, cwd: Path) -> bytes:
-    """Run a Java tool with a timeout; any failure becomes ScorerUnavailable with a reason."""
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ScorerUnavailable(f"{what} timed out after {timeout:g} s") from None
-    except OSError as exc:
-        raise ScorerUnavailable(f"{what} could not start: {exc}") from None
-    if proc.returncode != 0:
-        err = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
-        err = [ln for ln in err if ln and not ln.startswith("at ")]
-        raise ScorerUnavailable(f"{what} failed (exit {proc.returncode}): "
-                                f"{err[-1][:300] if err else 'no error output'}")
-    return proc.stdout
 
 
 def _load(obj: Any, what: str) -> tuple[str, Any]:
@@ -569,77 +467,14 @@ def _load(obj: Any, what: str) -> tuple[str, Any]:
     return what, obj
 
 
-def _label(obj: Any, what: str) -> str:
-    """The name of an input in messages: its path, or `what` for already-loaded data."""
-    return str(obj) if isinstance(obj, (str, Path)) else what
-
-
-def _check_id_type(label: str, seen: dict[type, str], image_id: Any, where: str) -> None:
-    """One id type per file: `1` and `"1"` would silently merge into one image."""
-    kind = int if isinstance(image_id, int) else str
-    seen.setdefault(kind, f"{where} has image_id {image_id!r}"[:80])
-    if len(seen) == 2:
-        raise VicapError(f"{label}: image ids mix integers and text ({seen[int]}, {seen[str]}); "
-                         "use one type")
-
-
-def _check_unicode(label: str, caption: str, where: str) -> None:
-    """Captions must be valid Unicode (a lone surrogate cannot be written or tokenized)."""
-    if _SURROGATE.search(caption):
-        raise VicapError(f"{label}: {where} has a caption that is not valid Unicode "
-                         "(a lone surrogate)")
-
-
-def _is_id(value: Any) -> bool:
-    """Image ids are ints or non-empty strings (not bools)."""
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and value != "")
-
-
 def _first(ids: Sequence[Any], n: int = 5) -> str:
     """The first few ids for an error message."""
     return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
 
 
-def _ngrams(tokens: Sequence[str], n: int) -> Counter:
-    """Counts of the n-grams in one token list."""
-    return Counter(zip(*(tokens[i:] for i in range(n)), strict=False))
-
-
-def _ngram_f1(hyp: Counter, ref: Counter) -> float:
-    """F1 of clipped n-gram overlap; 0 when nothing overlaps."""
-    overlap = sum((hyp & ref).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(hyp.values()), overlap / sum(ref.values())
-    return 2 * precision * recall / (precision + recall)
-
-
 def _ratio(num: float, den: float) -> float:
     """num / den, 0 for an empty denominator."""
     return num / den if den else 0.0
-
-
-def _float(value: Any) -> float:
-    """A SPICE score as float; None and junk become NaN, as pycocoevalcap does."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def _is_num(value: Any) -> bool:
-    """A real number (not None, not bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _timed(name: str, job: Callable[[], Any]) -> Any:
-    """Run one scorer, with progress messages before and after."""
-    _progress(f"{name} …")
-    start = time.perf_counter()
-    value = job()
-    _progress(f"{name} done in {time.perf_counter() - start:.1f} s")
-    return value
 
 
 def _progress(message: str) -> None:

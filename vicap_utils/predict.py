@@ -1,20 +1,22 @@
 """`vicap predict`: caption every image a caption file lists, in batches, as COCO results JSON."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 from vicap_utils.captioner import Captioner, Decoding, caption
+from vicap_utils.data import load_captions
+from vicap_utils.images import load_rgb
+from vicap_utils.ops import folders
 from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
 from vicap_utils.ops.io import VicapError, atomic_write_json, output_file
+from vicap_utils.ops.progress import progress
 
 
 def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size: int,
                    desc: str = "captioning") -> list[str]:
     """One caption per image file, `batch_size` images per `generate` call, with a progress bar."""
-    from vicap_utils.images import load_rgb
-    from vicap_utils.ops.progress import progress
-
     captions: list[str] = []
     for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
         images = [load_rgb(p) for p in paths[start:start + batch_size]]
@@ -25,42 +27,33 @@ def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size:
 def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out: str | Path,
                  dec: Decoding | None = None, batch_size: int | None = None,
                  overwrite: bool = False) -> list[dict]:
-    """Caption every image listed in a caption file with the model `ref` names; write COCO
-    results ([{"image_id", "caption"}]) to `out` (an existing file vicap did not write only
-    with `overwrite`). Decoding defaults to the adapter's `eval`."""
-    from vicap_utils.data import load_captions
-    from vicap_utils.ops.folders import (
-        check_writable,
-        refuse_aliases,
-        refuse_foreign_files,
-        replacing_files,
-    )
-
+    """Caption every image of a caption file with the model `ref` names and write COCO results
+    to `out` (replacing a file vicap did not write only with `overwrite`). Decoding and batch
+    size default to the adapter's `eval`."""
     out = output_file(out, "predictions JSON")
-    refuse_aliases({"--annotations": annotations, "--images": images, "--model": ref.adapter},
-                   {"--out": out})
-    check_writable(out.parent)
+    folders.refuse_aliases({"--annotations": annotations, "--images": images,
+                            "--model": ref.adapter}, {"--out": out})
+    folders.check_writable(out.parent)
     cs = load_captions(annotations)
     folder = Path(images)
     if not folder.is_dir():
         raise VicapError(f"{folder}: images folder not found")
-    missing = [info.file_name for info in cs.images.values()
-               if not (folder / info.file_name).is_file()]
+    ids = sorted(cs.images, key=str)
+    paths = [folder / cs.images[i].file_name for i in ids]
+    missing = [cs.images[i].file_name for i, p in zip(ids, paths) if not p.is_file()]
     if missing:
         raise VicapError(f"{folder}: {len(missing)} listed images missing, e.g. {missing[0]}")
-    read = [("--images", folder / info.file_name) for info in cs.images.values()]
+    read = [("--images", p) for p in paths]
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
-        read += [("--model", path) for path in sorted(ref.adapter.iterdir())]
-    refuse_aliases(read, {"--out": out})
-    refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
+        read += [("--model", p) for p in sorted(ref.adapter.iterdir())]
+    folders.refuse_aliases(read, {"--out": out})
+    folders.refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
     dec = dec or Decoding.from_eval(ref.eval)
     cap = load_for_inference(ref)
-    ids = sorted(cs.images, key=str)
     start = time.time()
-    captions = predict_images(cap, [folder / cs.images[i].file_name for i in ids], dec,
-                              batch_size or ref.eval.batch_size)
+    captions = predict_images(cap, paths, dec, batch_size or ref.eval.batch_size)
     results = [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]
-    with replacing_files(out.parent, [out.name], overwrite=overwrite):
+    with folders.replacing_files(out.parent, [out.name], overwrite=overwrite):
         atomic_write_json(out, results)
     print(f"{len(results)} captions ({ref.label}, beam {dec.num_beams}) in "
           f"{time.time() - start:.1f} s -> {out}")
@@ -71,14 +64,13 @@ def cli_predict(args) -> int:
     """`vicap predict --model DIR [--no-adapter] --annotations FILE --images DIR --out FILE
     [--overwrite]`."""
     ref = model_ref(args.model, no_adapter=args.no_adapter)
-    for name in ("num_beams", "max_new_tokens", "batch_size"):
-        value = getattr(args, name)
+    given = {name: getattr(args, name) for name in ("num_beams", "max_new_tokens", "batch_size")}
+    for name, value in given.items():
         if value is not None and value < 1:
             raise VicapError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
-    ev = ref.eval
-    dec = Decoding.from_eval(ev)
-    dec.num_beams = args.num_beams or ev.num_beams
-    dec.max_new_tokens = args.max_new_tokens or ev.max_new_tokens
-    predict_file(ref, args.annotations, args.images, args.out, dec,
-                 args.batch_size or ev.batch_size, overwrite=args.overwrite)
+    batch_size = given.pop("batch_size")
+    dec = dataclasses.replace(Decoding.from_eval(ref.eval),
+                              **{name: value for name, value in given.items() if value})
+    predict_file(ref, args.annotations, args.images, args.out, dec, batch_size,
+                 overwrite=args.overwrite)
     return 0

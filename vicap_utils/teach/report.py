@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,34 +17,36 @@ import numpy as np
 import pandas as pd
 
 from vicap_utils.data import CaptionSet, ImageId
+from vicap_utils.images import load_rgb
 from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
 from vicap_utils.ops.io import atomic_write_bytes, atomic_write_text
 from vicap_utils.text import syllable_count
+from vicap_utils.vocab import tokenizer_report
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
 PERCENTILES = (50, 90, 95, 99, 100)
 TOKENIZER_COLUMNS = ("roundtrip_rate", "unk_rate", "tokens_per_caption")
-
-
-# ---------------------------------------------------------------- data audit
+_CSS = (
+    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
+    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1.2em}"
+    ".card{border:1px solid #ddd;border-radius:6px;padding:.6em}"
+    ".card img{width:100%;image-rendering:pixelated}"
+    ".best{border-color:#4a4}.worst{border-color:#c44}"
+    "dt{font-weight:bold;font-size:.85em;margin-top:.4em}dd{margin:0;font-size:.9em}"
+)
 
 
 def audit_counts(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Images and captions: total, kept, rejected, from an audit.json summary."""
-    rows = {
-        "images": (summary["images_total"], summary["images_ok"]),
-        "captions": (summary["annotations_total"], summary["annotations_ok"]),
-    }
-    return pd.DataFrame(
-        [{"what": k, "total": t, "kept": ok, "rejected": t - ok} for k, (t, ok) in rows.items()]
-    ).set_index("what")
+    rows = {"images": (summary["images_total"], summary["images_ok"]),
+            "captions": (summary["annotations_total"], summary["annotations_ok"])}
+    return pd.DataFrame([{"what": k, "total": t, "kept": ok, "rejected": t - ok}
+                         for k, (t, ok) in rows.items()]).set_index("what")
 
 
 def reject_reasons(summary: Mapping[str, Any]) -> pd.DataFrame:
     """One row per reject reason code with its count (zeros included, so every check shows)."""
-    return pd.DataFrame(
-        [{"reason": r, "count": n} for r, n in summary["rejects"].items()]
-    ).set_index("reason")
+    return pd.DataFrame({"count": summary["rejects"]}).rename_axis("reason")
 
 
 def reject_examples(rejects_csv: str | Path, per_reason: int = 2) -> pd.DataFrame:
@@ -63,21 +66,12 @@ def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
     """Image sizes (scatter of width × height) and the captions-per-image histogram."""
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.scatter(images["width"], images["height"], s=8, alpha=0.5)
-    ax1.set_xlabel("width (px)")
-    ax1.set_ylabel("height (px)")
-    ax1.set_title("image sizes")
+    ax1.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
     ax1.grid(alpha=0.3)
     counts = images["captions"].value_counts().sort_index()
     ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
-    ax2.set_xlabel("captions per image")
-    ax2.set_ylabel("images")
-    ax2.set_title("captions per image")
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
-
-
-# ---------------------------------------------------------------- caption lengths
+    ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
+    return _finish(fig, out)
 
 
 def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
@@ -109,22 +103,17 @@ def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
     for ax, col, color in ((ax1, "syllables", "tab:blue"), (ax2, "tokens", "tab:purple")):
         values = lengths[col]
         ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, color=color)
-        ax.set_xlabel(f"caption length ({col})")
-        ax.set_ylabel("captions")
+        ax.set(xlabel=f"caption length ({col})", ylabel="captions")
         ax.grid(alpha=0.3)
     if max_length is not None:
         ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
                     label=f"max_length {max_length} − bos/eos")
         ax2.legend()
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
+    return _finish(fig, out)
 
 
 def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
     """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
-    from vicap_utils.vocab import tokenizer_report
-
     rows = {name: tokenizer_report(tok, list(captions)).as_dict()
             for name, tok in tokenizers.items()}
     return pd.DataFrame.from_dict(rows, orient="index")[list(TOKENIZER_COLUMNS)]
@@ -132,16 +121,9 @@ def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> p
 
 def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
     """Each caption as written, then as each tokenizer gives it back after encode→decode."""
-    rows = []
-    for caption in captions:
-        row = {"caption": caption}
-        for name, tok in tokenizers.items():
-            row[name] = tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------- training and evaluation
+    return pd.DataFrame([{"caption": caption} | {
+        name: tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
+        for name, tok in tokenizers.items()} for caption in captions])
 
 
 def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
@@ -150,29 +132,18 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax1.plot(epochs, [h["val_loss"] for h in history], "s-", label="val loss")
-    ax1.set_xlabel("epoch")
-    ax1.set_ylabel("cross-entropy")
-    ax1.legend()
-    ax1.grid(alpha=0.3)
+    ax1.set(xlabel="epoch", ylabel="cross-entropy")
     ax2.plot(epochs, [h["val_CIDEr"] for h in history], "o-", color="tab:green")
     best = max(history, key=lambda h: h["val_CIDEr"] if h["val_CIDEr"] == h["val_CIDEr"] else -1)
     ax2.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("val CIDEr")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
-
-
+    ax2.set(xlabel="epoch", ylabel="val CIDEr")
+    return _finish(fig, out, axes=(ax1, ax2))
 
 
 def label_table(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
                 attention_mask: Sequence[int] | None = None) -> pd.DataFrame:
-    """One training example position by position: the input token, and the target the loss
-    gives that position — the label one step later, "-100 (ignored)" where the loss skips it.
-    Padding positions are left out."""
+    """One training example position by position: the input token and the target the loss gives
+    it (the label one step later, "-100 (ignored)" where skipped); padding left out."""
     rows = []
     for pos in range(len(input_ids) - 1):
         if attention_mask is not None and not attention_mask[pos]:
@@ -222,9 +193,7 @@ def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4
     ax.set_ylabel("score")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
+    return _finish(fig, out)
 
 
 def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | None = None):
@@ -234,16 +203,9 @@ def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | Non
     bins = np.linspace(0, max(top, 1e-6), 30)
     for label, frame in per_image.items():
         ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
-    ax.set_xlabel("per-image CIDEr (document frequencies from the whole evaluated set)")
-    ax.set_ylabel("images")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
-
-
-# ---------------------------------------------------------------- gallery
+    ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
+           ylabel="images")
+    return _finish(fig, out, axes=(ax,))
 
 
 @dataclass
@@ -262,10 +224,8 @@ def gallery_items(val: CaptionSet, images_dir: str | Path,
                   predictions: Mapping[str, Mapping[Any, str]],
                   cider: Mapping[Any, float], n_best: int = 3, n_worst: int = 3
                   ) -> list[GalleryItem]:
-    """The n best and n worst images by per-image CIDEr, with every system's caption.
-
-    `predictions` maps a system label to {image_id: caption}; ids compare as strings.
-    """
+    """The n best and n worst images by per-image CIDEr, with every system's caption;
+    `predictions` maps a system label to {image_id: caption}; ids compare as strings."""
     by_key = {str(i): i for i in val.images}
     scores = {str(k): float(v) for k, v in cider.items() if str(k) in by_key}
     ranked = sorted(scores, key=lambda k: (-scores[k], k))
@@ -282,8 +242,6 @@ def gallery_items(val: CaptionSet, images_dir: str | Path,
 def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
                  columns: int = 3, n_refs: int = 2, wrap: int = 50):
     """A grid: each image above its references and each system's caption (DejaVu Sans)."""
-    from vicap_utils.images import load_rgb
-
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 6.2 * rows), squeeze=False)
     for ax in axes.flat:
@@ -292,11 +250,12 @@ def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
         ax.imshow(load_rgb(item.path))
         ax.set_title(f"{item.group} · image {item.image_id} · CIDEr {item.cider:.2f}",
                      fontsize=9, family=FONT)
-        ax.text(0, -0.04, _caption_block(item, n_refs, wrap), transform=ax.transAxes,
-                va="top", ha="left", fontsize=8, family=FONT)
-    fig.tight_layout(h_pad=3)
-    _save(fig, out)
-    return fig
+        lines = [f"ref: {r}" for r in item.references[:n_refs]]
+        lines += [f"{label}: {text}" for label, text in item.captions.items()]
+        text = "\n".join(textwrap.fill(line, wrap, subsequent_indent="   ") for line in lines)
+        ax.text(0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+                family=FONT)
+    return _finish(fig, out, h_pad=3)
 
 
 def plot_handout(image, captions: Mapping[str, str], title: str = "",
@@ -310,64 +269,35 @@ def plot_handout(image, captions: Mapping[str, str], title: str = "",
     ax.set_title(title, fontsize=10, family=FONT)
     ax.text(0, -0.04, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=10,
             family=FONT)
-    fig.tight_layout()
-    _save(fig, out)
-    return fig
+    return _finish(fig, out)
 
 
 def gallery_html(items: Sequence[GalleryItem], out: str | Path,
                  title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
     """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""
     cards = "\n".join(_html_card(item) for item in items)
-    page = (
+    return atomic_write_text(out, (
         "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n<div class=\"grid\">\n{cards}\n</div>\n"
-        "</body>\n</html>\n"
-    )
-    return atomic_write_text(out, page)
+        "</body>\n</html>\n"))
 
 
-_CSS = (
-    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
-    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1.2em}"
-    ".card{border:1px solid #ddd;border-radius:6px;padding:.6em}"
-    ".card img{width:100%;image-rendering:pixelated}"
-    ".best{border-color:#4a4}.worst{border-color:#c44}"
-    "dt{font-weight:bold;font-size:.85em;margin-top:.4em}dd{margin:0;font-size:.9em}"
-)
-
-
-def _html_card(item: GalleryItem) -> str:
-    """One figure of the HTML gallery."""
+def _html_card(item: GalleryItem, size: int = 384) -> str:
+    """One figure of the HTML gallery, its image as base64 JPEG at most `size` pixels a side."""
+    image = load_rgb(item.path)
+    image.thumbnail((size, size))
+    jpeg = io.BytesIO()
+    image.save(jpeg, format="JPEG", quality=88)
     refs = "".join(f"<dd>{html.escape(r)}</dd>" for r in item.references)
     systems = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>"
                       for label, text in item.captions.items())
     score = "" if item.cider is None else f" · CIDEr {item.cider:.2f}"
-    return (f"<figure class=\"card {html.escape(item.group)}\">"
-            f"<img alt=\"image {html.escape(str(item.image_id))}\" "
-            f"src=\"data:image/jpeg;base64,{_jpeg_base64(item.path)}\">"
-            f"<figcaption><b>{html.escape(item.group)}</b> · image "
-            f"{html.escape(str(item.image_id))}{score}<dl><dt>references</dt>{refs}{systems}"
-            "</dl></figcaption></figure>")
-
-
-def _jpeg_base64(path: Path, size: int = 384) -> str:
-    """The image as base64 JPEG text, shrunk to at most `size` pixels a side."""
-    from vicap_utils.images import load_rgb
-
-    im = load_rgb(path)
-    im.thumbnail((size, size))
-    buffer = io.BytesIO()
-    im.save(buffer, format="JPEG", quality=88)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _caption_block(item: GalleryItem, n_refs: int, wrap: int) -> str:
-    """The text under one gallery image: references, then each system's caption."""
-    lines = [f"ref: {r}" for r in item.references[:n_refs]]
-    lines += [f"{label}: {text}" for label, text in item.captions.items()]
-    return "\n".join(textwrap.fill(line, wrap, subsequent_indent="   ") for line in lines)
+    image_id, group = html.escape(str(item.image_id)), html.escape(item.group)
+    return (f"<figure class=\"card {group}\"><img alt=\"image {image_id}\" "
+            f"src=\"data:image/jpeg;base64,{base64.b64encode(jpeg.getvalue()).decode('ascii')}\">"
+            f"<figcaption><b>{group}</b> · image {image_id}{score}<dl><dt>references</dt>{refs}"
+            f"{systems}</dl></figcaption></figure>")
 
 
 def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
@@ -379,15 +309,19 @@ def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]
 
 def _as_float(value: Any) -> float:
     """A number as float; None, bools and other values become NaN."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return float("nan")
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if is_number else math.nan
 
 
-def _save(fig, out: str | Path | None) -> None:
-    """Save a figure when a path is given (PNG unless its suffix names another format),
-    atomically, so a full disk is one line and never half an image."""
+def _finish(fig, out: str | Path | None, axes: Sequence = (), h_pad: float | None = None):
+    """Legend and grid on `axes`, tight layout, then the figure saved atomically when `out` is
+    given (PNG unless its suffix names another format): a full disk never leaves half an image."""
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout(h_pad=h_pad)
     if out is not None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format=Path(out).suffix[1:] or "png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(out, buf.getvalue())
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=Path(out).suffix[1:] or "png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(out, buffer.getvalue())
+    return fig

@@ -1,0 +1,124 @@
+"""pycocoevalcap's Java tools (PTB tokenizer, METEOR 1.5, SPICE), each one subprocess with a
+timeout, so a failure is a reason, never a hang: its own wrappers keep METEOR's JVM behind a lock
+that stays held after an error, and let SPICE download CoreNLP (~385 MB), which dies offline."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pycocoevalcap
+from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
+
+PKG_DIR = Path(next(iter(pycocoevalcap.__path__)))
+PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
+METEOR_JAR = PKG_DIR / "meteor" / "meteor-1.5.jar"
+SPICE_DIR = PKG_DIR / "spice"
+SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
+# pycocoevalcap's METEOR: English, with a normaliser that splits Vietnamese letters outside
+# Latin-1 ("người" -> "ng ư ờ i"); METEOR-vi: language-independent, exact matches, no normaliser.
+METEOR_EN_ARGS = ("-l", "en", "-norm")
+METEOR_VI_ARGS = ("-l", "other")
+TOKENIZE_TIMEOUT_S = 300.0
+METEOR_TIMEOUT_S = 300.0
+SPICE_TIMEOUT_S = 600.0
+
+
+class ScorerUnavailable(RuntimeError):
+    """A metric cannot be computed here; the message says why."""
+
+
+def ptb_tokenize(texts: Sequence[str]) -> list[str]:
+    """pycocoevalcap's PTBTokenizer in one JVM: lower-cased, punctuation dropped."""
+    with tempfile.TemporaryDirectory(prefix="vicap-ptb-") as tmp:
+        path = Path(tmp) / "captions.txt"
+        path.write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
+        out = run_java(["-cp", str(PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
+                        "-preserveLines", "-lowerCase", str(path)],
+                       TOKENIZE_TIMEOUT_S, "PTB tokenizer", PTB_JAR.parent)
+    lines = out.split("\n")
+    if len(lines) < len(texts):
+        raise ScorerUnavailable(f"PTB tokenizer returned {len(lines)} lines for {len(texts)}")
+    return [" ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
+            for line in lines[: len(texts)]]
+
+
+def meteor_score(hyps: Sequence[str], refs: Sequence[Sequence[str]],
+                 args: Sequence[str] = METEOR_EN_ARGS, jar: Path = METEOR_JAR,
+                 timeout: float | None = None) -> tuple[float, list[float]]:
+    """(corpus METEOR, one score per image) from the jar's plain-text mode; `timeout` defaults
+    to METEOR_TIMEOUT_S as it is at call time."""
+    if len(hyps) != len(refs) or not hyps or not all(refs):
+        raise ScorerUnavailable("METEOR needs one hypothesis and references for each image")
+    width = max(len(rs) for rs in refs)  # the jar reads `width` references per image
+    padded = [r for rs in refs for r in [*rs, *[rs[-1]] * (width - len(rs))]]  # best one counts
+    with tempfile.TemporaryDirectory(prefix="vicap-meteor-") as tmp:
+        hyp_file, ref_file = Path(tmp) / "hyp.txt", Path(tmp) / "ref.txt"
+        hyp_file.write_text(_one_per_line(hyps), "utf-8")
+        ref_file.write_text(_one_per_line(padded), "utf-8")
+        # The English run is pycocoevalcap's command line (same scores); METEOR-vi must read
+        # UTF-8 whatever the platform's default encoding.
+        encoding = [] if tuple(args) == METEOR_EN_ARGS else ["-Dfile.encoding=UTF-8"]
+        out = run_java([*encoding, "-jar", "-Xmx2G", str(jar), str(hyp_file), str(ref_file),
+                        *args, "-r", str(width)],
+                       METEOR_TIMEOUT_S if timeout is None else timeout, "METEOR", Path(jar).parent)
+    scores = re.findall(r"^Segment \d+ score:\s*(\S+)$", out, re.M)
+    final = re.search(r"^Final score:\s*(\S+)$", out, re.M)
+    if final is None or len(scores) != len(hyps):
+        raise ScorerUnavailable(f"METEOR answered something that is not a score: {out[-200:]!r}")
+    return float(final.group(1)), [float(s) for s in scores]
+
+
+def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_TIMEOUT_S) -> float:
+    """SPICE via its jar, only if CoreNLP is installed: never downloads."""
+    missing = [j for j in SPICE_CORENLP_JARS if not (SPICE_DIR / "lib" / j).is_file()]
+    if missing:
+        raise ScorerUnavailable(f"Stanford CoreNLP jars not installed ({', '.join(missing)}); "
+                                "SPICE would download ~385 MB on first use, not attempted")
+    with tempfile.TemporaryDirectory(prefix="vicap-spice-") as tmp:
+        src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
+        items = [{"image_id": i, "test": h, "refs": r}
+                 for i, (h, r) in enumerate(zip(hyps, refs, strict=True))]
+        src.write_text(json.dumps(items), "utf-8")
+        run_java(["-jar", "-Xmx8G", str(SPICE_DIR / "spice-1.0.jar"), str(src), "-out", str(dst),
+                  "-subset", "-silent"], timeout, "SPICE", SPICE_DIR)
+        try:
+            results = json.loads(dst.read_text("utf-8"))
+            scores = np.array([item["scores"]["All"]["f"] for item in results], float)  # None: NaN
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ScorerUnavailable(f"SPICE output unreadable: {exc!r}") from None
+    score = float(scores.mean()) if scores.size else math.nan
+    if not math.isfinite(score):
+        raise ScorerUnavailable("SPICE returned no score")
+    return score
+
+
+def run_java(args: list[str], timeout: float, what: str, cwd: Path) -> str:
+    """A Java tool's stdout; a missing java, a timeout or a failure is ScorerUnavailable."""
+    java = shutil.which("java")
+    if java is None:
+        raise ScorerUnavailable("java not found on PATH")
+    try:
+        proc = subprocess.run([java, *args], cwd=cwd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ScorerUnavailable(f"{what} timed out after {timeout:g} s") from None
+    except OSError as exc:
+        raise ScorerUnavailable(f"{what} could not start: {exc}") from None
+    if proc.returncode != 0:
+        err = [ln.strip() for ln in proc.stderr.decode("utf-8", "replace").splitlines()]
+        err = [ln for ln in err if ln and not ln.startswith("at ")]  # not the stack frames
+        raise ScorerUnavailable(f"{what} failed (exit {proc.returncode}), the jar stopped early: "
+                                f"{err[-1][:300] if err else 'no error output'}")
+    return proc.stdout.decode("utf-8", "replace")
+
+
+def _one_per_line(texts: Iterable[str]) -> str:
+    """One caption a line (line breaks collapsed), `|||` dropped as pycocoevalcap does."""
+    return "".join(" ".join(t.replace("|||", "").split()) + "\n" for t in texts)
+
