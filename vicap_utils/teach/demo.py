@@ -28,7 +28,7 @@ from vicap_utils.ops import env
 from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
 from vicap_utils.ops.checkpoint import run_references
 from vicap_utils.ops.io import VicapError
-from vicap_utils.teach.uploads import decode_upload, first_upload
+from vicap_utils.teach.uploads import decode_upload
 from vicap_utils.toy.data import sample_images
 
 THUMB_SIZE = (360, 270)
@@ -36,13 +36,11 @@ N_SAMPLES = 8
 ImageSource = Path | Image.Image
 
 CSS = """<style>
-.vicap-title h2 {margin: 0 0 2px 0;}
-.vicap-sub {color: #555; margin-bottom: 6px;}
+.vicap-title h2 {margin: 0 0 2px 0;} .vicap-sub {color: #555; margin-bottom: 6px;}
 .vicap-note, .vicap-error {padding: 6px 10px; line-height: 1.45;}
 .vicap-note {background: #fff8e1; border-left: 4px solid #f0b400;}
 .vicap-error {background: #fdecea; border-left: 4px solid #d93025; color: #8c1d18;}
-.vicap-busy {color: #1a73e8;}
-.vicap-ok {color: #3c4043;}
+.vicap-busy {color: #1a73e8;} .vicap-ok {color: #3c4043;}
 .vicap-note code {background: #f1f3f4; padding: 1px 4px; border-radius: 3px;}
 .vicap-spin {display: inline-block; width: 12px; height: 12px; border: 2px solid #1a73e8;
   border-top-color: transparent; border-radius: 50%; animation: vicap-rot .8s linear infinite;
@@ -51,13 +49,12 @@ CSS = """<style>
 .vicap-cards {display: flex; gap: 12px; flex-wrap: wrap;}
 .vicap-card {border: 1px solid #dadce0; border-radius: 8px; padding: 10px 14px; min-width: 260px;
   max-width: 420px; flex: 1; background: #fff; line-height: 1.35;}
-.vicap-model {font-size: 12px; color: #5f6368; text-transform: uppercase; letter-spacing: .03em;}
+.vicap-model, .vicap-meta {font-size: 12px; color: #5f6368;}
+.vicap-model {text-transform: uppercase; letter-spacing: .03em;}
 .vicap-caption {font-size: 20px; line-height: 1.35; margin: 6px 0; color: #202124;}
-.vicap-meta {font-size: 12px; color: #5f6368;}
 .vicap-beams {border-collapse: collapse; margin-top: 8px; font-size: 13px; width: 100%;}
 .vicap-beams td, .vicap-beams th {padding: 3px 6px; border-top: 1px solid #eee; text-align: left;
-  vertical-align: top;}
-.vicap-beams th {white-space: nowrap;}
+  vertical-align: top;} .vicap-beams th {white-space: nowrap;}
 .vicap-beams td.score {text-align: right; font-variant-numeric: tabular-nums; color: #5f6368;}
 </style>"""
 
@@ -88,8 +85,6 @@ class CaptionResult:
 
 
 # ---------------------------------------------------------------- models and samples
-
-
 def find_adapters(*roots: str | Path) -> list[Path]:
     """Adapter folders under `roots`, newest first; hidden (temporary) folders are skipped."""
     found: set[Path] = set()
@@ -107,10 +102,8 @@ def _adapter_mtime(folder: Path) -> float:
 
 def model_choices(adapters: list[Path], root: Path, default_base: str = ModelConfig.base
                   ) -> list[ModelChoice]:
-    """Adapters (newest first), then each base alone: the adapters' bases and `default_base`.
-
-    A base used by an adapter loads through that adapter's folder (its recorded base).
-    """
+    """Adapters (newest first), then each base alone: the adapters' bases (loaded through an
+    adapter's folder, which records it) and `default_base`."""
     choices, bases = [], {}
     for folder in adapters:
         stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%d %b %H:%M")
@@ -159,8 +152,6 @@ def png_thumbnail(image: Image.Image, size: tuple[int, int] = THUMB_SIZE) -> byt
 
 
 # ---------------------------------------------------------------- HTML
-
-
 def card_html(result: CaptionResult, dec: Decoding) -> str:
     """One result card: model, caption, timing and, with beam search, every beam's score."""
     how = (f"sampling, T={dec.temperature:g}, top-p={dec.top_p:g}" if dec.do_sample
@@ -201,8 +192,6 @@ def train_hint(root: Path) -> str:
 
 
 # ---------------------------------------------------------------- the app
-
-
 def _guarded(method: Callable) -> Callable:
     """Run a widget callback; show any failure as a message instead of a traceback."""
 
@@ -234,7 +223,7 @@ class CaptionApp:
             self.sample.value = next(iter(samples))
 
     def _build_widgets(self, notice: str) -> None:
-        """Create and wire the controls: controls left, image and captions right."""
+        """Create and wire the widgets: controls left, image and captions right."""
         wide, style = w.Layout(width="380px"), {"description_width": "128px"}
 
         def slider(kind: type, value: float, low: float, high: float, step: float,
@@ -284,7 +273,6 @@ class CaptionApp:
         self.widget.add_class("vicap-app")
 
     # -- state shown to the user
-
     def set_busy(self, busy: bool, text: str = "") -> None:
         """Disable the buttons and show a spinner line while working."""
         self.button.disabled = self.compare_button.disabled = busy
@@ -305,15 +293,14 @@ class CaptionApp:
         self.status.value = message_html("ok", f"{name} · {image.width}×{image.height}")
 
     # -- callbacks
-
     @_guarded
     def on_upload(self, change: dict | None = None) -> None:
         """Decode the uploaded bytes in memory; a bad file gives a message, not a traceback."""
         if not self.upload.value:
             return
-        name, data = first_upload(self.upload.value)
+        name = self.upload.value[0]["name"]
         self.image, self.preview.value, self.output.value = None, b"", ""
-        decoded = decode_upload(data, name)
+        decoded = decode_upload(bytes(self.upload.value[0]["content"]), name)
         self.set_image(decoded.image, f"{name} ({decoded.format}, {decoded.mode})")
         self.sample.value = ""
 

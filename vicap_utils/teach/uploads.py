@@ -9,7 +9,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -33,13 +32,6 @@ class DecodedUpload:
     format: str
     mode: str
     size: tuple[int, int]
-
-
-def first_upload(value: Any) -> tuple[str, bytes]:
-    """The (display name, bytes) of the first file in an ipywidgets 8 FileUpload value."""
-    if not value:
-        raise UploadError("no file uploaded yet")
-    return str(value[0].get("name", "upload")), bytes(value[0]["content"])
 
 
 def decode_upload(data: bytes, name: str = "upload",
