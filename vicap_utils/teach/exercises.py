@@ -62,8 +62,7 @@ def check_close(exercise: str, answer: Any, expected: float | Callable[[], float
 
 
 def same(answer: Any, value: Any) -> bool:
-    """Whether `answer` is `value` in any right form: a number of any type, a list as any
-    sequence, a text with any spacing."""
+    """Whether `answer` is `value` in any right form (any number type, sequence, spacing)."""
     if is_number(value):
         return is_number(answer) and answer == value
     if isinstance(value, str):
@@ -75,8 +74,7 @@ def same(answer: Any, value: Any) -> bool:
 
 
 def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
-    """`check` for an exact answer (a count, a reason code, a list); `expected` may be a
-    function."""
+    """`check` for an exact answer (a count, a code, a list); `expected` may be a function."""
     if answer is None:
         return check(exercise, answer, False, hint)
     value = expected() if callable(expected) else expected
