@@ -11,7 +11,6 @@ from typing import Any
 import pandas as pd
 import torch
 from IPython import get_ipython
-from transformers import AutoProcessor
 
 from vicap_utils.config import Config, load_config
 from vicap_utils.data import CaptionSet, load_captions
@@ -144,6 +143,8 @@ def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
 
 def base_tokenizer(cfg: Config):
     """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
+    from transformers import AutoProcessor  # transformers: slow to import, as in captioner
+
     return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
 
 
