@@ -1,8 +1,7 @@
 """The ipywidgets captioning app of notebook 06: pick an image and a model, read the caption.
 
-The notebook only displays `build_app().widget`; everything else lives here. Models load once
-and stay cached by (folder, no_adapter). Uploads are decoded from bytes in memory by
-`vicap_utils.teach.uploads`; every failure becomes a message in the app, never a traceback.
+The notebook only displays `build_app().widget`. Models load once, cached by (folder,
+no_adapter); uploads are decoded in memory (`uploads`); every failure is a message in the app.
 """
 from __future__ import annotations
 
@@ -20,23 +19,28 @@ from typing import Any
 import ipywidgets as w
 from PIL import Image
 
+from vicap_utils import captioner
 from vicap_utils.captioner import Decoding
 from vicap_utils.config import EvalConfig, ModelConfig
-from vicap_utils.ops.env import KAGGLE_INPUT
+from vicap_utils.data import load_captions
+from vicap_utils.images import load_rgb
+from vicap_utils.ops import env
+from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
+from vicap_utils.ops.checkpoint import run_references
+from vicap_utils.ops.io import VicapError
+from vicap_utils.teach.uploads import decode_upload
+from vicap_utils.toy.data import sample_images
 
-ADAPTER_FILES = ("vicap.json", "adapter_model.safetensors")
 THUMB_SIZE = (360, 270)
 N_SAMPLES = 8
 ImageSource = Path | Image.Image
 
 CSS = """<style>
-.vicap-title h2 {margin: 0 0 2px 0;}
-.vicap-sub {color: #555; margin-bottom: 6px;}
+.vicap-title h2 {margin: 0 0 2px 0;} .vicap-sub {color: #555; margin-bottom: 6px;}
 .vicap-note, .vicap-error {padding: 6px 10px; line-height: 1.45;}
 .vicap-note {background: #fff8e1; border-left: 4px solid #f0b400;}
 .vicap-error {background: #fdecea; border-left: 4px solid #d93025; color: #8c1d18;}
-.vicap-busy {color: #1a73e8;}
-.vicap-ok {color: #3c4043;}
+.vicap-busy {color: #1a73e8;} .vicap-ok {color: #3c4043;}
 .vicap-note code {background: #f1f3f4; padding: 1px 4px; border-radius: 3px;}
 .vicap-spin {display: inline-block; width: 12px; height: 12px; border: 2px solid #1a73e8;
   border-top-color: transparent; border-radius: 50%; animation: vicap-rot .8s linear infinite;
@@ -45,13 +49,12 @@ CSS = """<style>
 .vicap-cards {display: flex; gap: 12px; flex-wrap: wrap;}
 .vicap-card {border: 1px solid #dadce0; border-radius: 8px; padding: 10px 14px; min-width: 260px;
   max-width: 420px; flex: 1; background: #fff; line-height: 1.35;}
-.vicap-model {font-size: 12px; color: #5f6368; text-transform: uppercase; letter-spacing: .03em;}
+.vicap-model, .vicap-meta {font-size: 12px; color: #5f6368;}
+.vicap-model {text-transform: uppercase; letter-spacing: .03em;}
 .vicap-caption {font-size: 20px; line-height: 1.35; margin: 6px 0; color: #202124;}
-.vicap-meta {font-size: 12px; color: #5f6368;}
 .vicap-beams {border-collapse: collapse; margin-top: 8px; font-size: 13px; width: 100%;}
 .vicap-beams td, .vicap-beams th {padding: 3px 6px; border-top: 1px solid #eee; text-align: left;
-  vertical-align: top;}
-.vicap-beams th {white-space: nowrap;}
+  vertical-align: top;} .vicap-beams th {white-space: nowrap;}
 .vicap-beams td.score {text-align: right; font-variant-numeric: tabular-nums; color: #5f6368;}
 </style>"""
 
@@ -61,14 +64,9 @@ class ModelChoice:
     """One entry of the model menu: an adapter folder, or a base loaded without adapter."""
 
     label: str
-    source: str  # adapter folder, or what load_for_inference takes with no_adapter
+    source: str  # adapter folder, or what load_model takes with no_adapter
     no_adapter: bool
     base: str  # the base model (an adapter's recorded one)
-
-    @property
-    def key(self) -> tuple[str, bool]:
-        """The model cache key."""
-        return (self.source, self.no_adapter)
 
 
 @dataclass
@@ -86,19 +84,14 @@ class CaptionResult:
         return self.captions[0][0]
 
 
-# ---------------------------------------------------------------- models
-
-
+# ---------------------------------------------------------------- models and samples
 def find_adapters(*roots: str | Path) -> list[Path]:
-    """Adapter folders (vicap.json + adapter_model.safetensors) under `roots`, newest first.
-
-    Hidden folders (atomic-write temporaries) are skipped.
-    """
+    """Adapter folders under `roots`, newest first; hidden (temporary) folders are skipped."""
     found: set[Path] = set()
     for root in roots:
-        for folder, dirs, files in os.walk(root):
+        for folder, dirs, _ in os.walk(root):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
-            if all(name in files for name in ADAPTER_FILES):
+            if is_adapter(folder):
                 found.add(Path(folder))
     return sorted(found, key=_adapter_mtime, reverse=True)
 
@@ -107,41 +100,23 @@ def _adapter_mtime(folder: Path) -> float:
     return (folder / "adapter_model.safetensors").stat().st_mtime
 
 
-def adapter_base(folder: Path) -> str:
-    """The base model an adapter was trained on, from its vicap.json ("unknown" if unreadable)."""
-    from vicap_utils.ops.adapters import model_ref
-    from vicap_utils.ops.io import VicapError
-
-    try:
-        return model_ref(str(folder)).model.base
-    except VicapError:
-        return "unknown"
-
-
 def model_choices(adapters: list[Path], root: Path, default_base: str = ModelConfig.base
                   ) -> list[ModelChoice]:
-    """Adapters (newest first), then each base alone: the adapters' bases and `default_base`.
-
-    A base used by an adapter loads through that adapter's folder (its recorded base).
-    """
+    """Adapters (newest first), then each base alone: the adapters' bases (loaded through an
+    adapter's folder, which records it) and `default_base`."""
     choices, bases = [], {}
     for folder in adapters:
         stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%d %b %H:%M")
-        base = adapter_base(folder)
-        choices.append(ModelChoice(f"adapter: {_relative(folder, root)} · {stamp}",
-                                   str(folder), False, base))
+        shown = folder.relative_to(root) if folder.is_relative_to(root) else folder
+        try:
+            base = model_ref(str(folder)).model.base
+        except VicapError:  # unreadable vicap.json
+            base = "unknown"
+        choices.append(ModelChoice(f"adapter: {shown} · {stamp}", str(folder), False, base))
         bases.setdefault(base, str(folder))
     bases.setdefault(default_base, default_base)
-    choices += [ModelChoice(f"base only: {name}", source, True, name)
-                for name, source in bases.items()]
-    return choices
-
-
-def _relative(folder: Path, root: Path) -> str:
-    try:
-        return str(folder.relative_to(root))
-    except ValueError:
-        return str(folder)
+    return choices + [ModelChoice(f"base only: {name}", source, True, name)
+                      for name, source in bases.items()]
 
 
 def partner(choice: ModelChoice, choices: list[ModelChoice]) -> ModelChoice | None:
@@ -150,34 +125,8 @@ def partner(choice: ModelChoice, choices: list[ModelChoice]) -> ModelChoice | No
                  and c.base == choice.base), None)
 
 
-def decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: float,
-             top_p: float, repetition_penalty: float) -> Decoding:
-    """Generation settings; beam search returns every beam so the app can list them."""
-    beams = 1 if do_sample else max(1, num_beams)
-    return Decoding(num_beams=beams, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                    temperature=temperature, top_p=top_p,
-                    repetition_penalty=repetition_penalty, num_return_sequences=beams)
-
-
-def caption_image(loaded: Any, image: Image.Image, dec: Decoding, label: str
-                  ) -> CaptionResult:
-    """Caption one image and time it."""
-    from vicap_utils.captioner import caption
-
-    start = time.perf_counter()
-    captions = caption(loaded, images=[image], dec=dec)[0]
-    return CaptionResult(label, captions, time.perf_counter() - start)
-
-
-# ---------------------------------------------------------------- sample images
-
-
 def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
-    from vicap_utils.data import load_captions
-    from vicap_utils.ops.checkpoint import run_references
-    from vicap_utils.ops.io import VicapError
-
     try:
         val_file, folder = run_references(adapter.parent)
         infos = list(load_captions(val_file).images.values())[:n]
@@ -189,8 +138,6 @@ def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
 
 def open_sample(source: ImageSource) -> Image.Image:
     """A sample as RGB (files here come from the run folder, never from the user)."""
-    from vicap_utils.images import load_rgb
-
     return source if isinstance(source, Image.Image) else load_rgb(source)
 
 
@@ -205,8 +152,6 @@ def png_thumbnail(image: Image.Image, size: tuple[int, int] = THUMB_SIZE) -> byt
 
 
 # ---------------------------------------------------------------- HTML
-
-
 def card_html(result: CaptionResult, dec: Decoding) -> str:
     """One result card: model, caption, timing and, with beam search, every beam's score."""
     how = (f"sampling, T={dec.temperature:g}, top-p={dec.top_p:g}" if dec.do_sample
@@ -224,11 +169,6 @@ def card_html(result: CaptionResult, dec: Decoding) -> str:
             f"<div class='vicap-caption'>{html.escape(result.caption)}</div>"
             f"<div class='vicap-meta'>{result.seconds:.2f} s · {how} · max "
             f"{dec.max_new_tokens} tokens{load}</div>{rows}</div>")
-
-
-def cards_html(results: list[CaptionResult], dec: Decoding) -> str:
-    """Result cards side by side."""
-    return f"<div class='vicap-cards'>{''.join(card_html(r, dec) for r in results)}</div>"
 
 
 def message_html(kind: str, text: str) -> str:
@@ -252,8 +192,6 @@ def train_hint(root: Path) -> str:
 
 
 # ---------------------------------------------------------------- the app
-
-
 def _guarded(method: Callable) -> Callable:
     """Run a widget callback; show any failure as a message instead of a traceback."""
 
@@ -273,58 +211,51 @@ class CaptionApp:
     """The captioning app; display `.widget`. Callbacks are plain methods, easy to test."""
 
     def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
-                 root: Path, loader: Callable | None = None) -> None:
-        from vicap_utils.ops.adapters import load_model
-
-        self.root = root
-        self.choices = choices
-        self.samples = samples
-        self.loader = loader or load_model
+                 root: Path, loader: Callable = load_model) -> None:
+        self.root, self.choices, self.samples, self.loader = root, choices, samples, loader
         self.models: dict[tuple[str, bool], Any] = {}
         self.image: Image.Image | None = None
-        self.image_name = ""
+        self.image_name = self.error = ""
         self.results: list[CaptionResult] = []
-        self.error = ""
         has_adapter = any(not c.no_adapter for c in choices)
         self._build_widgets("" if has_adapter else train_hint(root))
         if samples:
             self.sample.value = next(iter(samples))
 
-    # -- widgets
-
     def _build_widgets(self, notice: str) -> None:
-        """Create the controls and lay them out: controls left, image and captions right."""
-        wide = w.Layout(width="380px")
-        style = {"description_width": "128px"}
+        """Create and wire the widgets: controls left, image and captions right."""
+        wide, style = w.Layout(width="380px"), {"description_width": "128px"}
+
+        def slider(kind: type, value: float, low: float, high: float, step: float,
+                   label: str, disabled: bool = False) -> w.Widget:
+            return kind(value, min=low, max=high, step=step, description=label,
+                        disabled=disabled, layout=wide, style=style)
+
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload image",
                                    layout=w.Layout(width="380px"))
         self.sample = w.Dropdown(options=[("—", "")] + [(k, k) for k in self.samples],
                                  description="or a sample", layout=wide, style=style)
         self.model = w.Dropdown(options=[(c.label, i) for i, c in enumerate(self.choices)],
                                 value=0, description="Model", layout=wide, style=style)
-        self.beams = w.IntSlider(EvalConfig.num_beams, min=1, max=8, description="Beam size",
-                                 layout=wide, style=style)
-        self.max_tokens = w.IntSlider(EvalConfig.max_new_tokens, min=5, max=60, step=1,
-                                      description="Max new tokens", layout=wide, style=style)
+        self.beams = slider(w.IntSlider, EvalConfig.num_beams, 1, 8, 1, "Beam size")
+        self.max_tokens = slider(w.IntSlider, EvalConfig.max_new_tokens, 5, 60, 1,
+                                 "Max new tokens")
         self.sampling = w.Checkbox(False, description="Sampling instead of beam search",
                                    indent=False, layout=wide)
-        self.temperature = w.FloatSlider(1.0, min=0.1, max=2.0, step=0.05,
-                                         description="Temperature", disabled=True, layout=wide,
-                                         style=style)
-        self.top_p = w.FloatSlider(0.9, min=0.05, max=1.0, step=0.05, description="Top-p",
-                                   disabled=True, layout=wide, style=style)
-        self.repetition = w.FloatSlider(1.0, min=1.0, max=2.0, step=0.05,
-                                        description="Repetition penalty", layout=wide,
-                                        style=style)
+        self.temperature = slider(w.FloatSlider, 1.0, 0.1, 2.0, 0.05, "Temperature", True)
+        self.top_p = slider(w.FloatSlider, 0.9, 0.05, 1.0, 0.05, "Top-p", True)
+        self.repetition = slider(w.FloatSlider, 1.0, 1.0, 2.0, 0.05, "Repetition penalty")
         self.button = w.Button(description="Caption", button_style="primary", icon="pencil",
                                layout=w.Layout(width="120px"))
         self.compare_button = w.Button(description="Compare base vs adapter", icon="columns",
                                        layout=w.Layout(width="254px"))
-        self.notice = w.HTML(notice)
-        self.status = w.HTML("")
+        self.notice, self.status, self.output = w.HTML(notice), w.HTML(""), w.HTML("")
         self.preview = w.Image(format="png", layout=w.Layout(max_width=f"{THUMB_SIZE[0]}px"))
-        self.output = w.HTML("")
-        self._wire()
+        self.upload.observe(self.on_upload, names="value")
+        self.sample.observe(self.on_sample, names="value")
+        self.sampling.observe(self.on_sampling, names="value")
+        self.button.on_click(self.caption)
+        self.compare_button.on_click(self.compare)
         controls = w.VBox([
             w.HTML("<b>1 · Image</b>"), self.upload, self.sample,
             w.HTML("<b>2 · Model</b>"), self.model,
@@ -341,16 +272,7 @@ class CaptionApp:
                              layout=w.Layout(padding="4px"))
         self.widget.add_class("vicap-app")
 
-    def _wire(self) -> None:
-        """Connect callbacks."""
-        self.upload.observe(self.on_upload, names="value")
-        self.sample.observe(self.on_sample, names="value")
-        self.sampling.observe(self.on_sampling, names="value")
-        self.button.on_click(self.caption)
-        self.compare_button.on_click(self.compare)
-
     # -- state shown to the user
-
     def set_busy(self, busy: bool, text: str = "") -> None:
         """Disable the buttons and show a spinner line while working."""
         self.button.disabled = self.compare_button.disabled = busy
@@ -366,23 +288,19 @@ class CaptionApp:
         """Make `image` the one to caption and show it."""
         self.image, self.image_name = image, name
         self.preview.value = png_thumbnail(image)
-        self.output.value = ""
+        self.output.value = self.error = ""
         self.results = []
-        self.error = ""
         self.status.value = message_html("ok", f"{name} · {image.width}×{image.height}")
 
     # -- callbacks
-
     @_guarded
     def on_upload(self, change: dict | None = None) -> None:
         """Decode the uploaded bytes in memory; a bad file gives a message, not a traceback."""
-        from vicap_utils.teach.uploads import decode_upload, first_upload
-
         if not self.upload.value:
             return
-        name, data = first_upload(self.upload.value)
+        name = self.upload.value[0]["name"]
         self.image, self.preview.value, self.output.value = None, b"", ""
-        decoded = decode_upload(data, name)
+        decoded = decode_upload(bytes(self.upload.value[0]["content"]), name)
         self.set_image(decoded.image, f"{name} ({decoded.format}, {decoded.mode})")
         self.sample.value = ""
 
@@ -405,18 +323,22 @@ class CaptionApp:
 
     @property
     def dec(self) -> Decoding:
-        """Decoding settings from the controls."""
-        return decoding(self.beams.value, self.max_tokens.value, self.sampling.value,
-                        self.temperature.value, self.top_p.value, self.repetition.value)
+        """Decoding settings from the controls; beam search returns every beam to list."""
+        beams = 1 if self.sampling.value else max(1, self.beams.value)
+        return Decoding(num_beams=beams, max_new_tokens=self.max_tokens.value,
+                        do_sample=self.sampling.value, temperature=self.temperature.value,
+                        top_p=self.top_p.value, repetition_penalty=self.repetition.value,
+                        num_return_sequences=beams)
 
     def load(self, choice: ModelChoice) -> tuple[Any, float]:
         """The cached model for an entry (loaded on first use) and the seconds loading took."""
-        if choice.key in self.models:
-            return self.models[choice.key], 0.0
+        key = (choice.source, choice.no_adapter)
+        if key in self.models:
+            return self.models[key], 0.0
         self.set_busy(True, f"Loading {choice.label} (first use only) …")
         start = time.perf_counter()
-        self.models[choice.key] = self.loader(choice.source, no_adapter=choice.no_adapter)
-        return self.models[choice.key], time.perf_counter() - start
+        self.models[key] = self.loader(choice.source, no_adapter=choice.no_adapter)
+        return self.models[key], time.perf_counter() - start
 
     def run(self, choices: list[ModelChoice]) -> list[CaptionResult]:
         """Caption the current image with each model and show the cards side by side."""
@@ -424,13 +346,15 @@ class CaptionApp:
             raise ValueError("Pick a sample image or upload one first.")
         dec, results = self.dec, []
         for choice in choices:
-            loaded, load_s = self.load(choice)
+            loaded, load_seconds = self.load(choice)
             self.set_busy(True, f"Captioning with {choice.label} …")
-            result = caption_image(loaded, self.image, dec, choice.label)
-            result.load_seconds = load_s
-            results.append(result)
+            start = time.perf_counter()
+            captions = captioner.caption(loaded, images=[self.image], dec=dec)[0]
+            results.append(CaptionResult(choice.label, captions, time.perf_counter() - start,
+                                         load_seconds))
         self.results, self.error = results, ""
-        self.output.value = cards_html(results, dec)
+        cards = "".join(card_html(r, dec) for r in results)
+        self.output.value = f"<div class='vicap-cards'>{cards}</div>"
         total = sum(r.seconds for r in results)
         self.status.value = message_html("ok", f"{self.image_name} · done in {total:.2f} s")
         return results
@@ -445,28 +369,22 @@ class CaptionApp:
     def compare(self, button: Any = None) -> None:
         """Compare button: the adapter and its base model alone, side by side."""
         self.set_busy(True, "Working …")
-        choice = self.choice
-        other = partner(choice, self.choices)
+        other = partner(self.choice, self.choices)
         if other is None:
             raise ValueError("No adapter to compare with; train one with "
                              f"{train_command(self.root)}")
-        adapter, base = (other, choice) if choice.no_adapter else (choice, other)
-        self.run([adapter, base])
+        self.run([self.choice, other] if other.no_adapter else [other, self.choice])
 
 
 def build_app(output_dir: str | Path | None = None,
               samples: dict[str, ImageSource] | None = None, *, base: str = ModelConfig.base,
-              also_search: Iterable[str | Path] = (KAGGLE_INPUT,), loader: Callable | None = None
-              ) -> CaptionApp:
-    """The app over the adapters found under `output_dir` (default: the environment's) and
-    the folders of `also_search` that exist (by default /kaggle/input, where a previous
-    notebook's output can be attached); `base` is the base model offered alone."""
-    from vicap_utils.ops.env import output_dir as default_output_dir
-    from vicap_utils.toy import data as toy
-
-    root = Path(output_dir) if output_dir else default_output_dir()
-    roots = [root, *[Path(p) for p in also_search if Path(p).is_dir()]]
-    adapters = find_adapters(*roots)
+              also_search: Iterable[str | Path] = (env.KAGGLE_INPUT,),
+              loader: Callable | None = None) -> CaptionApp:
+    """The app over the adapters under `output_dir` (default: the environment's) and the
+    existing folders of `also_search` (/kaggle/input: an attached notebook's output);
+    `base` is the base model offered alone."""
+    root = Path(output_dir) if output_dir else env.output_dir()
+    adapters = find_adapters(root, *[Path(p) for p in also_search if Path(p).is_dir()])
     if samples is None:
-        samples = (run_samples(adapters[0]) if adapters else {}) or toy.sample_images(N_SAMPLES)
-    return CaptionApp(model_choices(adapters, root, base), samples, root, loader)
+        samples = (run_samples(adapters[0]) if adapters else {}) or sample_images(N_SAMPLES)
+    return CaptionApp(model_choices(adapters, root, base), samples, root, loader or load_model)

@@ -1,15 +1,9 @@
 """"Check yourself" cells and the reference answers they compare with.
 
-An exercise stub leaves its answer as `None`; the check then says the exercise is not done yet
-and gives a hint, never the solution. A wrong answer gets the same hint, a right one a short
-confirmation. Checks only print, so a notebook run headless (CI, "Run all") goes on past an
-open exercise. An expected value may be given as a function, computed only once there is an
-answer to compare. A check recomputes on a case where the usual wrong answers differ from the
-right one, accepts every right form (numpy scalars, rounding to the decimals the question
-asks), and answers that only the student's own run can give are checked against that run.
-
-The notebooks' exercises and their solutions (notebooks/solutions/) call the same reference
-functions below, so an answer is checked against one definition.
+A check prints one line, never the solution: not done yet (the stub's None) or not quite, with
+a hint; or right. It recomputes on a case where the usual wrong answers differ from the right
+one and accepts every right form (numpy scalars, the decimals asked). The notebooks and their
+solutions call the same reference functions, so an answer is checked against one definition.
 """
 from __future__ import annotations
 
@@ -23,18 +17,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import torch
+from pycocoevalcap.bleu.bleu import Bleu
+from pycocoevalcap.cider.cider import Cider
+
+from vicap_utils import captioner
 from vicap_utils.config import Config
+from vicap_utils.data import load_captions, write_coco
+from vicap_utils.metrics import python_tokenize
+from vicap_utils.ops.folders import output_folder, staged
+from vicap_utils.teach.notebook import base_tokenizer
+from vicap_utils.vocab import canonical, syllables
 
 DONE = "✅"
 NOT_YET = "❌"
 
 
 # ---------------------------------------------------------------- checks
-
-
 def check(exercise: str, answer: Any, ok: bool | Callable[[], bool], hint: str,
           well_done: str = "right") -> None:
-    """Print one line about `answer`: not done yet (None), right (`ok`), or not quite (hint)."""
+    """Print one line about `answer`: not done yet (None), right (`ok`, maybe a function
+    called only once there is an answer), or not quite (hint)."""
     if answer is None:
         print(f"{NOT_YET} {exercise}: not done yet: {hint}")
     elif ok() if callable(ok) else ok:
@@ -50,8 +53,7 @@ def is_number(answer: Any) -> bool:
 
 def check_close(exercise: str, answer: Any, expected: float | Callable[[], float], hint: str,
                 decimals: int = 2) -> None:
-    """`check` for a number asked to `decimals` decimals: right when it rounds like `expected`
-    (within half a unit of the last decimal)."""
+    """`check` for a number asked to `decimals` decimals: right when it rounds like `expected`."""
     if answer is None:
         return check(exercise, answer, False, hint)
     value = float(expected() if callable(expected) else expected)
@@ -60,8 +62,7 @@ def check_close(exercise: str, answer: Any, expected: float | Callable[[], float
 
 
 def same(answer: Any, value: Any) -> bool:
-    """Whether `answer` is `value` in any right form: a number of any type, a list as any
-    sequence, a text with any spacing."""
+    """Whether `answer` is `value` in any right form (any number type, sequence, spacing)."""
     if is_number(value):
         return is_number(answer) and answer == value
     if isinstance(value, str):
@@ -73,8 +74,7 @@ def same(answer: Any, value: Any) -> bool:
 
 
 def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
-    """`check` for an exact answer (a count, a reason code, a list); `expected` may be a
-    function."""
+    """`check` for an exact answer (a count, a code, a list); `expected` may be a function."""
     if answer is None:
         return check(exercise, answer, False, hint)
     value = expected() if callable(expected) else expected
@@ -82,16 +82,10 @@ def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
 
 
 # ---------------------------------------------------------------- 01 · data audit
-
-
 def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
                   ) -> tuple[Path, Path]:
-    """A scratch copy of the first `n_images` images of a caption set and their captions, to
-    damage in an exercise: (captions.json, images folder) in `folder`, replacing a copy vicap
-    made there before (never anything else)."""
-    from vicap_utils.data import load_captions, write_coco
-    from vicap_utils.ops.folders import output_folder, staged
-
+    """A scratch copy of a caption set's first `n_images` images and captions, to damage:
+    (captions.json, images) in `folder`, replacing only a copy vicap made there before."""
     cs = load_captions(captions, images)
     small = cs.subset(list(cs.images)[:n_images])
     small.images = {i: replace(info, file_name=Path(info.file_name).name)
@@ -106,13 +100,11 @@ def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
 
 
 def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
-    """Exercise 01·2: right when `answer` is the reason of an image row in the `rejects.csv`
-    of an audit written into `audit_folder` after the copy was made, so a reason code typed
-    without planting a defect and auditing the copy is not enough."""
+    """Exercise 01·2: right when `answer` is an image row's reason in the rejects.csv of an
+    audit written after the copy was made (a typed reason code alone is not enough)."""
     rejects = Path(audit_folder) / "rejects.csv"
-    fresh = rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime
     reasons = set()
-    if fresh:
+    if rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime:
         with rejects.open(encoding="utf-8", newline="") as f:
             reasons = {row["reason"] for row in csv.DictReader(f) if row["kind"] == "image"}
     hint = (f"the reason column of the image row in {rejects}" if reasons else
@@ -123,19 +115,14 @@ def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
 
 
 # ---------------------------------------------------------------- 02 · caption lengths
-
-
 def token_count(tokenizer, text: str) -> int:
     """How many tokens `tokenizer` writes `text` with (no special tokens)."""
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def unseen_and_kept(tokenizer, sentence: str, training_captions: Sequence[str]) -> bool:
-    """Whether `sentence` has a syllable no training caption has and still comes back from
-    `tokenizer` whole: every letter and diacritic (the tokenizer's spacing around punctuation
-    does not count)."""
-    from vicap_utils.vocab import canonical, syllables
-
+    """Whether `sentence` has a syllable no training caption has and comes back from
+    `tokenizer` with every letter and diacritic (spacing around punctuation aside)."""
     back = tokenizer.decode(tokenizer(sentence, add_special_tokens=False)["input_ids"])
     new = set(syllables([sentence])) - set(syllables(training_captions))
     letters = ["".join(canonical(text).split()) for text in (back, sentence)]  # "3-0" → "3 - 0"
@@ -143,17 +130,6 @@ def unseen_and_kept(tokenizer, sentence: str, training_captions: Sequence[str]) 
 
 
 # ---------------------------------------------------------------- 03 · fine-tuning
-
-
-def base_tokenizer(cfg: Config):
-    """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
-    from transformers import AutoProcessor
-
-    from vicap_utils.ops.weights import resolve_base
-
-    return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
-
-
 def stock_round_trip(cfg: Config, text: str) -> str:
     """`text` encoded and decoded by the base model's own tokenizer."""
     tok = base_tokenizer(cfg)
@@ -163,8 +139,6 @@ def stock_round_trip(cfg: Config, text: str) -> str:
 def lora_share(cfg: Config, r: int, captions: list[str]) -> float:
     """The trainable share (%) of all parameters with LoRA rank `r`, vocabulary extended for
     `captions` as training does."""
-    from vicap_utils import captioner
-
     cap = captioner.load_base(cfg.model, log=lambda *a: None)
     if cfg.model.extend_vocab:
         captioner.extend_vocabulary(cap, captions)
@@ -174,8 +148,6 @@ def lora_share(cfg: Config, r: int, captions: list[str]) -> float:
 
 def lora_target_count(cfg: Config, cross_attention: bool) -> int:
     """How many modules of the base LoRA adapts with or without the cross-attention."""
-    from vicap_utils import captioner
-
     cap = captioner.load_base(cfg.model, log=lambda *a: None)
     targets = captioner.lora_targets(cap.family, replace(cfg.lora,
                                                          cross_attention=cross_attention))
@@ -183,37 +155,28 @@ def lora_target_count(cfg: Config, cross_attention: bool) -> int:
 
 
 # ---------------------------------------------------------------- 04 · evaluation
-
-
 BLEU_CASE = (["cầu thủ đang đá bóng trên sân",
               "hai cầu thủ mặc áo đỏ đang tranh bóng trên sân",
               "trận đấu bóng đá"],
              "cầu thủ cầu thủ đá bóng")
-"""Tokenized references of one image and a caption for exercise 04·1, where leaving out the
-clipping ("cầu thủ" twice), the brevity penalty (6 words; the closest reference has 7, the
-shortest 4) or taking the wrong reference length each gives another number."""
+"""Tokenized references and a caption for exercise 04·1, where leaving out the clipping, the
+brevity penalty (6 words; closest reference 7, shortest 4) or the right reference length each
+gives another number."""
 
 
 def bleu1(references: Sequence[str], caption: str) -> float:
     """pycocoevalcap's BLEU-1 of one tokenized caption against its tokenized references."""
-    from pycocoevalcap.bleu.bleu import Bleu
-
     return Bleu(1).compute_score({0: list(references)}, {0: [caption]}, verbose=0)[0][0]
 
 
 def cider_alone(references: Sequence[str], caption: str) -> float:
     """pycocoevalcap's CIDEr of one tokenized caption scored as a set of one image."""
-    from pycocoevalcap.cider.cider import Cider
-
     return float(Cider().compute_score({0: list(references)}, {0: [caption]})[0])
 
 
 def wrong_but_high_bleu(references: Sequence[str], caption: str, bleu: float = 0.7) -> bool:
-    """Whether `caption` (raw text) is a tokenized reference with one word swapped for a word
-    none of the references has, so it says something else (a true caption with words added
-    does not count), and still scores BLEU-1 ≥ `bleu`."""
-    from vicap_utils.metrics import python_tokenize
-
+    """Whether `caption` (raw text) is a reference with one word swapped for a word no
+    reference has (words added do not count) and still scores BLEU-1 ≥ `bleu`."""
     words = python_tokenize(caption).split()
     seen = {w for r in references for w in r.split()}
 
@@ -221,13 +184,11 @@ def wrong_but_high_bleu(references: Sequence[str], caption: str, bleu: float = 0
         swapped = [new for old, new in zip(reference, words) if old != new]
         return len(reference) == len(words) and len(swapped) == 1 and swapped[0] not in seen
 
-    return any(one_swap(r.split()) for r in references) and bleu1(references,
-                                                                  " ".join(words)) >= bleu
+    return (any(one_swap(r.split()) for r in references)
+            and bleu1(references, " ".join(words)) >= bleu)
 
 
 # ---------------------------------------------------------------- 05 · gallery
-
-
 GAIN_CASE = ({1: 0.9, 2: 0.6, 3: 0.2, 4: 0.5}, {1: 0.8, 2: 0.1, 3: 0.0, 4: 0.5})
 """Per-image CIDEr (fine-tuned, zero-shot) for exercise 05·1 where the best fine-tuned image
 is not the one that gained most (on `mini` zero-shot CIDEr is 0 everywhere, so they are)."""
@@ -243,40 +204,32 @@ def check_biggest_gain(answer: Any, fine_tuned: Mapping[Any, float],
                        zero_shot: Mapping[Any, float]) -> None:
     """Exercise 05·1: `answer` is a function (fine_tuned, zero_shot) → image id, right when it
     finds the biggest gain both on `GAIN_CASE` and on the run's own scores."""
+    cases = (GAIN_CASE, (fine_tuned, zero_shot))
     check("1 · biggest gain", answer, lambda: callable(answer) and all(
-        answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in (GAIN_CASE, (fine_tuned,
-                                                                           zero_shot))),
+        answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in cases),
           "a function of the two dicts returning the image id whose fine-tuned score rose most "
           "above its zero-shot score; it is also tried on scores where zero-shot is not 0")
 
 
 def three_decodings(cap, image) -> list[str]:
     """One image captioned greedily, with beam 5, and with beam 5 and repetition penalty 1.5."""
-    from vicap_utils.captioner import Decoding, caption
-
-    ways = [Decoding(num_beams=1), Decoding(num_beams=5),
-            Decoding(num_beams=5, repetition_penalty=1.5)]
-    return [caption(cap, images=[image], dec=dec)[0][0][0] for dec in ways]
+    ways = [captioner.Decoding(num_beams=1), captioner.Decoding(num_beams=5),
+            captioner.Decoding(num_beams=5, repetition_penalty=1.5)]
+    return [captioner.caption(cap, images=[image], dec=dec)[0][0][0] for dec in ways]
 
 
 # ---------------------------------------------------------------- 06 · caption demo
-
-
 def distinct_samples(cap, image, temperature: float, n: int = 5) -> int:
     """How many different captions `n` sampled captions of `image` at `temperature` are, drawn
     one call at a time after `torch.manual_seed(0)`."""
-    import torch
-
-    from vicap_utils.captioner import Decoding, caption
-
     torch.manual_seed(0)
-    dec = Decoding(num_beams=1, do_sample=True, temperature=temperature)
-    return len({caption(cap, images=[image], dec=dec)[0][0][0] for _ in range(n)})
+    dec = captioner.Decoding(num_beams=1, do_sample=True, temperature=temperature)
+    return len({captioner.caption(cap, images=[image], dec=dec)[0][0][0] for _ in range(n)})
 
 
 def check_temperature(low: Any, high: Any, cap, image) -> None:
     """Exercise 06·2: the distinct-caption counts at T = 0.3 and 1.5, checked against the same
-    draws (same seed, same model, same image), so a plausible guess is not enough."""
+    draws (same seed, model and image), so a plausible guess is not enough."""
     answer = None if low is None or high is None else [low, high]
     check("2 · temperature", answer, lambda: same(answer, [distinct_samples(cap, image, t)
                                                            for t in (0.3, 1.5)]),

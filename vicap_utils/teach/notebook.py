@@ -1,19 +1,29 @@
-"""Small helpers the notebooks share: set-up, where the profile's data and run live, the
-tokenizers compared in notebook 02, and the evaluation of a run (04, 05)."""
+"""Small helpers the notebooks share: set-up, where a profile's data and run live, the
+tokenizers of notebook 02, and the evaluation of a run (04, 05)."""
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+from IPython import get_ipython
 
 from vicap_utils.config import Config, load_config
 from vicap_utils.data import CaptionSet, load_captions
 from vicap_utils.families import EXTENDS_VOCABULARY
+from vicap_utils.metrics import evaluate_detailed
+from vicap_utils.ops.adapters import is_adapter, model_ref
+from vicap_utils.ops.checkpoint import run_references
 from vicap_utils.ops.env import is_kaggle, kaggle_input, output_dir, print_environment
+from vicap_utils.ops.handover import bring_back, find_trained
 from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, read_json
+from vicap_utils.ops.weights import resolve_base
+from vicap_utils.predict import predict_file
+from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
 
 ZERO_SHOT = "zero-shot"
 FINE_TUNED = "fine-tuned"
@@ -22,15 +32,11 @@ SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-n
 
 def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
     """Resolve the profile's config, print versions and hardware; return (cfg, run folder).
-
-    The audited data goes to <output dir>/data/<profile> (`data.prepared`), so notebook 01
-    writes the files notebook 03 trains on. From here on a vicap error (a missing file, a
-    notebook run out of order) shows as one line, as in the CLI (`one_line_user_errors`).
-    """
+    Audited data goes to <output dir>/data/<profile>; vicap errors show as one line from here."""
     one_line_user_errors()
     cfg = load_config(profile, overrides=overrides)
     if not cfg.data.prepared:
-        cfg.data.prepared = str(data_dir(cfg.profile))
+        cfg.data.prepared = str(output_dir(f"data/{cfg.profile}"))
     print_environment()
     folder = run_dir(cfg.profile)
     print(f"{'profile':>13}: {cfg.profile}\n{'data folder':>13}: {cfg.data.prepared}\n"
@@ -39,14 +45,8 @@ def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Co
 
 
 def one_line_user_errors() -> None:
-    """In IPython, show a VicapError as its one-line message instead of a traceback.
-
-    Such an error is the user's to fix (a missing file, a notebook run out of order), as in
-    the CLI; the cell still fails, so papermill and "run all" stop there. Other exceptions
-    keep their full traceback. Outside IPython this does nothing.
-    """
-    from IPython import get_ipython
-
+    """In IPython, show a VicapError (the user's to fix) as its one-line message; the cell
+    still fails, so "run all" stops there. Other errors keep their traceback."""
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((VicapError,), _show_one_line)
@@ -54,7 +54,7 @@ def one_line_user_errors() -> None:
 
 def _show_one_line(shell: Any, etype: type, value: BaseException, tb: Any,
                    tb_offset: int | None = None) -> list[str]:
-    """IPython custom-exception handler: report the error with its message as the only line."""
+    """IPython custom-exception handler: the error's message as the only line."""
     stb = [f"{etype.__name__}: {value}"]
     shell._showtraceback(etype, value, stb)  # what showtraceback does, with our one line
     return stb
@@ -63,11 +63,6 @@ def _show_one_line(shell: Any, etype: type, value: BaseException, tb: Any,
 def run_dir(profile: str) -> Path:
     """The run folder of a profile: <output dir>/runs/<profile> (created)."""
     return output_dir(f"runs/{profile}")
-
-
-def data_dir(profile: str) -> Path:
-    """Where notebook 01 writes the audited, split data: <output dir>/data/<profile>."""
-    return output_dir(f"data/{profile}")
 
 
 def wrote(paths: list[str | Path]) -> None:
@@ -79,17 +74,13 @@ def wrote(paths: list[str | Path]) -> None:
     if missing:
         raise VicapError(f"expected outputs missing: {', '.join(missing)}")
     for path in out:
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() \
-            else path.stat().st_size
-        print(f"{_human(size):>9}  {path}")
+        files = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else [path]
+        print(f"{_human(sum(f.stat().st_size for f in files)):>9}  {path}")
 
 
 def release(namespace: dict[str, Any], *names: str) -> list[str]:
-    """Delete `names` from a notebook's namespace and free what they held (`free_memory`), so
-    what a cell built by hand does not sit beside the next model; print what went and the GPU
-    memory in use before and after. Names already gone are skipped (the cell can run again)."""
-    import torch
-
+    """Delete `names` from a notebook's namespace (those still there) and free what they held,
+    so a hand-built model does not sit beside the next one; print the GPU memory freed."""
     before = torch.cuda.memory_allocated() if torch.cuda.is_initialized() else 0
     gone = [name for name in names if name in namespace]
     for name in gone:
@@ -102,13 +93,8 @@ def release(namespace: dict[str, Any], *names: str) -> list[str]:
 
 
 def free_memory() -> int | None:
-    """Collect garbage now (a library's reference cycle can hold a whole model until the next
-    automatic collection) and return the CUDA cache to the GPU; the GPU memory still in use,
-    None without CUDA."""
-    import gc
-
-    import torch
-
+    """Collect garbage now (a reference cycle can hold a whole model) and empty the CUDA
+    cache; return the GPU memory still in use, None without CUDA."""
     gc.collect()
     if not torch.cuda.is_initialized():
         return None
@@ -116,13 +102,23 @@ def free_memory() -> int | None:
     return torch.cuda.memory_allocated()
 
 
-# ---------------------------------------------------------------- notebook 02
+def _human(size: float) -> str:
+    """A byte count in binary units: B/KiB/MiB/GiB."""
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
 
 
+def show_json(data: Any) -> None:
+    """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
+    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+# ---------------------------------------------------------------- notebooks 02 and 03
 def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
     """BLIP-1's stock tokenizer, the same keeping accents, and the one extended for `captions`."""
-    from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
-
     stock = stock_blip_tokenizer()
     extended, entries = extend_tokenizer(stock, captions)
     print(f"extended vocabulary: {len(stock)} + {len(entries)} entries")
@@ -134,8 +130,7 @@ def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
 def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
                   tokenizers: pd.DataFrame, recommended: int, percentile: float,
                   profile_max_length: int) -> list[Path]:
-    """Notebook 02's results: caption_lengths.csv (per caption), tokenizer_audit.csv, and
-    lengths.json (the recommended max_length, the percentiles and the tokenizer audit)."""
+    """Notebook 02's results: caption_lengths.csv, tokenizer_audit.csv and lengths.json."""
     return [
         atomic_write_text(out / "caption_lengths.csv", lengths.to_csv(index=False)),
         atomic_write_text(out / "tokenizer_audit.csv", tokenizers.to_csv()),
@@ -146,23 +141,23 @@ def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
     ]
 
 
+def base_tokenizer(cfg: Config):
+    """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
+    from transformers import AutoProcessor  # transformers: slow to import, as in captioner
+
+    return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
+
+
 def model_tokenizer(cfg: Config, variants: dict[str, Any]):
     """The tokenizer the profile trains with: BLIP-1 extended (or stock), BLIP-2 its own."""
     if cfg.model.family in EXTENDS_VOCABULARY:
         return variants["extended" if cfg.model.extend_vocab else "stock (strips accents)"]
     try:
-        from transformers import AutoProcessor
-
-        from vicap_utils.ops.weights import resolve_base
-
-        return AutoProcessor.from_pretrained(resolve_base(cfg.model.base)).tokenizer
+        return base_tokenizer(cfg)
     except (OSError, ValueError, VicapError) as exc:
         print(f"notice: {cfg.model.base} tokenizer unavailable ({exc}); counting stock BLIP "
               "tokens instead")
         return variants["stock (strips accents)"]
-
-
-# ---------------------------------------------------------------- notebook 03
 
 
 def trainable_parameters(summary: dict[str, Any]) -> pd.DataFrame:
@@ -174,15 +169,13 @@ def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
     """Training captions with the stock tokenizer ("before") and the extended one ("after")."""
     if not vocabulary:
         return pd.DataFrame({"note": ["vocabulary not extended for this profile"]})
-    rows = {k: vocabulary[k] for k in ("before", "after")}
-    table = pd.DataFrame(rows).T.drop(columns="example", errors="ignore")
+    table = pd.DataFrame({k: vocabulary[k] for k in ("before", "after")}).T
+    table = table.drop(columns="example", errors="ignore")
     table["added_entries"] = [0, vocabulary["added_entries"]]
     return table
 
 
 # ---------------------------------------------------------------- notebooks 04 and 05
-
-
 @dataclass
 class RunEval:
     """Predictions and scores of the zero-shot base and the fine-tuned adapter of one run."""
@@ -202,14 +195,9 @@ class RunEval:
 
 def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     """(captions file, images folder) of the run's `val` (or `test`) split, or a hint to run
-    notebook 03 first. A run folder without an adapter is first filled with the newest one
-    trained for this profile under the Kaggle input root (notebook 03's kernel attached as
-    input: read-only, so its adapter, data record and reports are copied, not its checkpoint
-    or feature cache), so evaluations are written here, never into the input."""
-    from vicap_utils.ops.adapters import is_adapter
-    from vicap_utils.ops.checkpoint import run_references
-    from vicap_utils.ops.handover import bring_back, find_trained
-
+    notebook 03. A run without an adapter first copies in the newest one trained for this
+    profile under the Kaggle input root (adapter, data record, reports: not the checkpoint or
+    feature cache), so evaluations are written here, never into the read-only input."""
     best = run / "best"
     if not is_adapter(best):
         found = find_trained(run.name)
@@ -220,7 +208,7 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
 
 
 def _train_hint(profile: str) -> str:
-    """How to get an adapter: on Kaggle, the notebook 03 kernel to attach (the slug
+    """How to get an adapter: on Kaggle, attach notebook 03's kernel (the slug
     kaggle/bundle.py gives it); elsewhere, run notebook 03."""
     if not is_kaggle():
         return "run notebook 03_finetune_lora first"
@@ -230,18 +218,16 @@ def _train_hint(profile: str) -> str:
 
 
 def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
-    """Caption the run's validation (or test) images with the base alone and with the adapter,
-    score both, and write predictions, metrics and per-image CSVs under run/eval/ (test:
-    run/eval-test/).
-
-    With `reuse`, results already there that are newer than the adapter are read back.
-    """
+    """Caption the run's val (or test) images with the base alone and with the adapter, score
+    both, and write predictions, metrics and per-image CSVs under run/eval/ (run/eval-test/).
+    With `reuse`, results there newer than the adapter are read back."""
     val_file, images = eval_inputs(run, split)
     out = run / ("eval" if split == "val" else f"eval-{split}")
     result = RunEval(load_captions(val_file), images, {}, {}, {})
     for label, slug in SYSTEMS.items():
-        files = _system_files(out, slug)
-        if not (reuse and _fresh(files.values(), run / "best")):
+        files = {kind: out / f"{kind}_{slug}.{ext}" for kind, ext in
+                 (("predictions", "json"), ("metrics", "json"), ("per_image", "csv"))}
+        if not (reuse and _fresh(list(files.values()), run / "best")):
             _score_system(run, val_file, images, label == ZERO_SHOT, files)
         result.predictions[label] = {p["image_id"]: p["caption"]
                                      for p in read_json(files["predictions"])}
@@ -252,20 +238,9 @@ def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
     return result
 
 
-def _system_files(out: Path, slug: str) -> dict[str, Path]:
-    """Where one system's predictions, metrics and per-image scores go."""
-    return {"predictions": out / f"predictions_{slug}.json",
-            "metrics": out / f"metrics_{slug}.json",
-            "per_image": out / f"per_image_{slug}.csv"}
-
-
 def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
                   files: dict[str, Path]) -> None:
     """Predict with one system and evaluate against the run's validation references."""
-    from vicap_utils.metrics import evaluate_detailed
-    from vicap_utils.ops.adapters import model_ref
-    from vicap_utils.predict import predict_file
-
     predictions = predict_file(model_ref(str(run / "best"), no_adapter), val_file, images,
                                files["predictions"])
     free_memory()  # the model predict_file loaded, before the next system's is loaded
@@ -288,29 +263,12 @@ def _write_combined(result: RunEval, out: Path) -> list[Path]:
             row[f"cider_{slug}"] = cider[label].get(str(image_id))
         rows.append(row)
     csv_path = atomic_write_text(out / "predictions.csv", pd.DataFrame(rows).to_csv(index=False))
-    json_path = atomic_write_json(out / "metrics.json", result.metrics)
-    return [json_path, csv_path]
+    return [atomic_write_json(out / "metrics.json", result.metrics), csv_path]
 
 
-def _fresh(paths: Any, than: Path) -> bool:
-    """True when every path exists and is newer than `than` (e.g. the adapter folder)."""
-    paths = list(paths)
+def _fresh(paths: list[Path], than: Path) -> bool:
+    """True when every path exists and is newer than `than` (the adapter folder) and its files."""
     if not all(p.is_file() for p in paths):
         return False
     newest_input = max(f.stat().st_mtime for f in [than, *than.rglob("*")])
     return min(p.stat().st_mtime for p in paths) >= newest_input
-
-
-def _human(size: int) -> str:
-    """A byte count in binary units: B/KiB/MiB/GiB."""
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
-
-
-def show_json(data: Any) -> None:
-    """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))

@@ -1,8 +1,7 @@
 """Safe decoding of user-uploaded images: bytes in memory only, never a path from the user.
 
-Checks run cheapest first: the size of the upload, the image type read from its content (not
-its name), the pixel count read from the header (PIL's decompression-bomb guard, its warning
-turned into an error), then the full decode, EXIF orientation and conversion to RGB.
+Checks run cheapest first: upload size, image type from the content (not the name), pixel
+count from the header (PIL's decompression-bomb guard, its warning made an error), then decode.
 """
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 from PIL import Image, ImageOps
 
@@ -28,28 +26,12 @@ class UploadError(VicapError):
 
 @dataclass
 class DecodedUpload:
-    """An accepted upload: the RGB image and what it was before conversion."""
+    """An accepted upload: the upright RGB image and what it was before conversion."""
 
     image: Image.Image
     format: str
     mode: str
     size: tuple[int, int]
-    name: str
-
-
-def max_pixels() -> int:
-    """The pixel limit: PIL's decompression-bomb threshold (`Image.MAX_IMAGE_PIXELS`)."""
-    return int(Image.MAX_IMAGE_PIXELS or 89_478_485)
-
-
-def first_upload(value: Any) -> tuple[str, bytes]:
-    """The (display name, bytes) of the first file in an ipywidgets 7/8 FileUpload value."""
-    if isinstance(value, dict):  # ipywidgets 7: {name: {"metadata": …, "content": …}}
-        value = [{"name": k, **v} for k, v in value.items()]
-    if not value:
-        raise UploadError("no file uploaded yet")
-    item = value[0]
-    return str(item.get("name", "upload")), bytes(item["content"])
 
 
 def decode_upload(data: bytes, name: str = "upload",
@@ -64,29 +46,19 @@ def decode_upload(data: bytes, name: str = "upload",
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
-                fmt, mode, size = im.format or "?", im.mode, im.size
                 im.load()
-                upright = ImageOps.exif_transpose(im)
-                rgb = to_rgb(upright)
+                return DecodedUpload(to_rgb(ImageOps.exif_transpose(im)), im.format or "?",
+                                     im.mode, im.size)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise UploadError(_too_large(name, _pixels_in(str(exc)))) from None
+            found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) …"
+            count = f"{int(found.group(1)) / 1e6:.0f} megapixels; " if found else ""
+            limit = (Image.MAX_IMAGE_PIXELS or 89_478_485) / 1e6
+            raise UploadError(f"{name}: image too large ({count}the limit is {limit:.0f} "
+                              "megapixels), refused before decoding as a possible "
+                              "decompression bomb") from None
         except Image.UnidentifiedImageError:
             raise UploadError(f"{name}: not an image this demo reads "
                               f"({', '.join(ALLOWED_FORMATS)})") from None
         except Exception as exc:  # PIL raises many types on corrupt data
             raise UploadError(f"{name}: the image is damaged or truncated "
                               f"({type(exc).__name__})") from None
-    return DecodedUpload(image=rgb, format=fmt, mode=mode, size=size, name=name)
-
-
-def _pixels_in(message: str) -> int | None:
-    """The pixel count in PIL's decompression-bomb message ("Image size (N pixels) …")."""
-    found = re.search(r"\((\d+) pixels\)", message)
-    return int(found.group(1)) if found else None
-
-
-def _too_large(name: str, pixels: int | None) -> str:
-    """The refusal for an image whose header announces too many pixels."""
-    count = f"{pixels / 1e6:.0f} megapixels; " if pixels else ""
-    return (f"{name}: image too large ({count}the limit is {max_pixels() / 1e6:.0f} "
-            "megapixels), refused before decoding as a possible decompression bomb")
