@@ -29,10 +29,10 @@ import pandas as pd
 
 from vicap_utils.audit import audit
 from vicap_utils.data import load_captions, split_by_image
-from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
 from vicap_utils.ops.io import read_json
-from vicap_utils.teach.notebook import setup
 from vicap_utils.prepare import prepare, raw_data
+from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.teach.notebook import setup
 
 cfg, _ = setup(PROFILE)
 raw, out = raw_data(cfg), Path(cfg.data.prepared)

@@ -25,10 +25,16 @@ PROFILE = "auto"  # the same profile as notebook 02
 # %%
 from pathlib import Path
 
-from vicap_utils.teach import report
-from vicap_utils.teach.exercises import check, check_close, check_equal, token_count, unseen_and_kept
-from vicap_utils.teach.notebook import model_tokenizer, setup, tokenizer_variants
 from vicap_utils.prepare import prepare
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import (
+            check,
+            check_close,
+            check_equal,
+            token_count,
+            unseen_and_kept,
+)
+from vicap_utils.teach.notebook import model_tokenizer, setup, tokenizer_variants
 
 cfg, _ = setup(PROFILE)
 captions = [a.caption for a in prepare(cfg, Path(cfg.data.prepared)).train.annotations]

@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from vicap_utils import captioner
+from vicap_utils.prepare import prepare
 from vicap_utils.teach.exercises import (
     check_close,
     check_equal,
@@ -36,7 +37,6 @@ from vicap_utils.teach.exercises import (
     stock_round_trip,
 )
 from vicap_utils.teach.notebook import setup
-from vicap_utils.prepare import prepare
 
 cfg, _ = setup(PROFILE)
 captions = [a.caption for a in prepare(cfg, Path(cfg.data.prepared)).train.annotations]

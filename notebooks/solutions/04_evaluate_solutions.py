@@ -27,8 +27,10 @@ import math
 from collections import Counter
 
 from vicap_utils import captioner
-from vicap_utils.ops.adapters import load_model
 from vicap_utils.data import load_captions
+from vicap_utils.images import load_rgb
+from vicap_utils.metrics import python_tokenize
+from vicap_utils.ops.adapters import load_model
 from vicap_utils.teach.exercises import (
     BLEU_CASE,
     bleu1,
@@ -37,8 +39,6 @@ from vicap_utils.teach.exercises import (
     cider_alone,
     wrong_but_high_bleu,
 )
-from vicap_utils.images import load_rgb
-from vicap_utils.metrics import python_tokenize
 from vicap_utils.teach.notebook import eval_inputs, setup
 
 cfg, run = setup(PROFILE)

@@ -24,10 +24,10 @@ PROFILE = "auto"  # the same profile as notebook 05
 
 # %%
 from vicap_utils import captioner
-from vicap_utils.teach import report
-from vicap_utils.ops.adapters import load_model
-from vicap_utils.teach.exercises import check_biggest_gain, check_equal, three_decodings
 from vicap_utils.images import load_rgb
+from vicap_utils.ops.adapters import load_model
+from vicap_utils.teach import report
+from vicap_utils.teach.exercises import check_biggest_gain, check_equal, three_decodings
 from vicap_utils.teach.notebook import FINE_TUNED, ZERO_SHOT, evaluate_run, setup
 
 cfg, run = setup(PROFILE)
