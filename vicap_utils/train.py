@@ -1,15 +1,11 @@
-"""LoRA fine-tuning on HF Accelerate: the training loop, validation, early stopping, reports.
+"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the run's reports.
 
-`builders` makes the parts; `ops.checkpoint` keeps the run folder and its resumable `last/`.
-The data order is a function of (seed, epoch), so a run killed at any moment and resumed ends
-with the same adapter. fp16 is driven here on any device (autocast and a GradScaler whose
-skipped steps are counted); Accelerate gets bf16 or nothing.
-"""
+The data order is a function of (seed, epoch), so a run killed and resumed from `last/` ends
+with the same adapter. fp16 is driven here on any device (autocast, a GradScaler); Accelerate
+gets bf16 or nothing."""
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -22,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
@@ -270,12 +267,9 @@ class Trainer:
 
     def write_history(self) -> None:
         """history.csv, one row per epoch."""
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(self.state.history)
+        table = pd.DataFrame(self.state.history, columns=HISTORY_FIELDS)
         record(self.out, ["history.csv"])
-        atomic_write_text(self.out / "history.csv", buf.getvalue())
+        atomic_write_text(self.out / "history.csv", table.to_csv(index=False, na_rep="nan"))
 
     def write_reports(self) -> None:
         """A finished run's history.csv, loss_curve.png and summary.json."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save
@@ -164,25 +165,19 @@ def read_state(path: Path) -> RunState:
     raw = read_json(path, "checkpoint state")
     if not isinstance(raw, dict):
         raise VicapError(f"{path}: not a vicap checkpoint state (not an object); {START_AGAIN}")
-    hints = typing.get_type_hints(RunState)
-    for name, hint in hints.items():
-        if name not in raw and name in STATE_REQUIRED:
-            raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); {START_AGAIN}")
-        if name in raw and not has_type(raw[name], hint):
+    for name, hint in typing.get_type_hints(RunState).items():
+        if name not in raw:
+            if name in STATE_REQUIRED:
+                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); "
+                                 f"{START_AGAIN}")
+            continue
+        try:  # strict: a bool is no number, an int is a float, list items are checked
+            pydantic.TypeAdapter(hint).validate_python(raw[name], strict=True)
+        except pydantic.ValidationError:
             raise VicapError(f"{path}: malformed checkpoint state ({name!r} is "
-                             f"{reprlib.repr(raw[name])}, not {TYPE_NAMES[hint]}); {START_AGAIN}")
+                             f"{reprlib.repr(raw[name])}, not {TYPE_NAMES[hint]}); "
+                             f"{START_AGAIN}") from None
     return RunState(**{f.name: raw[f.name] for f in fields(RunState) if f.name in raw})
-
-
-def has_type(value: Any, hint: Any) -> bool:
-    """A JSON value fits a field's type: a bool is no number, an int is a float, list items too."""
-    kind = typing.get_origin(hint) or hint
-    if kind in (int, float):
-        return isinstance(value, int if kind is int else int | float) and \
-            not isinstance(value, bool)
-    if not isinstance(value, kind):
-        return False
-    return kind is not list or all(has_type(v, typing.get_args(hint)[0]) for v in value)
 
 
 def rng_state() -> dict[str, Any]:
