@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import get_scheduler
 
 from vicap_utils import captioner
 from vicap_utils.captioner import Captioner
@@ -168,6 +167,8 @@ def optimizer_steps(cfg: Config, batches: int, processes: int = 1) -> int:
 def build_optimizer(cfg: Config, model, total_steps: int, processes: int = 1):
     """AdamW (new token rows: their own learning rate, no weight decay) and the warmup
     schedule, over `processes` times the steps (Accelerate steps it once per process)."""
+    from transformers import get_scheduler  # pulls in peft: ~3 s, only when a run starts
+
     t = cfg.train
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
