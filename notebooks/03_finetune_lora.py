@@ -49,7 +49,6 @@ import torch
 
 from vicap_utils import captioner
 from vicap_utils.builders import build_examples, build_loader, build_optimizer
-from vicap_utils.ops.launch import train_on_every_gpu
 from vicap_utils.prepare import prepare
 from vicap_utils.teach import report
 from vicap_utils.teach.exercises import (
@@ -67,6 +66,7 @@ from vicap_utils.teach.notebook import (
     vocabulary_table,
     wrote,
 )
+from vicap_utils.train import train_on_every_gpu
 
 cfg, run = setup(PROFILE, OVERRIDES)
 device = "cuda" if torch.cuda.is_available() else "cpu"

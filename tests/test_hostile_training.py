@@ -430,12 +430,12 @@ def test_predict_into_a_read_only_folder_fails_before_loading(scene: Path) -> No
 def test_a_checkpoint_state_from_an_older_vicap_takes_defaults_for_newer_fields(tmp_path):
     from dataclasses import asdict
 
-    from vicap_utils.ops.checkpoint import RunState, _read_state
+    from vicap_utils.ops.checkpoint import RunState, read_state
 
     state = asdict(RunState(epoch=3, global_step=30, config={"profile": "mini"}))
     for newer in ("full_val", "pending"):
         state.pop(newer)
     path = tmp_path / "state.json"
     path.write_text(json.dumps(state))
-    read = _read_state(path)
+    read = read_state(path)
     assert read.epoch == 3 and read.global_step == 30 and read.full_val == {} == read.pending

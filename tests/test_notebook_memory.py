@@ -20,7 +20,7 @@ from traitlets.config import Config as ShellConfig
 import vicap_utils.builders
 import vicap_utils.captioner
 import vicap_utils.ops.adapters
-import vicap_utils.ops.launch
+import vicap_utils.train
 from vicap_utils.data import load_captions, write_coco
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -120,7 +120,7 @@ def test_03_frees_its_hand_built_model_before_the_trainer_starts(
     monkeypatch.setattr(vicap_utils.captioner, "load_base",
                         weights.wrap(vicap_utils.captioner.load_base))
     monkeypatch.setattr(vicap_utils.builders, "build_optimizer", tracked_optimizer)
-    monkeypatch.setattr(vicap_utils.ops.launch, "train_on_every_gpu", probe)
+    monkeypatch.setattr(vicap_utils.train, "train_on_every_gpu", probe)
     run_until(shell, "03_finetune_lora", {"HAND_STEPS": 2}, "train_on_every_gpu(cfg")
     assert len(weights.loads) == 1 and len(weights.loads[0]) > 50
     assert seen == {"weights": [0], "optimizer": [False, False]}

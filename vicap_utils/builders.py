@@ -1,7 +1,6 @@
-"""What a training run is built from, one builder per part: the audited data, the captioner
-with its Vietnamese vocabulary and LoRA adapter, the tokenised examples with their image
-source, and the optimiser with its learning-rate schedule. `Trainer.setup` calls them in this
-order; notebook 03 calls them one by one."""
+"""What a training run is built from, one builder per part: data, captioner (Vietnamese
+vocabulary, LoRA), examples, loader, optimiser. `Trainer.setup` calls them in this order;
+notebook 03 one by one."""
 from __future__ import annotations
 
 import math
@@ -13,34 +12,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from vicap_utils import captioner
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import CaptionPairs, PixelSource, caption_pairs, image_rows
+from vicap_utils.dataset import (
+    CaptionPairs,
+    EpochSampler,
+    PixelSource,
+    caption_pairs,
+    collate,
+    image_rows,
+)
 from vicap_utils.families import EXTENDS_VOCABULARY
 from vicap_utils.ops.features import encode_images
+from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.ops.io import atomic_write_json
 from vicap_utils.prepare import PreparedData, prepare
-
-RUN_DATA = "data"  # the run's record of its data: train.json, val.json, sources.json
-
-
-# ---------------------------------------------------------------- data
+from vicap_utils.vocab import tokenizer_report
 
 
 def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
-    """The audited, split data (prepared in `data.prepared`, default RUN/data/, and reused when
-    its fingerprint matches), recorded in RUN/data/ (train, val and any test captions, their
-    image folders) so evaluation finds its references."""
-    from vicap_utils.ops.folders import output_folder, staged
-
-    folder = Path(cfg.data.prepared) if cfg.data.prepared else run / RUN_DATA
+    """The audited, split data (prepared in `data.prepared`, default RUN/data/), recorded in
+    RUN/data/ (the splits' captions and image folders) where evaluation finds its references."""
+    folder = Path(cfg.data.prepared) if cfg.data.prepared else run / "data"
     data = prepare(cfg, folder, log=log)
-    same = folder.resolve() == (run / RUN_DATA).resolve()
+    same = folder.resolve() == (run / "data").resolve()
     copies = [] if same else [n for n in ("train.json", "val.json", "test.json")
                               if (folder / n).is_file()]
-    with output_folder(run / RUN_DATA, "data", [*copies, "sources.json"]) as record, \
+    with output_folder(run / "data", "data", [*copies, "sources.json"]) as record, \
             staged(record) as tmp:
         for name in copies:
             shutil.copyfile(folder / name, tmp / name)
@@ -52,17 +53,11 @@ def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
     return data
 
 
-# ---------------------------------------------------------------- model
-
-
 def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | None = None,
                     load_in_8bit: bool | None = None, device_index: int | None = None, log=print
                     ) -> tuple[Captioner, list[str], dict[str, Any]]:
-    """The base with the Vietnamese vocabulary (BLIP-1; the entries a checkpoint saved, or
-    found in the training captions) and the LoRA adapter; returns it, the vocabulary entries
-    added and a before/after tokenizer report."""
-    from vicap_utils.vocab import tokenizer_report
-
+    """The base with the Vietnamese vocabulary (BLIP-1: a checkpoint's entries, or found in the
+    training captions) and LoRA; returns it, the entries added and a tokenizer report."""
     cap = captioner.load_base(cfg.model, load_in_8bit, device_index, log)
     report: dict[str, Any] = {}
     entries: list[str] = []
@@ -78,9 +73,6 @@ def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | 
     captioner.add_lora(cap, captioner.lora_config(cap, cfg.lora))
     log(captioner.describe_trainable(cap.model))
     return cap, entries, report
-
-
-# ---------------------------------------------------------------- examples
 
 
 @dataclass
@@ -100,21 +92,11 @@ class Examples:
         return "features" if self.cached else "pixels"
 
     def val_images(self, batch_size: int, sample: bool = False):
-        """(image ids, stacked pixels or features) of the validation images (or of the
-        per-epoch sample), a batch at a time."""
+        """(image ids, stacked pixels or features) of the validation images (or the sample)."""
         rows = self.val_sample if sample and self.val_sample else range(len(self.val_ids))
         for start in range(0, len(rows), batch_size):
             chunk = rows[start:start + batch_size]
             yield [self.val_ids[r] for r in chunk], torch.stack([self.val_source(r) for r in chunk])
-
-
-def uses_cached_features(cfg: Config, cap: Captioner) -> bool:
-    """Cache vision features when asked and valid: no vision parameter is trainable (both
-    families train only after the ViT: BLIP-1's decoder, BLIP-2's Q-Former and OPT) and no
-    random augmentation changes an image between epochs (vicap has none)."""
-    frozen = not any(p.requires_grad for n, p in cap.model.named_parameters()
-                     if "vision_model" in n)
-    return cfg.train.cache_vision_features and frozen
 
 
 def val_sample(n: int, size: int, seed: int) -> list[int]:
@@ -127,9 +109,10 @@ def val_sample(n: int, size: int, seed: int) -> list[int]:
 def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool = True,
                    log=print, cache_folder: Path | None = None) -> Examples:
     """Tokenise every caption once and pair it with its image: fp16 vision features computed
-    once when valid (`uses_cached_features`; memory-mapped under `cache_folder` when they do
-    not fit in RAM), else pixels decoded on demand."""
-    cached = uses_cached_features(cfg, cap)
+    once (memory-mapped under `cache_folder` beyond RAM) when the ViT is frozen and no
+    augmentation changes an image (vicap has none), else pixels decoded on demand."""
+    cached = cfg.train.cache_vision_features and not any(
+        p.requires_grad for n, p in cap.model.named_parameters() if "vision_model" in n)
     log("vision features: " + ("cached once in fp16 (the vision encoder is frozen)" if cached
                                else "computed at every step"))
     prefix = captioner.image_prefix(cap)
@@ -155,24 +138,15 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
 
 
 def loader_workers(cfg: Config, cached: bool) -> int:
-    """DataLoader workers: as configured, or (-1) none when features are cached (a tensor
-    lookup) and min(4, CPUs) when images are decoded at every step."""
+    """DataLoader workers: as configured, or (-1) none for cached features, else min(4, CPUs)."""
     if cfg.train.num_workers >= 0:
         return cfg.train.num_workers
     return 0 if cached else min(4, os.cpu_count() or 1)
 
 
 def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
-    """The training DataLoader over a seeded per-epoch order (`EpochSampler`), and its sampler;
-    `workers` processes decode images, into pinned memory when a GPU is there.
-
-    Its private generator: creating an iterator draws from it, not from the global RNG that
-    dropout uses, so a run resumed mid-epoch draws the same dropout masks.
-    """
-    from torch.utils.data import DataLoader
-
-    from vicap_utils.dataset import EpochSampler, collate
-
+    """The training DataLoader over a seeded per-epoch order, and its sampler. Its private
+    generator keeps the global RNG (dropout) untouched, so a resumed run draws the same masks."""
     t = cfg.train
     sampler = EpochSampler(len(pairs), t.seed)
     loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
@@ -182,24 +156,18 @@ def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
     return loader, sampler
 
 
-# ---------------------------------------------------------------- optimiser
-
-
 def optimizer_steps(cfg: Config, batches: int, processes: int = 1) -> int:
-    """Optimizer steps of the whole run in each process, which trains on its share of the
-    loader's `batches` (Accelerate shards them, the last one padded), capped by
-    `train.max_steps` (which counts these same steps)."""
+    """Optimizer steps of the whole run in each process (its share of the loader's `batches`,
+    sharded by Accelerate), capped by `train.max_steps`."""
     t = cfg.train
     steps = math.ceil(math.ceil(batches / processes) / t.grad_accum) * t.epochs
     return min(steps, t.max_steps) if t.max_steps else steps
 
 
 def build_optimizer(cfg: Config, model, total_steps: int, processes: int = 1):
-    """AdamW (the new token rows in their own group: their learning rate, no weight decay)
-    and the warmup + cosine/linear/constant schedule over `total_steps` optimizer steps.
-    Accelerate's prepared scheduler steps once per process at each optimizer step, so the
-    schedule is built over `processes` times as many (the same curve, ending at the end)."""
-    from transformers import get_scheduler
+    """AdamW (new token rows: their own learning rate, no weight decay) and the warmup
+    schedule, over `processes` times the steps (Accelerate steps it once per process)."""
+    from transformers import get_scheduler  # pulls in peft: ~3 s, only when a run starts
 
     t = cfg.train
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -7,22 +7,22 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader
 
 from vicap_utils import captioner
 from vicap_utils.builders import Examples
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import EvalConfig
+from vicap_utils.dataset import collate
+from vicap_utils.metrics import quick_cider
+
+Autocast = Callable[[], AbstractContextManager]
 
 
 @torch.no_grad()
 def validation_loss(cap: Captioner, examples: Examples, batch_size: int,
-                    device: torch.device | str,
-                    autocast: Callable[[], AbstractContextManager]) -> float:
+                    device: torch.device | str, autocast: Autocast) -> float:
     """Mean next-token loss (no label smoothing) over every validation caption token."""
-    from torch.utils.data import DataLoader
-
-    from vicap_utils.dataset import collate
-
     total, count = 0.0, 0
     for batch in DataLoader(examples.val, batch_size=batch_size, collate_fn=collate,
                             generator=torch.Generator()):
@@ -39,12 +39,9 @@ def validation_loss(cap: Captioner, examples: Examples, batch_size: int,
 @torch.no_grad()
 def validate(cap: Captioner, examples: Examples, ev: EvalConfig,
              references: Mapping[Any, list[str]], device: torch.device | str,
-             autocast: Callable[[], AbstractContextManager], sample: bool = True
-             ) -> tuple[float, float, dict[Any, str]]:
-    """(validation loss, CIDEr, captions by image id), decoding the per-epoch sample of the
-    validation images (`train.val_sample`) or, with `sample=False`, all of them."""
-    from vicap_utils.metrics import quick_cider
-
+             autocast: Autocast, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
+    """(validation loss, CIDEr, captions by image id) of the per-epoch sample of validation
+    images (`train.val_sample`), or with `sample=False` of all of them."""
     cap.model.eval()
     loss = validation_loss(cap, examples, ev.batch_size, device, autocast)
     dec, preds = captioner.Decoding.from_eval(ev), {}

@@ -1,16 +1,12 @@
-"""A training run's folder: its rules, its resumable checkpoint and its history.
+"""A training run's folder: its rules and its resumable checkpoint `last/`.
 
-Layout: `config.json`, `data/` (the audited data, unless `data.prepared` points elsewhere),
-`last/` (everything needed to resume, written atomically: trainable weights, optimizer,
-scheduler, GradScaler, RNG states, progress), `best/` and `final/` (adapters), `history.csv`,
-`loss_curve.png`, `summary.json`, and `cache/` (vision features too large for RAM). A run
-killed at any moment and resumed from `last/` ends with the same adapter as an uninterrupted
-one.
+`last/` holds, written atomically, the trainable weights, optimizer, scheduler, GradScaler,
+every process's RNG states and the progress, so a run killed at any moment and resumed ends
+with the same adapter as an uninterrupted one.
 """
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import random
 import reprlib
@@ -22,19 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
+from vicap_utils.audit import OUTPUTS
 from vicap_utils.config import Config, config_from_dict, diff_keys
-from vicap_utils.ops.folders import claim, record, remove_owned
+from vicap_utils.ops.folders import claim, record, refuse_aliases, remove_owned
 from vicap_utils.ops.io import (
     VicapError,
     atomic_dir,
     atomic_write_json,
-    atomic_write_text,
     error_summary,
     read_json,
     recover_dir,
 )
+from vicap_utils.prepare import SPLIT_FILES, SUB_AUDITS
 
 # Settings a resumed run must share with its checkpoint; everything else may change.
 RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_length",
@@ -43,17 +43,16 @@ RESUME_KEYS = ["model.family", "model.base", "model.extend_vocab", "model.max_le
                "data.train_annotations", "train.seed", "train.batch_size", "train.grad_accum"]
 # What a checkpoint state cannot do without; any other field missing takes its default.
 STATE_REQUIRED = ("epoch", "batches_done", "global_step", "config")
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
 # What `--overwrite` removes; `data/` stays (a cache, checked by its fingerprint).
 RUN_OUTPUTS = ("last", "best", "final", "history.csv", "loss_curve.png", "config.json",
                "summary.json", "cache")
 RUN_ENTRIES = (*RUN_OUTPUTS, "data")
-# What every run writes as soon as it starts; each other entry is recorded as vicap's when it
-# is first written (the feature cache only when features do not fit in RAM).
-RUN_STARTED = ("config.json", "data")
-# What `save_last` always writes (scaler.pt only with fp16).
+RUN_STARTED = ("config.json", "data")  # written as a run starts; the rest recorded when written
 LAST_FILES = ("state.json", "trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
 START_AGAIN = "start again with --overwrite instead of --resume"
+TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text",
+              dict[str, Any]: "an object", list[str]: "a list of text",
+              list[dict[str, Any]]: "a list of objects"}
 
 
 @dataclass
@@ -82,19 +81,17 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
              writer: bool = True) -> RunState | None:
     """Check the run folder before any work; return the saved state when resuming.
 
-    Refuses to replace a run without `--overwrite`, to resume without a checkpoint or with a
-    config that differs in a RESUME_KEYS setting, and to write into a folder over files vicap
-    did not write (see `folders`). The `writer` (the main process, holding the folder's lock)
-    claims the folder and, with `--overwrite`, removes the outputs vicap wrote there.
-    """
+    The `writer` (the main process, holding the folder's lock) claims the folder (see `folders`)
+    and, with `--overwrite`, removes the outputs vicap wrote there."""
     if out.exists() and not out.is_dir():
         raise VicapError(f"{out}: is a file; --out needs a folder for the run")
     refuse_inputs_in_outputs(out, cfg)
     if writer:
         claim(out, "run", RUN_ENTRIES, overwrite=overwrite)
         record(out, RUN_STARTED)
-    last = recover_dir(out / "last") if writer else (out / "last" if (out / "last").is_dir()
-                                                     else None)
+        last = recover_dir(out / "last")
+    else:
+        last = out / "last" if (out / "last").is_dir() else None
     if overwrite and not resume:
         if writer:
             remove_owned(out, RUN_OUTPUTS)
@@ -109,10 +106,11 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
                              "continue it or --overwrite to start again")
         return None
     if last is None:
+        earlier = any((out / name).exists() for name in RUN_OUTPUTS)
         raise VicapError(f"{out}/last: no checkpoint to resume from; " + (
-            START_AGAIN if _holds_outputs(out) else "run without --resume to start"))
+            START_AGAIN if earlier else "run without --resume to start"))
     check_last(last)
-    state = _read_state(last / "state.json")
+    state = read_state(last / "state.json")
     changed = diff_keys(config_from_dict(state.config, f"{last}/state.json"), cfg, RESUME_KEYS)
     if changed:
         raise VicapError(f"{last}: cannot resume, the config differs in {', '.join(changed)} "
@@ -121,13 +119,8 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
 
 
 def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
-    """Refuse, before the run folder is claimed or cleared, a configured data path that
-    training would write over: one of the run's outputs (or inside one), or a file the
-    prepared-data folder (`data.prepared`) receives."""
-    from vicap_utils.audit import OUTPUTS
-    from vicap_utils.ops.folders import refuse_aliases
-    from vicap_utils.prepare import SPLIT_FILES, SUB_AUDITS
-
+    """Refuse a configured data path that training would write over (a run output, or a file
+    `data.prepared` receives), before the run folder is claimed or cleared."""
     d = cfg.data
     inputs = [(f"data.{key}", getattr(d, key)) for key in
               ("train_annotations", "val_annotations", "test_annotations", "images")
@@ -139,86 +132,52 @@ def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
     refuse_aliases(inputs, outputs)
 
 
-def _holds_outputs(out: Path) -> bool:
-    """True when the run folder holds outputs of an earlier run (beyond its data/)."""
-    return any((out / name).exists() for name in RUN_OUTPUTS)
-
-
 def check_last(last: Path) -> None:
-    """Refuse, before any work, a checkpoint with a missing, empty or truncated file: every
-    file `save_last` writes is there, its safetensors header and its zip archives whole."""
-    from safetensors import safe_open
-
+    """Refuse a checkpoint with a missing, empty or truncated file (whole safetensors header,
+    whole zip archives), before any work."""
     missing = [name for name in LAST_FILES if not (last / name).is_file()]
     if missing:
         raise VicapError(f"{last}: incomplete checkpoint (no {missing[0]}); {START_AGAIN}")
-    with _checkpoint_file(last / "trainable.safetensors") as path, \
-            safe_open(str(path), "pt") as weights:
+    with damaged(last / "trainable.safetensors") as path, safe_open(str(path), "pt") as weights:
         weights.keys()
     for name in sorted(p.name for p in last.glob("*.pt")):  # torch's files are zip archives
-        with _checkpoint_file(last / name) as path, zipfile.ZipFile(path) as archive:
+        with damaged(last / name) as path, zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
             if bad is not None:
                 raise ValueError(f"member {bad} fails its checksum")
 
 
 @contextlib.contextmanager
-def _checkpoint_file(path: Path) -> Iterator[Path]:
-    """Turn any failure to read or apply one checkpoint file into a one-line error naming it
-    (torch, safetensors and zipfile each raise their own exception types)."""
+def damaged(path: Path) -> Iterator[Path]:
+    """Turn any failure to read or apply a checkpoint file into a one-line error naming it."""
     try:
         yield path
     except VicapError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # torch, safetensors and zipfile each raise their own types
         raise VicapError(f"{path}: damaged checkpoint file ({error_summary(exc)}); "
                          f"{START_AGAIN}") from None
 
 
-def _read_state(path: Path) -> RunState:
-    """RunState from last/state.json; a malformed file (not an object, no progress or config,
-    a value of the wrong type) is a one-line error. Fields added by a later vicap (absent from
-    an older checkpoint) take their defaults."""
+def read_state(path: Path) -> RunState:
+    """RunState from state.json; a malformed one is a one-line error. Fields a later vicap
+    added take their defaults."""
     raw = read_json(path, "checkpoint state")
     if not isinstance(raw, dict):
         raise VicapError(f"{path}: not a vicap checkpoint state (not an object); {START_AGAIN}")
-    hints = typing.get_type_hints(RunState)
-    for f in fields(RunState):
-        if f.name not in raw:
-            if f.name in STATE_REQUIRED:
-                raise VicapError(f"{path}: malformed checkpoint state (no {f.name!r}); "
+    for name, hint in typing.get_type_hints(RunState).items():
+        if name not in raw:
+            if name in STATE_REQUIRED:
+                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); "
                                  f"{START_AGAIN}")
             continue
-        if not _has_type(raw[f.name], hints[f.name]):
-            raise VicapError(f"{path}: malformed checkpoint state ({f.name!r} is "
-                             f"{reprlib.repr(raw[f.name])}, not {_type_name(hints[f.name])}); "
-                             f"{START_AGAIN}")
+        try:  # strict: a bool is no number, an int is a float, list items are checked
+            pydantic.TypeAdapter(hint).validate_python(raw[name], strict=True)
+        except pydantic.ValidationError:
+            raise VicapError(f"{path}: malformed checkpoint state ({name!r} is "
+                             f"{reprlib.repr(raw[name])}, not {TYPE_NAMES[hint]}); "
+                             f"{START_AGAIN}") from None
     return RunState(**{f.name: raw[f.name] for f in fields(RunState) if f.name in raw})
-
-
-def _has_type(value: Any, hint: Any) -> bool:
-    """True when a JSON value fits a RunState field's type (bool is no int, an int is a float;
-    a list's items are checked too)."""
-    kind = typing.get_origin(hint) or hint
-    if kind is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if not isinstance(value, kind):
-        return False
-    item = typing.get_args(hint)[0] if kind is list else None
-    return item is None or all(_has_type(v, item) for v in value)
-
-
-def _type_name(hint: Any) -> str:
-    """"an integer", "a list of text"… for messages."""
-    kind = typing.get_origin(hint) or hint
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "text",
-             dict: "an object"}
-    if kind is list:
-        item = typing.get_origin(typing.get_args(hint)[0]) or typing.get_args(hint)[0]
-        return "a list of " + {str: "text", dict: "objects"}.get(item, "values")
-    return names.get(kind, kind.__name__)
 
 
 def rng_state() -> dict[str, Any]:
@@ -230,68 +189,36 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def own_rng_state(saved: list[dict[str, Any]] | dict[str, Any], rank: int) -> dict[str, Any]:
-    """This process's entry of rng.pt's per-process states (the main process's for a rank
-    beyond them), or the one state of an older checkpoint."""
-    if isinstance(saved, dict):
-        return saved
-    return saved[rank] if rank < len(saved) else saved[0]
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The trainable tensors (LoRA and new token rows), detached, on the CPU."""
-    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
 def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
               rng_states: list[dict[str, Any]] | None = None) -> None:
-    """Write last/ in one atomic step: weights, optimizer, scheduler, scaler, the RNG states of
-    every process (`rng_states`, rank order; default: this one's), progress.
-
-    Each file is serialised in memory and written with plain file writes, so a full disk is an
-    OSError that `atomic_dir` reports as "disk full" (torch and safetensors writing a file
-    themselves raise their own errors without the cause)."""
-    from safetensors.torch import save
-
+    """Write last/ in one atomic step, with every process's RNG states (rank order; default:
+    this one's). Files are serialised in memory, so a full disk is an OSError `atomic_dir`
+    reports as such."""
     record(out, ["last"])
+    trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                 if p.requires_grad}
+    parts = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict(),
+             "rng.pt": rng_states or [rng_state()]}
+    if scaler is not None:
+        parts["scaler.pt"] = scaler.state_dict()
     with atomic_dir(out / "last") as tmp:
-        (tmp / "trainable.safetensors").write_bytes(save(trainable_state(model)))
-        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-        _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
-        if scaler is not None:
-            _torch_save(scaler.state_dict(), tmp / "scaler.pt")
-        _torch_save(rng_states or [rng_state()], tmp / "rng.pt")
+        (tmp / "trainable.safetensors").write_bytes(save(trainable))
+        for name, obj in parts.items():
+            buf = io.BytesIO()
+            torch.save(obj, buf)
+            (tmp / name).write_bytes(buf.getbuffer())
         atomic_write_json(tmp / "state.json", asdict(state))
 
 
-def _torch_save(obj: Any, path: Path) -> None:
-    """torch.save through memory, so a failed write raises the OSError that caused it."""
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.write_bytes(buf.getbuffer())
-
-
 def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> None:
-    """Restore what `save_last` wrote into the live model, optimizer, scheduler and RNGs (those
-    process `rank` saved); a file that does not load or does not fit is a one-line error
-    naming it."""
-    from safetensors.torch import load_file
-
+    """Restore last/ into the live model, optimizer, scheduler, scaler and the RNGs process
+    `rank` saved (the main process's beyond them; the one state of an older checkpoint)."""
     last = out / "last"
-    with _checkpoint_file(last / "trainable.safetensors") as path:
+    with damaged(last / "trainable.safetensors") as path:
         weights = load_file(str(path))
         params = dict(model.named_parameters())
-        wrong = sorted(n for n, t in weights.items() if n not in params or
-                       params[n].shape != t.shape)
+        wrong = sorted(n for n, t in weights.items()
+                       if n not in params or params[n].shape != t.shape)
         if wrong:
             name = wrong[0]
             fit = (f"{name} has shape {list(weights[name].shape)}, the model's "
@@ -303,50 +230,21 @@ def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> 
     if scaler is not None and (last / "scaler.pt").is_file():
         parts.append((scaler, "scaler.pt"))
     for part, name in parts:
-        with _checkpoint_file(last / name) as path:
+        with damaged(last / name) as path:
             part.load_state_dict(torch.load(path, weights_only=False))
-    with _checkpoint_file(last / "rng.pt") as path:
-        set_rng_state(own_rng_state(torch.load(path, weights_only=False), rank))
-
-
-def run_summary(out: Path, state: RunState, vocab_report: dict[str, Any], model
-                ) -> dict[str, Any]:
-    """summary.json's content: where things went and the headline numbers."""
-    from vicap_utils.captioner import trainable_table
-
-    return {"out": str(out), "epochs_run": state.epoch, "best_epoch": state.best_epoch,
-            "best_val_CIDEr": state.best_cider, "global_step": state.global_step,
-            "skipped_steps": state.skipped_steps,
-            "vocabulary": vocab_report, "trainable": trainable_table(model),
-            "full_val": state.full_val, "best": str(out / "best"), "final": str(out / "final")}
-
-
-def write_history(out: Path, history: list[dict[str, Any]]) -> Path:
-    """history.csv with the contract's columns, one row per epoch."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(history)
-    record(out, ["history.csv"])
-    return atomic_write_text(out / "history.csv", buf.getvalue())
-
-
-def write_reports(out: Path, history: list[dict[str, Any]], summary: dict[str, Any]) -> None:
-    """A finished run's history.csv, loss_curve.png (loss and CIDEr per epoch), summary.json."""
-    import matplotlib.pyplot as plt
-
-    from vicap_utils.teach.report import plot_history
-
-    write_history(out, history)
-    record(out, ["loss_curve.png", "summary.json"])
-    if history:
-        plt.close(plot_history(history, out / "loss_curve.png"))
-    atomic_write_json(out / "summary.json", summary)
+    with damaged(last / "rng.pt") as path:
+        saved = torch.load(path, weights_only=False)
+        if isinstance(saved, list):
+            saved = saved[rank] if rank < len(saved) else saved[0]
+        random.setstate(saved["python"])
+        np.random.set_state(saved["numpy"])
+        torch.set_rng_state(saved["torch"])
+        if "cuda" in saved and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(saved["cuda"])
 
 
 def run_references(run: Path, split: str = "val") -> tuple[Path, Path]:
-    """(captions file, images folder) of a training run's `val` or `test` split, from its
-    data/ record."""
+    """(captions file, images folder) of a training run's `val` or `test` split (its data/)."""
     sources = read_json(run / "data" / "sources.json", "run data record")
     captions = run / "data" / f"{split}.json"
     if split not in ("val", "test") or not sources.get(f"{split}_images") or \

@@ -1,9 +1,8 @@
-"""Train on several GPUs from a notebook: `vicap train` under torch.distributed.run, as a child.
+"""Start `vicap train` in one process per GPU (torch.distributed.run) from a notebook.
 
 A notebook kernel cannot fork DDP workers once it has touched CUDA, so the workers are fresh
-processes: `python -m torch.distributed.run --standalone --nproc_per_node N -m vicap_utils
-train …` (each worker's Accelerator picks up the rank from the environment). This module never
-imports torch; the children's output is forwarded to the notebook as it comes.
+processes, each calling the same `train` (Accelerate reads the rank from the environment).
+This module never imports torch; the children's output is forwarded as it comes.
 """
 from __future__ import annotations
 
@@ -35,23 +34,19 @@ def distributed_command(module_args: Sequence[str], num_processes: int) -> list[
 
 
 def error_line(lines: Sequence[str]) -> str:
-    """The line that says what went wrong: vicap's own `error:` line, else the last Python
-    exception line that is not the launcher's summary, else the last non-empty line."""
+    """What went wrong: vicap's `error:` line, else the last Python exception line that is not
+    the launcher's summary, else the last non-empty line."""
     text = [line.strip() for line in lines if line.strip()]
-    for line in reversed(text):
-        if ": error: " in line:
-            return line
-    for line in reversed(text):
-        if _PYTHON_ERROR.match(line) and not any(n in line for n in _LAUNCHER_NOISE):
-            return line
-    return text[-1] if text else "no output"
+    vicap = [line for line in text if ": error: " in line]
+    python = [line for line in text
+              if _PYTHON_ERROR.match(line) and not any(n in line for n in _LAUNCHER_NOISE)]
+    return (vicap or python or text or ["no output"])[-1]
 
 
 def run_streamed(command: Sequence[str], env: Mapping[str, str] | None = None,
                  out: TextIO | None = None) -> tuple[int, list[str]]:
-    """Run `command`, forwarding its stdout and stderr to `out` (default sys.stdout) as they
-    arrive (carriage returns kept, so progress bars redraw in place); return (exit code, last
-    lines). Interrupting the caller stops the whole process group."""
+    """Run `command`, forwarding its output to `out` (default stdout) as it arrives (progress
+    bars redraw in place); return (exit code, last lines). An interrupt stops them all."""
     out = sys.stdout if out is None else out
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -91,9 +86,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def launch_training(args: Sequence[str], num_processes: int = 2,
                     env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    """Run `vicap train <args>` (the CLI's flags: --profile/--config/--set/--out/--resume/
-    --overwrite) in `num_processes` processes, one per GPU, streaming the output; return 0.
-    A failure raises VicapError naming the exit code and the line that says why."""
+    """Run `vicap train <args>` (its CLI flags) in `num_processes` processes, streaming the
+    output; return 0. A failure is a VicapError naming the exit code and the cause."""
     command = distributed_command(["vicap_utils", "train", *args], num_processes)
     code, lines = run_streamed(command, env, out)
     if code != 0:
@@ -101,30 +95,3 @@ def launch_training(args: Sequence[str], num_processes: int = 2,
                          f"{error_line(lines)}")
     return code
 
-
-def train_on_every_gpu(cfg, run, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train `cfg` into the folder `run` from a notebook, on every GPU there is: in this process
-    on one GPU or the CPU, else one worker process per GPU (Kaggle's T4 x2); returns the run's
-    summary either way. A --resume that finds no checkpoint in `run` first brings back the
-    newest unfinished run a previous session left under the Kaggle input root."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from vicap_utils.config import save_config
-    from vicap_utils.ops.handover import prepare_resume
-    from vicap_utils.ops.hardware import detect
-
-    run = Path(run)
-    if resume and prepare_resume(run, cfg.profile) is None:
-        resume = False  # nothing to resume anywhere: a fresh run
-    gpus = detect().count
-    if gpus <= 1:
-        from vicap_utils.train import train
-
-        return train(cfg, run, resume=resume, overwrite=overwrite)
-    with tempfile.TemporaryDirectory(prefix="vicap-launch-") as tmp:
-        config = save_config(cfg, Path(tmp) / "config.json")
-        flags = ["--resume"] if resume else ["--overwrite"] if overwrite else []
-        launch_training(["--config", str(config), "--out", str(run), *flags], gpus)
-    return json.loads((run / "summary.json").read_text(encoding="utf-8"))
