@@ -1,28 +1,16 @@
 """`vicap audit`: decode every image, screen every caption, write the clean set and a report.
 
-Outputs, as one set: audit.json (counts of every reason code), clean.json (kept images and
-normalised captions, COCO style), rejects.csv (one row per rejected image or caption, with its
-reason from `REASONS`). Every input caption is in clean.json or in rejects.csv.
+Outputs, as one set: audit.json (counts per reason), clean.json (COCO style), rejects.csv (one
+row per rejected image or caption, its reason from `REASONS`); every caption is in one of them.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
-import math
-import multiprocessing
-import os
-import select
-import signal
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
-from multiprocessing.context import BaseContext
+from dataclasses import astuple, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +19,8 @@ from PIL import ImageFile
 from vicap_utils.data import Annotation, CaptionSet, ImageId, Reject, load_captions, write_coco
 from vicap_utils.images import ImageCheck, check_image
 from vicap_utils.ops.folders import output_folder, refuse_aliases, staged
-from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, input_dir
+from vicap_utils.ops.io import atomic_write_json, atomic_write_text, input_dir
+from vicap_utils.ops.pool import process_map, worker_count
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption, syllable_count
 
@@ -49,7 +38,6 @@ REASONS = {
     "malformed_line": "a Flickr8k line that does not parse (no tab, a CSV quoting error)",
 }
 OUTPUTS = ("audit.json", "clean.json", "rejects.csv")
-REJECT_COLUMNS = ("kind", "id", "file", "reason", "detail")
 
 
 def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | Path,
@@ -72,80 +60,17 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
     return summary
 
 
-def worker_count(workers: int | None) -> int:
-    """The number of decoding processes: all cores by default; refused outside 1..limit."""
-    limit = max(64, 4 * (os.cpu_count() or 1))
-    if workers is None:
-        return os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= limit:
-        raise VicapError(f"--workers must be between 1 and {limit} (got {workers})")
-    return workers
-
-
-# ---------------------------------------------------------------- decoding
-
-
 def check_images(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
-    """Fully decode every image, in input order, in a pool of `workers` processes. On Ctrl-C
-    or any error the queued decodes are cancelled and the workers ended."""
+    """Fully decode every image, in input order, in `workers` processes."""
     if workers == 1 or len(paths) < 2:
         return [check_image(path) for path in progress(paths, unit="img", desc="decoding images")]
-    chunk = max(1, min(64, len(paths) // (workers * 8)))  # ~8 per worker: a smooth bar, little IPC
-    pool = ProcessPoolExecutor(min(workers, math.ceil(len(paths) / chunk)),
-                               mp_context=_pool_context(), initializer=_worker_start,
-                               initargs=(os.getpid(),))
-    try:
-        decoded = pool.map(_decode, paths, chunksize=chunk)  # forks before the bar's thread starts
-        checks = list(progress(decoded, total=len(paths), unit="img", desc="decoding images"))
-    except BaseException as exc:  # end the workers now (taken first: shutdown forgets them)
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:
-            process.terminate()
-        if isinstance(exc, BrokenProcessPool):
-            raise VicapError("an image-decoding process died (out of memory?); run again with "
-                             "--workers 1 to see which image") from None
-        raise
-    pool.shutdown()
-    return checks
-
-
-def _pool_context() -> BaseContext:
-    """`fork` (quick) when this process runs a single thread, else `forkserver` or `spawn`:
-    forking a process that runs other threads (a notebook kernel, torch) can deadlock."""
-    try:  # Linux lists a process's threads in /proc
-        single_thread = len(os.listdir("/proc/self/task")) == 1
-    except OSError:
-        single_thread = False
-    forkserver = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
-    method = "fork" if single_thread else "forkserver" if forkserver else "spawn"
-    return multiprocessing.get_context(method)
-
-
-def _worker_start(parent: int) -> None:
-    """Worker start-up: truncated images fail to load; Ctrl-C is the parent's to handle (no
-    traceback here); the worker dies with its parent, so no orphan keeps the folder locked."""
-    ImageFile.LOAD_TRUNCATED_IMAGES = False
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _exit_with(parent: int) -> None:
-    """End this worker as soon as `parent` ends, even by kill -9 (a Linux pidfd wakes at once;
-    elsewhere polled each second). Not prctl(PR_SET_PDEATHSIG): a worker's parent may be the
-    forkserver, which lives as long as its workers do."""
-    try:
-        select.select([os.pidfd_open(parent)], [], [])
-    except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
-        with contextlib.suppress(OSError):
-            while True:  # until os.kill finds no such process
-                os.kill(parent, 0)
-                time.sleep(1)
-    os._exit(1)
+    return process_map(_decode, paths, workers, desc="decoding images", unit="img")
 
 
 def _decode(path: Path) -> ImageCheck:
-    """check_image in a worker, looked up when called (tests slow it down)."""
+    """check_image in a worker, looked up when called (tests slow it down); truncated images
+    fail whatever the parent set."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     return check_image(path)
 
 
@@ -217,8 +142,8 @@ def write_report(clean: CaptionSet, rejects: list[Reject], summary: dict[str, An
     `audit`, so that the three replace the previous ones as a set)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(REJECT_COLUMNS)
-    writer.writerows((r.kind, r.id, r.file, r.reason, r.detail) for r in rejects)
+    writer.writerow(field.name for field in fields(Reject))
+    writer.writerows(astuple(reject) for reject in rejects)
     atomic_write_text(out_dir / "rejects.csv", buffer.getvalue())
     write_coco(clean, out_dir / "clean.json")
     atomic_write_json(out_dir / "audit.json", summary)

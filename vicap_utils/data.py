@@ -1,10 +1,7 @@
 """Caption sets: COCO-style and Flickr8k readers into one table, COCO writing, seeded split.
 
-The readers are strict: a file whose structure is wrong (not COCO-shaped, a missing key, an id
-neither integer nor text, a repeated image id, `1` and `"1"` mixed, a lone surrogate outside a
-caption) is refused with one line naming it. A single bad entry is left out and listed in
-`CaptionSet.rejects` with a reason code (see `audit.REASONS`). Flickr8k images are keyed by
-their full file name, so `p0.jpg` and `p0.png` are two images.
+A file whose structure is wrong is refused with one line naming it; a single bad entry is left
+out and listed in `CaptionSet.rejects` with a reason code (see `audit.REASONS`).
 """
 from __future__ import annotations
 
@@ -86,10 +83,17 @@ class CaptionSet:
 
     def to_coco(self) -> dict[str, Any]:
         """COCO captions shape; an image's split, when known, is its `split` field."""
+        images = []
+        for info in self.images.values():
+            entry: dict[str, Any] = {"id": info.id, "file_name": info.file_name, **info.extra}
+            if info.width is not None and info.height is not None:
+                entry["width"], entry["height"] = info.width, info.height
+            if info.id in self.split:
+                entry["split"] = self.split[info.id]
+            images.append(entry)
         annotations = [{"id": ann.id, "image_id": ann.image_id, "caption": ann.caption,
                         **ann.extra} for ann in self.annotations]
-        return {**self.extra, "images": [self._image_entry(info) for info in self.images.values()],
-                "annotations": annotations}
+        return {**self.extra, "images": images, "annotations": annotations}
 
     def to_frame(self) -> pd.DataFrame:
         """One row per caption: image_id, file_name, annotation_id, caption."""
@@ -115,43 +119,32 @@ class CaptionSet:
                           {i: name for i, name in self.split.items() if i in images},
                           dict(self.extra))
 
-    def _image_entry(self, info: ImageInfo) -> dict[str, Any]:
-        """One COCO image dict, with size and split when known."""
-        entry: dict[str, Any] = {"id": info.id, "file_name": info.file_name, **info.extra}
-        if info.width is not None and info.height is not None:
-            entry["width"], entry["height"] = info.width, info.height
-        if info.id in self.split:
-            entry["split"] = self.split[info.id]
-        return entry
-
 
 # ---------------------------------------------------------------- readers
 
 
 def load_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionSet:
-    """Read a caption set, detecting COCO-style JSON, Flickr8k.token.txt or captions.txt.
-
-    Flickr8k split lists are looked up beside the captions file and in `images_dir`.
-    """
+    """Read COCO-style JSON, Flickr8k.token.txt (its split lists looked up beside it and in
+    `images_dir`) or Flickr8k's captions.txt."""
     path = input_file(path, "captions file")
     if path.suffix.lower() == ".json":
-        return read_coco(path)
+        return _read_coco(path)
     text = _read_text(path)
-    head = _first_line(text)
+    head = next((line.strip() for line in _NEWLINE.split(text) if line.strip()), "")
+    key, tab, _ = head.partition("\t")
     if head.startswith(("{", "[")):
-        return read_coco(path)
+        return _read_coco(path)
     if _is_csv_header(head):
-        return read_flickr_csv(path, text)
-    if _is_token_line(head):
-        split_dirs = [path.parent] + ([Path(images_dir)] if images_dir else [])
-        return read_flickr_token(path, text, split_dirs)
+        return _read_flickr_csv(path, text)
+    if tab and "#" in key:  # name.jpg#i<TAB>caption
+        split_dirs = [path.parent, *([Path(images_dir)] if images_dir else [])]
+        return _read_flickr_token(path, text, split_dirs)
     raise VicapError(f"{path}: unknown captions format ({_FORMATS_HINT})")
 
 
-def read_coco(path: str | Path) -> CaptionSet:
+def _read_coco(path: Path) -> CaptionSet:
     """COCO-style captions JSON (UIT-ViIC): `images` with id/file_name, `annotations` with
     id/image_id/caption; other fields are kept."""
-    path = Path(path)
     data = read_json(path, "captions file")
     if not (isinstance(data, dict) and isinstance(data.get("images"), list)
             and isinstance(data.get("annotations"), list)):
@@ -208,12 +201,9 @@ def read_coco(path: str | Path) -> CaptionSet:
     return CaptionSet(images, annotations, split, extra, rejects)
 
 
-def read_flickr_token(path: str | Path, text: str | None = None,
-                      split_dirs: Iterable[Path] = ()) -> CaptionSet:
+def _read_flickr_token(path: Path, text: str, split_dirs: Iterable[Path]) -> CaptionSet:
     """Flickr8k.token.txt (`name.jpg#i<TAB>caption`), with the official split lists when the
     folders in `split_dirs` hold them. A line without a tab is a `malformed_line` reject."""
-    path = Path(path)
-    text = _read_text(path) if text is None else text
     rows: list[_Row] = []
     for lineno, line in enumerate(_NEWLINE.split(text), start=1):
         if line.strip():
@@ -225,17 +215,14 @@ def read_flickr_token(path: str | Path, text: str | None = None,
     for folder in split_dirs:
         for file_name, split_name in FLICKR_SPLIT_FILES.items():
             if (folder / file_name).is_file():
-                for name in _read_text(folder / file_name).split():
-                    if name in cs.images:
-                        cs.split[name] = split_name
+                names = _read_text(folder / file_name).split()
+                cs.split.update({name: split_name for name in names if name in cs.images})
     return cs
 
 
-def read_flickr_csv(path: str | Path, text: str | None = None) -> CaptionSet:
+def _read_flickr_csv(path: Path, text: str) -> CaptionSet:
     """Flickr8k captions.txt: CSV with header `image,caption`; an unquoted comma inside a
     caption stays part of it; a quoting error is a `malformed_line` reject of that line only."""
-    path = Path(path)
-    text = _read_text(path) if text is None else text
     body = [(n, line) for n, line in enumerate(_NEWLINE.split(text), start=1) if line.strip()]
     if not body or not _is_csv_header(body[0][1]):
         raise VicapError(f"{path}: expected the CSV header 'image,caption'")
@@ -269,20 +256,9 @@ def _read_text(path: Path) -> str:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _first_line(text: str) -> str:
-    """The first non-blank line, stripped."""
-    return next((line.strip() for line in _NEWLINE.split(text) if line.strip()), "")
-
-
 def _is_csv_header(line: str) -> bool:
     """True for the `image,caption` header of Flickr8k's captions.txt."""
     return [cell.strip().lower() for cell in line.split(",")] == ["image", "caption"]
-
-
-def _is_token_line(line: str) -> bool:
-    """True for a `name.jpg#i<TAB>caption` line of Flickr8k.token.txt."""
-    key, tab, _ = line.partition("\t")
-    return bool(tab) and "#" in key
 
 
 def _others(entry: dict[str, Any], known: set[str]) -> dict[str, Any]:
@@ -394,11 +370,8 @@ def _from_rows(rows: list[_Row]) -> CaptionSet:
 
 def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
                    ) -> tuple[CaptionSet, CaptionSet]:
-    """Seeded train/val split by image, identical on every machine and Python version.
-
-    Images are ranked by sha256("{seed}:{image_id}"); the first round(n * val_fraction) go
-    to val, with at least one image on each side when there are two or more.
-    """
+    """Seeded split by image, the same on every machine: images ranked by sha256("{seed}:{id}"),
+    the first round(n * val_fraction) to val, at least one on each side when there are two."""
     if not 0 < val_fraction < 1:
         raise VicapError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
     ranked = sorted(cs.images, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())

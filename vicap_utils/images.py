@@ -29,13 +29,12 @@ def check_image(path: str | Path) -> ImageCheck:
     device, no permission, not a whole image). A pipe is never opened: reading could hang."""
     path = Path(path)
     problem = path_problem(path)
+    if problem is None and path.is_dir():
+        problem = "folder", "is a folder, not an image file"
     if problem is not None:
         code, words = problem
         reason = "missing_file" if code in ("missing", "broken_link") else "unreadable_image"
         return ImageCheck(False, reason, f"{path} {words}", None, None)
-    if path.is_dir():
-        return ImageCheck(False, "unreadable_image", f"{path} is a folder, not an image file",
-                          None, None)
     try:
         with Image.open(path) as im:
             im.load()

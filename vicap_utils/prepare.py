@@ -1,8 +1,7 @@
-"""The audited data a run trains on: find the raw captions, audit them, split them, and cache it.
+"""The audited data a run trains on: find the raw captions, audit them, split them, cache it.
 
-`vicap train` and notebook 01 both call `prepare`, so notebook 01 shows the files training reads.
-`prepared.json`, written last, holds the fingerprint of the inputs and settings that lets a
-second call with the same inputs read the set back.
+`vicap train` and notebook 01 both call `prepare`; `prepared.json`, written last, holds the
+fingerprint that lets a second call with the same inputs read the set back.
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ from pathlib import Path
 from vicap_utils.audit import OUTPUTS, audit
 from vicap_utils.config import Config, DataConfig
 from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco, write_split
-from vicap_utils.ops.env import discover_data, find_image_folder, kaggle_input
+from vicap_utils.ops.env import IMAGE_DIR_GLOBS, discover_data, find_image_folder, kaggle_input
 from vicap_utils.ops.folders import output_folder, record, staged
 from vicap_utils.ops.io import VicapError, atomic_write_json, read_json
 from vicap_utils.toy.data import builtin_data
@@ -29,8 +28,6 @@ SPLIT_FILES = ("train.json", "val.json", "test.json", "split.json", PREPARED_FIL
                "sources.json")
 SUB_AUDITS = ("val-audit", "test-audit")
 VERSION = 1  # bump when the audit or the split changes what they keep
-IMAGE_DIR_NAMES = ("images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset", "train2017",
-                   "val2017", "test2017")
 
 
 @dataclass
@@ -80,8 +77,7 @@ class PreparedData:
 
 def raw_data(cfg: Config) -> RawData:
     """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
-    data set attached under /kaggle/input (its own validation and test files when it has them,
-    its images found in any attached data set)."""
+    data set attached under /kaggle/input (its own val and test files when it has them)."""
     d = cfg.data
     roots: tuple[Path, ...] = ()
     val = test = None
@@ -106,29 +102,25 @@ def raw_data(cfg: Config) -> RawData:
 
 
 def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] = ()) -> Path:
-    """The folder holding a caption file's images: `hint` (data.images); else the folder near
-    the captions file that holds its first image; else, on Kaggle, the folder of any attached
-    data set that holds its images (annotations and COCO images often come separately)."""
+    """The folder of a caption file's images: `hint` (data.images), else the one near the file
+    holding its first image, else the one in `roots` (attached data sets) holding most of them."""
     if hint:
         if not (path := Path(hint)).is_dir():
             raise VicapError(f"{path}: images folder not found (data.images)")
         return path
-    cs = load_captions(annotations)
-    if not cs.images:
+    names = [info.file_name for info in load_captions(annotations).images.values()]
+    if not names:
         raise VicapError(f"{annotations}: lists no images")
-    sample = next(iter(cs.images.values())).file_name
-    root = annotations.parent
-    candidates = [root, root.parent] + [d / n for d in (root, root.parent) for n in IMAGE_DIR_NAMES]
-    for folder in candidates:
-        if (folder / sample).is_file():
+    near = [annotations.parent, annotations.parent.parent]
+    near += [sub for folder in near[:2] for name in IMAGE_DIR_GLOBS for sub in folder.glob(name)]
+    for folder in near:
+        if (folder / names[0]).is_file():
             return folder
-    if roots:
-        found = find_image_folder([info.file_name for info in cs.images.values()], roots)
-        if found is not None:
-            return found
-    for hit in root.parent.rglob(Path(sample).name):
+    if roots and (found := find_image_folder(names, roots)):
+        return found
+    for hit in near[1].rglob(Path(names[0]).name):
         return hit.parent
-    raise VicapError(f"{annotations}: cannot find the images (looked for {sample} near it"
+    raise VicapError(f"{annotations}: cannot find the images (looked for {names[0]} near it"
                      f"{' and in the attached data sets' if roots else ''}); attach the images "
                      "or set data.images=/path/to/images")
 
@@ -193,9 +185,8 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
 
 def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | None
                      ) -> tuple[dict[str, CaptionSet], dict[str, int]]:
-    """Audit each caption file (the training one into `folder`, the others into `val-audit/`,
-    `test-audit/`), then split unless a validation file was given: the sets by name, and the
-    count of each reject reason over all audits."""
+    """Audit each caption file (train into `folder`, the others into `<name>-audit/`), then split
+    unless a validation file was given: the sets by name and the count of each reject reason."""
     sets: dict[str, CaptionSet] = {}
     rejects: Counter[str] = Counter()
     for name, (captions, images) in raw.files().items():
