@@ -96,8 +96,8 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
     budget = int(RAM_SHARE * psutil.virtual_memory().available) if ram_bytes is None else ram_bytes
     if folder is None or size <= budget:
         out = torch.empty(shape, dtype=DTYPE)
-        for start, feats in itertools.chain([(start, first)], batches):
-            out[start:start + len(feats)] = feats
+        for row, feats in itertools.chain([(start, first)], batches):
+            out[row:row + len(feats)] = feats
         return out
     log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
         f"allowed); memory-mapped under {folder}")
