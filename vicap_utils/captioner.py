@@ -56,9 +56,6 @@ class Captioner:
         return self.processor.tokenizer
 
 
-# ---------------------------------------------------------------- loading
-
-
 def family_of(model_type: str) -> str:
     """The family of a saved model from its config's `model_type`."""
     return "blip2" if "blip-2" in model_type or "blip2" in model_type else "blip"
@@ -133,9 +130,6 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     return entries
 
 
-# ---------------------------------------------------------------- LoRA
-
-
 def lora_targets(family: str, lora: LoraSettings) -> str | list[str]:
     """The LoRA target modules: the family default, a regex, or a comma-separated list."""
     spec = lora.target_modules.strip()
@@ -201,9 +195,6 @@ def describe_trainable(model) -> str:
             f"({row['share_%']:.3f} %)")
 
 
-# ---------------------------------------------------------------- images → features
-
-
 def image_prefix(cap: Captioner) -> list[int]:
     """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none."""
     if cap.family != "blip2":
@@ -231,9 +222,6 @@ def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
     vision = inner_model(model).vision_model
     param = next(vision.parameters())
     return vision(pixel_values=pixels.to(param.device, param.dtype))[0]
-
-
-# ---------------------------------------------------------------- forward and loss
 
 
 def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
@@ -290,9 +278,6 @@ class TrainingForward(torch.nn.Module):
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         return forward(self.model, self.family, image, input_ids, attention_mask, self.cached)
-
-
-# ---------------------------------------------------------------- generate and decode
 
 
 @dataclass

@@ -96,9 +96,6 @@ EN: dict[str, Any] = {
 }
 
 
-# ---------------------------------------------------------------- scenes and captions
-
-
 def random_scene(rng: random.Random) -> dict[str, Any]:
     """Pick what an image shows: sport, court surface, player count and shirt colour."""
     sport = rng.choice(SPORTS)
@@ -146,9 +143,6 @@ def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 
         if len(captions) == k:
             return captions
     raise ValueError(f"cannot make {k} different captions for {scene}")
-
-
-# ---------------------------------------------------------------- drawing
 
 
 def _clip(values: Any) -> RGB:
@@ -356,9 +350,6 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
     pixels = np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.int16)
     pixels = pixels + noise_rng.normal(0, 3.0, pixels.shape).round().astype(np.int16)
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
-# ---------------------------------------------------------------- the data set
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
