@@ -127,8 +127,8 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
 
 
 def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 5) -> list[str]:
-    """`k` different captions of `scene`, each stating its sport, player count and shirt colour;
-    each uses its own template while there are some left, so word order varies too."""
+    """`k` different captions stating the scene's sport, player count and shirt colour, each
+    from its own template while some are left (word order varies too)."""
     if lang not in LANGS:
         raise ValueError(f"unknown caption language {lang!r} (choose from {', '.join(LANGS)})")
     table, fill = (VI, _fill_vi) if lang == "vi" else (EN, _fill_en)
@@ -297,8 +297,7 @@ def _draw_player(draw: ImageDraw.ImageDraw, foot: Point, height: float, shirt: R
 
 
 def _draw_ball(draw: ImageDraw.ImageDraw, sport: str, x: float, y: float, h: int) -> None:
-    """The sport's ball: spotted football, small yellow-green tennis ball, orange basketball
-    with seams, white-and-yellow volleyball."""
+    """The sport's ball: spotted, small yellow-green, orange with seams, or white-and-yellow."""
     r = h * BALL_RADIUS[sport]
     box = (x - r, y - r, x + r, y + r)
     lw = max(1, round(r / 5))
@@ -356,9 +355,8 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
              size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
     """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json.
 
-    Image i depends only on (seed, i): the same seed gives identical files, a larger set starts
-    with a smaller one's images. The set appears whole or not at all; a folder holding anything
-    is refused unless `overwrite`, which replaces only what vicap wrote there.
+    Image i depends only on (seed, i). The set appears whole or not at all; a folder holding
+    anything is refused unless `overwrite`, which replaces only what vicap wrote there.
     """
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
@@ -424,8 +422,7 @@ def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
 
 
 def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:
-    """(captions file, images folder) of the synthetic set a `synthetic` data source asks for
-    (drawn once, then cached), or None for any other source."""
+    """(captions file, images folder) of a `synthetic` data source's cached set, else None."""
     if data.source != "synthetic":
         return None
     folder = synthetic_set(data.lang, data.synthetic_images, data.synthetic_seed)
