@@ -22,7 +22,7 @@ from vicap_utils.ops.hardware import detect, eight_bit_decision, emulating_t4
 from vicap_utils.ops.io import VicapError
 from vicap_utils.ops.weights import resolve_base
 from vicap_utils.text import normalize_caption
-from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (the captioner's steps)
+from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (re-exported)
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
 BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"

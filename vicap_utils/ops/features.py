@@ -38,11 +38,9 @@ def cache_key(cap: Captioner, paths: Sequence[Path]) -> str:
     h.update(vision.config.to_json_string().encode())
     h.update(json.dumps(cap.processor.image_processor.to_dict(), sort_keys=True,
                         default=str).encode())
-    with torch.no_grad():
-        for name, p in vision.state_dict().items():
-            p = p.detach().double()
-            h.update(f"{name}{tuple(p.shape)}{p.sum().item():.10e}{p.abs().sum().item():.10e}"
-                     .encode())
+    for name, p in vision.state_dict().items():
+        p = p.detach().double()
+        h.update(f"{name}{tuple(p.shape)}{p.sum().item():.10e}{p.abs().sum().item():.10e}".encode())
     for path in paths:
         st = Path(path).stat()
         h.update(f"{Path(path).name}|{st.st_size}|{st.st_mtime_ns}".encode())
@@ -72,10 +70,9 @@ def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int
 def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = None,
                   name: str = "train", batch_size: int = 64, show: bool = True,
                   ram_bytes: int | None = None, log=print) -> torch.Tensor:
-    """fp16 vision features of every image, [images, tokens, hidden]: in RAM when they fit in
-    `ram_bytes` (default: `RAM_SHARE` of the available memory), else memory-mapped under
-    `folder` as `<name>-<key>.f16`, reused when its key matches. Under torch.distributed with a
-    `folder` (every process calls it), always that file, each process encoding its share."""
+    """fp16 vision features [images, tokens, hidden]: in RAM when they fit in `ram_bytes`
+    (default: `RAM_SHARE` of the available memory), else memory-mapped (always under
+    torch.distributed) as `folder/<name>-<key>.f16`, reused when its key matches."""
     cap.model.eval()
     paths = list(paths)
     if not paths:
