@@ -1,16 +1,9 @@
 """The captioner: the one place that knows BLIP-1 from BLIP-2.
 
-Each step of fine-tuning and captioning is a small function here, so notebook 03 can call them
-one by one and training, prediction and the demo call the same ones: load a base, extend
-BLIP-1's vocabulary for Vietnamese, build the LoRA config and wrap the model, encode captions
-with their label masking, turn images into features, run the forward pass, compute the loss,
-generate and decode.
-
-BLIP-1 (`BlipForConditionalGeneration`): a ViT and a BERT decoder that cross-attends to the
-image features; `generate()` starts from `[DEC]` and stops at `[SEP]`, so training feeds
-`[DEC] caption [SEP]` too. BLIP-2 (`Blip2ForConditionalGeneration`, OPT): a ViT, a Q-Former and
-OPT; one image placeholder per query token sits before the text, and the placeholders, the
-padding and any prompt are -100 in the labels, or the loss would count them.
+Each step (load, extend the vocabulary, add LoRA, features, forward, loss, generate, decode) is
+a small function, so notebook 03 calls them one by one and training and prediction share them.
+BLIP-1 is a ViT plus a BERT decoder that trains and generates as `[DEC] caption [SEP]`; BLIP-2
+puts one image placeholder per Q-Former query before the text of OPT (-100 in the labels).
 """
 from __future__ import annotations
 
@@ -20,12 +13,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import transformers
 
+from vicap_utils import vocab
 from vicap_utils.config import EvalConfig, LoraSettings, ModelConfig
 from vicap_utils.families import EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.ops.hardware import detect, eight_bit_decision, emulating_t4
 from vicap_utils.ops.io import VicapError
+from vicap_utils.ops.weights import resolve_base
 from vicap_utils.text import normalize_caption
-from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (the captioner's steps)
+from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (re-exported)
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
 BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"
@@ -38,6 +35,8 @@ BLIP2_DEFAULT = (r".*(qformer\.encoder\.layer\.\d+\.(attention|crossattention)\.
 # Model parts, for the trainable-parameter table.
 PARTS = ("vision_model", "text_decoder", "qformer", "language_model", "language_projection",
          "query_tokens")
+CLASSES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"),
+           "blip2": ("Blip2ForConditionalGeneration", "Blip2Processor")}
 
 
 @dataclass
@@ -57,25 +56,6 @@ class Captioner:
         return self.processor.tokenizer
 
 
-# ---------------------------------------------------------------- loading
-
-
-def model_classes(family: str) -> tuple[Any, Any]:
-    """(model class, processor class) of a family."""
-    from transformers import (
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipForConditionalGeneration,
-        BlipProcessor,
-    )
-
-    if family == "blip":
-        return BlipForConditionalGeneration, BlipProcessor
-    if family == "blip2":
-        return Blip2ForConditionalGeneration, Blip2Processor
-    raise VicapError(f"model.family {family!r}: expected one of {', '.join(FAMILIES)}")
-
-
 def family_of(model_type: str) -> str:
     """The family of a saved model from its config's `model_type`."""
     return "blip2" if "blip-2" in model_type or "blip2" in model_type else "blip"
@@ -85,25 +65,19 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
               device_index: int | None = None, log=print) -> Captioner:
     """Load the base model and processor that `cfg.base` names (see `weights.resolve_base`).
 
-    `load_in_8bit` (default: `cfg.load_in_8bit` where this machine allows it) quantises the
-    language model with bitsandbytes, pinned to one GPU (`device_index`: one device per process
-    under DDP, never `device_map="auto"`). BLIP-2 runs in fp16 on a GPU with its ViT kept in
-    fp32 (`vision_fp32`: an fp16 ViT is known to give NaN losses).
+    `load_in_8bit` (default: `cfg.load_in_8bit` where this machine allows it) pins the 8-bit
+    model to one GPU per process; BLIP-2 on a GPU runs in fp16 with an fp32 ViT (`vision_fp32`).
     """
-    from vicap_utils.ops.hardware import detect, eight_bit_decision
-    from vicap_utils.ops.weights import resolve_base
-
+    if cfg.family not in CLASSES:
+        raise VicapError(f"model.family {cfg.family!r}: expected one of {', '.join(FAMILIES)}")
     source = resolve_base(cfg.base)
     if load_in_8bit is None:
         load_in_8bit, notice = eight_bit_decision(cfg.family, cfg.load_in_8bit, detect())
         if notice:
             log(f"notice: {notice}")
-    model_cls, proc_cls = model_classes(cfg.family)
     kwargs: dict[str, Any] = {}
     if load_in_8bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
+        kwargs["quantization_config"] = transformers.BitsAndBytesConfig(
             load_in_8bit=True, llm_int8_skip_modules=["vision_model", "qformer", "lm_head"])
         kwargs["device_map"] = {"": device_index or 0} if torch.cuda.is_available() else {"": "cpu"}
         kwargs["dtype"] = torch.float16
@@ -111,6 +85,7 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
         logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
     elif cfg.family == "blip2" and torch.cuda.is_available():
         kwargs["dtype"] = torch.float16
+    model_cls, proc_cls = (getattr(transformers, name) for name in CLASSES[cfg.family])
     try:
         processor = proc_cls.from_pretrained(source)
         model = model_cls.from_pretrained(source, **kwargs)
@@ -120,9 +95,9 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
                          "internet, attach it as a Kaggle input or set "
                          "model.base=/path/to/saved/model") from None
     if cfg.family == "blip2" and cfg.vision_fp32:
-        model.vision_model.float()
+        model.vision_model.float()  # an fp16 ViT is known to give NaN losses
     if load_in_8bit:
-        from peft import prepare_model_for_kbit_training
+        from peft import prepare_model_for_kbit_training  # peft: slow to import (bitsandbytes)
 
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=cfg.gradient_checkpointing)
@@ -140,28 +115,19 @@ def place(cap: Captioner, device: str | torch.device) -> Captioner:
 
 def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
                       entries: list[str] | None = None) -> list[str]:
-    """BLIP-1: extend the tokenizer for Vietnamese and grow and initialise the embeddings.
-
-    Give the training `captions` to find the entries, or the `entries` a checkpoint or an
-    adapter saved. BLIP-2's byte-level tokenizer writes Vietnamese already: nothing to do.
-    """
-    from vicap_utils import vocab
-
+    """BLIP-1: extend the tokenizer for Vietnamese (entries found in `captions`, or `entries`
+    saved before) and grow the embeddings; BLIP-2's byte-level tokenizer needs nothing."""
     if cap.family not in EXTENDS_VOCABULARY:
         return []
     stock = cap.tokenizer
     if entries is None:
         entries = vocab.extension_entries(stock, captions or [])
     extended = vocab.build_extended_tokenizer(stock, entries)
-    first_new = len(stock)
-    vocab.init_new_rows(cap.model, stock, extended, first_new)
+    vocab.init_new_rows(cap.model, stock, extended, len(stock))
     cap.processor.tokenizer = extended
     cap.stock_tokenizer = stock
-    cap.first_new_id = first_new if entries else 0
+    cap.first_new_id = len(stock) if entries else 0
     return entries
-
-
-# ---------------------------------------------------------------- LoRA
 
 
 def lora_targets(family: str, lora: LoraSettings) -> str | list[str]:
@@ -179,7 +145,7 @@ def lora_config(cap: Captioner, lora: LoraSettings):
 
     `task_type` stays unset: peft's task wrappers break BLIP's and BLIP-2's forward.
     """
-    from peft import LoraConfig
+    from peft import LoraConfig  # peft: slow to import (bitsandbytes)
 
     targets = lora_targets(cap.family, lora)
     names = [n for n, _ in cap.model.named_modules()]
@@ -189,32 +155,23 @@ def lora_config(cap: Captioner, lora: LoraSettings):
         raise VicapError(f"lora.target_modules {targets!r} matches no module of the model")
     token_ids = None
     if lora.train_new_embeddings and cap.first_new_id:
-        token_ids = {_input_embedding_name(cap.model):
-                     list(range(cap.first_new_id, len(cap.tokenizer)))}
+        embedding = cap.model.get_input_embeddings()
+        name = next(n for n, m in cap.model.named_modules() if m is embedding)
+        token_ids = {name.split(".")[-1]: list(range(cap.first_new_id, len(cap.tokenizer)))}
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                       target_modules=targets, trainable_token_indices=token_ids)
 
 
 def add_lora(cap: Captioner, config) -> Any:
     """Freeze the base and wrap it with the LoRA adapter; returns the peft model."""
-    from peft import get_peft_model
+    from peft import get_peft_model  # peft: slow to import (bitsandbytes)
 
-    for p in cap.model.parameters():
-        p.requires_grad_(False)
+    cap.model.requires_grad_(False)
     cap.model = get_peft_model(cap.model, config)
     for p in cap.model.parameters():
         if p.requires_grad and p.dtype in (torch.float16, torch.bfloat16):
             p.data = p.data.float()  # the optimizer and GradScaler need fp32 master weights
     return cap.model
-
-
-def _input_embedding_name(model) -> str:
-    """The module name (last part) of the model's input embedding."""
-    emb = model.get_input_embeddings()
-    for name, module in model.named_modules():
-        if module is emb:
-            return name.split(".")[-1]
-    raise VicapError("could not find the input embedding module")
 
 
 def trainable_table(model) -> list[dict[str, Any]]:
@@ -238,15 +195,8 @@ def describe_trainable(model) -> str:
             f"({row['share_%']:.3f} %)")
 
 
-# ---------------------------------------------------------------- captions → token ids
-
-
 def image_prefix(cap: Captioner) -> list[int]:
-    """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none.
-
-    The count comes from the processor, or from the model config for processors saved
-    without it.
-    """
+    """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none."""
     if cap.family != "blip2":
         return []
     image_id = cap.tokenizer.convert_tokens_to_ids(cap.processor.image_token.content)
@@ -254,9 +204,6 @@ def image_prefix(cap: Captioner) -> list[int]:
     if not count:
         raise VicapError("the BLIP-2 processor and model config give no num_query_tokens")
     return [image_id] * int(count)
-
-
-# ---------------------------------------------------------------- images → features
 
 
 def pixel_values(cap: Captioner, images: list) -> torch.Tensor:
@@ -275,9 +222,6 @@ def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
     vision = inner_model(model).vision_model
     param = next(vision.parameters())
     return vision(pixel_values=pixels.to(param.device, param.dtype))[0]
-
-
-# ---------------------------------------------------------------- forward and loss
 
 
 def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
@@ -300,8 +244,8 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
 
 
 def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """BLIP-2's forward after its ViT: the Q-Former reads the ViT features, its outputs are
-    projected into OPT's embedding space and replace the image placeholders of `input_ids`."""
+    """BLIP-2 after its ViT: Q-Former outputs, projected into OPT's embedding space, replace
+    the image placeholders of `input_ids`."""
     feats = features.to(inner.query_tokens.device, inner.query_tokens.dtype)
     query = inner.query_tokens.expand(feats.shape[0], -1, -1)
     out = inner.qformer(query_embeds=query, encoder_hidden_states=feats,
@@ -325,8 +269,7 @@ def loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> 
 
 
 class TrainingForward(torch.nn.Module):
-    """The trainable model behind one `forward`, so DDP sees and syncs every training step,
-    the cached-feature path included."""
+    """The trainable model behind one `forward`, so DDP syncs every step (cached path too)."""
 
     def __init__(self, model, family: str, cached: bool) -> None:
         super().__init__()
@@ -335,9 +278,6 @@ class TrainingForward(torch.nn.Module):
     def forward(self, image: torch.Tensor, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> torch.Tensor:
         return forward(self.model, self.family, image, input_ids, attention_mask, self.cached)
-
-
-# ---------------------------------------------------------------- generate and decode
 
 
 @dataclass
@@ -374,14 +314,11 @@ class Decoding:
 @torch.no_grad()
 def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
              features: torch.Tensor | None = None):
-    """Token ids (or, with several return sequences, a generate output with scores).
+    """Token ids (with several return sequences, a generate output with scores).
 
-    BLIP-1 decodes from `[DEC]` over ViT features (given, or computed from `pixels`), exactly
-    as training starts; BLIP-2 uses its own `generate()` on pixels, or the same steps after its
-    ViT on cached features. fp16 autocast on a GPU, and on the CPU under `EMULATE_T4`.
+    BLIP-1 decodes from `[DEC]` over ViT features, as training starts; BLIP-2 uses `generate()`
+    on pixels, or its steps after the ViT on cached features. fp16 autocast on a GPU or a T4.
     """
-    from vicap_utils.ops.hardware import emulating_t4
-
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
     kwargs = dec.generate_kwargs()
@@ -399,10 +336,10 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                                                   device=device),
                 **kwargs)
         if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
-            n = features.shape[0]
             start = [inner.config.image_token_id] * inner.config.num_query_tokens + [
                 inner.config.text_config.bos_token_id]
-            ids = torch.tensor([start], dtype=torch.long, device=device).repeat(n, 1)
+            ids = torch.tensor([start], dtype=torch.long, device=device)
+            ids = ids.repeat(features.shape[0], 1)
             return inner.language_model.generate(
                 input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),
                 attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
@@ -414,20 +351,18 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
 
 
 def decode(tokenizer, sequences: torch.Tensor) -> list[str]:
-    """Token ids → captions: special tokens (BLIP-2's image placeholders too) dropped, spacing
-    normalised, first letter capitalised."""
-    texts = (normalize_caption(t) for t in tokenizer.batch_decode(sequences,
-                                                                  skip_special_tokens=True))
+    """Token ids → captions: special tokens dropped, spacing normalised, first letter upper."""
+    texts = map(normalize_caption, tokenizer.batch_decode(sequences, skip_special_tokens=True))
     return [t[:1].upper() + t[1:] for t in texts]
 
 
 def caption(cap: Captioner, images: list | None = None, dec: Decoding | None = None,
             pixels: torch.Tensor | None = None, features: torch.Tensor | None = None
             ) -> list[list[tuple[str, float | None]]]:
-    """Captions for RGB images, pixel values or BLIP-1 features: per image, [(caption, score)].
+    """Captions of RGB images, pixel values or features: per image, [(caption, score)].
 
-    With `num_return_sequences > 1` each image gets its alternative beams with their
-    length-normalised log-probabilities; otherwise one caption with score None.
+    With `num_return_sequences` k > 1, k beams with their length-normalised log-probabilities;
+    otherwise one caption with score None.
     """
     dec = dec or Decoding()
     if images is not None:
@@ -439,5 +374,4 @@ def caption(cap: Captioner, images: list | None = None, dec: Decoding | None = N
     texts = decode(cap.tokenizer, out.sequences)
     raw = out.sequences_scores
     scores = raw.tolist() if raw is not None else [None] * len(texts)
-    return [list(zip(texts[i * k:(i + 1) * k], scores[i * k:(i + 1) * k]))
-            for i in range(len(texts) // k)]
+    return [list(zip(texts[i:i + k], scores[i:i + k])) for i in range(0, len(texts), k)]

@@ -1,9 +1,7 @@
 """Training examples: (image, caption) pairs as tensors, batched in a resumable order.
 
-An image comes from an image source: its pixels decoded on demand (in DataLoader workers when
-there are several), or its vision features computed once (`features.encode_images`) when the
-vision encoder is frozen. Captions are tokenised once,
-up front, with their label masking (`captioner.encode_captions`).
+An image is decoded on demand (`PixelSource`) or its cached vision features are used
+(`features.encode_images`); captions are tokenised once, up front, with their label masking.
 """
 from __future__ import annotations
 
@@ -25,8 +23,8 @@ class PixelSource:
         self.paths, self.image_processor = list(paths), image_processor
 
     def __call__(self, row: int) -> torch.Tensor:
-        return self.image_processor(load_rgb(self.paths[row]), return_tensors="pt")[
-            "pixel_values"][0]
+        image = load_rgb(self.paths[row])
+        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
 
 def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:
@@ -36,8 +34,7 @@ def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:
 
 
 class CaptionPairs(Dataset):
-    """(image, caption) pairs; `image_source(row)` gives pixels or cached features, so the
-    training loop is the same either way."""
+    """(image, caption) pairs; `image_source(row)` gives pixels or cached features alike."""
 
     def __init__(self, image_rows: Sequence[int], input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, labels: torch.Tensor,
@@ -68,14 +65,13 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack items, trimming the padding columns no caption in the batch uses."""
     batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
     width = int(batch["attention_mask"].sum(1).max())
-    for k in ("input_ids", "attention_mask", "labels"):
-        batch[k] = batch[k][:, :width]
-    return batch
+    text = ("input_ids", "attention_mask", "labels")
+    return {k: v[:, :width] if k in text else v for k, v in batch.items()}
 
 
 class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch: the data order is a function of (seed, epoch) alone,
-    so a resumed run sees exactly the batches the interrupted one would have seen."""
+    """A seeded permutation per epoch, a function of (seed, epoch) alone: a resumed run sees
+    exactly the batches the interrupted one would have seen."""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n, self.seed, self.epoch = n, seed, 0

@@ -1,16 +1,10 @@
 """Cached vision features: every image through the frozen ViT once, kept in fp16.
 
-Training with the ViT frozen (BLIP-1 and BLIP-2 both) sees the same features for an image at
-every step, so they are computed once per image (not once per caption per epoch) and stored in
-fp16, half the memory of fp32 at a precision the trained part does not notice. They stay in RAM
-when they fit in a share of the memory available (`RAM_SHARE`), otherwise they go to a
-memory-mapped file under the run's `cache/` folder, reused by a resumed run. UIT-ViIC's 2,420
-training images at 384 px are 577 x 768 values each, about 2.1 GB in fp16: in RAM on a Kaggle
-box (30 GB), memory-mapped on a small laptop; Flickr8k's 6,000 for BLIP-2 (257 x 1408 each)
-are about 4.3 GB. The key covers the vision weights and config, the image processor's
-settings and the image files, so a change to any of them rebuilds the features. With several
-processes (one per GPU) each encodes its share of the images into that file, so none waits for
-a whole pass (BLIP-2's ViT-g over Flickr8k: minutes) in a barrier, or repeats it.
+With the ViT frozen an image's features never change, so they are computed once per image and
+kept in RAM when they fit in `RAM_SHARE` of the available memory (UIT-ViIC's 2,420 images at
+384 px: ~2.1 GB), else memory-mapped under the run's `cache/` and reused by a resumed run. The
+key covers the vision weights and config, the image processor and the image files. Under
+torch.distributed each process encodes its share into that one file: none waits or repeats.
 """
 from __future__ import annotations
 
@@ -22,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import torch.distributed as dist
 
@@ -43,36 +38,13 @@ def cache_key(cap: Captioner, paths: Sequence[Path]) -> str:
     h.update(vision.config.to_json_string().encode())
     h.update(json.dumps(cap.processor.image_processor.to_dict(), sort_keys=True,
                         default=str).encode())
-    with torch.no_grad():
-        for name, p in vision.state_dict().items():
-            p = p.detach().double()
-            h.update(f"{name}{tuple(p.shape)}{p.sum().item():.10e}{p.abs().sum().item():.10e}"
-                     .encode())
+    for name, p in vision.state_dict().items():
+        p = p.detach().double()
+        h.update(f"{name}{tuple(p.shape)}{p.sum().item():.10e}{p.abs().sum().item():.10e}".encode())
     for path in paths:
         st = Path(path).stat()
         h.update(f"{Path(path).name}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
-
-
-def available_memory() -> int:
-    """Bytes of memory available now (Linux: MemAvailable), or 0 when unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def _process() -> tuple[int, int]:
-    """(rank, number of processes) of the torch.distributed group, (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _barrier(world: int) -> None:
@@ -81,16 +53,10 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _share(n: int, rank: int, world: int) -> range:
-    """The rows of `n` a process encodes: a contiguous block, the main process's first."""
-    size = -(-n // world)
-    return range(min(n, rank * size), min(n, (rank + 1) * size))
-
-
 def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int, desc: str,
              show: bool):
-    """(start row, fp16 features) a batch of `rows` at a time, under fp16 autocast on a GPU
-    (a T4's tensor cores; BLIP-2's ViT stays in fp32 otherwise), in fp32 on the CPU."""
+    """(start row, fp16 features) per batch of `rows`; fp16 autocast on a GPU (a T4's tensor
+    cores), fp32 on the CPU."""
     device = next(inner_model(cap.model).vision_model.parameters()).device
     for start in progress(range(rows.start, rows.stop, batch_size), desc=desc, unit="batch",
                           disable=not show):
@@ -100,30 +66,23 @@ def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int
         yield start, feats.to("cpu", DTYPE)
 
 
-def _saved_meta(path: Path) -> dict | None:
-    """The metadata beside a memory-mapped cache, or None when absent or unreadable."""
-    try:
-        return read_json(path) if path.is_file() else None
-    except VicapError:
-        return None
-
-
 @torch.no_grad()
 def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = None,
                   name: str = "train", batch_size: int = 64, show: bool = True,
                   ram_bytes: int | None = None, log=print) -> torch.Tensor:
-    """fp16 vision features of every image, [images, tokens, hidden]: in RAM when they fit in
-    `ram_bytes` (default: `RAM_SHARE` of the memory available), else memory-mapped under
-    `folder` as `<name>-<key>.f16`, reused when its key matches. Under torch.distributed with a
-    `folder` (every process calls it), always that file: each process encodes its share of the
-    images into it, so none waits for a whole pass or repeats another's."""
+    """fp16 vision features [images, tokens, hidden]: in RAM when they fit in `ram_bytes`
+    (default: `RAM_SHARE` of the available memory), else memory-mapped (always under
+    torch.distributed) as `folder/<name>-<key>.f16`, reused when its key matches."""
     cap.model.eval()
     paths = list(paths)
     if not paths:
         return torch.empty(0, dtype=DTYPE)
-    rank, world = _process() if folder is not None else (0, 1)
-    desc = f"caching {name} image features"
-    batches = _batches(cap, paths, _share(len(paths), rank, world), batch_size, desc, show)
+    rank, world = 0, 1
+    if folder is not None and dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    share = -(-len(paths) // world)  # contiguous blocks, the main process's first
+    rows = range(min(len(paths), rank * share), min(len(paths), (rank + 1) * share))
+    batches = _batches(cap, paths, rows, batch_size, f"caching {name} image features", show)
     if world > 1:
         log(f"vision features: {world} processes encode a share each, memory-mapped under "
             f"{folder}")
@@ -131,12 +90,11 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
     start, first = next(batches)
     shape = (len(paths), *first.shape[1:])
     size = int(np.prod(shape)) * 2
-    budget = int(RAM_SHARE * available_memory()) if ram_bytes is None else ram_bytes
+    budget = int(RAM_SHARE * psutil.virtual_memory().available) if ram_bytes is None else ram_bytes
     if folder is None or size <= budget:
         out = torch.empty(shape, dtype=DTYPE)
-        out[:len(first)] = first
-        for start, feats in batches:
-            out[start:start + len(feats)] = feats
+        for row, feats in itertools.chain([(start, first)], batches):
+            out[row:row + len(feats)] = feats
         return out
     log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
         f"allowed); memory-mapped under {folder}")
@@ -145,11 +103,16 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
 
 def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches, log,
             rank: int = 0, world: int = 1) -> torch.Tensor:
-    """The features memory-mapped from `folder/<name>-<key>.f16`: reused when complete and its
-    key matches, else written first (`_write`)."""
+    """The features memory-mapped from `folder/<name>-<key>.f16`: reused when complete (its
+    key and size match its metadata), else written first (`_write`)."""
     key = cache_key(cap, paths)
     file, meta_file = folder / f"{name}-{key}.f16", folder / f"{name}-{key}.json"
-    if _complete(file, _saved_meta(meta_file), key):
+    try:
+        meta = read_json(meta_file) if meta_file.is_file() else {}
+        complete = meta["key"] == key and file.stat().st_size == 2 * int(np.prod(meta["shape"]))
+    except (VicapError, OSError, KeyError, TypeError, ValueError):
+        complete = False
+    if complete:
         log(f"vision features: reusing {file} ({file.stat().st_size / 2**30:.2f} GiB)")
     else:
         _write(folder, name, key, len(paths), batches, rank, world)
@@ -157,16 +120,8 @@ def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches,
     return torch.from_numpy(np.memmap(file, dtype=np.float16, mode="c", shape=shape))
 
 
-def _complete(file: Path, meta: dict | None, key: str) -> bool:
-    """True when `file` holds the features its metadata describes (their key and size)."""
-    try:
-        return meta["key"] == key and file.stat().st_size == 2 * int(np.prod(meta["shape"]))
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-
-
 def _write(folder: Path, name: str, key: str, n: int, batches, rank: int, world: int) -> None:
-    """Write `<name>-<key>.f16` and its metadata: the main process clears the stale files and
+    """Write `<name>-<key>.f16` and its metadata: the main process clears stale files and
     reserves the space (a full disk fails there, leaving nothing), every process writes its
     rows, the main process renames the whole file into place."""
     file, partial = folder / f"{name}-{key}.f16", folder / f".{name}-{key}.f16.partial"

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image, ImageDraw
 
 from vicap_utils.config import DataConfig
 from vicap_utils.ops.env import cache_dir
-from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, file_lock, read_json
+from vicap_utils.ops.folders import output_folder, staged, visible_entries
+from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, read_json
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption
 
 RGB = tuple[int, int, int]
+Point = tuple[float, float]
 
 SPORTS = ("football", "tennis", "basketball", "volleyball")
 COURTS = {"football": ("grass",), "tennis": ("hard", "clay"), "basketball": ("wood",),
@@ -37,15 +40,16 @@ GROUND: dict[str, RGB] = {"grass": (62, 150, 62), "hard": (45, 95, 170), "clay":
 BACKDROP: dict[str, RGB] = {"grass": (35, 95, 45), "hard": (40, 105, 75), "clay": (40, 100, 70),
                             "wood": (110, 125, 150), "sand": (150, 200, 240)}
 SKINS: tuple[RGB, ...] = ((232, 190, 150), (198, 148, 105), (150, 102, 70))
+WHITE, DARK = (245, 245, 245), (40, 40, 40)
+BALL_RADIUS = {"football": 0.045, "tennis": 0.025, "basketball": 0.05, "volleyball": 0.05}
 
+_VI_PLAYER = ("cầu thủ", "vận động viên", "người chơi")
 VI: dict[str, Any] = {
     "numbers": {1: "một", 2: "hai", 3: "ba"},
     "colours": {"red": "đỏ", "yellow": "vàng", "white": "trắng", "black": "đen"},
     "colour_phrases": ("mặc áo {c}", "áo {c}", "mặc áo màu {c}"),
-    "nouns": {"football": ("cầu thủ", "vận động viên", "người chơi"),
-              "tennis": ("tay vợt", "vận động viên", "người chơi"),
-              "basketball": ("cầu thủ", "vận động viên", "người chơi"),
-              "volleyball": ("cầu thủ", "vận động viên", "người chơi")},
+    "nouns": {"football": _VI_PLAYER, "tennis": ("tay vợt", "vận động viên", "người chơi"),
+              "basketball": _VI_PLAYER, "volleyball": _VI_PLAYER},
     "verbs": {"football": ("chơi bóng đá", "đá bóng", "thi đấu bóng đá"),
               "tennis": ("chơi quần vợt", "thi đấu quần vợt"),
               "basketball": ("chơi bóng rổ", "ném bóng rổ", "thi đấu bóng rổ"),
@@ -64,7 +68,6 @@ VI: dict[str, Any] = {
 
 EN: dict[str, Any] = {
     "numbers": {1: "one", 2: "two", 3: "three"},
-    "colours": {"red": "red", "yellow": "yellow", "white": "white", "black": "black"},
     "colour_phrases": {1: ("in a {c} shirt", "wearing a {c} shirt", "in {c}"),
                        2: ("in {c} shirts", "wearing {c} shirts", "in {c}")},
     "nouns": {"football": ("player", "athlete", "footballer"),
@@ -93,19 +96,11 @@ EN: dict[str, Any] = {
 }
 
 
-# ---------------------------------------------------------------- scenes and captions
-
-
 def random_scene(rng: random.Random) -> dict[str, Any]:
     """Pick what an image shows: sport, court surface, player count and shirt colour."""
     sport = rng.choice(SPORTS)
     return {"sport": sport, "court": rng.choice(COURTS[sport]),
             "n_players": rng.randint(1, 3), "shirt": rng.choice(sorted(SHIRTS))}
-
-
-def _finish(text: str) -> str:
-    """Capitalise the first letter and normalise as the audit does (the form captions keep)."""
-    return normalize_caption(text[:1].upper() + text[1:])
 
 
 def _fill_vi(template: str, scene: dict[str, Any], rng: random.Random) -> str:
@@ -118,8 +113,7 @@ def _fill_vi(template: str, scene: dict[str, Any], rng: random.Random) -> str:
 
 def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
     """One English caption, with number agreement on the noun, the verb and the shirts."""
-    n = scene["n_players"]
-    plural = n > 1
+    plural = scene["n_players"] > 1
     noun = rng.choice(EN["nouns"][scene["sport"]]) + ("s" if plural else "")
     ing, base = rng.choice(EN["verbs"][scene["sport"]])
     if not plural:
@@ -127,17 +121,14 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
         base = f"{verb}s {rest}"
     colour = rng.choice(EN["colour_phrases"][2 if plural else 1])
     return template.format(
-        n=EN["numbers"][n], s=noun, c=colour.format(c=EN["colours"][scene["shirt"]]),
+        n=EN["numbers"][scene["n_players"]], s=noun, c=colour.format(c=scene["shirt"]),
         be="are" if plural else "is", ing=ing, base=base,
         p=rng.choice(EN["places"][scene["court"]]))
 
 
 def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 5) -> list[str]:
-    """`k` different captions of `scene`, each stating its sport, player count and shirt colour.
-
-    Each caption uses its own sentence template while there are templates left, so the five
-    captions of an image differ in word order, not only in word choice.
-    """
+    """`k` different captions stating the scene's sport, player count and shirt colour, each
+    from its own template while some are left (word order varies too)."""
     if lang not in LANGS:
         raise ValueError(f"unknown caption language {lang!r} (choose from {', '.join(LANGS)})")
     table, fill = (VI, _fill_vi) if lang == "vi" else (EN, _fill_en)
@@ -145,15 +136,13 @@ def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 
     rng.shuffle(templates)
     captions: list[str] = []
     for attempt in range(50 * k):
-        caption = _finish(fill(templates[attempt % len(templates)], scene, rng))
+        text = fill(templates[attempt % len(templates)], scene, rng)
+        caption = normalize_caption(text[:1].upper() + text[1:])  # the form the audit keeps
         if caption not in captions:
             captions.append(caption)
         if len(captions) == k:
             return captions
     raise ValueError(f"cannot make {k} different captions for {scene}")
-
-
-# ---------------------------------------------------------------- drawing
 
 
 def _clip(values: Any) -> RGB:
@@ -172,23 +161,15 @@ def _shade(colour: RGB, factor: float) -> RGB:
     return _clip(c * factor for c in colour)
 
 
-def _horizon(court: str, h: int, rng: random.Random) -> int:
-    """The y where the backdrop (stands, wall, sky) meets the playing surface."""
-    low, high = (0.38, 0.46) if court == "sand" else (0.22, 0.32)
-    return round(h * rng.uniform(low, high))
-
-
-def _draw_ground(draw: ImageDraw.ImageDraw, court: str, size: tuple[int, int], top: int,
+def _draw_ground(draw: ImageDraw.ImageDraw, court: str, w: int, h: int, top: int,
                  rng: random.Random) -> None:
     """Backdrop above `top`, surface below it; grass gets mowing stripes, wood planks."""
-    w, h = size
     ground = _jitter(GROUND[court], rng)
     draw.rectangle((0, 0, w, top), fill=_jitter(BACKDROP[court], rng))
     draw.rectangle((0, top, w, h), fill=ground)
     if court == "grass":
         band = w // 8
-        offset = rng.randrange(band)
-        for x in range(-band + offset, w, 2 * band):
+        for x in range(-band + rng.randrange(band), w, 2 * band):
             draw.rectangle((x, top, x + band, h), fill=_shade(ground, 1.1))
     elif court == "wood":
         for y in range(top + rng.randrange(h // 20), h, max(2, h // 20)):
@@ -197,52 +178,38 @@ def _draw_ground(draw: ImageDraw.ImageDraw, court: str, size: tuple[int, int], t
         draw.rectangle((0, top - h // 12, w, top), fill=_jitter((45, 115, 175), rng))
 
 
-def _draw_court_lines(draw: ImageDraw.ImageDraw, size: tuple[int, int], top: int,
+def _draw_court_lines(draw: ImageDraw.ImageDraw, w: int, h: int, top: int,
                       rng: random.Random) -> None:
     """White court markings in a simple perspective: a trapezoid outline and a middle line."""
-    w, h = size
     lw = max(2, h // 60)
     inset = rng.uniform(0.08, 0.2) * w
     y0 = top + rng.uniform(0.04, 0.1) * h
     y1 = h - rng.uniform(0.02, 0.06) * h
     outline = [(inset, y0), (w - inset, y0), (w + inset / 2, y1), (-inset / 2, y1)]
-    draw.line(outline + [outline[0]], fill=(245, 245, 245), width=lw)
+    draw.line(outline + [outline[0]], fill=WHITE, width=lw)
     mid = rng.uniform(0.35, 0.65) * w
-    draw.line((mid, y0, mid + (mid - w / 2) * 0.4, y1), fill=(245, 245, 245), width=lw)
+    draw.line((mid, y0, mid + (mid - w / 2) * 0.4, y1), fill=WHITE, width=lw)
     ymid = (y0 + y1) / 2
-    draw.line((inset * 0.7, ymid, w - inset * 0.7, ymid), fill=(245, 245, 245), width=lw)
+    draw.line((inset * 0.7, ymid, w - inset * 0.7, ymid), fill=WHITE, width=lw)
 
 
-def _draw_centre_circle(draw: ImageDraw.ImageDraw, size: tuple[int, int], top: int,
-                        rng: random.Random) -> None:
-    """The football pitch's centre circle, seen flattened."""
-    w, h = size
-    cx, cy = rng.uniform(0.35, 0.65) * w, (top + h) / 2
-    rx, ry = 0.16 * w, 0.09 * h
-    draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), outline=(245, 245, 245),
-                 width=max(2, h // 60))
-
-
-def _draw_net(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float]) -> None:
-    """A net: dark posts, a mesh of thin lines and a white tape along its top."""
-    x0, y0, x1, y1 = box
+def _draw_net(draw: ImageDraw.ImageDraw, x0: float, y0: float, x1: float, y1: float) -> None:
+    """A net: a mesh of thin dark lines and a white tape along its top."""
     step = max(3.0, (y1 - y0) / 4)
     lw = max(1, round(step / 5))
     x = x0
     while x <= x1:
-        draw.line((x, y0, x, y1), fill=(40, 40, 40), width=lw)
+        draw.line((x, y0, x, y1), fill=DARK, width=lw)
         x += step
     y = y0
     while y <= y1:
-        draw.line((x0, y, x1, y), fill=(40, 40, 40), width=lw)
+        draw.line((x0, y, x1, y), fill=DARK, width=lw)
         y += step
     draw.rectangle((x0, y0 - 2 * lw, x1, y0 + lw), fill=(250, 250, 250))
 
 
-def _draw_hoop(draw: ImageDraw.ImageDraw, size: tuple[int, int], top: int,
-               rng: random.Random) -> None:
+def _draw_hoop(draw: ImageDraw.ImageDraw, w: int, h: int, top: int, rng: random.Random) -> None:
     """A basketball stand on the left or right: pole, white backboard, orange ring and net."""
-    w, h = size
     left = rng.random() < 0.5
     pole_x = rng.uniform(0.03, 0.08) * w
     pole_x = pole_x if left else w - pole_x
@@ -253,8 +220,7 @@ def _draw_hoop(draw: ImageDraw.ImageDraw, size: tuple[int, int], top: int,
     draw.line((pole_x, board_y + board_h / 2, pole_x, top + 0.15 * h), fill=(70, 70, 75), width=lw)
     draw.rectangle((board_x, board_y, board_x + board_w, board_y + board_h), fill=(250, 250, 250),
                    outline=(60, 60, 60), width=max(1, lw // 3))
-    ring_cx = board_x + board_w / 2
-    ring_y = board_y + board_h * 0.85
+    ring_cx, ring_y = board_x + board_w / 2, board_y + board_h * 0.85
     rx, ry = board_w * 0.3, board_h * 0.15
     for i in range(4):
         x = ring_cx - rx + i * 2 * rx / 3
@@ -264,60 +230,58 @@ def _draw_hoop(draw: ImageDraw.ImageDraw, size: tuple[int, int], top: int,
                  width=max(2, lw // 2))
 
 
-def _draw_setting(draw: ImageDraw.ImageDraw, scene: dict[str, Any], size: tuple[int, int],
+def _draw_setting(draw: ImageDraw.ImageDraw, scene: dict[str, Any], w: int, h: int,
                   rng: random.Random) -> int:
     """Everything behind the players; returns the horizon y so players stand below it."""
-    w, h = size
-    court = scene["court"]
-    top = _horizon(court, h, rng)
-    _draw_ground(draw, court, size, top, rng)
+    court, sport = scene["court"], scene["sport"]
+    low, high = (0.38, 0.46) if court == "sand" else (0.22, 0.32)
+    top = round(h * rng.uniform(low, high))  # where the backdrop meets the playing surface
+    _draw_ground(draw, court, w, h, top, rng)
     if court != "sand":
-        _draw_court_lines(draw, size, top, rng)
-    if scene["sport"] == "football":
-        _draw_centre_circle(draw, size, top, rng)
-    elif scene["sport"] == "tennis":
+        _draw_court_lines(draw, w, h, top, rng)
+    if sport == "football":  # the centre circle, seen flattened
+        cx, cy, rx, ry = rng.uniform(0.35, 0.65) * w, (top + h) / 2, 0.16 * w, 0.09 * h
+        draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), outline=WHITE, width=max(2, h // 60))
+    elif sport == "tennis":
         net_y = top + rng.uniform(0.12, 0.2) * h
-        _draw_net(draw, (0.04 * w, net_y, 0.96 * w, net_y + 0.1 * h))
-    elif scene["sport"] == "basketball":
-        _draw_hoop(draw, size, top, rng)
+        _draw_net(draw, 0.04 * w, net_y, 0.96 * w, net_y + 0.1 * h)
+    elif sport == "basketball":
+        _draw_hoop(draw, w, h, top, rng)
     else:
         net_y = rng.uniform(0.12, 0.2) * h
         for x in (0.06 * w, 0.94 * w):
             draw.line((x, net_y - 0.02 * h, x, top + 0.1 * h), fill=(60, 60, 60),
                       width=max(3, h // 40))
-        _draw_net(draw, (0.06 * w, net_y, 0.94 * w, net_y + 0.12 * h))
+        _draw_net(draw, 0.06 * w, net_y, 0.94 * w, net_y + 0.12 * h)
     return top
 
 
-def _limb(start: tuple[float, float], angle: float, length: float) -> tuple[float, float]:
+def _limb(start: Point, angle: float, length: float) -> Point:
     """The end of a limb hanging from `start`, `angle` degrees away from straight down."""
     rad = math.radians(angle)
     return start[0] + length * math.sin(rad), start[1] + length * math.cos(rad)
 
 
-def _draw_player(draw: ImageDraw.ImageDraw, foot: tuple[float, float], height: float,
-                 shirt: RGB, scene: dict[str, Any], rng: random.Random) -> tuple[float, float]:
-    """A front-facing stick-and-block figure; returns the position of its right hand."""
+def _draw_player(draw: ImageDraw.ImageDraw, foot: Point, height: float, shirt: RGB,
+                 sport: str, rng: random.Random) -> Point:
+    """A front-facing stick-and-block figure (a racket for tennis); returns its right hand."""
     cx, fy = foot
     skin = rng.choice(SKINS)
     limb_w = max(2, round(height * 0.08))
-    head_r = height * 0.1
-    neck_y = fy - height + 2 * head_r
-    hip_y = fy - height * 0.45
-    half = height * 0.13
+    head_r, half = height * 0.1, height * 0.13
+    neck_y, hip_y = fy - height + 2 * head_r, fy - height * 0.45
     shorts = _shade(shirt, 0.8) if shirt != SHIRTS["black"] else (50, 50, 55)
-    spread = rng.uniform(5, 40 if scene["sport"] == "football" else 25)
+    spread = rng.uniform(5, 40 if sport == "football" else 25)
     for side, angle in ((-1, spread), (1, rng.uniform(5, 25))):
-        knee_foot = _limb((cx + side * half * 0.5, hip_y), side * angle, height * 0.45)
-        draw.line((cx + side * half * 0.5, hip_y, *knee_foot), fill=skin, width=limb_w)
-        draw.ellipse((knee_foot[0] - limb_w, knee_foot[1] - limb_w / 2, knee_foot[0] + limb_w,
-                      knee_foot[1] + limb_w / 2), fill=(30, 30, 30))
+        kx, ky = _limb((cx + side * half * 0.5, hip_y), side * angle, height * 0.45)
+        draw.line((cx + side * half * 0.5, hip_y, kx, ky), fill=skin, width=limb_w)
+        draw.ellipse((kx - limb_w, ky - limb_w / 2, kx + limb_w, ky + limb_w / 2),
+                     fill=(30, 30, 30))
     hands = []
     for side in (-1, 1):
         shoulder = (cx + side * half, neck_y + height * 0.04)
-        hand = _limb(shoulder, side * rng.uniform(20, 160), height * 0.36)
-        draw.line((*shoulder, *hand), fill=skin, width=limb_w)
-        hands.append(hand)
+        hands.append(_limb(shoulder, side * rng.uniform(20, 160), height * 0.36))
+        draw.line((*shoulder, *hands[-1]), fill=skin, width=limb_w)
     draw.rectangle((cx - half, hip_y - height * 0.02, cx + half, hip_y + height * 0.12),
                    fill=shorts)
     draw.rounded_rectangle((cx - half, neck_y, cx + half, hip_y), radius=half * 0.4, fill=shirt,
@@ -325,26 +289,16 @@ def _draw_player(draw: ImageDraw.ImageDraw, foot: tuple[float, float], height: f
     head = (cx - head_r, neck_y - 2 * head_r, cx + head_r, neck_y)
     draw.ellipse(head, fill=skin)
     draw.chord(head, 180, 360, fill=(35, 25, 20))
-    if scene["sport"] == "tennis":
-        _draw_racket(draw, hands[1], height)
+    if sport == "tennis":  # a racket held upright: a short handle and an oval frame
+        (hx, hy), r, width = hands[1], height * 0.09, max(1, round(height * 0.03))
+        draw.line((hx, hy, hx, hy - r), fill=DARK, width=width)
+        draw.ellipse((hx - r * 0.75, hy - 3 * r, hx + r * 0.75, hy - r), outline=DARK, width=width)
     return hands[1]
 
 
-def _draw_racket(draw: ImageDraw.ImageDraw, hand: tuple[float, float], height: float) -> None:
-    """A tennis racket held upright in the hand: a short handle and an oval frame."""
-    hx, hy = hand
-    r = height * 0.09
-    draw.line((hx, hy, hx, hy - r), fill=(40, 40, 40), width=max(1, round(height * 0.03)))
-    draw.ellipse((hx - r * 0.75, hy - 3 * r, hx + r * 0.75, hy - r), outline=(40, 40, 40),
-                 width=max(1, round(height * 0.03)))
-
-
-def _draw_ball(draw: ImageDraw.ImageDraw, sport: str, centre: tuple[float, float],
-               h: int) -> None:
-    """The sport's ball: spotted football, small yellow-green tennis ball, orange basketball
-    with seams, white-and-yellow volleyball."""
-    x, y = centre
-    r = h * {"football": 0.045, "tennis": 0.025, "basketball": 0.05, "volleyball": 0.05}[sport]
+def _draw_ball(draw: ImageDraw.ImageDraw, sport: str, x: float, y: float, h: int) -> None:
+    """The sport's ball: spotted, small yellow-green, orange with seams, or white-and-yellow."""
+    r = h * BALL_RADIUS[sport]
     box = (x - r, y - r, x + r, y + r)
     lw = max(1, round(r / 5))
     if sport == "football":
@@ -365,17 +319,9 @@ def _draw_ball(draw: ImageDraw.ImageDraw, sport: str, centre: tuple[float, float
         draw.chord(box, 20, 160, fill=(250, 215, 30))
 
 
-def _player_feet(n: int, size: tuple[int, int], rng: random.Random) -> list[tuple[float, float]]:
-    """Where each player stands: one per equal slot across the width, so they never merge."""
-    w, h = size
-    slot = w / n
-    return [(slot * (i + rng.uniform(0.3, 0.7)), h * rng.uniform(0.8, 0.95)) for i in range(n)]
-
-
-def _ball_centre(sport: str, feet: list[tuple[float, float]], hand: tuple[float, float],
-                 size: tuple[int, int], top: int, rng: random.Random) -> tuple[float, float]:
+def _ball_centre(sport: str, feet: list[Point], hand: Point, w: int, h: int, top: int,
+                 rng: random.Random) -> Point:
     """The ball at a player's feet (football), in a hand (basketball) or in the air."""
-    w, h = size
     if sport == "football":
         fx, fy = rng.choice(feet)
         return fx + rng.choice((-1, 1)) * rng.uniform(0.06, 0.1) * h, fy - 0.04 * h
@@ -384,44 +330,34 @@ def _ball_centre(sport: str, feet: list[tuple[float, float]], hand: tuple[float,
     return rng.uniform(0.15, 0.85) * w, rng.uniform(0.06, 0.9) * top
 
 
-def _add_noise(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Mild Gaussian pixel noise, seeded from `rng`, so images are not flat-coloured."""
-    noise_rng = np.random.default_rng(rng.getrandbits(64))
-    pixels = np.asarray(img, dtype=np.int16)
-    pixels = pixels + noise_rng.normal(0, 3.0, pixels.shape).round().astype(np.int16)
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-
-
 def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random) -> Image.Image:
     """Draw `scene` as an RGB image of `size` (width, height); layout details come from `rng`."""
-    big = (size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE)
-    img = Image.new("RGB", big)
+    w, h = size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE
+    img = Image.new("RGB", (w, h))
     draw = ImageDraw.Draw(img)
-    top = _draw_setting(draw, scene, big, rng)
+    top = _draw_setting(draw, scene, w, h, rng)
     shirt = _jitter(SHIRTS[scene["shirt"]], rng, 8)
-    base_height = big[1] * 0.42
-    feet = sorted(_player_feet(scene["n_players"], big, rng), key=lambda f: f[1])
-    hands = [_draw_player(draw, foot, base_height * rng.uniform(0.87, 1.15), shirt, scene, rng)
-             for foot in feet]
-    _draw_ball(draw, scene["sport"], _ball_centre(scene["sport"], feet, rng.choice(hands), big,
-                                                  top, rng), big[1])
-    return _add_noise(img.resize(size, Image.Resampling.LANCZOS), rng)
-
-
-# ---------------------------------------------------------------- the data set
+    n = scene["n_players"]  # one per equal slot across the width, so they never merge
+    feet = sorted([(w / n * (i + rng.uniform(0.3, 0.7)), h * rng.uniform(0.8, 0.95))
+                   for i in range(n)], key=lambda f: f[1])
+    hands = [_draw_player(draw, foot, h * 0.42 * rng.uniform(0.87, 1.15), shirt, scene["sport"],
+                          rng) for foot in feet]
+    centre = _ball_centre(scene["sport"], feet, rng.choice(hands), w, h, top, rng)
+    _draw_ball(draw, scene["sport"], *centre, h)
+    # mild Gaussian pixel noise, seeded from `rng`, so images are not flat-coloured
+    noise_rng = np.random.default_rng(rng.getrandbits(64))
+    pixels = np.asarray(img.resize(size, Image.Resampling.LANCZOS), dtype=np.int16)
+    pixels = pixels + noise_rng.normal(0, 3.0, pixels.shape).round().astype(np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
              size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
     """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json.
 
-    Image i depends only on (seed, i), so the same seed gives byte-identical files and a
-    larger set starts with the images of a smaller one. The set appears whole or not at all
-    (drawn in a staging folder, then committed); a folder that already holds anything is
-    refused unless `overwrite`, which replaces only what vicap wrote there.
+    Image i depends only on (seed, i). The set appears whole or not at all; a folder holding
+    anything is refused unless `overwrite`, which replaces only what vicap wrote there.
     """
-    from vicap_utils.ops.folders import output_folder, staged
-
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
@@ -436,8 +372,6 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
 def _refuse_foreign_images(out: Path) -> None:
     """Refuse to replace an earlier set's images/ while it holds a file its captions.json does
     not list: vicap drew only those, so a photo placed there is the user's."""
-    from vicap_utils.ops.folders import visible_entries
-
     drawn: set[str] = set()
     with contextlib.suppress(VicapError, TypeError, KeyError):
         drawn = {str(info["file_name"]) for info in
@@ -450,20 +384,18 @@ def _refuse_foreign_images(out: Path) -> None:
 
 def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int]) -> None:
     """Draw the images and write the captions file into `folder`."""
-    image_dir = folder / "images"
-    image_dir.mkdir()
+    (folder / "images").mkdir()
     images, annotations = [], []
     for i in progress(range(n_images), desc="vicap synth", unit="img",
-                  disable=True if n_images < 50 else None):
+                      disable=True if n_images < 50 else None):
         rng = random.Random(f"vicap-synth:{seed}:{i}")
         scene = random_scene(rng)
         file_name = f"synth_{i:06d}.jpg"
-        draw_scene(scene, size, rng).save(image_dir / file_name, "JPEG", quality=90)
+        draw_scene(scene, size, rng).save(folder / "images" / file_name, "JPEG", quality=90)
         images.append({"id": i + 1, "file_name": file_name, "width": size[0], "height": size[1],
                        "scene": scene})
-        for caption in captions_for(scene, lang, rng):
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1,
-                                "caption": caption})
+        annotations += [{"id": len(annotations) + k + 1, "image_id": i + 1, "caption": caption}
+                        for k, caption in enumerate(captions_for(scene, lang, rng))]
     info = {"description": "vicap synthetic ball-sports captions", "version": "1",
             "lang": lang, "seed": seed, "generator": "vicap_utils.toy.data"}
     atomic_write_json(folder / "captions.json",
@@ -490,8 +422,7 @@ def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
 
 
 def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:
-    """(captions file, images folder) of the synthetic set a `synthetic` data source asks for
-    (drawn once, then cached), or None for any other source."""
+    """(captions file, images folder) of a `synthetic` data source's cached set, else None."""
     if data.source != "synthetic":
         return None
     folder = synthetic_set(data.lang, data.synthetic_images, data.synthetic_seed)
@@ -511,7 +442,7 @@ def sample_images(n: int, seed: int = 2024, size: tuple[int, int] = (320, 240)) 
 def synthetic_set(lang: str, n_images: int, seed: int) -> Path:
     """The cached synthetic caption set for (lang, n, seed); drawn on first use."""
     folder = cache_dir("synthetic") / f"{lang}-n{n_images}-s{seed}"
-    with file_lock(folder.with_name(f".{folder.name}.lock")):
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
         if not (folder / "captions.json").is_file():
             with atomic_dir(folder) as tmp:
                 generate(tmp, n_images=n_images, seed=seed, lang=lang)

@@ -1,28 +1,31 @@
-"""The toy world, behind one seam: the `mini` base model and the synthetic ball-sports data.
+"""The toy models: the `mini` base (a tiny BLIP-1) and the tiny BLIP-2 of tests and rehearsals.
 
-Nothing else in the package names them: `weights.resolve_base` asks `builtin_model(name)`,
-data preparation asks `builtin_data(data_config)`, the demo asks `sample_images()`.
-
-The `mini` base is a tiny BLIP-1 trained from scratch on the synthetic set's English captions,
-built on first use (about a minute on a laptop CPU) and cached under the user cache folder,
-keyed by its settings. Its vocabulary is a subset of the real BERT uncased one: every special,
-single-character and `##`-character entry, plus every entry the real tokenizer uses on the
-synthetic captions, in the real order, so it tokenizes those captions (English, Vietnamese
-with or without diacritics) exactly as the real tokenizer does, at a tenth of the output
-layer's cost. The `mini` profile then adapts it to Vietnamese with the real recipe.
+The mini base is pre-trained from scratch on the synthetic set's English captions on first use
+(about a minute on a CPU) and cached, keyed by its `MiniSpec`. Its vocabulary is the subset of
+BERT uncased that the synthetic captions need, in the real order, so it tokenizes them exactly
+as the real tokenizer does; the `mini` profile then adapts it to Vietnamese with the real recipe.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from filelock import FileLock
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-from vicap_utils.ops.io import atomic_dir, file_lock
+from vicap_utils.data import load_captions
+from vicap_utils.images import load_rgb
+from vicap_utils.ops.env import cache_dir
+from vicap_utils.ops.io import atomic_dir
+from vicap_utils.ops.progress import progress
+from vicap_utils.text import strip_diacritics
 from vicap_utils.toy.data import captions_for, random_scene, synthetic_set, synthetic_vocabulary
 from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_tokenizer
 
@@ -54,32 +57,21 @@ class MiniSpec:
 
 
 def mini_vocab() -> dict[str, int]:
-    """The mini base's WordPiece vocabulary: the real BERT subset described above."""
-    from vicap_utils.text import strip_diacritics
-
+    """The mini base's WordPiece vocabulary: every special, single-character and `##`-character
+    BERT entry, plus every entry the synthetic captions use (with or without diacritics)."""
     full = stock_blip_tokenizer()
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
     keep |= {t for t in lines if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
     texts = synthetic_vocabulary()
-    texts += [strip_diacritics(t) for t in texts]
-    raw = full.backend_tokenizer
-    for text in texts:
-        keep |= set(raw.encode(text, add_special_tokens=False).tokens)
+    for text in texts + [strip_diacritics(t) for t in texts]:
+        keep |= set(full.backend_tokenizer.encode(text, add_special_tokens=False).tokens)
         keep |= set(full.tokenize(text))
-    ordered = [t for t in lines if t in keep]
-    return {t: i for i, t in enumerate(ordered)}
+    return {t: i for i, t in enumerate(t for t in lines if t in keep)}
 
 
 def build_tiny_blip(spec: MiniSpec):
     """An untrained BLIP-1 captioner of the spec's size, with its processor."""
-    from transformers import (
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
     tok = stock_blip_tokenizer(mini_vocab())
     text = dict(vocab_size=len(tok), hidden_size=spec.text_hidden,
                 intermediate_size=spec.intermediate, num_hidden_layers=spec.layers,
@@ -90,11 +82,11 @@ def build_tiny_blip(spec: MiniSpec):
                   num_hidden_layers=spec.layers, num_attention_heads=spec.heads,
                   image_size=spec.image_size, patch_size=spec.patch_size)
     torch.manual_seed(spec.seed)
-    model = BlipForConditionalGeneration(BlipConfig(text_config=text, vision_config=vision))
-    image_processor = BlipImageProcessor(
-        size={"height": spec.image_size, "width": spec.image_size}
-    )
-    return model, BlipProcessor(image_processor=image_processor, tokenizer=tok)
+    config = transformers.BlipConfig(text_config=text, vision_config=vision)
+    model = transformers.BlipForConditionalGeneration(config)
+    size = {"height": spec.image_size, "width": spec.image_size}
+    image_processor = transformers.BlipImageProcessor(size=size)
+    return model, transformers.BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
 def builtin_model(name: str) -> Path | None:
@@ -105,36 +97,28 @@ def builtin_model(name: str) -> Path | None:
 
 def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
-
-    from vicap_utils.data import load_captions
-    from vicap_utils.images import load_rgb
-    from vicap_utils.ops.progress import progress
-
     folder = synthetic_set("en", spec.n_images, spec.data_seed)
     cs = load_captions(folder / "captions.json")
     ids = sorted(cs.images)
-    pixels = processor.image_processor(
-        [load_rgb(folder / "images" / cs.images[i].file_name) for i in ids], return_tensors="pt"
-    )["pixel_values"]
+    images = [load_rgb(folder / "images" / cs.images[i].file_name) for i in ids]
+    pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
     row = {img: k for k, img in enumerate(ids)}
-    pairs = [(row[a.image_id], a.caption) for a in cs.annotations]
+    img_idx = torch.tensor([row[a.image_id] for a in cs.annotations])
     ids_t, mask_t, labels_t = encode_captions(
-        processor.tokenizer, [c for _, c in pairs], max_length=32
-    )
-    img_idx = torch.tensor([r for r, _ in pairs])
+        processor.tokenizer, [a.caption for a in cs.annotations], max_length=32)
+    n = len(cs.annotations)
     g = torch.Generator().manual_seed(spec.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
-    steps = spec.epochs * math.ceil(len(pairs) / spec.batch_size)
+    steps = spec.epochs * math.ceil(n / spec.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps))
-    )
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     losses = []
     bar = progress(total=steps, desc="mini base: English pre-training", unit="step")
     for _ in range(spec.epochs):
-        order = torch.randperm(len(pairs), generator=g)
+        order = torch.randperm(n, generator=g)
         total = 0.0
-        for start in range(0, len(pairs), spec.batch_size):
+        for start in range(0, n, spec.batch_size):
             b = order[start:start + spec.batch_size]
             out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
                         attention_mask=mask_t[b], labels=labels_t[b])
@@ -146,97 +130,76 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
             total += out.loss.item() * len(b)
             bar.update()
             bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
-        losses.append(total / len(pairs))
+        losses.append(total / n)
     bar.close()
     model.eval()
     return losses
 
 
 def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
-    """Path of the cached, English-pre-trained tiny BLIP; builds it on first use."""
-    from vicap_utils.ops.env import cache_dir
-
+    """Path of the cached, English-pre-trained tiny BLIP; the first process to need it builds
+    it (under a lock), the others wait and find it built."""
     spec = spec or MiniSpec()
     folder = cache_dir("mini-base") / spec.key()
     if (folder / "config.json").is_file():
         return folder
-    with file_lock(folder.with_name(f".{folder.name}.lock")):
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
         if (folder / "config.json").is_file():
             return folder
-        return _build_mini_base(spec, folder, log)
-
-
-def _build_mini_base(spec: MiniSpec, folder: Path, log) -> Path:
-    """Build, pre-train and save the tiny base into `folder` (the caller holds the lock)."""
-    log(f"Building the mini base model (first use only) into {folder}")
-    start = time.time()
-    torch.manual_seed(spec.seed)
-    model, processor = build_tiny_blip(spec)
-    losses = pretrain_english(model, processor, spec)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        (tmp / "mini_spec.json").write_text(json.dumps(
-            {"spec": asdict(spec), "epoch_losses": losses,
-             "seconds": round(time.time() - start, 1)}, indent=2))
+        log(f"Building the mini base model (first use only) into {folder}")
+        start = time.time()
+        torch.manual_seed(spec.seed)
+        model, processor = build_tiny_blip(spec)
+        losses = pretrain_english(model, processor, spec)
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            processor.save_pretrained(tmp)
+            (tmp / "mini_spec.json").write_text(json.dumps(
+                {"spec": asdict(spec), "epoch_losses": losses,
+                 "seconds": round(time.time() - start, 1)}, indent=2))
     log(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
     return folder
 
 
 def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
-    """A byte-level BPE with OPT's special tokens and BLIP-2's `<image>` placeholder, trained on
-    `corpus`: the tokenizer of the tiny BLIP-2s that tests and benchmarks build."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import GPT2TokenizerFast
-
+    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`:
+    the tokenizer of the tiny BLIP-2s that tests and benchmarks build."""
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.train_from_iterator(corpus, trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>", eos_token="</s>",
-                            unk_token="<unk>", pad_token="<pad>")
+    tok = transformers.GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>",
+                                         eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
     tok.add_tokens(["<image>"], special_tokens=True)
     return tok
 
 
 def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Path:
-    """Save a random BLIP-2 (OPT decoder, one layer per part) with a byte-level BPE trained on
-    synthetic English captions into `folder`: the tiny BLIP-2 of tests and rehearsals."""
-    import random
-
-    from transformers import (
-        Blip2Config,
-        Blip2ForConditionalGeneration,
-        Blip2Processor,
-        BlipImageProcessor,
-    )
-
-
+    """Save a random BLIP-2 (one layer per part, OPT decoder) with a byte-level BPE trained on
+    synthetic English captions into `folder`."""
     rng = random.Random(0)
-    corpus = [c for _ in range(200) for c in captions_for(random_scene(rng), "en", rng)]
-    tok = byte_level_tokenizer(corpus)
-    heads = 2
-    config = Blip2Config(
-        vision_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                           num_attention_heads=heads, image_size=image_size, patch_size=16,
-                           initializer_range=0.02),  # the default, 1e-10, leaves a blind ViT
-        qformer_config=dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=1,
-                            num_attention_heads=heads, encoder_hidden_size=width, vocab_size=64),
-        text_config=dict(model_type="opt", vocab_size=len(tok), hidden_size=width,
-                         ffn_dim=2 * width, num_hidden_layers=1, num_attention_heads=heads,
+    tok = byte_level_tokenizer([c for _ in range(200)
+                                for c in captions_for(random_scene(rng), "en", rng)])
+    part = dict(hidden_size=width, num_attention_heads=2, num_hidden_layers=1)
+    config = transformers.Blip2Config(
+        vision_config=dict(**part, intermediate_size=2 * width, image_size=image_size,
+                           patch_size=16, initializer_range=0.02),  # 1e-10 (default): blind ViT
+        qformer_config=dict(**part, intermediate_size=2 * width, encoder_hidden_size=width,
+                            vocab_size=64),
+        text_config=dict(**part, model_type="opt", vocab_size=len(tok), ffn_dim=2 * width,
                          word_embed_proj_dim=width, max_position_embeddings=128,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id),
         num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
     torch.manual_seed(0)
-    model = Blip2ForConditionalGeneration(config)
+    model = transformers.Blip2ForConditionalGeneration(config)
     # random query tokens, as trained ones are: all-zero ones (the init) give the Q-Former's
     # first LayerNorm a zero variance, whose gradient overflows fp16
     torch.nn.init.normal_(model.query_tokens, std=config.initializer_range)
-    processor = Blip2Processor(BlipImageProcessor(size={"height": image_size,
-                                                        "width": image_size}), tok,
-                               num_query_tokens=4)
+    size = {"height": image_size, "width": image_size}
+    processor = transformers.Blip2Processor(transformers.BlipImageProcessor(size=size), tok,
+                                            num_query_tokens=4)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return Path(folder)
