@@ -22,6 +22,9 @@ MAX_JSON_DEPTH = 100
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
+# A blocking lock on a path, so one process builds a shared cache entry; the others wait.
+file_lock = FileLock
+
 
 class VicapError(Exception):
     """An error the user caused and can fix; the CLI prints it as one line and exits 2."""
@@ -37,7 +40,7 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
             return "broken_link", f"is a broken symlink (to {os.readlink(path)})"
         return "missing", "not found"
     except ValueError:
-        return "bad_name", "the path contains a NUL character"
+        return "bad_name", "contains a NUL character"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "loop", "is a symlink loop"
@@ -51,32 +54,26 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def _refuse(path: Path, what: str, problem: tuple[str, str]) -> VicapError:
-    """The one-line error for an input path with a `path_problem`."""
-    code, words = problem
-    return VicapError(f"{path}: {what} " + ("not found" if code == "missing" else words))
+def _existing(path: str | Path, what: str, folder: bool) -> Path:
+    """`path` if it exists as a folder (or a regular file), else a one-line VicapError."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is not None:
+        raise VicapError(f"{path}: {what} {problem[1]}")
+    if path.is_dir() != folder:
+        raise VicapError(f"{path}: {what} is a file, not a folder" if folder
+                         else f"{path}: is a folder, not a {what}")
+    return path
 
 
 def input_file(path: str | Path, what: str = "file") -> Path:
     """`path` if it is a readable regular file, else a one-line VicapError saying what it is."""
-    path = Path(path)
-    problem = path_problem(path)
-    if problem is not None:
-        raise _refuse(path, what, problem)
-    if path.is_dir():
-        raise VicapError(f"{path}: is a folder, not a {what}")
-    return path
+    return _existing(path, what, folder=False)
 
 
 def input_dir(path: str | Path, what: str = "folder") -> Path:
     """`path` if it is an existing folder, else a one-line VicapError saying what it is."""
-    path = Path(path)
-    problem = path_problem(path)
-    if problem is not None:
-        raise _refuse(path, what, problem)
-    if not path.is_dir():
-        raise VicapError(f"{path}: {what} is a file, not a folder")
-    return path
+    return _existing(path, what, folder=True)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -128,6 +125,24 @@ def write_error(path: str | Path, exc: OSError) -> VicapError:
         return VicapError(f"{path}: disk full ({exc.strerror}); free some space and run again "
                           "(earlier outputs are unchanged)")
     return VicapError(f"{path}: cannot write ({exc.strerror})")
+
+
+@contextlib.contextmanager
+def told_as(tmp: Path, path: Path) -> Iterator[None]:
+    """Retell errors raised while writing into `tmp` as errors of `path`: a VicapError naming
+    it, any OSError (or safetensors' "(os error 28)") a `write_error`."""
+    try:
+        yield
+    except VicapError as exc:
+        raise VicapError(str(exc).replace(str(tmp), str(path))) from None
+    except Exception as exc:
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        code = exc.errno if isinstance(exc, OSError) else found and int(found.group(1))
+        if not (isinstance(exc, OSError) or code in DISK_FULL):
+            raise
+        name = str(getattr(exc, "filename", None) or tmp).replace(str(tmp), str(path))
+        cause = exc if isinstance(exc, OSError) else OSError(code, os.strerror(code))
+        raise write_error(name, cause) from None
 
 
 def make_output_dir(path: str | Path) -> Path:
@@ -195,16 +210,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(f".{path.name}.old")
     try:
-        try:
+        with told_as(tmp, path):
             yield tmp
-        except VicapError as exc:  # an atomic write inside: name the folder, not its stand-in
-            raise VicapError(str(exc).replace(str(tmp), str(path))) from None
-        except Exception as exc:  # safetensors names a full disk only as "(os error 28)"
-            found = re.search(r"\(os error (\d+)\)", str(exc))
-            code = exc.errno if isinstance(exc, OSError) else found and int(found.group(1))
-            if code in DISK_FULL:
-                raise write_error(path, OSError(code, os.strerror(code))) from None
-            raise
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
@@ -222,8 +229,3 @@ def recover_dir(path: str | Path) -> Path | None:
     if not path.exists() and old.exists():
         os.replace(old, path)
     return path if path.exists() else None
-
-
-def file_lock(path: str | Path) -> FileLock:
-    """A blocking lock on `path`, so one process builds a shared cache entry; the others wait."""
-    return FileLock(path)
