@@ -101,16 +101,13 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 
 def json_depth(data: Any) -> int:
-    """Nesting depth of loaded JSON (a scalar is 0), computed without recursion."""
-    deepest, stack = 0, [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, list):
-            deepest = max(deepest, depth + 1)
-            stack.extend((item, depth + 1) for item in value)
-    return deepest
+    """Nesting depth of loaded JSON (a scalar is 0), computed level by level, not recursively."""
+    depth, level = 0, [data]
+    while containers := [value for value in level if isinstance(value, (dict, list))]:
+        depth += 1
+        level = [item for value in containers
+                 for item in (value.values() if isinstance(value, dict) else value)]
+    return depth
 
 
 def error_summary(exc: BaseException) -> str:
