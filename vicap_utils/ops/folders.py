@@ -12,7 +12,6 @@ import fcntl
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -303,16 +302,6 @@ def replacing_files(folder: PathLike, named: Iterable[str], beside: Iterable[str
         refuse_foreign_files(path, named, beside, overwrite=overwrite)
         record(path, [*named, *beside])
         yield path
-
-
-def check_writable(folder: PathLike) -> Path:
-    """Create `folder` if needed and prove a file can be created in it, before any work."""
-    folder = make_output_dir(folder)
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
-        raise VicapError(f"{folder}: cannot write in this folder ({exc.strerror})") from None
-    return folder
 
 
 def refuse_aliases(inputs: Labelled, outputs: Labelled) -> None:

@@ -158,13 +158,19 @@ def make_output_dir(path: str | Path) -> Path:
 
 
 def output_file(path: str | Path, what: str = "output file") -> Path:
-    """Check, before any work, that `path` can be written as a file (not an existing folder)."""
+    """Check, before any work, that `path` can be written as a file: not a folder, in a folder
+    that is created if needed and proved writable."""
     path = Path(path)
     if path.is_dir():
         raise VicapError(f"{path}: is a folder; give a file name for the {what}")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise VicapError(f"{path}: {parent} is a file, not a folder")
+    folder = make_output_dir(path.parent)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise VicapError(f"{folder}: cannot write in this folder ({exc.strerror})") from None
     return path
 
 
