@@ -13,7 +13,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -71,7 +71,7 @@ def read_marker(folder: PathLike) -> dict | None:
         None, None)
     if not (isinstance(kinds, list) and isinstance(entries, list)
             and all(isinstance(k, str) for k in kinds)
-            and all(isinstance(e, str) and _valid_name(e) for e in entries)):
+            and all(map(_valid_name, entries))):
         raise VicapError(f"{path}: not a vicap ownership marker (needs 'kinds' and 'entries' "
                          "lists of names); move it away or pick another --out")
     return data
@@ -147,13 +147,13 @@ def _foreign(folder: Path, names: Iterable[str], owned: set[str]) -> str | None:
 
 def _valid_name(name: str) -> bool:
     """A single, ordinary path component that is not vicap bookkeeping."""
-    return (bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
-            and not is_bookkeeping(name))
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\0" not in name and not is_bookkeeping(name))
 
 
 def _checked_name(name: str) -> str:
     """`name` if valid, else ValueError (a programming error, not a user's)."""
-    if not isinstance(name, str) or not _valid_name(name):
+    if not _valid_name(name):
         raise ValueError(f"not a plain entry name: {name!r}")
     return name
 
@@ -293,11 +293,10 @@ def refuse_foreign_files(folder: PathLike, named: Iterable[str], beside: Iterabl
 
 
 @contextlib.contextmanager
-def replacing_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+def replacing_files(folder: PathLike, named: Sequence[str], beside: Sequence[str] = (), *,
                     overwrite: bool = False) -> Iterator[Path]:
     """Hold `folder`'s lock while single files are written there, refused as by
     `refuse_foreign_files`, then recorded as vicap's before they are written."""
-    named, beside = list(named), list(beside)
     with folder_lock(folder) as path:
         refuse_foreign_files(path, named, beside, overwrite=overwrite)
         record(path, [*named, *beside])
