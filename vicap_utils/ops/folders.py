@@ -25,7 +25,7 @@ from vicap_utils.ops.io import (
     make_output_dir,
     path_problem,
     read_json,
-    told_as,
+    writing_as,
 )
 
 MARKER = ".vicap-owned.json"
@@ -229,7 +229,7 @@ def staged(folder: PathLike) -> Iterator[Path]:
     folder = Path(folder)
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
     try:
-        with told_as(tmp, folder):
+        with writing_as(tmp, folder):
             tmp.mkdir()
             yield tmp
             names = [_checked_name(name) for name in sorted(os.listdir(tmp))]

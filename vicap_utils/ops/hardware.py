@@ -103,8 +103,7 @@ class Plan:
 
     @property
     def accelerate_precision(self) -> str:
-        """What Accelerate is given: the trainer drives fp16 itself (autocast + GradScaler, also
-        on the CPU, where Accelerate makes none)."""
+        """Accelerate's setting: the trainer drives fp16 itself (autocast + GradScaler)."""
         return "no" if self.mixed_precision == "fp16" else self.mixed_precision
 
     def line(self) -> str:
@@ -123,8 +122,7 @@ class Plan:
 
 
 def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tuple[bool, str]:
-    """Whether BLIP-2 loads in 8-bit here, and the one-line notice when asked for but not
-    possible (no GPU, compute capability < 7.5, or no bitsandbytes)."""
+    """Whether BLIP-2 loads in 8-bit here, and a one-line notice when asked for but impossible."""
     if not (load_in_8bit and family in QUANTIZES):
         return False, ""
     if facts.emulated:
@@ -176,8 +174,7 @@ def plan(family: str, load_in_8bit: bool, setting: str, real_profile: bool,
 
 
 def plan_for(cfg) -> Plan:
-    """The plan for a resolved Config here: a hub or Kaggle base is a real profile; a built-in
-    toy model or a saved-model folder is not (a CPU may train those, slowly)."""
+    """The plan for a resolved Config here; a built-in toy or a saved folder is no real profile."""
     base = cfg.model.base
     real = base not in BUILTIN_MODELS and not Path(base).expanduser().is_dir()
     return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real,

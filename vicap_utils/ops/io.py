@@ -125,7 +125,7 @@ def write_error(path: str | Path, exc: OSError) -> VicapError:
 
 
 @contextlib.contextmanager
-def told_as(tmp: Path, path: Path) -> Iterator[None]:
+def writing_as(tmp: Path, path: Path) -> Iterator[None]:
     """Retell errors raised while writing into `tmp` as errors of `path`: a VicapError naming
     it, any OSError (or safetensors' "(os error 28)") a `write_error`."""
     try:
@@ -180,7 +180,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with told_as(tmp, path):
+        with writing_as(tmp, path):
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "xb") as fh:
                 fh.write(data)
@@ -212,7 +212,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(f".{path.name}.old")
     try:
-        with told_as(tmp, path):
+        with writing_as(tmp, path):
             yield tmp
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
