@@ -132,14 +132,14 @@ def writing_as(tmp: Path, path: Path) -> Iterator[None]:
         yield
     except VicapError as exc:
         raise VicapError(str(exc).replace(str(tmp), str(path))) from None
-    except Exception as exc:
+    except OSError as exc:
+        raise write_error(str(exc.filename or tmp).replace(str(tmp), str(path)), exc) from None
+    except Exception as exc:  # safetensors names a full disk only as "(os error 28)"
         found = re.search(r"\(os error (\d+)\)", str(exc))
-        code = exc.errno if isinstance(exc, OSError) else found and int(found.group(1))
-        if not (isinstance(exc, OSError) or code in DISK_FULL):
+        code = int(found[1]) if found else None
+        if code not in DISK_FULL:
             raise
-        name = str(getattr(exc, "filename", None) or tmp).replace(str(tmp), str(path))
-        cause = exc if isinstance(exc, OSError) else OSError(code, os.strerror(code))
-        raise write_error(name, cause) from None
+        raise write_error(path, OSError(code, os.strerror(code))) from None
 
 
 def make_output_dir(path: str | Path) -> Path:
