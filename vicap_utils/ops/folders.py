@@ -67,11 +67,10 @@ def read_marker(folder: PathLike) -> dict | None:
     if not os.path.lexists(path):
         return None
     data = read_json(path, "vicap ownership marker")
-    kinds, entries = (data.get("kinds"), data.get("entries")) if isinstance(data, dict) else (
-        None, None)
+    data = data if isinstance(data, dict) else {}
+    kinds, entries = data.get("kinds"), data.get("entries")
     if not (isinstance(kinds, list) and isinstance(entries, list)
-            and all(isinstance(k, str) for k in kinds)
-            and all(map(_valid_name, entries))):
+            and all(isinstance(k, str) for k in kinds) and all(map(_valid_name, entries))):
         raise VicapError(f"{path}: not a vicap ownership marker (needs 'kinds' and 'entries' "
                          "lists of names); move it away or pick another --out")
     return data
@@ -104,10 +103,8 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
     if foreign:
         raise VicapError(f"{folder / foreign}: exists and vicap did not write it; move it "
                          "away or pick another --out")
-    for name in os.listdir(folder):  # staging folders a killed vicap process left
-        if name.startswith(STAGING_PREFIX):
-            with contextlib.suppress(OSError):
-                _remove(folder / name)
+    for left in folder.glob(f"{STAGING_PREFIX}*"):  # staging folders a killed vicap process left
+        shutil.rmtree(left, ignore_errors=True)
     if marker is None or kind not in marker["kinds"]:
         kinds = marker["kinds"] if marker else []
         _write_marker(folder, [*kinds, kind], owned)
@@ -133,8 +130,11 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     if foreign:
         raise VicapError(f"{folder / foreign}: not removed: vicap did not write it")
     removed = [name for name in names if os.path.lexists(folder / name)]
-    for name in removed:
-        _remove(folder / name)
+    for path in (folder / name for name in removed):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if marker is not None:
         _write_marker(folder, marker["kinds"], owned - set(names))
     return removed
@@ -156,14 +156,6 @@ def _checked_name(name: str) -> str:
     if not _valid_name(name):
         raise ValueError(f"not a plain entry name: {name!r}")
     return name
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, a symlink (not its target) or a folder tree."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
 
 
 @contextlib.contextmanager
