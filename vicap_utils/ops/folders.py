@@ -217,7 +217,7 @@ def lock_holder(folder: PathLike) -> int | None:
 @contextlib.contextmanager
 def staged(folder: PathLike) -> Iterator[Path]:
     """Yield an empty staging folder whose entries then replace those of the same names in
-    `folder` as one set; on failure `folder` is unchanged. Call it under `folder_lock`."""
+    `folder` as one set, recorded as vicap's; on failure `folder` is unchanged. Needs the lock."""
     folder = Path(folder)
     tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
     try:
