@@ -33,7 +33,6 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     out = output_file(out, "predictions JSON")
     folders.refuse_aliases({"--annotations": annotations, "--images": images,
                             "--model": ref.adapter}, {"--out": out})
-    folders.check_writable(out.parent)
     cs = load_captions(annotations)
     folder = Path(images)
     if not folder.is_dir():

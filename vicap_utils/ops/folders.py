@@ -1,24 +1,19 @@
 """Output folders: what vicap may replace there, one writer at a time, inputs never written over.
 
-- Ownership: `.vicap-owned.json` lists the entries vicap wrote (recorded before writing); only
-  those are replaced or deleted. Without it a folder takes new names only, never `--overwrite`.
-- Lock: `.vicap-lock`, a kernel lock (`filelock`) holding the writer's pid; the kernel drops
-  the lock of a process that dies.
-- Sets: staged inside the folder, renamed to `.vicap-commit` (the commit point), moved in with
-  the old entries moved aside; the next writer to lock the folder finishes an interrupted one,
-  so old and new never mix. Readers never write.
-- Aliases: an output that is an input (path, symlink or hard link), or holds one, is refused.
+Only the entries `.vicap-owned.json` lists (recorded before writing) are replaced or deleted.
+`.vicap-lock` is a kernel lock (`filelock`) holding the writer's pid. A set is staged inside
+the folder, renamed to `.vicap-commit` (the commit point) and moved in; the next writer finishes
+an interrupted one, so old and new never mix. An output that is (or holds) an input is refused.
 """
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
+import secrets
 import shutil
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from filelock import FileLock, Timeout
@@ -28,8 +23,9 @@ from vicap_utils.ops.io import (
     VicapError,
     atomic_write_json,
     make_output_dir,
+    path_problem,
     read_json,
-    write_error,
+    writing_as,
 )
 
 MARKER = ".vicap-owned.json"
@@ -37,7 +33,6 @@ LOCK = ".vicap-lock"
 COMMIT = ".vicap-commit"
 STAGING_PREFIX = ".vicap-staging-"
 _REPLACED = ".vicap-replaced"
-KINDS = ("run", "audit", "split", "synth", "data")
 
 PathLike = str | os.PathLike
 Labelled = Mapping[str, PathLike | None] | Iterable[tuple[str, PathLike | None]]
@@ -67,17 +62,15 @@ def visible_entries(folder: PathLike) -> list[str]:
 
 
 def read_marker(folder: PathLike) -> dict | None:
-    """The folder's marker (its `kinds` and `entries`), None when vicap never claimed it; a
-    damaged one is a VicapError."""
+    """The folder's marker (`kinds`, `entries`), None when vicap never claimed it."""
     path = Path(folder) / MARKER
     if not os.path.lexists(path):
         return None
     data = read_json(path, "vicap ownership marker")
-    kinds, entries = (data.get("kinds"), data.get("entries")) if isinstance(data, dict) else (
-        None, None)
+    data = data if isinstance(data, dict) else {}
+    kinds, entries = data.get("kinds"), data.get("entries")
     if not (isinstance(kinds, list) and isinstance(entries, list)
-            and all(isinstance(k, str) for k in kinds)
-            and all(isinstance(e, str) and _valid_name(e) for e in entries)):
+            and all(isinstance(k, str) for k in kinds) and all(map(_valid_name, entries))):
         raise VicapError(f"{path}: not a vicap ownership marker (needs 'kinds' and 'entries' "
                          "lists of names); move it away or pick another --out")
     return data
@@ -91,11 +84,9 @@ def owned_entries(folder: PathLike) -> set[str]:
 
 def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: bool = False,
           empty: bool = False) -> None:
-    """Make `folder` a vicap output folder of `kind` for `names`, under `folder_lock`. Refuses
-    `overwrite` on a folder vicap did not create, any content when `empty` (unless `overwrite`:
-    a fresh set, as `synth` wants), and a name that is taken by a file vicap did not write."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown folder kind {kind!r} (one of {', '.join(KINDS)})")
+    """Make `folder` a vicap output folder of `kind` ("run", "audit", "split", "synth", "data")
+    for `names`, under `folder_lock`. Refuses `overwrite` where vicap wrote nothing, content when
+    `empty` (unless `overwrite`: a fresh set), and a name taken by a file vicap did not write."""
     folder = make_output_dir(folder)
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)
@@ -108,14 +99,12 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
         raise VicapError(f"{folder}: already holds {', '.join(present[:3])}{more}; add "
                          "--overwrite to replace what vicap wrote there, or pick an empty --out")
     owned = set(marker["entries"]) if marker else set()
-    foreign = [n for n in names if os.path.lexists(folder / n) and n not in owned]
+    foreign = _foreign(folder, names, owned)
     if foreign:
-        raise VicapError(f"{folder / foreign[0]}: exists and vicap did not write it; move it "
+        raise VicapError(f"{folder / foreign}: exists and vicap did not write it; move it "
                          "away or pick another --out")
-    for name in os.listdir(folder):  # staging folders a killed vicap process left
-        if name.startswith(STAGING_PREFIX):
-            with contextlib.suppress(OSError):
-                _remove(folder / name)
+    for left in folder.glob(f"{STAGING_PREFIX}*"):  # staging folders a killed vicap process left
+        shutil.rmtree(left, ignore_errors=True)
     if marker is None or kind not in marker["kinds"]:
         kinds = marker["kinds"] if marker else []
         _write_marker(folder, [*kinds, kind], owned)
@@ -137,36 +126,36 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)
     owned = set(marker["entries"]) if marker else set()
-    foreign = [n for n in names if n not in owned and os.path.lexists(folder / n)]
+    foreign = _foreign(folder, names, owned)
     if foreign:
-        raise VicapError(f"{folder / foreign[0]}: not removed: vicap did not write it")
+        raise VicapError(f"{folder / foreign}: not removed: vicap did not write it")
     removed = [name for name in names if os.path.lexists(folder / name)]
-    for name in removed:
-        _remove(folder / name)
+    for path in (folder / name for name in removed):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
     if marker is not None:
         _write_marker(folder, marker["kinds"], owned - set(names))
     return removed
 
 
+def _foreign(folder: Path, names: Iterable[str], owned: set[str]) -> str | None:
+    """The first of `names` present in `folder` that vicap did not write, else None."""
+    return next((n for n in names if n not in owned and os.path.lexists(folder / n)), None)
+
+
 def _valid_name(name: str) -> bool:
     """A single, ordinary path component that is not vicap bookkeeping."""
-    return (bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
-            and not is_bookkeeping(name))
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\0" not in name and not is_bookkeeping(name))
 
 
 def _checked_name(name: str) -> str:
     """`name` if valid, else ValueError (a programming error, not a user's)."""
-    if not isinstance(name, str) or not _valid_name(name):
+    if not _valid_name(name):
         raise ValueError(f"not a plain entry name: {name!r}")
     return name
-
-
-def _remove(path: Path) -> None:
-    """Delete a file, a symlink (not its target) or a folder tree."""
-    if path.is_symlink() or not path.is_dir():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
 
 
 @contextlib.contextmanager
@@ -225,48 +214,27 @@ def lock_holder(folder: PathLike) -> int | None:
     return None
 
 
-def pid_alive(pid: int) -> bool:
-    """True when a process with this pid exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
-
-
 @contextlib.contextmanager
 def staged(folder: PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder inside `folder` whose entries then replace those of the
-    same names as one set, recorded as vicap's; on failure `folder` is unchanged and a full disk
-    is a one-line VicapError. Call it under `folder_lock`, after `claim`."""
+    """Yield an empty staging folder whose entries then replace those of the same names in
+    `folder` as one set, recorded as vicap's; on failure `folder` is unchanged. Needs the lock."""
     folder = Path(folder)
+    tmp = folder / f"{STAGING_PREFIX}{secrets.token_hex(4)}"
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
-    except OSError as exc:
-        raise write_error(folder, exc) from None
-    try:
-        yield tmp
-        names = [_checked_name(name) for name in sorted(os.listdir(tmp))]
-        for dirpath, _, files in os.walk(tmp):  # fsync: the set survives a power cut whole
-            for name in files:
-                with open(os.path.join(dirpath, name), "rb") as fh:
-                    os.fsync(fh.fileno())
-        record(folder, names)
-    except BaseException as exc:
+        with writing_as(tmp, folder):
+            tmp.mkdir()
+            yield tmp
+            names = [_checked_name(name) for name in sorted(os.listdir(tmp))]
+            for dirpath, _, files in os.walk(tmp):  # fsync: the set survives a power cut whole
+                for name in files:
+                    with open(os.path.join(dirpath, name), "rb") as fh:
+                        os.fsync(fh.fileno())
+            record(folder, names)
+            os.rename(tmp, folder / COMMIT)
+            settle(folder)
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, VicapError):
-            raise VicapError(str(exc).replace(str(tmp), str(folder))) from None
-        if isinstance(exc, OSError):
-            target = str(exc.filename).replace(str(tmp), str(folder)) if exc.filename else folder
-            raise write_error(target, exc) from None
         raise
-    try:
-        os.rename(tmp, folder / COMMIT)
-        settle(folder)
-    except OSError as exc:
-        raise write_error(folder, exc) from None
 
 
 def settle(folder: PathLike) -> None:
@@ -281,8 +249,6 @@ def settle(folder: PathLike) -> None:
     entries.sort(key=lambda n: (not (commit / n).is_dir(), n))  # folders first, files last
     for name in entries:
         if os.path.lexists(folder / name):
-            if os.path.lexists(replaced / name):
-                _remove(replaced / name)
             os.rename(folder / name, replaced / name)
     for name in entries:
         os.rename(commit / name, folder / name)
@@ -308,43 +274,32 @@ def refuse_foreign_files(folder: PathLike, named: Iterable[str], beside: Iterabl
     unless `overwrite`; one vicap writes beside it (`beside`, a per-image CSV) in any case."""
     folder = Path(folder)
     owned = owned_entries(folder)
-    for name in named:
-        if os.path.lexists(folder / name) and name not in owned and not overwrite:
-            raise VicapError(f"{folder / name}: exists and vicap did not write it; add "
-                             "--overwrite to replace it, or pick another --out")
-    for name in beside:
-        if os.path.lexists(folder / name) and name not in owned:
-            raise VicapError(f"{folder / name}: exists and vicap did not write it (vicap "
-                             "writes it beside --out); move it away or pick another --out")
+    foreign = None if overwrite else _foreign(folder, named, owned)
+    if foreign:
+        raise VicapError(f"{folder / foreign}: exists and vicap did not write it; add "
+                         "--overwrite to replace it, or pick another --out")
+    foreign = _foreign(folder, beside, owned)
+    if foreign:
+        raise VicapError(f"{folder / foreign}: exists and vicap did not write it (vicap "
+                         "writes it beside --out); move it away or pick another --out")
 
 
 @contextlib.contextmanager
-def replacing_files(folder: PathLike, named: Iterable[str], beside: Iterable[str] = (), *,
+def replacing_files(folder: PathLike, named: Sequence[str], beside: Sequence[str] = (), *,
                     overwrite: bool = False) -> Iterator[Path]:
     """Hold `folder`'s lock while single files are written there, refused as by
     `refuse_foreign_files`, then recorded as vicap's before they are written."""
-    named, beside = list(named), list(beside)
     with folder_lock(folder) as path:
         refuse_foreign_files(path, named, beside, overwrite=overwrite)
         record(path, [*named, *beside])
         yield path
 
 
-def check_writable(folder: PathLike) -> Path:
-    """Create `folder` if needed and prove a file can be created in it, before any work."""
-    folder = make_output_dir(folder)
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
-        raise VicapError(f"{folder}: cannot write in this folder ({exc.strerror})") from None
-    return folder
-
-
 def refuse_aliases(inputs: Labelled, outputs: Labelled) -> None:
     """Refuse, before any work, an output that is an input (same path, symlink, hard link) or a
     folder holding one. Both map a label for the message to a path; None paths are skipped."""
-    ins = [(label, Path(p), *_identity(Path(p), label)) for label, p in _pairs(inputs)]
-    for out_label, out in ((label, Path(p)) for label, p in _pairs(outputs)):
+    ins = [(label, path, *_identity(path, label)) for label, path in _pairs(inputs)]
+    for out_label, out in _pairs(outputs):
         out_real, out_id = _identity(out, out_label)
         for in_label, inp, in_real, in_id in ins:
             if in_real == out_real or (in_id is not None and in_id == out_id):
@@ -355,21 +310,16 @@ def refuse_aliases(inputs: Labelled, outputs: Labelled) -> None:
                                  f"input {inp} ({in_label}); pick another {out_label}")
 
 
-def _pairs(labelled: Labelled) -> list[tuple[str, PathLike]]:
+def _pairs(labelled: Labelled) -> list[tuple[str, Path]]:
     """(label, path) pairs from a mapping or an iterable of pairs, without None paths."""
     items = labelled.items() if isinstance(labelled, Mapping) else labelled
-    return [(label, path) for label, path in items if path is not None]
+    return [(label, Path(path)) for label, path in items if path is not None]
 
 
 def _identity(path: Path, label: str) -> tuple[Path, tuple[int, int] | None]:
-    """(real path, (device, inode) when it exists); a symlink loop is a VicapError."""
-    try:
-        st = os.stat(path)
-        ident: tuple[int, int] | None = (st.st_dev, st.st_ino)
-    except ValueError:
-        raise VicapError(f"{path}: {label} contains a NUL character") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise VicapError(f"{path}: {label} is a symlink loop") from None
-        ident = None
-    return Path(os.path.realpath(path)), ident
+    """(real path, (device, inode) when it exists); a symlink loop or a NUL is a VicapError."""
+    problem = path_problem(path)
+    if problem and problem[0] in ("loop", "bad_name"):
+        raise VicapError(f"{path}: {label} {problem[1]}")
+    st = os.stat(path) if problem is None or problem[0] == "not_regular" else None
+    return Path(os.path.realpath(path)), (st.st_dev, st.st_ino) if st else None

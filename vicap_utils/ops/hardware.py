@@ -1,15 +1,13 @@
 """What the GPU can do, and the training plan that follows from it (precision, 8-bit, errors).
 
-`detect()` gathers the facts; `plan()` is a pure function of them, so every GPU is testable
-without it. bf16 only where native (compute ≥ 8.0: `torch.cuda.is_bf16_supported()` is also
-True on a T4, emulated). `VICAP_EMULATE_T4=1` runs a T4's plan on the CPU, for tests only.
-"""
+`plan()` is a pure function of `detect()`'s facts, so every GPU is testable without one. bf16
+only where native (compute ≥ 8.0); `VICAP_EMULATE_T4=1` runs a T4's plan on the CPU (tests)."""
 from __future__ import annotations
 
 import importlib.util
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vicap_utils.families import BUILTIN_MODELS, QUANTIZES
@@ -17,7 +15,6 @@ from vicap_utils.ops.io import VicapError
 
 PICK_INSTEAD = "choose GPU T4 x2 in the kernel settings (Settings → Accelerator)"
 EMULATE_T4 = "VICAP_EMULATE_T4"
-ARCH = re.compile(r"(sm|compute)_(\d+)[a-z]?")
 
 
 @dataclass(frozen=True)
@@ -67,7 +64,7 @@ def arch_supported(capability: tuple[int, int], arch_list: tuple[str, ...] | lis
     arch not above it, is in torch's list; an empty list (torch could not say) counts as yes."""
     if not arch_list:
         return True
-    for match in filter(None, map(ARCH.fullmatch, arch_list)):
+    for match in filter(None, (re.fullmatch(r"(sm|compute)_(\d+)[a-z]?", a) for a in arch_list)):
         built = divmod(int(match[2]), 10)
         if built <= tuple(capability) and (match[1] == "compute" or built[0] == capability[0]):
             return True
@@ -85,8 +82,7 @@ def detect() -> GpuFacts:
 
     bnb = importlib.util.find_spec("bitsandbytes") is not None
     if not torch.cuda.is_available():
-        return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__,
-                        emulated=emulating_t4())
+        return GpuFacts(bitsandbytes=bnb, torch_version=torch.__version__, emulated=emulating_t4())
     props = torch.cuda.get_device_properties(0)
     return GpuFacts(props.name, torch.cuda.device_count(), (props.major, props.minor),
                     round(props.total_memory / 2**30, 1), tuple(torch.cuda.get_arch_list()),
@@ -102,23 +98,21 @@ class Plan:
     load_in_8bit: bool  # BLIP-2 weights through bitsandbytes
     gpus: int
     facts: GpuFacts
-    notices: tuple[str, ...] = field(default_factory=tuple)
+    notices: tuple[str, ...] = ()
     error: str = ""
 
     @property
     def accelerate_precision(self) -> str:
-        """What Accelerate is given: the trainer drives fp16 itself (autocast + GradScaler, also
-        on the CPU, where Accelerate makes no scaler); bf16 needs no scaler."""
+        """Accelerate's setting: the trainer drives fp16 itself (autocast + GradScaler)."""
         return "no" if self.mixed_precision == "fp16" else self.mixed_precision
 
     def line(self) -> str:
         """One-line summary printed before training."""
         if self.error:
             return f"hardware plan: cannot train here: {self.error}"
-        parts = [self.facts.describe(), f"mixed precision {self.mixed_precision}"]
-        if self.load_in_8bit:
-            parts.append("BLIP-2 weights in 8-bit")
-        return "hardware plan: " + "; ".join(parts)
+        eight_bit = "; BLIP-2 weights in 8-bit" if self.load_in_8bit else ""
+        return (f"hardware plan: {self.facts.describe()}; mixed precision "
+                f"{self.mixed_precision}{eight_bit}")
 
     def check(self) -> Plan:
         """Raise the plan's error as a one-line VicapError; return the plan otherwise."""
@@ -128,8 +122,7 @@ class Plan:
 
 
 def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tuple[bool, str]:
-    """Whether BLIP-2 loads in 8-bit here, and the one-line notice when asked for but not
-    possible (no GPU, compute capability < 7.5, or no bitsandbytes)."""
+    """Whether BLIP-2 loads in 8-bit here, and a one-line notice when asked for but impossible."""
     if not (load_in_8bit and family in QUANTIZES):
         return False, ""
     if facts.emulated:
@@ -146,11 +139,10 @@ def eight_bit_decision(family: str, load_in_8bit: bool, facts: GpuFacts) -> tupl
     return True, ""
 
 
-def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_profile: bool,
+def plan(family: str, load_in_8bit: bool, setting: str, real_profile: bool,
          facts: GpuFacts) -> Plan:
-    """The plan for a family with the config's 8-bit and mixed-precision settings;
+    """The plan for a family with the config's 8-bit and mixed-precision `setting`;
     `real_profile` means a hub-sized base model, which a CPU cannot train."""
-    setting = mixed_precision_setting
     eight_bit, notice = eight_bit_decision(family, load_in_8bit, facts)
     notices = [notice] if notice else []
     if facts.emulated:  # fp16 unless "no", and 8-bit BLIP-2 (bitsandbytes' CPU backend)
@@ -182,8 +174,7 @@ def plan(family: str, load_in_8bit: bool, mixed_precision_setting: str, real_pro
 
 
 def plan_for(cfg) -> Plan:
-    """The plan for a resolved Config here: a hub or Kaggle base is a real profile; a built-in
-    toy model or a saved-model folder is not (a CPU may train those, slowly)."""
+    """The plan for a resolved Config here; a built-in toy or a saved folder is no real profile."""
     base = cfg.model.base
     real = base not in BUILTIN_MODELS and not Path(base).expanduser().is_dir()
     return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real,

@@ -22,6 +22,9 @@ MAX_JSON_DEPTH = 100
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
+# A blocking lock on a path, so one process builds a shared cache entry; the others wait.
+file_lock = FileLock
+
 
 class VicapError(Exception):
     """An error the user caused and can fix; the CLI prints it as one line and exits 2."""
@@ -37,7 +40,7 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
             return "broken_link", f"is a broken symlink (to {os.readlink(path)})"
         return "missing", "not found"
     except ValueError:
-        return "bad_name", "the path contains a NUL character"
+        return "bad_name", "contains a NUL character"
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             return "loop", "is a symlink loop"
@@ -51,32 +54,26 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def _refuse(path: Path, what: str, problem: tuple[str, str]) -> VicapError:
-    """The one-line error for an input path with a `path_problem`."""
-    code, words = problem
-    return VicapError(f"{path}: {what} " + ("not found" if code == "missing" else words))
+def _existing(path: str | Path, what: str, folder: bool) -> Path:
+    """`path` if it exists as a folder (or a regular file), else a one-line VicapError."""
+    path = Path(path)
+    problem = path_problem(path)
+    if problem is not None:
+        raise VicapError(f"{path}: {what} {problem[1]}")
+    if path.is_dir() != folder:
+        raise VicapError(f"{path}: {what} is a file, not a folder" if folder
+                         else f"{path}: is a folder, not a {what}")
+    return path
 
 
 def input_file(path: str | Path, what: str = "file") -> Path:
     """`path` if it is a readable regular file, else a one-line VicapError saying what it is."""
-    path = Path(path)
-    problem = path_problem(path)
-    if problem is not None:
-        raise _refuse(path, what, problem)
-    if path.is_dir():
-        raise VicapError(f"{path}: is a folder, not a {what}")
-    return path
+    return _existing(path, what, folder=False)
 
 
 def input_dir(path: str | Path, what: str = "folder") -> Path:
     """`path` if it is an existing folder, else a one-line VicapError saying what it is."""
-    path = Path(path)
-    problem = path_problem(path)
-    if problem is not None:
-        raise _refuse(path, what, problem)
-    if not path.is_dir():
-        raise VicapError(f"{path}: {what} is a file, not a folder")
-    return path
+    return _existing(path, what, folder=True)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -104,16 +101,13 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 
 def json_depth(data: Any) -> int:
-    """Nesting depth of loaded JSON (a scalar is 0), computed without recursion."""
-    deepest, stack = 0, [(data, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = list(value.values())
-        if isinstance(value, list):
-            deepest = max(deepest, depth + 1)
-            stack.extend((item, depth + 1) for item in value)
-    return deepest
+    """Nesting depth of loaded JSON (a scalar is 0), computed level by level, not recursively."""
+    depth, level = 0, [data]
+    while containers := [value for value in level if isinstance(value, (dict, list))]:
+        depth += 1
+        level = [item for value in containers
+                 for item in (value.values() if isinstance(value, dict) else value)]
+    return depth
 
 
 def error_summary(exc: BaseException) -> str:
@@ -128,6 +122,24 @@ def write_error(path: str | Path, exc: OSError) -> VicapError:
         return VicapError(f"{path}: disk full ({exc.strerror}); free some space and run again "
                           "(earlier outputs are unchanged)")
     return VicapError(f"{path}: cannot write ({exc.strerror})")
+
+
+@contextlib.contextmanager
+def writing_as(tmp: Path, path: Path) -> Iterator[None]:
+    """Retell errors raised while writing into `tmp` as errors of `path`: a VicapError naming
+    it, any OSError (or safetensors' "(os error 28)") a `write_error`."""
+    try:
+        yield
+    except VicapError as exc:
+        raise VicapError(str(exc).replace(str(tmp), str(path))) from None
+    except OSError as exc:
+        raise write_error(str(exc.filename or tmp).replace(str(tmp), str(path)), exc) from None
+    except Exception as exc:  # safetensors names a full disk only as "(os error 28)"
+        found = re.search(r"\(os error (\d+)\)", str(exc))
+        code = int(found[1]) if found else None
+        if code not in DISK_FULL:
+            raise
+        raise write_error(path, OSError(code, os.strerror(code))) from None
 
 
 def make_output_dir(path: str | Path) -> Path:
@@ -146,13 +158,19 @@ def make_output_dir(path: str | Path) -> Path:
 
 
 def output_file(path: str | Path, what: str = "output file") -> Path:
-    """Check, before any work, that `path` can be written as a file (not an existing folder)."""
+    """Check, before any work, that `path` can be written as a file: not a folder, in a folder
+    that is created if needed and proved writable."""
     path = Path(path)
     if path.is_dir():
         raise VicapError(f"{path}: is a folder; give a file name for the {what}")
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise VicapError(f"{path}: {parent} is a file, not a folder")
+    folder = make_output_dir(path.parent)
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise VicapError(f"{folder}: cannot write in this folder ({exc.strerror})") from None
     return path
 
 
@@ -162,16 +180,15 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
+        with writing_as(tmp, path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise write_error(path, exc) from None
         raise
     return path
 
@@ -195,16 +212,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     old = path.with_name(f".{path.name}.old")
     try:
-        try:
+        with writing_as(tmp, path):
             yield tmp
-        except VicapError as exc:  # an atomic write inside: name the folder, not its stand-in
-            raise VicapError(str(exc).replace(str(tmp), str(path))) from None
-        except Exception as exc:  # safetensors names a full disk only as "(os error 28)"
-            found = re.search(r"\(os error (\d+)\)", str(exc))
-            code = exc.errno if isinstance(exc, OSError) else found and int(found.group(1))
-            if code in DISK_FULL:
-                raise write_error(path, OSError(code, os.strerror(code))) from None
-            raise
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
             os.replace(path, old)
@@ -222,8 +231,3 @@ def recover_dir(path: str | Path) -> Path | None:
     if not path.exists() and old.exists():
         os.replace(old, path)
     return path if path.exists() else None
-
-
-def file_lock(path: str | Path) -> FileLock:
-    """A blocking lock on `path`, so one process builds a shared cache entry; the others wait."""
-    return FileLock(path)
