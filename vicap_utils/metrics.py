@@ -1,8 +1,6 @@
-"""Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, safe offline and
-honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity, on NFC, PTB-tokenized text (a
-pure-Python stand-in without Java). CIDEr-D is `CiderD`, batched in numpy and equal to
-pycocoevalcap's, fast enough for a reward at every training step.
-"""
+"""Caption metrics on NFC, PTB-tokenized text (a Python stand-in without Java): pycocoevalcap's
+BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for a reward) and
+SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
 from __future__ import annotations
 
 import math
@@ -45,17 +43,14 @@ PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split a
                                 "not reproduced here)")
 
 NOTES = (
-    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal within "
-    "1e-6); its document frequencies come from this set's references, so scores depend on the "
-    "evaluated set (one image alone always scores 0); per-image CIDEr is against the whole set.",
+    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (equal within 1e-6); its document "
+    "frequencies come from this set's references, so scores depend on the evaluated set (one "
+    "image alone scores 0); per-image CIDEr is against the whole set.",
     "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
-    "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
-    "no normaliser) on NFC, lower-cased tokens.",
+    "Latin-1 into tokens; METEOR-vi runs the jar with -l other (exact matches) on NFC tokens.",
     "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
-    "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
-    "reference per image, mean over images. Diversity uses the tokenized predictions: TTR is "
-    "types / tokens over all of them (the BLIP-2 report's, = distinct-1), TTR_per_caption the "
-    "mean within each caption.",
+    "ROUGE-1/2: F1 over tokens (diacritics count), best reference per image, mean over images. "
+    "TTR: types / tokens over all predictions (= distinct-1); TTR_per_caption: mean per caption.",
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -104,11 +99,9 @@ def evaluate_detailed(
                          "is nothing to score against")
     metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
     metrics.update(diversity(hyps, None if train is None else set(rest)))
-    result = {k: metrics.get(k) for k in METRIC_KEYS}
-    result.update({"unavailable": unavailable, "tokenizer": tokenizer,
-                   "tokenization": tokenization, "n_images": len(keys), "notes": [*NOTES, *notes]})
-    if train is not None:
-        result["novel_rate"] = metrics["novel_rate"]
+    result = {k: metrics[k] for k in (*SCORE_KEYS, *DIVERSITY_KEYS) if k in metrics}
+    result.update(unavailable=unavailable, tokenizer=tokenizer, tokenization=tokenization,
+                  n_images=len(keys), notes=[*NOTES, *notes])
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
                               "prediction": hyp_raw, "first_reference": [c[0] for c in ref_raw]})
     return result, per_image
