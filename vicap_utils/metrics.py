@@ -10,9 +10,8 @@ import time
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -170,8 +169,7 @@ def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str
 
 def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
                  allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(keys to score in reference order, notes): unknown ids fail, missing ones too unless
-    `allow_missing`."""
+    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
     unknown = [preds[k][0] for k in preds if k not in refs]
     if unknown:
         raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
@@ -213,8 +211,8 @@ def python_tokenize(text: str) -> str:
 
 
 def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[float]]:
-    """Every reference-based metric on tokenized (NFC, lower-cased) text: (values, unavailable,
-    per-image CIDEr); a Java scorer that cannot run gives None and its reason."""
+    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr); a
+    Java scorer that cannot run gives None and its reason."""
     gts, res = dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)}
     jobs: dict[str, Callable[[], Any]] = {
         "BLEU": lambda: Bleu(4).compute_score(gts, res, verbose=0)[0],
@@ -278,9 +276,8 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
 
 
 class CiderD:
-    """pycocoevalcap's CIDEr-D (equal within 1e-6), every (candidate, reference) pair at once in
-    numpy. Document frequencies come from `refs_corpus` (tokenized references per image): the
-    evaluated set's reproduce pycocoevalcap; the training set's give a batch-free reward."""
+    """pycocoevalcap's CIDEr-D (equal within 1e-6), all pairs at once in numpy. Document frequencies
+    from `refs_corpus`: the evaluated set's as pycocoevalcap; the training set's for a reward."""
 
     def __init__(self, refs_corpus: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
         if not refs_corpus:
@@ -372,8 +369,7 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
     return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
 
 
-@dataclass(frozen=True)
-class _Tfidf:
+class _Tfidf(NamedTuple):
     """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
     norms per sentence and n-gram order; lengths as CIDEr-D's."""
 
@@ -430,8 +426,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def cli_evaluate(args: Any) -> int:
-    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV. The
-    output paths are checked first, so a bad --out fails before minutes of scoring."""
+    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV; a bad
+    --out fails before minutes of scoring."""
     if args.out:
         out = output_file(args.out, "metrics JSON")
         csv_path = output_file(out.with_name(f"{out.stem}_per_image.csv"), "per-image CSV")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -24,16 +25,6 @@ from vicap_utils.text import syllable_count
 from vicap_utils.vocab import tokenizer_report
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
-PERCENTILES = (50, 90, 95, 99, 100)
-TOKENIZER_COLUMNS = ("roundtrip_rate", "unk_rate", "tokens_per_caption")
-_CSS = (
-    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
-    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1.2em}"
-    ".card{border:1px solid #ddd;border-radius:6px;padding:.6em}"
-    ".card img{width:100%;image-rendering:pixelated}"
-    ".best{border-color:#4a4}.worst{border-color:#c44}"
-    "dt{font-weight:bold;font-size:.85em;margin-top:.4em}dd{margin:0;font-size:.9em}"
-)
 
 
 def audit_counts(summary: Mapping[str, Any]) -> pd.DataFrame:
@@ -82,11 +73,11 @@ def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
                          "tokens": [len(x) for x in ids]})
 
 
-def length_percentiles(lengths: pd.DataFrame, qs: Sequence[int] = PERCENTILES) -> pd.DataFrame:
+def length_percentiles(lengths: pd.DataFrame,
+                       qs: Sequence[int] = (50, 90, 95, 99, 100)) -> pd.DataFrame:
     """Percentiles of the syllable and token lengths (rows: p50 … p100, plus the mean)."""
     cols = ["syllables", "tokens"]
-    table = pd.DataFrame({f"p{q}": np.percentile(lengths[cols], q, axis=0) for q in qs},
-                         index=cols).T
+    table = lengths[cols].quantile([q / 100 for q in qs]).set_axis([f"p{q}" for q in qs])
     table.loc["mean"] = lengths[cols].mean()
     return table.round(1)
 
@@ -116,7 +107,8 @@ def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> p
     """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
     rows = {name: tokenizer_report(tok, list(captions)).as_dict()
             for name, tok in tokenizers.items()}
-    return pd.DataFrame.from_dict(rows, orient="index")[list(TOKENIZER_COLUMNS)]
+    return pd.DataFrame.from_dict(rows, orient="index")[
+        ["roundtrip_rate", "unk_rate", "tokens_per_caption"]]
 
 
 def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
@@ -275,12 +267,9 @@ def plot_handout(image, captions: Mapping[str, str], title: str = "",
 def gallery_html(items: Sequence[GalleryItem], out: str | Path,
                  title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
     """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""
+    page = Template((resources.files("vicap_utils") / "assets" / "gallery.html").read_text("utf-8"))
     cards = "\n".join(_html_card(item) for item in items)
-    return atomic_write_text(out, (
-        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<div class=\"grid\">\n{cards}\n</div>\n"
-        "</body>\n</html>\n"))
+    return atomic_write_text(out, page.substitute(title=html.escape(title), cards=cards))
 
 
 def _html_card(item: GalleryItem, size: int = 384) -> str:
@@ -301,16 +290,11 @@ def _html_card(item: GalleryItem, size: int = 384) -> str:
 
 
 def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows of the given columns as floats (NaN when missing); all-missing columns dropped."""
-    data = {label: {c: _as_float(row.get(c)) for c in columns} for label, row in rows.items()}
-    table = pd.DataFrame.from_dict(data, orient="index", columns=list(columns))
-    return table.dropna(axis=1, how="all")
-
-
-def _as_float(value: Any) -> float:
-    """A number as float; None, bools and other values become NaN."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if is_number else math.nan
+    """Rows of the given columns as floats (NaN for missing, None, bools, text); all-NaN columns
+    dropped."""
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
+    numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    return table.where(numbers).astype(float).dropna(axis=1, how="all")
 
 
 def _finish(fig, out: str | Path | None, axes: Sequence = (), h_pad: float | None = None):
