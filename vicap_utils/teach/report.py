@@ -58,7 +58,6 @@ def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.scatter(images["width"], images["height"], s=8, alpha=0.5)
     ax1.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
-    ax1.grid(alpha=0.3)
     counts = images["captions"].value_counts().sort_index()
     ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
     ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
@@ -95,11 +94,9 @@ def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
         values = lengths[col]
         ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, color=color)
         ax.set(xlabel=f"caption length ({col})", ylabel="captions")
-        ax.grid(alpha=0.3)
     if max_length is not None:
         ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
                     label=f"max_length {max_length} − bos/eos")
-        ax2.legend()
     return _finish(fig, out)
 
 
@@ -129,13 +126,13 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
     best = max(history, key=lambda h: h["val_CIDEr"] if h["val_CIDEr"] == h["val_CIDEr"] else -1)
     ax2.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
     ax2.set(xlabel="epoch", ylabel="val CIDEr")
-    return _finish(fig, out, axes=(ax1, ax2))
+    return _finish(fig, out)
 
 
 def label_table(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
                 attention_mask: Sequence[int] | None = None) -> pd.DataFrame:
-    """One training example position by position: the input token and the target the loss gives
-    it (the label one step later, "-100 (ignored)" where skipped); padding left out."""
+    """One example position by position: input token, and the target the loss gives it (the label
+    one step later, "-100 (ignored)" where skipped); padding left out."""
     rows = []
     for pos in range(len(input_ids) - 1):
         if attention_mask is not None and not attention_mask[pos]:
@@ -184,7 +181,6 @@ def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4
     ax.set_xticks(x, cols)
     ax.set_ylabel("score")
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
     return _finish(fig, out)
 
 
@@ -197,7 +193,7 @@ def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | Non
         ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
     ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
            ylabel="images")
-    return _finish(fig, out, axes=(ax,))
+    return _finish(fig, out)
 
 
 @dataclass
@@ -290,19 +286,19 @@ def _html_card(item: GalleryItem, size: int = 384) -> str:
 
 
 def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows of the given columns as floats (NaN for missing, None, bools, text); all-NaN columns
-    dropped."""
+    """Rows of `columns` as floats (NaN unless a number; bools too); all-NaN columns dropped."""
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
     numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
     return table.where(numbers).astype(float).dropna(axis=1, how="all")
 
 
-def _finish(fig, out: str | Path | None, axes: Sequence = (), h_pad: float | None = None):
-    """Legend and grid on `axes`, tight layout, then the figure saved atomically when `out` is
+def _finish(fig, out: str | Path | None, h_pad: float | None = None):
+    """Grid and legend on each plot, tight layout, then the figure saved atomically when `out` is
     given (PNG unless its suffix names another format): a full disk never leaves half an image."""
-    for ax in axes:
-        ax.legend()
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
+        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout(h_pad=h_pad)
     if out is not None:
         buffer = io.BytesIO()
