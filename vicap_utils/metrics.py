@@ -9,7 +9,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -65,13 +65,10 @@ def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return evaluate_detailed(*args, **kwargs)[0]
 
 
-def evaluate_detailed(
-    predictions: str | Path | list,
-    references: str | Path | Mapping,
-    train_captions: str | Path | Mapping | Sequence[str] | None = None,
-    allow_missing: bool = False,
-    tokenization: str = "syllable",
-) -> tuple[dict[str, Any], pd.DataFrame]:
+def evaluate_detailed(predictions: str | Path | list, references: str | Path | Mapping,
+                      train_captions: str | Path | Mapping | Sequence[str] | None = None,
+                      allow_missing: bool = False, tokenization: str = "syllable",
+                      ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
     per-image table; `tokenization` "words" segments captions into words first."""
     preds, refs = load_predictions(predictions), load_references(references)
@@ -214,19 +211,17 @@ def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[
     """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr); a
     Java scorer that cannot run gives None and its reason."""
     gts, res = dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)}
-    jobs: dict[str, Callable[[], Any]] = {
-        "BLEU": lambda: Bleu(4).compute_score(gts, res, verbose=0)[0],
-        "ROUGE-L": lambda: float(Rouge().compute_score(gts, res)[0]),
-        "CIDEr": lambda: CiderD(refs).score(hyps, refs),
-        "METEOR": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS)[0],
-        "METEOR-vi": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS)[0],
-        "SPICE": lambda: jvm.spice_score(hyps, refs),
-        "ROUGE-1": lambda: rouge_n(hyps, refs, 1),
-        "ROUGE-2": lambda: rouge_n(hyps, refs, 2),
-    }
-    values: dict[str, Any] = {}
+    _progress("BLEU, ROUGE and CIDEr …")
+    bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
+    cider, per_image = CiderD(refs).score(hyps, refs)
+    values: dict[str, Any] = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}
+    values.update({"ROUGE-L": float(Rouge().compute_score(gts, res)[0]), "CIDEr": cider,
+                   "ROUGE-1": rouge_n(hyps, refs, 1), "ROUGE-2": rouge_n(hyps, refs, 2)})
+    java = {"METEOR": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS)[0],
+            "METEOR-vi": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS)[0],
+            "SPICE": lambda: jvm.spice_score(hyps, refs)}
     unavailable: dict[str, str] = {}
-    for name, job in jobs.items():
+    for name, job in java.items():
         _progress(f"{name} …")
         start = time.perf_counter()
         try:
@@ -235,8 +230,6 @@ def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[
         except jvm.ScorerUnavailable as exc:
             values[name], unavailable[name] = None, str(exc)
             _progress(f"{name} unavailable: {exc}")
-    values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(values.pop("BLEU"))})
-    values["CIDEr"], per_image = values["CIDEr"]
     return values, unavailable, [float(s) for s in per_image]
 
 
