@@ -20,8 +20,7 @@ PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
 METEOR_JAR = PKG_DIR / "meteor" / "meteor-1.5.jar"
 SPICE_DIR = PKG_DIR / "spice"
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-# pycocoevalcap's METEOR: English, with a normaliser that splits Vietnamese letters outside
-# Latin-1 ("người" -> "ng ư ờ i"); METEOR-vi: language-independent, exact matches, no normaliser.
+# pycocoevalcap's METEOR normalises as English ("người" -> "ng ư ờ i"); METEOR-vi: exact matches.
 METEOR_EN_ARGS = ("-l", "en", "-norm")
 METEOR_VI_ARGS = ("-l", "other")
 TOKENIZE_TIMEOUT_S = 300.0
