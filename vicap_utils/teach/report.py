@@ -104,8 +104,8 @@ def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> p
     """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
     rows = {name: tokenizer_report(tok, list(captions)).as_dict()
             for name, tok in tokenizers.items()}
-    return pd.DataFrame.from_dict(rows, orient="index")[
-        ["roundtrip_rate", "unk_rate", "tokens_per_caption"]]
+    columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
+    return pd.DataFrame.from_dict(rows, orient="index")[columns]
 
 
 def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
@@ -178,8 +178,7 @@ def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4
     for k, (label, row) in enumerate(table[cols].iterrows()):
         ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label,
                hatch="//" if "published" in str(label) else None)
-    ax.set_xticks(x, cols)
-    ax.set_ylabel("score")
+    ax.set(xticks=x, xticklabels=cols, ylabel="score")
     ax.legend(fontsize=8)
     return _finish(fig, out)
 
@@ -209,9 +208,8 @@ class GalleryItem:
 
 
 def gallery_items(val: CaptionSet, images_dir: str | Path,
-                  predictions: Mapping[str, Mapping[Any, str]],
-                  cider: Mapping[Any, float], n_best: int = 3, n_worst: int = 3
-                  ) -> list[GalleryItem]:
+                  predictions: Mapping[str, Mapping[Any, str]], cider: Mapping[Any, float],
+                  n_best: int = 3, n_worst: int = 3) -> list[GalleryItem]:
     """The n best and n worst images by per-image CIDEr, with every system's caption;
     `predictions` maps a system label to {image_id: caption}; ids compare as strings."""
     by_key = {str(i): i for i in val.images}
