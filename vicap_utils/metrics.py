@@ -1,8 +1,6 @@
-"""Caption metrics: pycocoevalcap's BLEU-1..4, METEOR, ROUGE-L, CIDEr-D and SPICE, safe offline and
-honest for Vietnamese, plus METEOR-vi, ROUGE-1/2 and diversity, on NFC, PTB-tokenized text (a
-pure-Python stand-in without Java). CIDEr-D is `CiderD`, batched in numpy and equal to
-pycocoevalcap's, fast enough for a reward at every training step.
-"""
+"""Caption metrics on NFC, PTB-tokenized text (a Python stand-in without Java): pycocoevalcap's
+BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for a reward) and
+SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
 from __future__ import annotations
 
 import math
@@ -11,10 +9,9 @@ import sys
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -45,17 +42,14 @@ PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split a
                                 "not reproduced here)")
 
 NOTES = (
-    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (vicap's batched CiderD, equal within "
-    "1e-6); its document frequencies come from this set's references, so scores depend on the "
-    "evaluated set (one image alone always scores 0); per-image CIDEr is against the whole set.",
+    "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (equal within 1e-6); its document "
+    "frequencies come from this set's references, so scores depend on the evaluated set (one "
+    "image alone scores 0); per-image CIDEr is against the whole set.",
     "METEOR is pycocoevalcap's (-l en -norm), whose normaliser splits Vietnamese letters outside "
-    "Latin-1 into separate tokens; METEOR-vi runs the same jar with -l other (exact matches, "
-    "no normaliser) on NFC, lower-cased tokens.",
+    "Latin-1 into tokens; METEOR-vi runs the jar with -l other (exact matches) on NFC tokens.",
     "SPICE parses captions with English CoreNLP models; for Vietnamese it means little.",
-    "ROUGE-1/2: F1 over whitespace tokens of the tokenized text (diacritics count), best "
-    "reference per image, mean over images. Diversity uses the tokenized predictions: TTR is "
-    "types / tokens over all of them (the BLIP-2 report's, = distinct-1), TTR_per_caption the "
-    "mean within each caption.",
+    "ROUGE-1/2: F1 over tokens (diacritics count), best reference per image, mean over images. "
+    "TTR: types / tokens over all predictions (= distinct-1); TTR_per_caption: mean per caption.",
 )
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -71,13 +65,10 @@ def evaluate(*args: Any, **kwargs: Any) -> dict[str, Any]:
     return evaluate_detailed(*args, **kwargs)[0]
 
 
-def evaluate_detailed(
-    predictions: str | Path | list,
-    references: str | Path | Mapping,
-    train_captions: str | Path | Mapping | Sequence[str] | None = None,
-    allow_missing: bool = False,
-    tokenization: str = "syllable",
-) -> tuple[dict[str, Any], pd.DataFrame]:
+def evaluate_detailed(predictions: str | Path | list, references: str | Path | Mapping,
+                      train_captions: str | Path | Mapping | Sequence[str] | None = None,
+                      allow_missing: bool = False, tokenization: str = "syllable",
+                      ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
     per-image table; `tokenization` "words" segments captions into words first."""
     preds, refs = load_predictions(predictions), load_references(references)
@@ -104,11 +95,9 @@ def evaluate_detailed(
                          "is nothing to score against")
     metrics, unavailable, cider_per_image = score_all(hyps, ref_tok)
     metrics.update(diversity(hyps, None if train is None else set(rest)))
-    result = {k: metrics.get(k) for k in METRIC_KEYS}
-    result.update({"unavailable": unavailable, "tokenizer": tokenizer,
-                   "tokenization": tokenization, "n_images": len(keys), "notes": [*NOTES, *notes]})
-    if train is not None:
-        result["novel_rate"] = metrics["novel_rate"]
+    result = {k: metrics[k] for k in (*SCORE_KEYS, *DIVERSITY_KEYS) if k in metrics}
+    result.update(unavailable=unavailable, tokenizer=tokenizer, tokenization=tokenization,
+                  n_images=len(keys), notes=[*NOTES, *notes])
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
                               "prediction": hyp_raw, "first_reference": [c[0] for c in ref_raw]})
     return result, per_image
@@ -177,8 +166,7 @@ def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str
 
 def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
                  allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(keys to score in reference order, notes): unknown ids fail, missing ones too unless
-    `allow_missing`."""
+    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
     unknown = [preds[k][0] for k in preds if k not in refs]
     if unknown:
         raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
@@ -220,22 +208,20 @@ def python_tokenize(text: str) -> str:
 
 
 def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[float]]:
-    """Every reference-based metric on tokenized (NFC, lower-cased) text: (values, unavailable,
-    per-image CIDEr); a Java scorer that cannot run gives None and its reason."""
+    """Every reference-based metric on tokenized text: (values, unavailable, per-image CIDEr); a
+    Java scorer that cannot run gives None and its reason."""
     gts, res = dict(enumerate(refs)), {i: [h] for i, h in enumerate(hyps)}
-    jobs: dict[str, Callable[[], Any]] = {
-        "BLEU": lambda: Bleu(4).compute_score(gts, res, verbose=0)[0],
-        "ROUGE-L": lambda: float(Rouge().compute_score(gts, res)[0]),
-        "CIDEr": lambda: CiderD(refs).score(hyps, refs),
-        "METEOR": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS)[0],
-        "METEOR-vi": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS)[0],
-        "SPICE": lambda: jvm.spice_score(hyps, refs),
-        "ROUGE-1": lambda: rouge_n(hyps, refs, 1),
-        "ROUGE-2": lambda: rouge_n(hyps, refs, 2),
-    }
-    values: dict[str, Any] = {}
+    _progress("BLEU, ROUGE and CIDEr …")
+    bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
+    cider, per_image = CiderD(refs).score(hyps, refs)
+    values: dict[str, Any] = {f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)}
+    values.update({"ROUGE-L": float(Rouge().compute_score(gts, res)[0]), "CIDEr": cider,
+                   "ROUGE-1": rouge_n(hyps, refs, 1), "ROUGE-2": rouge_n(hyps, refs, 2)})
+    java = {"METEOR": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_EN_ARGS)[0],
+            "METEOR-vi": lambda: jvm.meteor_score(hyps, refs, jvm.METEOR_VI_ARGS)[0],
+            "SPICE": lambda: jvm.spice_score(hyps, refs)}
     unavailable: dict[str, str] = {}
-    for name, job in jobs.items():
+    for name, job in java.items():
         _progress(f"{name} …")
         start = time.perf_counter()
         try:
@@ -244,8 +230,6 @@ def score_all(hyps: list[str], refs: list[list[str]]) -> tuple[dict, dict, list[
         except jvm.ScorerUnavailable as exc:
             values[name], unavailable[name] = None, str(exc)
             _progress(f"{name} unavailable: {exc}")
-    values.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(values.pop("BLEU"))})
-    values["CIDEr"], per_image = values["CIDEr"]
     return values, unavailable, [float(s) for s in per_image]
 
 
@@ -285,9 +269,8 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
 
 
 class CiderD:
-    """pycocoevalcap's CIDEr-D (equal within 1e-6), every (candidate, reference) pair at once in
-    numpy. Document frequencies come from `refs_corpus` (tokenized references per image): the
-    evaluated set's reproduce pycocoevalcap; the training set's give a batch-free reward."""
+    """pycocoevalcap's CIDEr-D (equal within 1e-6), all pairs at once in numpy. Document frequencies
+    from `refs_corpus`: the evaluated set's as pycocoevalcap; the training set's for a reward."""
 
     def __init__(self, refs_corpus: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0):
         if not refs_corpus:
@@ -379,8 +362,7 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
     return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
 
 
-@dataclass(frozen=True)
-class _Tfidf:
+class _Tfidf(NamedTuple):
     """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
     norms per sentence and n-gram order; lengths as CIDEr-D's."""
 
@@ -437,8 +419,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
 
 
 def cli_evaluate(args: Any) -> int:
-    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV. The
-    output paths are checked first, so a bad --out fails before minutes of scoring."""
+    """`vicap evaluate`: score, print the table, write metrics JSON and per-image CIDEr CSV; a bad
+    --out fails before minutes of scoring."""
     if args.out:
         out = output_file(args.out, "metrics JSON")
         csv_path = output_file(out.with_name(f"{out.stem}_per_image.csv"), "per-image CSV")

@@ -1,6 +1,5 @@
 """pycocoevalcap's Java tools (PTB tokenizer, METEOR 1.5, SPICE), each one subprocess with a
-timeout, so a failure is a reason, never a hang: its own wrappers keep METEOR's JVM behind a lock
-that stays held after an error, and let SPICE download CoreNLP (~385 MB), which dies offline."""
+timeout: a failure is a reason, never a hang (its wrappers can hang METEOR or download ~385 MB)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +8,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +20,11 @@ PTB_JAR = PKG_DIR / "tokenizer" / "stanford-corenlp-3.4.1.jar"
 METEOR_JAR = PKG_DIR / "meteor" / "meteor-1.5.jar"
 SPICE_DIR = PKG_DIR / "spice"
 SPICE_CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
-# pycocoevalcap's METEOR: English, with a normaliser that splits Vietnamese letters outside
-# Latin-1 ("người" -> "ng ư ờ i"); METEOR-vi: language-independent, exact matches, no normaliser.
+# pycocoevalcap's METEOR normalises as English ("người" -> "ng ư ờ i"); METEOR-vi: exact matches.
 METEOR_EN_ARGS = ("-l", "en", "-norm")
 METEOR_VI_ARGS = ("-l", "other")
 TOKENIZE_TIMEOUT_S = 300.0
 METEOR_TIMEOUT_S = 300.0
-SPICE_TIMEOUT_S = 600.0
 
 
 class ScorerUnavailable(RuntimeError):
@@ -36,12 +33,9 @@ class ScorerUnavailable(RuntimeError):
 
 def ptb_tokenize(texts: Sequence[str]) -> list[str]:
     """pycocoevalcap's PTBTokenizer in one JVM: lower-cased, punctuation dropped."""
-    with tempfile.TemporaryDirectory(prefix="vicap-ptb-") as tmp:
-        path = Path(tmp) / "captions.txt"
-        path.write_text("".join(f"{t}\n" for t in texts), encoding="utf-8")
-        out = run_java(["-cp", str(PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer",
-                        "-preserveLines", "-lowerCase", str(path)],
-                       TOKENIZE_TIMEOUT_S, "PTB tokenizer", PTB_JAR.parent)
+    out = run_java(["-cp", str(PTB_JAR), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines",
+                    "-lowerCase"], TOKENIZE_TIMEOUT_S, "PTB tokenizer", PTB_JAR.parent,
+                   stdin="".join(f"{t}\n" for t in texts))
     lines = out.split("\n")
     if len(lines) < len(texts):
         raise ScorerUnavailable(f"PTB tokenizer returned {len(lines)} lines for {len(texts)}")
@@ -52,18 +46,17 @@ def ptb_tokenize(texts: Sequence[str]) -> list[str]:
 def meteor_score(hyps: Sequence[str], refs: Sequence[Sequence[str]],
                  args: Sequence[str] = METEOR_EN_ARGS, jar: Path = METEOR_JAR,
                  timeout: float | None = None) -> tuple[float, list[float]]:
-    """(corpus METEOR, one score per image) from the jar's plain-text mode; `timeout` defaults
-    to METEOR_TIMEOUT_S as it is at call time."""
+    """(corpus METEOR, one score per image) from the jar's plain-text mode."""
     if len(hyps) != len(refs) or not hyps or not all(refs):
         raise ScorerUnavailable("METEOR needs one hypothesis and references for each image")
     width = max(len(rs) for rs in refs)  # the jar reads `width` references per image
     padded = [r for rs in refs for r in [*rs, *[rs[-1]] * (width - len(rs))]]  # best one counts
     with tempfile.TemporaryDirectory(prefix="vicap-meteor-") as tmp:
         hyp_file, ref_file = Path(tmp) / "hyp.txt", Path(tmp) / "ref.txt"
-        hyp_file.write_text(_one_per_line(hyps), "utf-8")
-        ref_file.write_text(_one_per_line(padded), "utf-8")
-        # The English run is pycocoevalcap's command line (same scores); METEOR-vi must read
-        # UTF-8 whatever the platform's default encoding.
+        for path, texts in ((hyp_file, hyps), (ref_file, padded)):  # `|||` dropped as pycocoevalcap
+            lines = (" ".join(t.replace("|||", "").split()) for t in texts)
+            path.write_text("".join(f"{line}\n" for line in lines), "utf-8")
+        # English as pycocoevalcap runs it (same scores); METEOR-vi reads UTF-8 on any platform.
         encoding = [] if tuple(args) == METEOR_EN_ARGS else ["-Dfile.encoding=UTF-8"]
         out = run_java([*encoding, "-jar", "-Xmx2G", str(jar), str(hyp_file), str(ref_file),
                         *args, "-r", str(width)],
@@ -75,7 +68,7 @@ def meteor_score(hyps: Sequence[str], refs: Sequence[Sequence[str]],
     return float(final.group(1)), [float(s) for s in scores]
 
 
-def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_TIMEOUT_S) -> float:
+def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = 600.0) -> float:
     """SPICE via its jar, only if CoreNLP is installed: never downloads."""
     missing = [j for j in SPICE_CORENLP_JARS if not (SPICE_DIR / "lib" / j).is_file()]
     if missing:
@@ -89,23 +82,23 @@ def spice_score(hyps: list[str], refs: list[list[str]], timeout: float = SPICE_T
         run_java(["-jar", "-Xmx8G", str(SPICE_DIR / "spice-1.0.jar"), str(src), "-out", str(dst),
                   "-subset", "-silent"], timeout, "SPICE", SPICE_DIR)
         try:
-            results = json.loads(dst.read_text("utf-8"))
-            scores = np.array([item["scores"]["All"]["f"] for item in results], float)  # None: NaN
+            scores = [item["scores"]["All"]["f"] for item in json.loads(dst.read_text("utf-8"))]
+            score = float(np.array(scores, float).mean()) if scores else math.nan  # None: NaN
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ScorerUnavailable(f"SPICE output unreadable: {exc!r}") from None
-    score = float(scores.mean()) if scores.size else math.nan
     if not math.isfinite(score):
         raise ScorerUnavailable("SPICE returned no score")
     return score
 
 
-def run_java(args: list[str], timeout: float, what: str, cwd: Path) -> str:
+def run_java(args: list[str], timeout: float, what: str, cwd: Path, stdin: str = "") -> str:
     """A Java tool's stdout; a missing java, a timeout or a failure is ScorerUnavailable."""
     java = shutil.which("java")
     if java is None:
         raise ScorerUnavailable("java not found on PATH")
     try:
-        proc = subprocess.run([java, *args], cwd=cwd, capture_output=True, timeout=timeout)
+        proc = subprocess.run([java, *args], cwd=cwd, input=stdin.encode("utf-8"),
+                              capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ScorerUnavailable(f"{what} timed out after {timeout:g} s") from None
     except OSError as exc:
@@ -116,9 +109,4 @@ def run_java(args: list[str], timeout: float, what: str, cwd: Path) -> str:
         raise ScorerUnavailable(f"{what} failed (exit {proc.returncode}), the jar stopped early: "
                                 f"{err[-1][:300] if err else 'no error output'}")
     return proc.stdout.decode("utf-8", "replace")
-
-
-def _one_per_line(texts: Iterable[str]) -> str:
-    """One caption a line (line breaks collapsed), `|||` dropped as pycocoevalcap does."""
-    return "".join(" ".join(t.replace("|||", "").split()) + "\n" for t in texts)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -24,16 +25,6 @@ from vicap_utils.text import syllable_count
 from vicap_utils.vocab import tokenizer_report
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
-PERCENTILES = (50, 90, 95, 99, 100)
-TOKENIZER_COLUMNS = ("roundtrip_rate", "unk_rate", "tokens_per_caption")
-_CSS = (
-    "body{font-family:'DejaVu Sans',sans-serif;margin:1.5em;color:#222}"
-    ".grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(280px,1fr));gap:1.2em}"
-    ".card{border:1px solid #ddd;border-radius:6px;padding:.6em}"
-    ".card img{width:100%;image-rendering:pixelated}"
-    ".best{border-color:#4a4}.worst{border-color:#c44}"
-    "dt{font-weight:bold;font-size:.85em;margin-top:.4em}dd{margin:0;font-size:.9em}"
-)
 
 
 def audit_counts(summary: Mapping[str, Any]) -> pd.DataFrame:
@@ -67,7 +58,6 @@ def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ax1.scatter(images["width"], images["height"], s=8, alpha=0.5)
     ax1.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
-    ax1.grid(alpha=0.3)
     counts = images["captions"].value_counts().sort_index()
     ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
     ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
@@ -82,11 +72,11 @@ def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
                          "tokens": [len(x) for x in ids]})
 
 
-def length_percentiles(lengths: pd.DataFrame, qs: Sequence[int] = PERCENTILES) -> pd.DataFrame:
+def length_percentiles(lengths: pd.DataFrame,
+                       qs: Sequence[int] = (50, 90, 95, 99, 100)) -> pd.DataFrame:
     """Percentiles of the syllable and token lengths (rows: p50 … p100, plus the mean)."""
     cols = ["syllables", "tokens"]
-    table = pd.DataFrame({f"p{q}": np.percentile(lengths[cols], q, axis=0) for q in qs},
-                         index=cols).T
+    table = lengths[cols].quantile([q / 100 for q in qs]).set_axis([f"p{q}" for q in qs])
     table.loc["mean"] = lengths[cols].mean()
     return table.round(1)
 
@@ -104,11 +94,9 @@ def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
         values = lengths[col]
         ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, color=color)
         ax.set(xlabel=f"caption length ({col})", ylabel="captions")
-        ax.grid(alpha=0.3)
     if max_length is not None:
         ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
                     label=f"max_length {max_length} − bos/eos")
-        ax2.legend()
     return _finish(fig, out)
 
 
@@ -116,7 +104,8 @@ def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> p
     """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
     rows = {name: tokenizer_report(tok, list(captions)).as_dict()
             for name, tok in tokenizers.items()}
-    return pd.DataFrame.from_dict(rows, orient="index")[list(TOKENIZER_COLUMNS)]
+    columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
+    return pd.DataFrame.from_dict(rows, orient="index")[columns]
 
 
 def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
@@ -137,13 +126,13 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
     best = max(history, key=lambda h: h["val_CIDEr"] if h["val_CIDEr"] == h["val_CIDEr"] else -1)
     ax2.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
     ax2.set(xlabel="epoch", ylabel="val CIDEr")
-    return _finish(fig, out, axes=(ax1, ax2))
+    return _finish(fig, out)
 
 
 def label_table(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
                 attention_mask: Sequence[int] | None = None) -> pd.DataFrame:
-    """One training example position by position: the input token and the target the loss gives
-    it (the label one step later, "-100 (ignored)" where skipped); padding left out."""
+    """One example position by position: input token, and the target the loss gives it (the label
+    one step later, "-100 (ignored)" where skipped); padding left out."""
     rows = []
     for pos in range(len(input_ids) - 1):
         if attention_mask is not None and not attention_mask[pos]:
@@ -189,10 +178,8 @@ def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4
     for k, (label, row) in enumerate(table[cols].iterrows()):
         ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label,
                hatch="//" if "published" in str(label) else None)
-    ax.set_xticks(x, cols)
-    ax.set_ylabel("score")
+    ax.set(xticks=x, xticklabels=cols, ylabel="score")
     ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
     return _finish(fig, out)
 
 
@@ -205,7 +192,7 @@ def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | Non
         ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
     ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
            ylabel="images")
-    return _finish(fig, out, axes=(ax,))
+    return _finish(fig, out)
 
 
 @dataclass
@@ -221,9 +208,8 @@ class GalleryItem:
 
 
 def gallery_items(val: CaptionSet, images_dir: str | Path,
-                  predictions: Mapping[str, Mapping[Any, str]],
-                  cider: Mapping[Any, float], n_best: int = 3, n_worst: int = 3
-                  ) -> list[GalleryItem]:
+                  predictions: Mapping[str, Mapping[Any, str]], cider: Mapping[Any, float],
+                  n_best: int = 3, n_worst: int = 3) -> list[GalleryItem]:
     """The n best and n worst images by per-image CIDEr, with every system's caption;
     `predictions` maps a system label to {image_id: caption}; ids compare as strings."""
     by_key = {str(i): i for i in val.images}
@@ -275,12 +261,9 @@ def plot_handout(image, captions: Mapping[str, str], title: str = "",
 def gallery_html(items: Sequence[GalleryItem], out: str | Path,
                  title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
     """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""
+    page = Template((resources.files("vicap_utils") / "assets" / "gallery.html").read_text("utf-8"))
     cards = "\n".join(_html_card(item) for item in items)
-    return atomic_write_text(out, (
-        "<!DOCTYPE html>\n<html lang=\"vi\">\n<head>\n<meta charset=\"utf-8\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title)}</h1>\n<div class=\"grid\">\n{cards}\n</div>\n"
-        "</body>\n</html>\n"))
+    return atomic_write_text(out, page.substitute(title=html.escape(title), cards=cards))
 
 
 def _html_card(item: GalleryItem, size: int = 384) -> str:
@@ -301,24 +284,19 @@ def _html_card(item: GalleryItem, size: int = 384) -> str:
 
 
 def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows of the given columns as floats (NaN when missing); all-missing columns dropped."""
-    data = {label: {c: _as_float(row.get(c)) for c in columns} for label, row in rows.items()}
-    table = pd.DataFrame.from_dict(data, orient="index", columns=list(columns))
-    return table.dropna(axis=1, how="all")
+    """Rows of `columns` as floats (NaN unless a number; bools too); all-NaN columns dropped."""
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
+    numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    return table.where(numbers).astype(float).dropna(axis=1, how="all")
 
 
-def _as_float(value: Any) -> float:
-    """A number as float; None, bools and other values become NaN."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    return float(value) if is_number else math.nan
-
-
-def _finish(fig, out: str | Path | None, axes: Sequence = (), h_pad: float | None = None):
-    """Legend and grid on `axes`, tight layout, then the figure saved atomically when `out` is
+def _finish(fig, out: str | Path | None, h_pad: float | None = None):
+    """Grid and legend on each plot, tight layout, then the figure saved atomically when `out` is
     given (PNG unless its suffix names another format): a full disk never leaves half an image."""
-    for ax in axes:
-        ax.legend()
+    for ax in fig.axes:
         ax.grid(alpha=0.3)
+        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout(h_pad=h_pad)
     if out is not None:
         buffer = io.BytesIO()
