@@ -295,7 +295,7 @@ class CaptionApp:
     @property
     def dec(self) -> Decoding:
         """Decoding settings from the controls; beam search returns every beam to list."""
-        beams = 1 if self.sampling.value else max(1, self.beams.value)
+        beams = 1 if self.sampling.value else self.beams.value
         return Decoding(num_beams=beams, max_new_tokens=self.max_tokens.value,
                         do_sample=self.sampling.value, temperature=self.temperature.value,
                         top_p=self.top_p.value, repetition_penalty=self.repetition.value,

@@ -1,8 +1,5 @@
-"""Safe decoding of user-uploaded images: bytes in memory only, never a path from the user.
-
-Checks run cheapest first: upload size, image type from the content (not the name), pixel
-count from the header (PIL's decompression-bomb guard, its warning made an error), then decode.
-"""
+"""Safe decoding of uploaded images, in memory only. Checks run cheapest first: size, type from
+the content, pixel count from the header (PIL's bomb guard, its warning an error), decode."""
 from __future__ import annotations
 
 import io
