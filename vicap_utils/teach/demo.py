@@ -7,7 +7,7 @@ import html
 import io
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -77,8 +77,7 @@ def _adapter_mtime(folder: Path) -> float:
     return (folder / "adapter_model.safetensors").stat().st_mtime
 
 
-def model_choices(adapters: list[Path], root: Path, default_base: str = ModelConfig.base
-                  ) -> list[ModelChoice]:
+def model_choices(adapters: list[Path], root: Path, default_base: str) -> list[ModelChoice]:
     """Adapters (newest first), then each base alone: the adapters' bases (loaded through an
     adapter's folder, which records it) and `default_base`."""
     choices, bases = [], {}
@@ -102,11 +101,11 @@ def partner(choice: ModelChoice, choices: list[ModelChoice]) -> ModelChoice | No
                  and c.base == choice.base), None)
 
 
-def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
+def run_samples(adapter: Path) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
     try:
         val_file, folder = run_references(adapter.parent)
-        infos = list(load_captions(val_file).images.values())[:n]
+        infos = list(load_captions(val_file).images.values())[:N_SAMPLES]
     except VicapError:  # not a training run folder (e.g. an attached adapter): drawn samples
         return {}
     paths = [folder / info.file_name for info in infos]
@@ -118,9 +117,9 @@ def open_sample(source: ImageSource) -> Image.Image:
     return source if isinstance(source, Image.Image) else load_rgb(source)
 
 
-def png_thumbnail(image: Image.Image, size: tuple[int, int] = THUMB_SIZE) -> bytes:
-    """PNG bytes of the image scaled (up or down) to fit `size`, for display."""
-    scale = min(size[0] / image.width, size[1] / image.height)
+def png_thumbnail(image: Image.Image) -> bytes:
+    """PNG bytes of the image scaled (up or down) to fit `THUMB_SIZE`, for display."""
+    scale = min(THUMB_SIZE[0] / image.width, THUMB_SIZE[1] / image.height)
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                          Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -188,7 +187,7 @@ class CaptionApp:
     """The captioning app; display `.widget`. Callbacks are plain methods, easy to test."""
 
     def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
-                 root: Path, loader: Callable = load_model) -> None:
+                 root: Path, loader: Callable) -> None:
         self.root, self.choices, self.samples, self.loader = root, choices, samples, loader
         self.models: dict[tuple[str, bool], Any] = {}
         self.image: Image.Image | None = None
@@ -347,14 +346,11 @@ class CaptionApp:
         self.run([self.choice, other] if other.no_adapter else [other, self.choice])
 
 
-def build_app(output_dir: str | Path | None = None,
-              samples: dict[str, ImageSource] | None = None, *, base: str = ModelConfig.base,
-              also_search: Iterable[str | Path] = (env.KAGGLE_INPUT,),
-              loader: Callable | None = None) -> CaptionApp:
-    """The app over the adapters under `output_dir` (default: the environment's) and under
-    `also_search` (an attached notebook's output); `base` is offered alone."""
+def build_app(output_dir: str | Path | None = None, *, base: str = ModelConfig.base,
+              loader: Callable = load_model) -> CaptionApp:
+    """The app over the adapters under `output_dir` (default: the environment's) and
+    /kaggle/input (an attached notebook's output); `base` is offered alone."""
     root = Path(output_dir) if output_dir else env.output_dir()
-    adapters = find_adapters(root, *[Path(p) for p in also_search if Path(p).is_dir()])
-    if samples is None:
-        samples = (run_samples(adapters[0]) if adapters else {}) or sample_images(N_SAMPLES)
-    return CaptionApp(model_choices(adapters, root, base), samples, root, loader or load_model)
+    adapters = find_adapters(root, env.kaggle_input())  # a missing folder finds none
+    samples = (run_samples(adapters[0]) if adapters else {}) or sample_images(N_SAMPLES)
+    return CaptionApp(model_choices(adapters, root, base), samples, root, loader)
