@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,11 +107,6 @@ def _human(size: float) -> str:
     return f"{size:.1f} GiB"
 
 
-def show_json(data: Any) -> None:
-    """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
-
-
 # ---------------------------------------------------------------- notebooks 02 and 03
 def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
     """BLIP-1's stock tokenizer, the same keeping accents, and the one extended for `captions`."""
@@ -155,11 +149,6 @@ def model_tokenizer(cfg: Config, variants: dict[str, Any]):
         print(f"notice: {cfg.model.base} tokenizer unavailable ({exc}); counting stock BLIP "
               "tokens instead")
         return variants["stock (strips accents)"]
-
-
-def trainable_parameters(summary: dict[str, Any]) -> pd.DataFrame:
-    """Trainable vs total parameters per model part, as `train()` measured them."""
-    return pd.DataFrame(summary["trainable"]).set_index("part")
 
 
 def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
