@@ -43,6 +43,8 @@ HAND_STEPS = 60  # steps of the training loop written out below, before the full
 # `uitviic-blip` on a Kaggle T4: about 25–35 minutes for 30 epochs (estimate).
 
 # %%
+import json
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -61,8 +63,6 @@ from vicap_utils.teach.exercises import (
 from vicap_utils.teach.notebook import (
     release,
     setup,
-    show_json,
-    trainable_parameters,
     vocabulary_table,
     wrote,
 )
@@ -247,7 +247,7 @@ summary = train_on_every_gpu(cfg, run, resume=not OVERWRITE, overwrite=OVERWRITE
 # captions fared with the stock tokenizer ("before") and the extended one ("after").
 
 # %%
-trainable_parameters(summary)
+pd.DataFrame(summary["trainable"]).set_index("part")
 
 # %%
 vocabulary_table(summary["vocabulary"])
@@ -321,6 +321,6 @@ check_close("3 · rank 32", SHARE_R32, lambda: lora_share(cfg, 32, captions),
 # ## What this notebook wrote
 
 # %%
-show_json(summary)
+print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
 wrote([run / "best", run / "final", run / "last", run / "history.csv", run / "loss_curve.png",
        run / "config.json", run / "summary.json", run / "data" / "val.json"])

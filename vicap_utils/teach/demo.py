@@ -1,8 +1,5 @@
-"""The ipywidgets captioning app of notebook 06: pick an image and a model, read the caption.
-
-The notebook only displays `build_app().widget`. Models load once, cached by (folder,
-no_adapter); uploads are decoded in memory (`uploads`); every failure is a message in the app.
-"""
+"""The ipywidgets captioning app of notebook 06 (display `build_app().widget`): models load
+once, uploads are decoded in memory (`uploads`), every failure is a message in the app."""
 from __future__ import annotations
 
 import functools
@@ -10,9 +7,10 @@ import html
 import io
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,28 +33,7 @@ THUMB_SIZE = (360, 270)
 N_SAMPLES = 8
 ImageSource = Path | Image.Image
 
-CSS = """<style>
-.vicap-title h2 {margin: 0 0 2px 0;} .vicap-sub {color: #555; margin-bottom: 6px;}
-.vicap-note, .vicap-error {padding: 6px 10px; line-height: 1.45;}
-.vicap-note {background: #fff8e1; border-left: 4px solid #f0b400;}
-.vicap-error {background: #fdecea; border-left: 4px solid #d93025; color: #8c1d18;}
-.vicap-busy {color: #1a73e8;} .vicap-ok {color: #3c4043;}
-.vicap-note code {background: #f1f3f4; padding: 1px 4px; border-radius: 3px;}
-.vicap-spin {display: inline-block; width: 12px; height: 12px; border: 2px solid #1a73e8;
-  border-top-color: transparent; border-radius: 50%; animation: vicap-rot .8s linear infinite;
-  vertical-align: -2px; margin-right: 6px;}
-@keyframes vicap-rot {to {transform: rotate(360deg);}}
-.vicap-cards {display: flex; gap: 12px; flex-wrap: wrap;}
-.vicap-card {border: 1px solid #dadce0; border-radius: 8px; padding: 10px 14px; min-width: 260px;
-  max-width: 420px; flex: 1; background: #fff; line-height: 1.35;}
-.vicap-model, .vicap-meta {font-size: 12px; color: #5f6368;}
-.vicap-model {text-transform: uppercase; letter-spacing: .03em;}
-.vicap-caption {font-size: 20px; line-height: 1.35; margin: 6px 0; color: #202124;}
-.vicap-beams {border-collapse: collapse; margin-top: 8px; font-size: 13px; width: 100%;}
-.vicap-beams td, .vicap-beams th {padding: 3px 6px; border-top: 1px solid #eee; text-align: left;
-  vertical-align: top;} .vicap-beams th {white-space: nowrap;}
-.vicap-beams td.score {text-align: right; font-variant-numeric: tabular-nums; color: #5f6368;}
-</style>"""
+CSS = (resources.files("vicap_utils") / "assets" / "demo.css").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)
@@ -100,8 +77,7 @@ def _adapter_mtime(folder: Path) -> float:
     return (folder / "adapter_model.safetensors").stat().st_mtime
 
 
-def model_choices(adapters: list[Path], root: Path, default_base: str = ModelConfig.base
-                  ) -> list[ModelChoice]:
+def model_choices(adapters: list[Path], root: Path, default_base: str) -> list[ModelChoice]:
     """Adapters (newest first), then each base alone: the adapters' bases (loaded through an
     adapter's folder, which records it) and `default_base`."""
     choices, bases = [], {}
@@ -125,11 +101,11 @@ def partner(choice: ModelChoice, choices: list[ModelChoice]) -> ModelChoice | No
                  and c.base == choice.base), None)
 
 
-def run_samples(adapter: Path, n: int = N_SAMPLES) -> dict[str, ImageSource]:
+def run_samples(adapter: Path) -> dict[str, ImageSource]:
     """Validation images of the run an adapter belongs to (RUN/data/val.json), if present."""
     try:
         val_file, folder = run_references(adapter.parent)
-        infos = list(load_captions(val_file).images.values())[:n]
+        infos = list(load_captions(val_file).images.values())[:N_SAMPLES]
     except VicapError:  # not a training run folder (e.g. an attached adapter): drawn samples
         return {}
     paths = [folder / info.file_name for info in infos]
@@ -141,9 +117,9 @@ def open_sample(source: ImageSource) -> Image.Image:
     return source if isinstance(source, Image.Image) else load_rgb(source)
 
 
-def png_thumbnail(image: Image.Image, size: tuple[int, int] = THUMB_SIZE) -> bytes:
-    """PNG bytes of the image scaled (up or down) to fit `size`, for display."""
-    scale = min(size[0] / image.width, size[1] / image.height)
+def png_thumbnail(image: Image.Image) -> bytes:
+    """PNG bytes of the image scaled (up or down) to fit `THUMB_SIZE`, for display."""
+    scale = min(THUMB_SIZE[0] / image.width, THUMB_SIZE[1] / image.height)
     shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
                          Image.Resampling.LANCZOS)
     buf = io.BytesIO()
@@ -211,14 +187,13 @@ class CaptionApp:
     """The captioning app; display `.widget`. Callbacks are plain methods, easy to test."""
 
     def __init__(self, choices: list[ModelChoice], samples: dict[str, ImageSource],
-                 root: Path, loader: Callable = load_model) -> None:
+                 root: Path, loader: Callable) -> None:
         self.root, self.choices, self.samples, self.loader = root, choices, samples, loader
         self.models: dict[tuple[str, bool], Any] = {}
         self.image: Image.Image | None = None
         self.image_name = self.error = ""
         self.results: list[CaptionResult] = []
-        has_adapter = any(not c.no_adapter for c in choices)
-        self._build_widgets("" if has_adapter else train_hint(root))
+        self._build_widgets("" if any(not c.no_adapter for c in choices) else train_hint(root))
         if samples:
             self.sample.value = next(iter(samples))
 
@@ -227,23 +202,22 @@ class CaptionApp:
         wide, style = w.Layout(width="380px"), {"description_width": "128px"}
 
         def slider(kind: type, value: float, low: float, high: float, step: float,
-                   label: str, disabled: bool = False) -> w.Widget:
-            return kind(value, min=low, max=high, step=step, description=label,
-                        disabled=disabled, layout=wide, style=style)
+                   label: str) -> w.Widget:
+            return kind(value, min=low, max=high, step=step, description=label, layout=wide,
+                        style=style)
 
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="Upload image",
-                                   layout=w.Layout(width="380px"))
+                                   layout=wide)
         self.sample = w.Dropdown(options=[("—", "")] + [(k, k) for k in self.samples],
                                  description="or a sample", layout=wide, style=style)
         self.model = w.Dropdown(options=[(c.label, i) for i, c in enumerate(self.choices)],
                                 value=0, description="Model", layout=wide, style=style)
         self.beams = slider(w.IntSlider, EvalConfig.num_beams, 1, 8, 1, "Beam size")
-        self.max_tokens = slider(w.IntSlider, EvalConfig.max_new_tokens, 5, 60, 1,
-                                 "Max new tokens")
+        self.max_tokens = slider(w.IntSlider, EvalConfig.max_new_tokens, 5, 60, 1, "Max new tokens")
         self.sampling = w.Checkbox(False, description="Sampling instead of beam search",
                                    indent=False, layout=wide)
-        self.temperature = slider(w.FloatSlider, 1.0, 0.1, 2.0, 0.05, "Temperature", True)
-        self.top_p = slider(w.FloatSlider, 0.9, 0.05, 1.0, 0.05, "Top-p", True)
+        self.temperature = slider(w.FloatSlider, 1.0, 0.1, 2.0, 0.05, "Temperature")
+        self.top_p = slider(w.FloatSlider, 0.9, 0.05, 1.0, 0.05, "Top-p")
         self.repetition = slider(w.FloatSlider, 1.0, 1.0, 2.0, 0.05, "Repetition penalty")
         self.button = w.Button(description="Caption", button_style="primary", icon="pencil",
                                layout=w.Layout(width="120px"))
@@ -253,7 +227,9 @@ class CaptionApp:
         self.preview = w.Image(format="png", layout=w.Layout(max_width=f"{THUMB_SIZE[0]}px"))
         self.upload.observe(self.on_upload, names="value")
         self.sample.observe(self.on_sample, names="value")
-        self.sampling.observe(self.on_sampling, names="value")
+        w.dlink((self.sampling, "value"), (self.temperature, "disabled"), lambda on: not on)
+        w.dlink((self.sampling, "value"), (self.top_p, "disabled"), lambda on: not on)
+        w.dlink((self.sampling, "value"), (self.beams, "disabled"))  # sampling: one caption
         self.button.on_click(self.caption)
         self.compare_button.on_click(self.compare)
         controls = w.VBox([
@@ -265,9 +241,9 @@ class CaptionApp:
         ], layout=w.Layout(width="390px", min_width="390px"))
         shown = w.VBox([self.status, self.preview, self.output],
                        layout=w.Layout(flex="1", padding="0 0 0 16px"))
-        title = w.HTML(f"{CSS}<div class='vicap-title'><h2>Chú thích ảnh tiếng Việt</h2>"
-                       "<div class='vicap-sub'>BLIP + LoRA · pick an image and a model, then "
-                       "press Caption</div></div>")
+        title = w.HTML(f"<style>{CSS}</style><div class='vicap-title'><h2>Chú thích ảnh tiếng "
+                       "Việt</h2><div class='vicap-sub'>BLIP + LoRA · pick an image and a model, "
+                       "then press Caption</div></div>")
         self.widget = w.VBox([title, self.notice, w.HBox([controls, shown])],
                              layout=w.Layout(padding="4px"))
         self.widget.add_class("vicap-app")
@@ -310,12 +286,6 @@ class CaptionApp:
         if self.sample.value:
             self.set_image(open_sample(self.samples[self.sample.value]), self.sample.value)
 
-    def on_sampling(self, change: dict | None = None) -> None:
-        """Sampling enables temperature/top-p and draws one caption (no beams)."""
-        on = self.sampling.value
-        self.temperature.disabled = self.top_p.disabled = not on
-        self.beams.disabled = on
-
     @property
     def choice(self) -> ModelChoice:
         """The selected model entry."""
@@ -324,7 +294,7 @@ class CaptionApp:
     @property
     def dec(self) -> Decoding:
         """Decoding settings from the controls; beam search returns every beam to list."""
-        beams = 1 if self.sampling.value else max(1, self.beams.value)
+        beams = 1 if self.sampling.value else self.beams.value
         return Decoding(num_beams=beams, max_new_tokens=self.max_tokens.value,
                         do_sample=self.sampling.value, temperature=self.temperature.value,
                         top_p=self.top_p.value, repetition_penalty=self.repetition.value,
@@ -376,15 +346,11 @@ class CaptionApp:
         self.run([self.choice, other] if other.no_adapter else [other, self.choice])
 
 
-def build_app(output_dir: str | Path | None = None,
-              samples: dict[str, ImageSource] | None = None, *, base: str = ModelConfig.base,
-              also_search: Iterable[str | Path] = (env.KAGGLE_INPUT,),
-              loader: Callable | None = None) -> CaptionApp:
-    """The app over the adapters under `output_dir` (default: the environment's) and the
-    existing folders of `also_search` (/kaggle/input: an attached notebook's output);
-    `base` is the base model offered alone."""
+def build_app(output_dir: str | Path | None = None, *, base: str = ModelConfig.base,
+              loader: Callable = load_model) -> CaptionApp:
+    """The app over the adapters under `output_dir` (default: the environment's) and
+    /kaggle/input (an attached notebook's output); `base` is offered alone."""
     root = Path(output_dir) if output_dir else env.output_dir()
-    adapters = find_adapters(root, *[Path(p) for p in also_search if Path(p).is_dir()])
-    if samples is None:
-        samples = (run_samples(adapters[0]) if adapters else {}) or sample_images(N_SAMPLES)
-    return CaptionApp(model_choices(adapters, root, base), samples, root, loader or load_model)
+    adapters = find_adapters(root, env.kaggle_input())  # a missing folder finds none
+    samples = (run_samples(adapters[0]) if adapters else {}) or sample_images(N_SAMPLES)
+    return CaptionApp(model_choices(adapters, root, base), samples, root, loader)

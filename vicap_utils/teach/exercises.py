@@ -1,13 +1,9 @@
-""""Check yourself" cells and the reference answers they compare with.
+""""Check yourself" cells and the reference answers that notebooks and solutions share.
 
-A check prints one line, never the solution: not done yet (the stub's None) or not quite, with
-a hint; or right. It recomputes on a case where the usual wrong answers differ from the right
-one and accepts every right form (numpy scalars, the decimals asked). The notebooks and their
-solutions call the same reference functions, so an answer is checked against one definition.
-"""
+A check prints one line, never the solution: not done yet (None), not quite with a hint, or
+right. It accepts every right form and tries cases where the usual wrong answers differ."""
 from __future__ import annotations
 
-import csv
 import math
 import numbers
 import re
@@ -17,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.cider.cider import Cider
@@ -36,8 +33,8 @@ NOT_YET = "❌"
 # ---------------------------------------------------------------- checks
 def check(exercise: str, answer: Any, ok: bool | Callable[[], bool], hint: str,
           well_done: str = "right") -> None:
-    """Print one line about `answer`: not done yet (None), right (`ok`, maybe a function
-    called only once there is an answer), or not quite (hint)."""
+    """Print one line about `answer`: not done yet (None), right (`ok`, maybe a function called
+    only once there is an answer), or not quite (hint)."""
     if answer is None:
         print(f"{NOT_YET} {exercise}: not done yet: {hint}")
     elif ok() if callable(ok) else ok:
@@ -84,8 +81,8 @@ def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
 # ---------------------------------------------------------------- 01 · data audit
 def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
                   ) -> tuple[Path, Path]:
-    """A scratch copy of a caption set's first `n_images` images and captions, to damage:
-    (captions.json, images) in `folder`, replacing only a copy vicap made there before."""
+    """A scratch copy of a set's first `n_images` (captions.json, images) in `folder`, to damage;
+    it replaces only a copy vicap made there before."""
     cs = load_captions(captions, images)
     small = cs.subset(list(cs.images)[:n_images])
     small.images = {i: replace(info, file_name=Path(info.file_name).name)
@@ -105,8 +102,8 @@ def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
     rejects = Path(audit_folder) / "rejects.csv"
     reasons = set()
     if rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime:
-        with rejects.open(encoding="utf-8", newline="") as f:
-            reasons = {row["reason"] for row in csv.DictReader(f) if row["kind"] == "image"}
+        table = pd.read_csv(rejects, dtype=str, keep_default_na=False)
+        reasons = set(table.loc[table["kind"] == "image", "reason"])
     hint = (f"the reason column of the image row in {rejects}" if reasons else
             f"no audit of a damaged copy in {audit_folder} yet: cut an image of the copy short, "
             "audit the copy into that folder, then read its rejects.csv")
@@ -121,8 +118,8 @@ def token_count(tokenizer, text: str) -> int:
 
 
 def unseen_and_kept(tokenizer, sentence: str, training_captions: Sequence[str]) -> bool:
-    """Whether `sentence` has a syllable no training caption has and comes back from
-    `tokenizer` with every letter and diacritic (spacing around punctuation aside)."""
+    """Whether `sentence` has a syllable no training caption has and `tokenizer` keeps its every
+    letter and diacritic (spacing around punctuation aside)."""
     back = tokenizer.decode(tokenizer(sentence, add_special_tokens=False)["input_ids"])
     new = set(syllables([sentence])) - set(syllables(training_captions))
     letters = ["".join(canonical(text).split()) for text in (back, sentence)]  # "3-0" → "3 - 0"
@@ -137,8 +134,7 @@ def stock_round_trip(cfg: Config, text: str) -> str:
 
 
 def lora_share(cfg: Config, r: int, captions: list[str]) -> float:
-    """The trainable share (%) of all parameters with LoRA rank `r`, vocabulary extended for
-    `captions` as training does."""
+    """The trainable share (%) of all parameters with LoRA rank `r` (vocabulary as training)."""
     cap = captioner.load_base(cfg.model, log=lambda *a: None)
     if cfg.model.extend_vocab:
         captioner.extend_vocabulary(cap, captions)
@@ -155,13 +151,10 @@ def lora_target_count(cfg: Config, cross_attention: bool) -> int:
 
 
 # ---------------------------------------------------------------- 04 · evaluation
-BLEU_CASE = (["cầu thủ đang đá bóng trên sân",
-              "hai cầu thủ mặc áo đỏ đang tranh bóng trên sân",
-              "trận đấu bóng đá"],
-             "cầu thủ cầu thủ đá bóng")
-"""Tokenized references and a caption for exercise 04·1, where leaving out the clipping, the
-brevity penalty (6 words; closest reference 7, shortest 4) or the right reference length each
-gives another number."""
+# Exercise 04·1: leaving out the clipping, the brevity penalty (6 words; closest reference 7,
+# shortest 4) or the right reference length each gives another number.
+BLEU_CASE = (["cầu thủ đang đá bóng trên sân", "hai cầu thủ mặc áo đỏ đang tranh bóng trên sân",
+              "trận đấu bóng đá"], "cầu thủ cầu thủ đá bóng")
 
 
 def bleu1(references: Sequence[str], caption: str) -> float:
@@ -189,9 +182,9 @@ def wrong_but_high_bleu(references: Sequence[str], caption: str, bleu: float = 0
 
 
 # ---------------------------------------------------------------- 05 · gallery
+# Exercise 05·1: per-image CIDEr (fine-tuned, zero-shot) where the best fine-tuned image is not
+# the one that gained most (on `mini`, zero-shot CIDEr is 0 everywhere, so they are).
 GAIN_CASE = ({1: 0.9, 2: 0.6, 3: 0.2, 4: 0.5}, {1: 0.8, 2: 0.1, 3: 0.0, 4: 0.5})
-"""Per-image CIDEr (fine-tuned, zero-shot) for exercise 05·1 where the best fine-tuned image
-is not the one that gained most (on `mini` zero-shot CIDEr is 0 everywhere, so they are)."""
 
 
 def biggest_gains(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float]) -> set:
@@ -202,8 +195,8 @@ def biggest_gains(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float
 
 def check_biggest_gain(answer: Any, fine_tuned: Mapping[Any, float],
                        zero_shot: Mapping[Any, float]) -> None:
-    """Exercise 05·1: `answer` is a function (fine_tuned, zero_shot) → image id, right when it
-    finds the biggest gain both on `GAIN_CASE` and on the run's own scores."""
+    """Exercise 05·1: `answer(fine_tuned, zero_shot)` must name a biggest gain on `GAIN_CASE`
+    and on the run's own scores."""
     cases = (GAIN_CASE, (fine_tuned, zero_shot))
     check("1 · biggest gain", answer, lambda: callable(answer) and all(
         answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in cases),
@@ -220,16 +213,14 @@ def three_decodings(cap, image) -> list[str]:
 
 # ---------------------------------------------------------------- 06 · caption demo
 def distinct_samples(cap, image, temperature: float, n: int = 5) -> int:
-    """How many different captions `n` sampled captions of `image` at `temperature` are, drawn
-    one call at a time after `torch.manual_seed(0)`."""
+    """Distinct captions among `n` sampled one call at a time after `torch.manual_seed(0)`."""
     torch.manual_seed(0)
     dec = captioner.Decoding(num_beams=1, do_sample=True, temperature=temperature)
     return len({captioner.caption(cap, images=[image], dec=dec)[0][0][0] for _ in range(n)})
 
 
 def check_temperature(low: Any, high: Any, cap, image) -> None:
-    """Exercise 06·2: the distinct-caption counts at T = 0.3 and 1.5, checked against the same
-    draws (same seed, model and image), so a plausible guess is not enough."""
+    """Exercise 06·2: distinct-caption counts at T = 0.3 and 1.5, against the same draws."""
     answer = None if low is None or high is None else [low, high]
     check("2 · temperature", answer, lambda: same(answer, [distinct_samples(cap, image, t)
                                                            for t in (0.3, 1.5)]),

@@ -1,9 +1,7 @@
-"""Small helpers the notebooks share: set-up, where a profile's data and run live, the
-tokenizers of notebook 02, and the evaluation of a run (04, 05)."""
+"""Helpers the notebooks share: set-up, a profile's folders, tokenizers (02, 03), evaluation."""
 from __future__ import annotations
 
 import gc
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-n
 
 
 def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
-    """Resolve the profile's config, print versions and hardware; return (cfg, run folder).
-    Audited data goes to <output dir>/data/<profile>; vicap errors show as one line from here."""
+    """Resolve the profile's config (data in <output dir>/data/<profile>), print the set-up and
+    return (cfg, run folder); vicap errors show as one line from here."""
     one_line_user_errors()
     cfg = load_config(profile, overrides=overrides)
     if not cfg.data.prepared:
@@ -45,8 +43,7 @@ def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Co
 
 
 def one_line_user_errors() -> None:
-    """In IPython, show a VicapError (the user's to fix) as its one-line message; the cell
-    still fails, so "run all" stops there. Other errors keep their traceback."""
+    """In IPython, show a VicapError as its one line; the cell still fails ("run all" stops)."""
     shell = get_ipython()
     if shell is not None:
         shell.set_custom_exc((VicapError,), _show_one_line)
@@ -79,8 +76,8 @@ def wrote(paths: list[str | Path]) -> None:
 
 
 def release(namespace: dict[str, Any], *names: str) -> list[str]:
-    """Delete `names` from a notebook's namespace (those still there) and free what they held,
-    so a hand-built model does not sit beside the next one; print the GPU memory freed."""
+    """Delete `names` from a notebook's namespace and free what they held (a hand-built model
+    must not sit beside the next one); print the GPU memory freed."""
     before = torch.cuda.memory_allocated() if torch.cuda.is_initialized() else 0
     gone = [name for name in names if name in namespace]
     for name in gone:
@@ -93,8 +90,7 @@ def release(namespace: dict[str, Any], *names: str) -> list[str]:
 
 
 def free_memory() -> int | None:
-    """Collect garbage now (a reference cycle can hold a whole model) and empty the CUDA
-    cache; return the GPU memory still in use, None without CUDA."""
+    """Collect garbage (a cycle can hold a model), empty the CUDA cache; GPU bytes still used."""
     gc.collect()
     if not torch.cuda.is_initialized():
         return None
@@ -109,11 +105,6 @@ def _human(size: float) -> str:
             return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
-
-
-def show_json(data: Any) -> None:
-    """Print JSON the way the notebooks show configs and summaries (diacritics as they are)."""
-    print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
 
 # ---------------------------------------------------------------- notebooks 02 and 03
@@ -160,11 +151,6 @@ def model_tokenizer(cfg: Config, variants: dict[str, Any]):
         return variants["stock (strips accents)"]
 
 
-def trainable_parameters(summary: dict[str, Any]) -> pd.DataFrame:
-    """Trainable vs total parameters per model part, as `train()` measured them."""
-    return pd.DataFrame(summary["trainable"]).set_index("part")
-
-
 def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
     """Training captions with the stock tokenizer ("before") and the extended one ("after")."""
     if not vocabulary:
@@ -194,10 +180,8 @@ class RunEval:
 
 
 def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
-    """(captions file, images folder) of the run's `val` (or `test`) split, or a hint to run
-    notebook 03. A run without an adapter first copies in the newest one trained for this
-    profile under the Kaggle input root (adapter, data record, reports: not the checkpoint or
-    feature cache), so evaluations are written here, never into the read-only input."""
+    """(captions file, images folder) of the run's `split`. A run without an adapter first copies
+    in the newest attached one (not its checkpoint or cache), so evaluations are written here."""
     best = run / "best"
     if not is_adapter(best):
         found = find_trained(run.name)
@@ -208,8 +192,7 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
 
 
 def _train_hint(profile: str) -> str:
-    """How to get an adapter: on Kaggle, attach notebook 03's kernel (the slug
-    kaggle/bundle.py gives it); elsewhere, run notebook 03."""
+    """How to get an adapter: attach notebook 03's kernel on Kaggle, else run notebook 03."""
     if not is_kaggle():
         return "run notebook 03_finetune_lora first"
     slug = f"vicap-{profile.split('-')[0]}-03-finetune-lora"
@@ -218,9 +201,8 @@ def _train_hint(profile: str) -> str:
 
 
 def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
-    """Caption the run's val (or test) images with the base alone and with the adapter, score
-    both, and write predictions, metrics and per-image CSVs under run/eval/ (run/eval-test/).
-    With `reuse`, results there newer than the adapter are read back."""
+    """Caption and score the run's `split` with the base alone and with the adapter, written
+    under run/eval/ (run/eval-test/); with `reuse`, results newer than the adapter are read."""
     val_file, images = eval_inputs(run, split)
     out = run / ("eval" if split == "val" else f"eval-{split}")
     result = RunEval(load_captions(val_file), images, {}, {}, {})

@@ -1,8 +1,5 @@
-"""Safe decoding of user-uploaded images: bytes in memory only, never a path from the user.
-
-Checks run cheapest first: upload size, image type from the content (not the name), pixel
-count from the header (PIL's decompression-bomb guard, its warning made an error), then decode.
-"""
+"""Safe decoding of uploaded images, in memory only. Checks run cheapest first: size, type from
+the content, pixel count from the header (PIL's bomb guard, its warning an error), decode."""
 from __future__ import annotations
 
 import io
@@ -34,14 +31,13 @@ class DecodedUpload:
     size: tuple[int, int]
 
 
-def decode_upload(data: bytes, name: str = "upload",
-                  max_bytes: int = MAX_UPLOAD_BYTES) -> DecodedUpload:
+def decode_upload(data: bytes, name: str = "upload") -> DecodedUpload:
     """Check and decode uploaded bytes into an upright RGB image, or raise UploadError."""
     if not data:
         raise UploadError(f"{name}: the file is empty")
-    if len(data) > max_bytes:
+    if len(data) > MAX_UPLOAD_BYTES:
         raise UploadError(f"{name}: {len(data) / 2**20:.1f} MB is over the "
-                          f"{max_bytes / 2**20:.0f} MB limit")
+                          f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB limit")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
