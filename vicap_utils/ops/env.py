@@ -1,9 +1,6 @@
 """Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
 
-Every Kaggle path derives from `VICAP_KAGGLE_ROOT` (default `/kaggle`), so tests build fake
-trees for each mount layout: data sets at `input/<slug>/` or `input/datasets/<owner>/<slug>/`,
-models at `input/<model>/<framework>/<variation>/<version>/`, outputs in `working/`.
-"""
+Kaggle paths derive from `VICAP_KAGGLE_ROOT` (default /kaggle), so tests fake each mount layout."""
 from __future__ import annotations
 
 import glob
@@ -13,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vicap_utils.ops.hardware import GpuFacts, detect
+from vicap_utils.ops.hardware import detect
 
 # Globs (under the Kaggle input root) that find each real data set, whatever the mount layout.
 # UIT-ViIC is distributed as uitviic_captions_{train,val,test}2017.json (some copies spell it
@@ -55,11 +52,8 @@ def is_kaggle() -> bool:
 
 def output_dir(sub: str = "", create: bool = True) -> Path:
     """VICAP_OUTPUT when set, else the Kaggle working folder on Kaggle, else ./outputs."""
-    if os.environ.get("VICAP_OUTPUT"):
-        base = Path(os.environ["VICAP_OUTPUT"])
-    else:
-        base = kaggle_root() / "working" if is_kaggle() else Path("outputs")
-    path = base / sub if sub else base
+    default = kaggle_root() / "working" if is_kaggle() else Path("outputs")
+    path = Path(os.environ.get("VICAP_OUTPUT") or default) / sub
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -67,8 +61,7 @@ def output_dir(sub: str = "", create: bool = True) -> Path:
 
 def cache_dir(sub: str = "") -> Path:
     """VICAP_CACHE, else the user cache folder (~/.cache/vicap); for the mini base model."""
-    base = Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache" / "vicap")
-    path = base / sub if sub else base
+    path = Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache" / "vicap") / sub
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -191,32 +184,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def describe(facts: GpuFacts | None = None) -> dict[str, object]:
+def describe() -> dict[str, object]:
     """Everything the top of a notebook prints: versions, hardware, Kaggle, folders."""
-    return {
-        "versions": versions(),
-        "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
-        "kaggle": is_kaggle(),
-        "gpu": asdict(facts or detect()),
-        "output_dir": str(output_dir(create=False)),
-        "profile_auto": auto_profile(),
-    }
-
-
-def print_environment() -> dict[str, object]:
-    """Print the environment summary (one line per fact) and return it."""
     facts = detect()
-    info = describe(facts)
-    hardware = facts.describe()
+    accelerator = facts.describe()
     if facts.count:
-        hardware += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
-                     f"torch kernels for it={facts.supported}")
-    rows = {**info["versions"], "platform": info["platform"], "accelerator": hardware,
-            "kaggle": info["kaggle"], "output dir": info["output_dir"],
-            "auto profile": info["profile_auto"]}
-    for key, value in rows.items():
-        print(f"{key:>13}: {value}")
-    return info
+        accelerator += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
+                        f"torch kernels for it={facts.supported}")
+    return {**versions(),
+            "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+            "accelerator": accelerator, "kaggle": is_kaggle(),
+            "output dir": str(output_dir(create=False)), "auto profile": auto_profile(),
+            "gpu": asdict(facts)}
+
+
+def print_environment() -> None:
+    """Print the environment summary, one line per fact."""
+    for key, value in describe().items():
+        if key != "gpu":  # the accelerator line says it in words
+            print(f"{key:>13}: {value}")
 
 
 def cli_env(args: object) -> int:
