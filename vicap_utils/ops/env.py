@@ -101,25 +101,18 @@ class DataFiles:
 def discover_data(profile: str, root: Path | None = None) -> DataFiles:
     """Find a real profile's caption files, official splits and candidate image folders."""
     root = kaggle_input() if root is None else root
-    if profile == "uitviic-blip":
-        splits = {s: find_inputs([UITVIIC_SPLIT_GLOB.format(split=s)], root)
-                  for s in ("train", "val", "test")}
-        if not splits["train"]:
-            return DataFiles(profile)
-        train = splits["train"][0]
-        chosen = {s: _nearest(hits, train) for s, hits in splits.items()}
-        return DataFiles(profile, chosen["train"], chosen["val"], chosen["test"],
-                         image_dirs=image_folders(root, near=train))
+    hits = find_inputs(DATA_GLOBS.get(profile, []), root)
+    if not hits:
+        return DataFiles(profile)
     if profile == "flickr8k-blip2":
-        hits = find_inputs(DATA_GLOBS[profile], root)
-        if not hits:
-            return DataFiles(profile)
-        captions = hits[0]
-        lists = {s: _nearest(find_inputs([f"**/{name}"], root), captions)
-                 for s, name in FLICKR_SPLIT_LISTS.items()}
-        return DataFiles(profile, lists["train"], lists["val"], lists["test"], captions,
-                         image_folders(root, near=captions))
-    return DataFiles(profile)
+        split_globs = {s: f"**/{name}" for s, name in FLICKR_SPLIT_LISTS.items()}
+    else:
+        split_globs = {s: UITVIIC_SPLIT_GLOB.format(split=s) for s in ("train", "val", "test")}
+    splits = {s: _nearest(find_inputs([pattern], root), hits[0])
+              for s, pattern in split_globs.items()}
+    captions = hits[0] if profile == "flickr8k-blip2" else None
+    return DataFiles(profile, **splits, captions=captions,
+                     image_dirs=image_folders(root, near=hits[0]))
 
 
 def _shared(a: Path, b: Path) -> int:
