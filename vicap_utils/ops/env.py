@@ -38,13 +38,6 @@ def kaggle_input() -> Path:
     return kaggle_root() / "input"
 
 
-def __getattr__(name: str) -> Path:
-    """`KAGGLE_INPUT` as a module constant, read from the root when asked."""
-    if name == "KAGGLE_INPUT":
-        return kaggle_input()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel (its environment variable, or its working folder)."""
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()

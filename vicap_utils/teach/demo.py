@@ -378,7 +378,7 @@ class CaptionApp:
 
 def build_app(output_dir: str | Path | None = None,
               samples: dict[str, ImageSource] | None = None, *, base: str = ModelConfig.base,
-              also_search: Iterable[str | Path] = (env.KAGGLE_INPUT,),
+              also_search: Iterable[str | Path] = (env.kaggle_input(),),
               loader: Callable | None = None) -> CaptionApp:
     """The app over the adapters under `output_dir` (default: the environment's) and the
     existing folders of `also_search` (/kaggle/input: an attached notebook's output);
