@@ -120,12 +120,11 @@ def _nearest(paths: list[Path], anchor: Path) -> Path | None:
     return max(paths, key=lambda p: (_shared(p.parent, anchor.parent), -len(p.parts)))
 
 
-def image_folders(root: Path, near: Path | None = None) -> tuple[Path, ...]:
+def image_folders(root: Path, near: Path) -> tuple[Path, ...]:
     """Folders under `root` named like image folders (train2017/, Images/, …), nearest first."""
     found = {Path(p) for name in IMAGE_DIR_GLOBS
              for p in glob.glob(str(root / "**" / name), recursive=True) if Path(p).is_dir()}
-    anchor = near.parent if near else Path()
-    return tuple(sorted(found, key=lambda p: (-_shared(p, anchor), len(p.parts), str(p))))
+    return tuple(sorted(found, key=lambda p: (-_shared(p, near.parent), len(p.parts), str(p))))
 
 
 def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
