@@ -64,7 +64,7 @@ def test_kaggle_input_discovery_in_both_layouts(monkeypatch, tmp_path):
         path.parent.mkdir(parents=True)
         path.write_text("{}")
     monkeypatch.setenv("VICAP_KAGGLE_ROOT", str(tmp_path))
-    assert env.KAGGLE_INPUT == tmp_path / "input"
+    assert env.kaggle_input() == tmp_path / "input"
     assert env.find_inputs(env.DATA_GLOBS["uitviic-blip"]) == [flat]
     assert env.find_inputs(env.DATA_GLOBS["flickr8k-blip2"]) == [nested]
     (tmp_path / "working").mkdir()

@@ -1,8 +1,7 @@
 """Run configuration: dataclasses per concern (the recipe), named profiles, checked overrides.
 
-A run is fully described by one `Config`; `vicap train` writes it as `config.json` beside its
-outputs, and `--config` reads it back. pydantic converts and range-checks every value.
-"""
+One `Config` describes a run; `vicap train` saves it as `config.json` and `--config` reads it
+back. pydantic converts and range-checks every value."""
 from __future__ import annotations
 
 import copy
@@ -132,38 +131,32 @@ class Config:
 SECTIONS = ("data", "model", "lora", "train", "eval")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    # The real `uitviic-blip` recipe (LoRA r16/alpha32/dropout 0.05 on the decoder's
-    # self-attention, new token rows at 10x the LoRA learning rate, warmup + cosine, label
-    # smoothing 0.05, early stopping on validation CIDEr with patience 3), scaled down. The
-    # differences, all sizes or rates: a tiny base built here instead of BLIP-base, synthetic data;
-    # lr 2e-3 / embedding_lr 2e-2 instead of 5e-5 / 5e-4 (a tiny model trained from scratch on
-    # 600 images wants larger steps); batch 32 x 1 instead of 8 x 2; 12 epochs instead of 30;
-    # max_length 32 instead of 40; eval batch 64.
+    # Each profile lists where it departs from the dataclass defaults. `uitviic-blip` is the real
+    # recipe: LoRA on the decoder's self-attention, new token rows at 10x the LoRA learning rate,
+    # warmup + cosine, label smoothing, early stopping on validation CIDEr. `mini` is that recipe
+    # scaled down: a tiny base built here, synthetic data, larger steps (a tiny model trained
+    # from scratch on 600 images wants them), batch 32 x 1, 12 epochs, shorter captions.
     "mini": {
-        "data": {"source": "synthetic", "synthetic_images": 600, "val_fraction": 0.1},
-        "model": {"family": "blip", "base": "mini", "max_length": 32},
-        "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2,
-                  "label_smoothing": 0.05, "patience": 3, "cache_vision_features": True},
-        "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 64},
+        "model": {"max_length": 32},
+        "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2},
+        "eval": {"batch_size": 64},
     },
     "uitviic-blip": {
         "data": {"source": "coco"},
-        "model": {"family": "blip", "base": "Salesforce/blip-image-captioning-base",
-                  "max_length": 40},
+        "model": {"base": "Salesforce/blip-image-captioning-base"},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
         "train": {"epochs": 30, "batch_size": 8, "grad_accum": 2, "lr": 5e-5,
                   "embedding_lr": 5e-4, "label_smoothing": 0.05, "patience": 3},
-        "eval": {"num_beams": 3, "max_new_tokens": 40, "batch_size": 32},
+        "eval": {"max_new_tokens": 40, "batch_size": 32},
     },
     "flickr8k-blip2": {
         "data": {"source": "flickr8k", "lang": "en"},
         "model": {"family": "blip2", "base": "Salesforce/blip2-opt-2.7b", "load_in_8bit": True,
-                  "extend_vocab": False, "max_length": 40},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.05, "train_new_embeddings": False},
+                  "extend_vocab": False},
+        "lora": {"r": 8, "alpha": 16, "train_new_embeddings": False},
         "train": {"epochs": 5, "batch_size": 4, "grad_accum": 4, "lr": 1e-4,
                   "label_smoothing": 0.0, "patience": 2},
-        "eval": {"num_beams": 3, "max_new_tokens": 30, "batch_size": 8},
+        "eval": {"batch_size": 8},
     },
 }
 
@@ -268,14 +261,12 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 
 def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
-    """The dotted keys (from `keys`, or whole sections) whose values differ between a and b."""
-    da, db = a.to_dict(), b.to_dict()
-    changed = []
-    for key in keys:
-        section, _, name = key.partition(".")
-        if name:
-            if da[section][name] != db[section][name]:
-                changed.append(key)
-        else:
-            changed += [f"{section}.{k}" for k in da[section] if da[section][k] != db[section][k]]
-    return changed
+    """The dotted keys (named in `keys`, or in a section it names) whose values differ."""
+    flat_a, flat_b = _dotted(a), _dotted(b)
+    return [k for k in flat_a
+            if (k in keys or k.partition(".")[0] in keys) and flat_a[k] != flat_b[k]]
+
+
+def _dotted(cfg: Config) -> dict[str, Any]:
+    """{"train.lr": 5e-5, …}: every key of every section."""
+    return {f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(cfg, s)).items()}

@@ -1,9 +1,5 @@
-"""Adapter folders (a run's `best/` and `final/`) and what `--model` names.
-
-An adapter folder holds the peft adapter, the processor with its extended tokenizer and
-`vicap.json` (family, base, vocabulary, the run's config): enough to rebuild the captioner.
-`--model` names such a folder, or a base model that captions zero-shot.
-"""
+"""Adapter folders (a run's `best/` and `final/`: peft adapter, processor, `vicap.json` with the
+run's config, enough to rebuild the captioner) and what `--model` names: one, or a base model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -88,8 +84,8 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
     return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
 
 
-def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
-    """The captioner a ModelRef names, on `device` (default: the GPU if any), in eval mode."""
+def load_for_inference(ref: ModelRef) -> Captioner:
+    """The captioner a ModelRef names, on the GPU if any, in eval mode."""
     cap = load_base(ref.model)
     if ref.adapter is not None:
         from peft import PeftModel  # slow to import; only an adapter needs it
@@ -101,7 +97,7 @@ def load_for_inference(ref: ModelRef, device: str | None = None) -> Captioner:
             raise VicapError(f"{ref.adapter}: cannot load the adapter onto its base "
                              f"{ref.model.base!r} ({error_summary(exc)}); use the base it was "
                              "trained on, or train again") from None
-    place(cap, device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    place(cap, "cuda" if torch.cuda.is_available() else "cpu")
     cap.model.eval()
     return cap
 

@@ -1,9 +1,6 @@
 """Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
 
-Every Kaggle path derives from `VICAP_KAGGLE_ROOT` (default `/kaggle`), so tests build fake
-trees for each mount layout: data sets at `input/<slug>/` or `input/datasets/<owner>/<slug>/`,
-models at `input/<model>/<framework>/<variation>/<version>/`, outputs in `working/`.
-"""
+Kaggle paths derive from `VICAP_KAGGLE_ROOT` (default /kaggle), so tests fake each mount layout."""
 from __future__ import annotations
 
 import glob
@@ -13,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from vicap_utils.ops.hardware import GpuFacts, detect
+from vicap_utils.ops.hardware import detect
 
 # Globs (under the Kaggle input root) that find each real data set, whatever the mount layout.
 # UIT-ViIC is distributed as uitviic_captions_{train,val,test}2017.json (some copies spell it
@@ -41,13 +38,6 @@ def kaggle_input() -> Path:
     return kaggle_root() / "input"
 
 
-def __getattr__(name: str) -> Path:
-    """`KAGGLE_INPUT` as a module constant, read from the root when asked."""
-    if name == "KAGGLE_INPUT":
-        return kaggle_input()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel (its environment variable, or its working folder)."""
     return bool(os.environ.get("KAGGLE_KERNEL_RUN_TYPE")) or (kaggle_root() / "working").is_dir()
@@ -55,11 +45,8 @@ def is_kaggle() -> bool:
 
 def output_dir(sub: str = "", create: bool = True) -> Path:
     """VICAP_OUTPUT when set, else the Kaggle working folder on Kaggle, else ./outputs."""
-    if os.environ.get("VICAP_OUTPUT"):
-        base = Path(os.environ["VICAP_OUTPUT"])
-    else:
-        base = kaggle_root() / "working" if is_kaggle() else Path("outputs")
-    path = base / sub if sub else base
+    default = kaggle_root() / "working" if is_kaggle() else Path("outputs")
+    path = Path(os.environ.get("VICAP_OUTPUT") or default) / sub
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
@@ -67,8 +54,7 @@ def output_dir(sub: str = "", create: bool = True) -> Path:
 
 def cache_dir(sub: str = "") -> Path:
     """VICAP_CACHE, else the user cache folder (~/.cache/vicap); for the mini base model."""
-    base = Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache" / "vicap")
-    path = base / sub if sub else base
+    path = Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache" / "vicap") / sub
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -108,25 +94,18 @@ class DataFiles:
 def discover_data(profile: str, root: Path | None = None) -> DataFiles:
     """Find a real profile's caption files, official splits and candidate image folders."""
     root = kaggle_input() if root is None else root
-    if profile == "uitviic-blip":
-        splits = {s: find_inputs([UITVIIC_SPLIT_GLOB.format(split=s)], root)
-                  for s in ("train", "val", "test")}
-        if not splits["train"]:
-            return DataFiles(profile)
-        train = splits["train"][0]
-        chosen = {s: _nearest(hits, train) for s, hits in splits.items()}
-        return DataFiles(profile, chosen["train"], chosen["val"], chosen["test"],
-                         image_dirs=image_folders(root, near=train))
+    hits = find_inputs(DATA_GLOBS.get(profile, []), root)
+    if not hits:
+        return DataFiles(profile)
     if profile == "flickr8k-blip2":
-        hits = find_inputs(DATA_GLOBS[profile], root)
-        if not hits:
-            return DataFiles(profile)
-        captions = hits[0]
-        lists = {s: _nearest(find_inputs([f"**/{name}"], root), captions)
-                 for s, name in FLICKR_SPLIT_LISTS.items()}
-        return DataFiles(profile, lists["train"], lists["val"], lists["test"], captions,
-                         image_folders(root, near=captions))
-    return DataFiles(profile)
+        split_globs = {s: f"**/{name}" for s, name in FLICKR_SPLIT_LISTS.items()}
+    else:
+        split_globs = {s: UITVIIC_SPLIT_GLOB.format(split=s) for s in ("train", "val", "test")}
+    splits = {s: _nearest(find_inputs([pattern], root), hits[0])
+              for s, pattern in split_globs.items()}
+    captions = hits[0] if profile == "flickr8k-blip2" else None
+    return DataFiles(profile, **splits, captions=captions,
+                     image_dirs=image_folders(root, near=hits[0]))
 
 
 def _shared(a: Path, b: Path) -> int:
@@ -141,12 +120,11 @@ def _nearest(paths: list[Path], anchor: Path) -> Path | None:
     return max(paths, key=lambda p: (_shared(p.parent, anchor.parent), -len(p.parts)))
 
 
-def image_folders(root: Path, near: Path | None = None) -> tuple[Path, ...]:
+def image_folders(root: Path, near: Path) -> tuple[Path, ...]:
     """Folders under `root` named like image folders (train2017/, Images/, …), nearest first."""
     found = {Path(p) for name in IMAGE_DIR_GLOBS
              for p in glob.glob(str(root / "**" / name), recursive=True) if Path(p).is_dir()}
-    anchor = near.parent if near else Path()
-    return tuple(sorted(found, key=lambda p: (-_shared(p, anchor), len(p.parts), str(p))))
+    return tuple(sorted(found, key=lambda p: (-_shared(p, near.parent), len(p.parts), str(p))))
 
 
 def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
@@ -191,32 +169,25 @@ def versions() -> dict[str, str]:
     return out
 
 
-def describe(facts: GpuFacts | None = None) -> dict[str, object]:
+def describe() -> dict[str, object]:
     """Everything the top of a notebook prints: versions, hardware, Kaggle, folders."""
-    return {
-        "versions": versions(),
-        "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
-        "kaggle": is_kaggle(),
-        "gpu": asdict(facts or detect()),
-        "output_dir": str(output_dir(create=False)),
-        "profile_auto": auto_profile(),
-    }
-
-
-def print_environment() -> dict[str, object]:
-    """Print the environment summary (one line per fact) and return it."""
     facts = detect()
-    info = describe(facts)
-    hardware = facts.describe()
+    accelerator = facts.describe()
     if facts.count:
-        hardware += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
-                     f"torch kernels for it={facts.supported}")
-    rows = {**info["versions"], "platform": info["platform"], "accelerator": hardware,
-            "kaggle": info["kaggle"], "output dir": info["output_dir"],
-            "auto profile": info["profile_auto"]}
-    for key, value in rows.items():
-        print(f"{key:>13}: {value}")
-    return info
+        accelerator += (f", native bf16={facts.bf16}, 8-bit={facts.int8 and facts.bitsandbytes}, "
+                        f"torch kernels for it={facts.supported}")
+    return {**versions(),
+            "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
+            "accelerator": accelerator, "kaggle": is_kaggle(),
+            "output dir": str(output_dir(create=False)), "auto profile": auto_profile(),
+            "gpu": asdict(facts)}
+
+
+def print_environment() -> None:
+    """Print the environment summary, one line per fact."""
+    for key, value in describe().items():
+        if key != "gpu":  # the accelerator line says it in words
+            print(f"{key:>13}: {value}")
 
 
 def cli_env(args: object) -> int:

@@ -64,6 +64,4 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 def model_type(base: str) -> str:
     """The `model_type` in a base model's config.json ("" when it cannot be read here)."""
     config = Path(resolve_base(base)) / "config.json"
-    if not config.is_file():
-        return ""
-    return str(read_json(config, "model config").get("model_type", ""))
+    return str(read_json(config, "model config").get("model_type", "")) if config.is_file() else ""
