@@ -100,10 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(COMMANDS[args.command])
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except VicapError as exc:
-        print(f"vicap {args.command}: error: {exc}", file=sys.stderr)
+        sys.stderr.write(f"vicap {args.command}: error: {exc}\n")  # one write: workers share stderr
         return 2
     except KeyboardInterrupt:
-        print(f"vicap {args.command}: interrupted", file=sys.stderr)
+        sys.stderr.write(f"vicap {args.command}: interrupted\n")
         return 130
 
 
