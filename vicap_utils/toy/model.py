@@ -1,9 +1,8 @@
 """The toy models: the `mini` base (a tiny BLIP-1) and the tiny BLIP-2 of tests and rehearsals.
 
-The mini base is pre-trained from scratch on the synthetic set's English captions on first use
-(about a minute on a CPU) and cached, keyed by its `MiniSpec`. Its vocabulary is the subset of
-BERT uncased that the synthetic captions need, in the real order, so it tokenizes them exactly
-as the real tokenizer does; the `mini` profile then adapts it to Vietnamese with the real recipe.
+The mini base is pre-trained on the synthetic English captions on first use (a CPU minute) and
+cached by its `MiniSpec`; its vocabulary is the subset of BERT uncased those captions need, in
+the real order, so the `mini` profile adapts it to Vietnamese with the real recipe.
 """
 from __future__ import annotations
 
@@ -90,8 +89,7 @@ def build_tiny_blip(spec: MiniSpec):
 
 
 def builtin_model(name: str) -> Path | None:
-    """The folder of a built-in toy base model (`mini`, built and cached on first use), or None
-    when `name` is not one."""
+    """The folder of a built-in toy base model (`mini`, built on first use), else None."""
     return ensure_mini_base() if name == "mini" else None
 
 
