@@ -234,14 +234,11 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
 
 
 def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """BLIP-2 after its ViT: Q-Former outputs, projected into OPT's embedding space, replace
-    the image placeholders of `input_ids`."""
+    """BLIP-2 after its ViT: projected Q-Former outputs in place of the image placeholders."""
     feats = features.to(inner.query_tokens.device, inner.query_tokens.dtype)
     query = inner.query_tokens.expand(feats.shape[0], -1, -1)
     out = inner.qformer(query_embeds=query, encoder_hidden_states=feats,
-                        encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
-                                                          device=feats.device),
-                        return_dict=True).last_hidden_state
+                        return_dict=True).last_hidden_state  # no mask: attend to every feature
     projected = inner.language_projection(out)
     embeds = inner.get_input_embeddings()(input_ids.to(projected.device))
     placeholders = (input_ids == inner.config.image_token_id).unsqueeze(-1).to(embeds.device)
@@ -318,10 +315,7 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                                dtype=torch.long, device=device)
             return inner.text_decoder.generate(
                 input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
-                pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats,
-                encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
-                                                  device=device),
-                **kwargs)
+                pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats, **kwargs)
         if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
             config = inner.config
             start = [config.image_token_id] * config.num_query_tokens + [

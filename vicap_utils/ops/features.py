@@ -28,8 +28,7 @@ RAM_SHARE = 0.25  # keep features in RAM when they take at most this share of av
 
 
 def cache_key(cap: Captioner, paths: Sequence[Path]) -> str:
-    """A short hash of what the features depend on: the vision config and weights, the image
-    processor's settings, and each image file's name, size and modification time."""
+    """A short hash of the vision config and weights, image processor and image files."""
     h = hashlib.sha256()
     vision = inner_model(cap.model).vision_model
     h.update(vision.config.to_json_string().encode())
@@ -67,8 +66,7 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
                   name: str = "train", batch_size: int = 64, show: bool = True,
                   ram_bytes: int | None = None, log=print) -> torch.Tensor:
     """fp16 vision features [images, tokens, hidden]: in RAM when they fit in `ram_bytes`
-    (default: `RAM_SHARE` of the available memory), else memory-mapped (always under
-    torch.distributed) as `folder/<name>-<key>.f16`, reused when its key matches."""
+    (default: `RAM_SHARE` of the free memory), else memory-mapped (`_mapped`)."""
     cap.model.eval()
     paths = list(paths)
     if not paths:
@@ -100,8 +98,7 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
 
 def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches, log,
             rank: int = 0, world: int = 1) -> torch.Tensor:
-    """The features memory-mapped from `folder/<name>-<key>.f16`, written first unless its
-    key and size match its metadata."""
+    """The features mapped from `folder/<name>-<key>.f16`, written first unless complete."""
     key = cache_key(cap, paths)
     file, meta_file = folder / f"{name}-{key}.f16", folder / f"{name}-{key}.json"
     try:

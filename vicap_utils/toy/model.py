@@ -56,8 +56,8 @@ class MiniSpec:
 
 
 def mini_vocab() -> dict[str, int]:
-    """The mini base's WordPiece vocabulary: every special, single-character and `##`-character
-    BERT entry, plus every entry the synthetic captions use (with or without diacritics)."""
+    """The BERT entries the synthetic captions use (with or without diacritics), plus every
+    special, single-character and `##`-character entry."""
     full = stock_blip_tokenizer()
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
@@ -135,8 +135,7 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
 
 
 def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
-    """Path of the cached, English-pre-trained tiny BLIP; the first process to need it builds
-    it (under a lock), the others wait and find it built."""
+    """Path of the cached, English-pre-trained tiny BLIP, built by the first process to ask."""
     spec = spec or MiniSpec()
     folder = cache_dir("mini-base") / spec.key()
     if (folder / "config.json").is_file():
@@ -160,8 +159,7 @@ def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
 
 
 def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
-    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`:
-    the tokenizer of the tiny BLIP-2s that tests and benchmarks build."""
+    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`."""
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.train_from_iterator(corpus, trainers.BpeTrainer(
@@ -174,8 +172,7 @@ def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
 
 
 def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Path:
-    """Save a random BLIP-2 (one layer per part, OPT decoder) with a byte-level BPE trained on
-    synthetic English captions into `folder`."""
+    """Save a random one-layer BLIP-2 (OPT decoder) with a byte-level BPE into `folder`."""
     rng = random.Random(0)
     tok = byte_level_tokenizer([c for _ in range(200)
                                 for c in captions_for(random_scene(rng), "en", rng)])
