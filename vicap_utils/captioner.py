@@ -317,9 +317,7 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                 input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
                 pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats, **kwargs)
         if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
-            config = inner.config
-            start = [config.image_token_id] * config.num_query_tokens + [
-                config.text_config.bos_token_id]
+            start = image_prefix(cap) + [inner.config.text_config.bos_token_id]
             ids = torch.tensor([start] * len(features), dtype=torch.long, device=device)
             return inner.language_model.generate(
                 input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),

@@ -161,7 +161,7 @@ def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int)
     model.resize_token_embeddings(len(extended_tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
     out = output_layer(model)
-    bias = getattr(out, "bias", None) if out is not None else None
+    bias = getattr(out, "bias", None)
     id_to_token = {i: t for t, i in extended_tokenizer.get_vocab().items()}
     new_ids = range(first_new_id, len(extended_tokenizer))
     for new_id in new_ids:

@@ -112,24 +112,23 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     losses = []
-    bar = progress(total=steps, desc="mini base: English pre-training", unit="step")
-    for _ in range(spec.epochs):
-        order = torch.randperm(n, generator=g)
-        total = 0.0
-        for start in range(0, n, spec.batch_size):
-            b = order[start:start + spec.batch_size]
-            out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
-                        attention_mask=mask_t[b], labels=labels_t[b])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            total += out.loss.item() * len(b)
-            bar.update()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
-        losses.append(total / n)
-    bar.close()
+    with progress(total=steps, desc="mini base: English pre-training", unit="step") as bar:
+        for _ in range(spec.epochs):
+            order = torch.randperm(n, generator=g)
+            total = 0.0
+            for start in range(0, n, spec.batch_size):
+                b = order[start:start + spec.batch_size]
+                out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
+                            attention_mask=mask_t[b], labels=labels_t[b])
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                total += out.loss.item() * len(b)
+                bar.update()
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+            losses.append(total / n)
     model.eval()
     return losses
 
