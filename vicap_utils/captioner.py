@@ -1,9 +1,7 @@
-"""The captioner: the one place that knows BLIP-1 from BLIP-2.
-
-Each step (load, extend the vocabulary, add LoRA, features, forward, loss, generate, decode) is
-a small function, so notebook 03 calls them one by one and training and prediction share them.
-BLIP-1 is a ViT plus a BERT decoder that trains and generates as `[DEC] caption [SEP]`; BLIP-2
-puts one image placeholder per Q-Former query before the text of OPT (-100 in the labels).
+"""The captioner: the one place that knows BLIP-1 from BLIP-2, one small function per step
+(load, extend the vocabulary, add LoRA, forward, loss, generate, decode) for notebook 03,
+training and prediction alike. BLIP-1: a ViT and a BERT decoder over `[DEC] caption [SEP]`;
+BLIP-2: one image placeholder per Q-Former query before OPT's text (-100 in the labels).
 """
 from __future__ import annotations
 
@@ -26,9 +24,7 @@ from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
 BLIP_SELF_ATTN = r".*text_decoder\.bert\.encoder\.layer\.\d+\.attention\.self\.(query|key|value)"
-BLIP_CROSS_ATTN = (
-    r".*text_decoder\.bert\.encoder\.layer\.\d+\.crossattention\.self\.(query|key|value)"
-)
+BLIP_CROSS_ATTN = BLIP_SELF_ATTN.replace(r"\.attention\.", r"\.crossattention\.")
 # BLIP-2: the Q-Former's query/value (self- and cross-attention) and OPT's q_proj/v_proj.
 BLIP2_DEFAULT = (r".*(qformer\.encoder\.layer\.\d+\.(attention|crossattention)\.attention\."
                  r"(query|value)|language_model\..*\.(q_proj|v_proj))")
@@ -63,11 +59,8 @@ def family_of(model_type: str) -> str:
 
 def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
               device_index: int | None = None, log=print) -> Captioner:
-    """Load the base model and processor that `cfg.base` names (see `weights.resolve_base`).
-
-    `load_in_8bit` (default: `cfg.load_in_8bit` where this machine allows it) pins the 8-bit
-    model to one GPU per process; BLIP-2 on a GPU runs in fp16 with an fp32 ViT (`vision_fp32`).
-    """
+    """Load the base model and processor that `cfg.base` names; 8-bit (default: as `cfg` asks
+    where this machine allows) pins it to one GPU per process; BLIP-2 on a GPU runs in fp16."""
     if cfg.family not in CLASSES:
         raise VicapError(f"model.family {cfg.family!r}: expected one of {', '.join(FAMILIES)}")
     source = resolve_base(cfg.base)
@@ -141,10 +134,8 @@ def lora_targets(family: str, lora: LoraSettings) -> str | list[str]:
 
 
 def lora_config(cap: Captioner, lora: LoraSettings):
-    """The peft `LoraConfig`: rank, scale, dropout, targets and the new token rows to train.
-
-    `task_type` stays unset: peft's task wrappers break BLIP's and BLIP-2's forward.
-    """
+    """The peft `LoraConfig`: rank, scale, dropout, targets and the new token rows to train
+    (`task_type` stays unset: peft's task wrappers break BLIP's and BLIP-2's forward)."""
     from peft import LoraConfig  # peft: slow to import (bitsandbytes)
 
     targets = lora_targets(cap.family, lora)
@@ -229,10 +220,9 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
     """Next-token logits for a batch; `image` is pixels, or (`cached`) ViT features."""
     inner = inner_model(model)
     if family == "blip":
-        if cached:  # stored in fp16 (`features`): back to the decoder's dtype
-            feats = image.to(next(inner.text_decoder.parameters()).dtype)
-        else:
-            feats = inner.vision_model(pixel_values=image)[0]
+        # cached features are stored in fp16 (`features`): back to the decoder's dtype
+        feats = (image.to(next(inner.text_decoder.parameters()).dtype) if cached
+                 else inner.vision_model(pixel_values=image)[0])
         return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
                                   encoder_hidden_states=feats, return_dict=True).logits
     if cached:
@@ -244,14 +234,11 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
 
 
 def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """BLIP-2 after its ViT: Q-Former outputs, projected into OPT's embedding space, replace
-    the image placeholders of `input_ids`."""
+    """BLIP-2 after its ViT: projected Q-Former outputs in place of the image placeholders."""
     feats = features.to(inner.query_tokens.device, inner.query_tokens.dtype)
     query = inner.query_tokens.expand(feats.shape[0], -1, -1)
     out = inner.qformer(query_embeds=query, encoder_hidden_states=feats,
-                        encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
-                                                          device=feats.device),
-                        return_dict=True).last_hidden_state
+                        return_dict=True).last_hidden_state  # no mask: attend to every feature
     projected = inner.language_projection(out)
     embeds = inner.get_input_embeddings()(input_ids.to(projected.device))
     placeholders = (input_ids == inner.config.image_token_id).unsqueeze(-1).to(embeds.device)
@@ -314,11 +301,8 @@ class Decoding:
 @torch.no_grad()
 def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
              features: torch.Tensor | None = None):
-    """Token ids (with several return sequences, a generate output with scores).
-
-    BLIP-1 decodes from `[DEC]` over ViT features, as training starts; BLIP-2 uses `generate()`
-    on pixels, or its steps after the ViT on cached features. fp16 autocast on a GPU or a T4.
-    """
+    """Token ids (several return sequences: a generate output with scores) from pixels or
+    cached ViT features; BLIP-1 starts from `[DEC]` as in training. fp16 autocast on a GPU."""
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
     kwargs = dec.generate_kwargs()
@@ -331,15 +315,10 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                                dtype=torch.long, device=device)
             return inner.text_decoder.generate(
                 input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
-                pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats,
-                encoder_attention_mask=torch.ones(feats.shape[:-1], dtype=torch.long,
-                                                  device=device),
-                **kwargs)
+                pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats, **kwargs)
         if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
-            start = [inner.config.image_token_id] * inner.config.num_query_tokens + [
-                inner.config.text_config.bos_token_id]
-            ids = torch.tensor([start], dtype=torch.long, device=device)
-            ids = ids.repeat(features.shape[0], 1)
+            start = image_prefix(cap) + [inner.config.text_config.bos_token_id]
+            ids = torch.tensor([start] * len(features), dtype=torch.long, device=device)
             return inner.language_model.generate(
                 input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),
                 attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
@@ -359,11 +338,8 @@ def decode(tokenizer, sequences: torch.Tensor) -> list[str]:
 def caption(cap: Captioner, images: list | None = None, dec: Decoding | None = None,
             pixels: torch.Tensor | None = None, features: torch.Tensor | None = None
             ) -> list[list[tuple[str, float | None]]]:
-    """Captions of RGB images, pixel values or features: per image, [(caption, score)].
-
-    With `num_return_sequences` k > 1, k beams with their length-normalised log-probabilities;
-    otherwise one caption with score None.
-    """
+    """Per image, [(caption, score)]: k = `num_return_sequences` beams with their
+    length-normalised log-probabilities, or one caption with score None."""
     dec = dec or Decoding()
     if images is not None:
         pixels = pixel_values(cap, images)

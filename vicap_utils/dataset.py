@@ -1,7 +1,5 @@
-"""Training examples: (image, caption) pairs as tensors, batched in a resumable order.
-
-An image is decoded on demand (`PixelSource`) or its cached vision features are used
-(`features.encode_images`); captions are tokenised once, up front, with their label masking.
+"""Training examples: (image, caption) pairs as tensors, batched in a resumable order; images
+decoded on demand or cached features, captions tokenised once up front.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Vietnamese vocabulary for BLIP-1's WordPiece tokenizer, and caption encoding with labels.
 
-The stock BERT uncased tokenizer strips diacritics, or (`strip_accents=False`) writes most
-Vietnamese syllables as `[UNK]`. We append the missing syllables and every Vietnamese letter with
-its `##` piece to the WordPiece vocabulary itself (`add_tokens` would cut them out before
-WordPiece runs); each new embedding row starts from its accent-stripped pieces ("người" ≈ "nguoi").
+BERT uncased strips diacritics or writes Vietnamese as `[UNK]`, so the missing syllables and
+letters (with `##` pieces) join the WordPiece vocabulary itself (`add_tokens` would cut them out
+before WordPiece); each new embedding row starts from its accent-stripped pieces.
 """
 from __future__ import annotations
 
@@ -33,10 +32,8 @@ def bert_vocab_path() -> Path:
 
 
 def stock_blip_tokenizer(vocab: dict[str, int] | None = None, strip_accents: bool | None = None):
-    """BLIP-1's captioning tokenizer as on the hub: BERT uncased + `[DEC]` (bos) and `[ENC]`.
-
-    `vocab` swaps in a (subset) vocabulary; `strip_accents=False` keeps diacritics (as [UNK]s).
-    """
+    """BLIP-1's captioning tokenizer as on the hub: BERT uncased + `[DEC]` (bos) and `[ENC]`;
+    `vocab` swaps in a (subset) vocabulary, `strip_accents=False` keeps diacritics."""
     tok = transformers.BertTokenizer(vocab=vocab or str(bert_vocab_path()), do_lower_case=True,
                                      strip_accents=strip_accents)
     tok.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -116,8 +113,7 @@ def build_extended_tokenizer(tokenizer, entries: list[str]):
     for entry in entries:
         merged.setdefault(entry, len(merged))
     special = {name: getattr(tokenizer, name) for name in SPECIAL if getattr(tokenizer, name, None)}
-    # Unnamed special tokens (BLIP's [ENC]): transformers 4 lists them as
-    # `additional_special_tokens`, 5 as `extra_special_tokens`; both are in all_special_tokens.
+    # unnamed special tokens (BLIP's [ENC]), whatever transformers' version calls them
     extra = [t for t in tokenizer.all_special_tokens if t not in special.values()]
     extended = transformers.BertTokenizer(vocab=merged, do_lower_case=True, strip_accents=False,
                                           additional_special_tokens=extra, **special)
@@ -165,7 +161,7 @@ def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int)
     model.resize_token_embeddings(len(extended_tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
     out = output_layer(model)
-    bias = getattr(out, "bias", None) if out is not None else None
+    bias = getattr(out, "bias", None)
     id_to_token = {i: t for t, i in extended_tokenizer.get_vocab().items()}
     new_ids = range(first_new_id, len(extended_tokenizer))
     for new_id in new_ids:
@@ -191,11 +187,8 @@ def special_ids(tokenizer) -> tuple[int, int, int]:
 def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str = "",
                     prefix: list[int] | tuple[int, ...] = ()
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask, labels) for `prefix + bos + prompt + caption + eos`.
-
-    Labels are -100 on the prefix, bos, prompt and padding, so the loss counts only the caption
-    and its eos. `max_length` counts bos and eos (not the prefix); a long caption loses its end.
-    """
+    """(input_ids, attention_mask, labels) for `prefix + bos + prompt + caption + eos`; labels
+    count only the caption and eos. `max_length` counts bos and eos; longer captions are cut."""
     bos, eos, pad = special_ids(tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
     texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]

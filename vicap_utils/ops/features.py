@@ -1,10 +1,7 @@
-"""Cached vision features: every image through the frozen ViT once, kept in fp16.
-
-With the ViT frozen an image's features never change, so they are computed once per image and
-kept in RAM when they fit in `RAM_SHARE` of the available memory (UIT-ViIC's 2,420 images at
-384 px: ~2.1 GB), else memory-mapped under the run's `cache/` and reused by a resumed run. The
-key covers the vision weights and config, the image processor and the image files. Under
-torch.distributed each process encodes its share into that one file: none waits or repeats.
+"""Cached vision features: every image through the frozen ViT once, kept in fp16 in RAM when
+they fit (UIT-ViIC at 384 px: ~2.1 GB), else memory-mapped under the run's `cache/`, keyed by
+the vision weights, image processor and image files, and reused by a resumed run. Under
+torch.distributed each process encodes its share into that one file.
 """
 from __future__ import annotations
 
@@ -31,8 +28,7 @@ RAM_SHARE = 0.25  # keep features in RAM when they take at most this share of av
 
 
 def cache_key(cap: Captioner, paths: Sequence[Path]) -> str:
-    """A short hash of what the features depend on: the vision config and weights, the image
-    processor's settings, and each image file's name, size and modification time."""
+    """A short hash of the vision config and weights, image processor and image files."""
     h = hashlib.sha256()
     vision = inner_model(cap.model).vision_model
     h.update(vision.config.to_json_string().encode())
@@ -55,8 +51,7 @@ def _barrier(world: int) -> None:
 
 def _batches(cap: Captioner, paths: Sequence[Path], rows: range, batch_size: int, desc: str,
              show: bool):
-    """(start row, fp16 features) per batch of `rows`; fp16 autocast on a GPU (a T4's tensor
-    cores), fp32 on the CPU."""
+    """(start row, fp16 features) per batch of `rows`; fp16 autocast on a GPU, fp32 on a CPU."""
     device = next(inner_model(cap.model).vision_model.parameters()).device
     for start in progress(range(rows.start, rows.stop, batch_size), desc=desc, unit="batch",
                           disable=not show):
@@ -71,8 +66,7 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
                   name: str = "train", batch_size: int = 64, show: bool = True,
                   ram_bytes: int | None = None, log=print) -> torch.Tensor:
     """fp16 vision features [images, tokens, hidden]: in RAM when they fit in `ram_bytes`
-    (default: `RAM_SHARE` of the available memory), else memory-mapped (always under
-    torch.distributed) as `folder/<name>-<key>.f16`, reused when its key matches."""
+    (default: `RAM_SHARE` of the free memory), else memory-mapped (`_mapped`)."""
     cap.model.eval()
     paths = list(paths)
     if not paths:
@@ -88,23 +82,23 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
             f"{folder}")
         return _mapped(cap, paths, folder, name, batches, log, rank, world)
     start, first = next(batches)
+    batches = itertools.chain([(start, first)], batches)
     shape = (len(paths), *first.shape[1:])
     size = int(np.prod(shape)) * 2
     budget = int(RAM_SHARE * psutil.virtual_memory().available) if ram_bytes is None else ram_bytes
     if folder is None or size <= budget:
         out = torch.empty(shape, dtype=DTYPE)
-        for row, feats in itertools.chain([(start, first)], batches):
+        for row, feats in batches:
             out[row:row + len(feats)] = feats
         return out
     log(f"vision features: {size / 2**30:.2f} GiB do not fit in RAM ({budget / 2**30:.2f} GiB "
         f"allowed); memory-mapped under {folder}")
-    return _mapped(cap, paths, folder, name, itertools.chain([(start, first)], batches), log)
+    return _mapped(cap, paths, folder, name, batches, log)
 
 
 def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches, log,
             rank: int = 0, world: int = 1) -> torch.Tensor:
-    """The features memory-mapped from `folder/<name>-<key>.f16`: reused when complete (its
-    key and size match its metadata), else written first (`_write`)."""
+    """The features mapped from `folder/<name>-<key>.f16`, written first unless complete."""
     key = cache_key(cap, paths)
     file, meta_file = folder / f"{name}-{key}.f16", folder / f"{name}-{key}.json"
     try:
@@ -122,8 +116,7 @@ def _mapped(cap: Captioner, paths: list[Path], folder: Path, name: str, batches,
 
 def _write(folder: Path, name: str, key: str, n: int, batches, rank: int, world: int) -> None:
     """Write `<name>-<key>.f16` and its metadata: the main process clears stale files and
-    reserves the space (a full disk fails there, leaving nothing), every process writes its
-    rows, the main process renames the whole file into place."""
+    reserves the space (a full disk fails there), each process writes its rows."""
     file, partial = folder / f"{name}-{key}.f16", folder / f".{name}-{key}.f16.partial"
     try:
         if rank == 0:

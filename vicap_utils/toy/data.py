@@ -41,15 +41,18 @@ BACKDROP: dict[str, RGB] = {"grass": (35, 95, 45), "hard": (40, 105, 75), "clay"
                             "wood": (110, 125, 150), "sand": (150, 200, 240)}
 SKINS: tuple[RGB, ...] = ((232, 190, 150), (198, 148, 105), (150, 102, 70))
 WHITE, DARK = (245, 245, 245), (40, 40, 40)
-BALL_RADIUS = {"football": 0.045, "tennis": 0.025, "basketball": 0.05, "volleyball": 0.05}
+# (radius as a share of the height, fill, outline)
+BALLS: dict[str, tuple[float, RGB, RGB | None]] = {
+    "football": (0.045, (250, 250, 250), (30, 30, 30)), "tennis": (0.025, (210, 240, 40), None),
+    "basketball": (0.05, (235, 115, 25), (60, 30, 10)),
+    "volleyball": (0.05, (250, 250, 245), (40, 60, 140))}
 
-_VI_PLAYER = ("cầu thủ", "vận động viên", "người chơi")
 VI: dict[str, Any] = {
     "numbers": {1: "một", 2: "hai", 3: "ba"},
     "colours": {"red": "đỏ", "yellow": "vàng", "white": "trắng", "black": "đen"},
     "colour_phrases": ("mặc áo {c}", "áo {c}", "mặc áo màu {c}"),
-    "nouns": {"football": _VI_PLAYER, "tennis": ("tay vợt", "vận động viên", "người chơi"),
-              "basketball": _VI_PLAYER, "volleyball": _VI_PLAYER},
+    "nouns": {**dict.fromkeys(SPORTS, ("cầu thủ", "vận động viên", "người chơi")),
+              "tennis": ("tay vợt", "vận động viên", "người chơi")},
     "verbs": {"football": ("chơi bóng đá", "đá bóng", "thi đấu bóng đá"),
               "tennis": ("chơi quần vợt", "thi đấu quần vợt"),
               "basketball": ("chơi bóng rổ", "ném bóng rổ", "thi đấu bóng rổ"),
@@ -59,11 +62,10 @@ VI: dict[str, Any] = {
                "clay": ("trên sân quần vợt", "trên sân đất nện"),
                "wood": ("trên sân bóng rổ", "trong nhà thi đấu"),
                "sand": ("trên bãi biển", "trên bãi cát")},
-    # (template, fewest players it fits)
-    "templates": (("{n} {s} {c} đang {v} {p}.", 1), ("{p}, {n} {s} {c} đang {v}.", 1),
-                  ("có {n} {s} {c} đang {v} {p}.", 1), ("hình ảnh {n} {s} {c} đang {v} {p}.", 1),
-                  ("{n} {s} {c} đang {v}.", 1), ("{n} {s} {c} {v} {p}.", 1),
-                  ("{p} có {n} {s} {c} đang {v}.", 1), ("{n} {s} {c} đang cùng nhau {v} {p}.", 2)),
+    "templates": ("{n} {s} {c} đang {v} {p}.", "{p}, {n} {s} {c} đang {v}.",
+                  "có {n} {s} {c} đang {v} {p}.", "hình ảnh {n} {s} {c} đang {v} {p}.",
+                  "{n} {s} {c} đang {v}.", "{n} {s} {c} {v} {p}.", "{p} có {n} {s} {c} đang {v}."),
+    "together": "{n} {s} {c} đang cùng nhau {v} {p}.",  # for two players or more
 }
 
 EN: dict[str, Any] = {
@@ -74,25 +76,23 @@ EN: dict[str, Any] = {
               "tennis": ("tennis player", "athlete", "player"),
               "basketball": ("player", "athlete", "basketball player"),
               "volleyball": ("player", "athlete", "volleyball player")},
-    # (-ing form, base form)
-    "verbs": {"football": (("playing football", "play football"),
-                           ("kicking a football", "kick a football")),
-              "tennis": (("playing tennis", "play tennis"),
-                         ("hitting a tennis ball", "hit a tennis ball")),
-              "basketball": (("playing basketball", "play basketball"),
-                             ("shooting a basketball", "shoot a basketball")),
-              "volleyball": (("playing volleyball", "play volleyball"),
-                             ("hitting a volleyball", "hit a volleyball"))},
+    # (-ing form, base form): "playing <sport>" or the sport's action with its ball
+    "verbs": {sport: ((f"playing {sport}", f"play {sport}"), (f"{ing} {ball}", f"{base} {ball}"))
+              for sport, (ing, base, ball) in {
+                  "football": ("kicking", "kick", "a football"),
+                  "tennis": ("hitting", "hit", "a tennis ball"),
+                  "basketball": ("shooting", "shoot", "a basketball"),
+                  "volleyball": ("hitting", "hit", "a volleyball")}.items()},
     "places": {"grass": ("on a grass field", "on a football pitch"),
                "hard": ("on a tennis court", "on a blue hard court"),
                "clay": ("on a tennis court", "on a clay court"),
                "wood": ("on a basketball court", "in an indoor arena"),
                "sand": ("on the beach", "on the sand")},
-    "templates": (("{n} {s} {c} {be} {ing} {p}.", 1), ("{p}, {n} {s} {c} {be} {ing}.", 1),
-                  ("there {be} {n} {s} {c} {ing} {p}.", 1),
-                  ("a picture of {n} {s} {c} {ing} {p}.", 1), ("{n} {s} {c} {be} {ing}.", 1),
-                  ("{n} {s} {c} {base} {p}.", 1), ("{p}, there {be} {n} {s} {c} {ing}.", 1),
-                  ("{n} {s} {c} {be} {ing} together {p}.", 2)),
+    "templates": ("{n} {s} {c} {be} {ing} {p}.", "{p}, {n} {s} {c} {be} {ing}.",
+                  "there {be} {n} {s} {c} {ing} {p}.", "a picture of {n} {s} {c} {ing} {p}.",
+                  "{n} {s} {c} {be} {ing}.", "{n} {s} {c} {base} {p}.",
+                  "{p}, there {be} {n} {s} {c} {ing}."),
+    "together": "{n} {s} {c} {be} {ing} together {p}.",
 }
 
 
@@ -127,12 +127,12 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
 
 
 def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 5) -> list[str]:
-    """`k` different captions stating the scene's sport, player count and shirt colour, each
-    from its own template while some are left (word order varies too)."""
+    """`k` different captions of the scene's sport, player count and shirt colour, each from
+    its own template while some are left."""
     if lang not in LANGS:
         raise ValueError(f"unknown caption language {lang!r} (choose from {', '.join(LANGS)})")
     table, fill = (VI, _fill_vi) if lang == "vi" else (EN, _fill_en)
-    templates = [t for t, fewest in table["templates"] if scene["n_players"] >= fewest]
+    templates = list(table["templates"]) + ([table["together"]] if scene["n_players"] > 1 else [])
     rng.shuffle(templates)
     captions: list[str] = []
     for attempt in range(50 * k):
@@ -298,25 +298,22 @@ def _draw_player(draw: ImageDraw.ImageDraw, foot: Point, height: float, shirt: R
 
 def _draw_ball(draw: ImageDraw.ImageDraw, sport: str, x: float, y: float, h: int) -> None:
     """The sport's ball: spotted, small yellow-green, orange with seams, or white-and-yellow."""
-    r = h * BALL_RADIUS[sport]
+    radius, fill, outline = BALLS[sport]
+    r = h * radius
     box = (x - r, y - r, x + r, y + r)
     lw = max(1, round(r / 5))
+    draw.ellipse(box, fill=fill, outline=outline, width=lw)
     if sport == "football":
-        draw.ellipse(box, fill=(250, 250, 250), outline=(30, 30, 30), width=lw)
         s = r * 0.35
         for dx, dy in ((0, 0), (-0.55, -0.5), (0.55, -0.5), (-0.55, 0.6), (0.55, 0.6)):
             px, py = x + dx * r, y + dy * r
             draw.ellipse((px - s, py - s, px + s, py + s), fill=(20, 20, 20))
-    elif sport == "tennis":
-        draw.ellipse(box, fill=(210, 240, 40))
     elif sport == "basketball":
-        draw.ellipse(box, fill=(235, 115, 25), outline=(60, 30, 10), width=lw)
-        draw.line((x - r, y, x + r, y), fill=(60, 30, 10), width=lw)
-        draw.line((x, y - r, x, y + r), fill=(60, 30, 10), width=lw)
-    else:
-        draw.ellipse(box, fill=(250, 250, 245), outline=(40, 60, 140), width=lw)
-        draw.chord(box, 200, 340, fill=(250, 215, 30))
-        draw.chord(box, 20, 160, fill=(250, 215, 30))
+        for seam in ((x - r, y, x + r, y), (x, y - r, x, y + r)):
+            draw.line(seam, fill=outline, width=lw)
+    elif sport == "volleyball":
+        for start, end in ((200, 340), (20, 160)):
+            draw.chord(box, start, end, fill=(250, 215, 30))
 
 
 def _ball_centre(sport: str, feet: list[Point], hand: Point, w: int, h: int, top: int,
@@ -353,11 +350,8 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
              size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
-    """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json.
-
-    Image i depends only on (seed, i). The set appears whole or not at all; a folder holding
-    anything is refused unless `overwrite`, which replaces only what vicap wrote there.
-    """
+    """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json;
+    image i depends only on (seed, i). A non-empty folder is refused unless `overwrite`."""
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:

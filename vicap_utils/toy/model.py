@@ -1,9 +1,8 @@
 """The toy models: the `mini` base (a tiny BLIP-1) and the tiny BLIP-2 of tests and rehearsals.
 
-The mini base is pre-trained from scratch on the synthetic set's English captions on first use
-(about a minute on a CPU) and cached, keyed by its `MiniSpec`. Its vocabulary is the subset of
-BERT uncased that the synthetic captions need, in the real order, so it tokenizes them exactly
-as the real tokenizer does; the `mini` profile then adapts it to Vietnamese with the real recipe.
+The mini base is pre-trained on the synthetic English captions on first use (a CPU minute) and
+cached by its `MiniSpec`; its vocabulary is the subset of BERT uncased those captions need, in
+the real order, so the `mini` profile adapts it to Vietnamese with the real recipe.
 """
 from __future__ import annotations
 
@@ -57,8 +56,8 @@ class MiniSpec:
 
 
 def mini_vocab() -> dict[str, int]:
-    """The mini base's WordPiece vocabulary: every special, single-character and `##`-character
-    BERT entry, plus every entry the synthetic captions use (with or without diacritics)."""
+    """The BERT entries the synthetic captions use (with or without diacritics), plus every
+    special, single-character and `##`-character entry."""
     full = stock_blip_tokenizer()
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
@@ -90,8 +89,7 @@ def build_tiny_blip(spec: MiniSpec):
 
 
 def builtin_model(name: str) -> Path | None:
-    """The folder of a built-in toy base model (`mini`, built and cached on first use), or None
-    when `name` is not one."""
+    """The folder of a built-in toy base model (`mini`, built on first use), else None."""
     return ensure_mini_base() if name == "mini" else None
 
 
@@ -114,31 +112,29 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
         opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     model.train()
     losses = []
-    bar = progress(total=steps, desc="mini base: English pre-training", unit="step")
-    for _ in range(spec.epochs):
-        order = torch.randperm(n, generator=g)
-        total = 0.0
-        for start in range(0, n, spec.batch_size):
-            b = order[start:start + spec.batch_size]
-            out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
-                        attention_mask=mask_t[b], labels=labels_t[b])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            total += out.loss.item() * len(b)
-            bar.update()
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
-        losses.append(total / n)
-    bar.close()
+    with progress(total=steps, desc="mini base: English pre-training", unit="step") as bar:
+        for _ in range(spec.epochs):
+            order = torch.randperm(n, generator=g)
+            total = 0.0
+            for start in range(0, n, spec.batch_size):
+                b = order[start:start + spec.batch_size]
+                out = model(pixel_values=pixels[img_idx[b]], input_ids=ids_t[b],
+                            attention_mask=mask_t[b], labels=labels_t[b])
+                out.loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                total += out.loss.item() * len(b)
+                bar.update()
+                bar.set_postfix(loss=f"{out.loss.item():.3f}", refresh=False)
+            losses.append(total / n)
     model.eval()
     return losses
 
 
 def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
-    """Path of the cached, English-pre-trained tiny BLIP; the first process to need it builds
-    it (under a lock), the others wait and find it built."""
+    """Path of the cached, English-pre-trained tiny BLIP, built by the first process to ask."""
     spec = spec or MiniSpec()
     folder = cache_dir("mini-base") / spec.key()
     if (folder / "config.json").is_file():
@@ -162,8 +158,7 @@ def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
 
 
 def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
-    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`:
-    the tokenizer of the tiny BLIP-2s that tests and benchmarks build."""
+    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`."""
     raw = Tokenizer(models.BPE())
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.train_from_iterator(corpus, trainers.BpeTrainer(
@@ -176,8 +171,7 @@ def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
 
 
 def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Path:
-    """Save a random BLIP-2 (one layer per part, OPT decoder) with a byte-level BPE trained on
-    synthetic English captions into `folder`."""
+    """Save a random one-layer BLIP-2 (OPT decoder) with a byte-level BPE into `folder`."""
     rng = random.Random(0)
     tok = byte_level_tokenizer([c for _ in range(200)
                                 for c in captions_for(random_scene(rng), "en", rng)])
