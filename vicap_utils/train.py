@@ -47,8 +47,6 @@ class Trainer:
                  overwrite: bool = False, log=print) -> None:
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
         self.resume, self.overwrite = resume, overwrite
-        self.state = RunState()
-        self.scaler: torch.amp.GradScaler | None = None
 
     def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
@@ -87,8 +85,8 @@ class Trainer:
             forward, optimizer, loader, scheduler)
         self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
         self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict())
-        if hardware.mixed_precision == "fp16":  # driven here on any device (`step`)
-            self.scaler = torch.amp.GradScaler(self.accelerator.device.type)
+        self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
+                       if hardware.mixed_precision == "fp16" else None)
         if saved:
             load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
                       self.accelerator.process_index)
@@ -175,9 +173,8 @@ class Trainer:
             self.log(f"continuing the finished run from epoch {state.epoch} to {t.epochs}")
             state.finished = False
         total = self.steps_per_epoch * t.epochs
-        bar = progress(total=min(total, t.max_steps) if t.max_steps else total,
-                       initial=state.global_step, desc="training", unit="step",
-                       disable=not self.main)
+        bar = progress(total=min(total, t.max_steps or total), initial=state.global_step,
+                       desc="training", unit="step", disable=not self.main)
         try:
             if state.pending:  # a validation that an interruption cut short
                 self.validate_epoch()

@@ -40,8 +40,8 @@ def _state(run: Path) -> dict:
 def is_unfinished(run: str | Path) -> bool:
     """A checkpoint whose state says not finished, or (no readable state) last/ without final/."""
     run = Path(run)
-    return _last_dir(run) is not None and not _state(run).get("finished",
-                                                              (run / "final").is_dir())
+    finished = _state(run).get("finished", (run / "final").is_dir())
+    return _last_dir(run) is not None and not finished
 
 
 def _of_profile(run: Path, profile: str | None) -> bool:
@@ -57,9 +57,8 @@ def _runs_under(root: Path, holds: Callable[[Path], object] = _last_dir) -> Iter
         here = Path(folder)
         if holds(here):
             yield here
-        if len(here.parts) - base >= MAX_DEPTH:
-            dirs.clear()
-        dirs[:] = [d for d in dirs if d not in SKIP and not d.startswith(".")]
+        deep = len(here.parts) - base >= MAX_DEPTH
+        dirs[:] = [] if deep else [d for d in dirs if d not in SKIP and not d.startswith(".")]
 
 
 def _newest(root: Path, profile: str | None) -> Path | None:
