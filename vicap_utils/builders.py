@@ -1,9 +1,7 @@
-"""What a training run is built from, one builder per part: data, captioner (Vietnamese
-vocabulary, LoRA), examples, loader, optimiser. `Trainer.setup` calls them in this order;
-notebook 03 one by one."""
+"""A training run's parts, one builder each: data, captioner (Vietnamese vocabulary, LoRA),
+examples, loader, optimiser; `Trainer.setup` and notebook 03 call them in this order."""
 from __future__ import annotations
 
-import math
 import os
 import random
 import shutil
@@ -34,8 +32,8 @@ from vicap_utils.vocab import tokenizer_report
 
 
 def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
-    """The audited, split data (prepared in `data.prepared`, default RUN/data/), recorded in
-    RUN/data/ (the splits' captions and image folders) where evaluation finds its references."""
+    """The audited, split data (in `data.prepared`, default RUN/data/), its splits recorded in
+    RUN/data/ where evaluation finds its references."""
     folder = Path(cfg.data.prepared) if cfg.data.prepared else run / "data"
     data = prepare(cfg, folder, log=log)
     same = folder.resolve() == (run / "data").resolve()
@@ -56,8 +54,8 @@ def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
 def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | None = None,
                     load_in_8bit: bool | None = None, device_index: int | None = None, log=print
                     ) -> tuple[Captioner, list[str], dict[str, Any]]:
-    """The base with the Vietnamese vocabulary (BLIP-1: a checkpoint's entries, or found in the
-    training captions) and LoRA; returns it, the entries added and a tokenizer report."""
+    """The base with LoRA and (BLIP-1) the Vietnamese vocabulary: a checkpoint's entries or the
+    training captions'; returns it, the entries added and a tokenizer report."""
     cap = captioner.load_base(cfg.model, load_in_8bit, device_index, log)
     report: dict[str, Any] = {}
     entries: list[str] = []
@@ -109,8 +107,7 @@ def val_sample(n: int, size: int, seed: int) -> list[int]:
 def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool = True,
                    log=print, cache_folder: Path | None = None) -> Examples:
     """Tokenise every caption once and pair it with its image: fp16 vision features computed
-    once (memory-mapped under `cache_folder` beyond RAM) when the ViT is frozen and no
-    augmentation changes an image (vicap has none), else pixels decoded on demand."""
+    once (under `cache_folder` beyond RAM) when the ViT is frozen, else pixels on demand."""
     cached = cfg.train.cache_vision_features and not any(
         p.requires_grad for n, p in cap.model.named_parameters() if "vision_model" in n)
     log("vision features: " + ("cached once in fp16 (the vision encoder is frozen)" if cached
@@ -145,8 +142,8 @@ def loader_workers(cfg: Config, cached: bool) -> int:
 
 
 def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
-    """The training DataLoader over a seeded per-epoch order, and its sampler. Its private
-    generator keeps the global RNG (dropout) untouched, so a resumed run draws the same masks."""
+    """The training DataLoader over a seeded per-epoch order, and its sampler; its own generator
+    leaves the global RNG (dropout) alone, so a resumed run draws the same masks."""
     t = cfg.train
     sampler = EpochSampler(len(pairs), t.seed)
     loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
@@ -154,14 +151,6 @@ def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
                         persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(t.seed))
     return loader, sampler
-
-
-def optimizer_steps(cfg: Config, batches: int, processes: int = 1) -> int:
-    """Optimizer steps of the whole run in each process (its share of the loader's `batches`,
-    sharded by Accelerate), capped by `train.max_steps`."""
-    t = cfg.train
-    steps = math.ceil(math.ceil(batches / processes) / t.grad_accum) * t.epochs
-    return min(steps, t.max_steps) if t.max_steps else steps
 
 
 def build_optimizer(cfg: Config, model, total_steps: int, processes: int = 1):

@@ -1,8 +1,6 @@
-"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the run's reports.
-
+"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports.
 The data order is a function of (seed, epoch), so a run killed and resumed from `last/` ends
-with the same adapter. fp16 is driven here on any device (autocast, a GradScaler); Accelerate
-gets bf16 or nothing."""
+with the same adapter. fp16 is driven here (autocast, a GradScaler); Accelerate gets bf16."""
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +47,6 @@ class Trainer:
                  overwrite: bool = False, log=print) -> None:
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
         self.resume, self.overwrite = resume, overwrite
-        self.state = RunState()
-        self.scaler: torch.amp.GradScaler | None = None
 
     def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
@@ -60,11 +56,9 @@ class Trainer:
             mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
-        if self.main:  # the writer claims the folder (and clears it with --overwrite) first
-            saved = open_run(self.out, cfg, self.resume, self.overwrite)
-        self.accelerator.wait_for_everyone()
+        with self.accelerator.main_process_first():  # the writer claims (and clears) it first
+            saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=self.main)
         if not self.main:
-            saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=False)
             self.log = lambda *args, **kwargs: None
         self.log(hardware.line())
         for notice in hardware.notices:
@@ -83,15 +77,16 @@ class Trainer:
         workers = builders.loader_workers(cfg, self.examples.cached)
         loader, self.sampler = builders.build_loader(cfg, self.examples.train, workers)
         processes = self.accelerator.num_processes
-        steps = builders.optimizer_steps(cfg, len(loader), processes)
-        optimizer, scheduler = builders.build_optimizer(cfg, self.cap.model, steps, processes)
+        steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
+        optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
+            cfg, self.cap.model, min(steps, t.max_steps or steps), processes)
         forward = captioner.TrainingForward(self.cap.model, self.cap.family, self.examples.cached)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
         self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
         self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict())
-        if hardware.mixed_precision == "fp16":  # driven here on any device (`step`)
-            self.scaler = torch.amp.GradScaler(self.accelerator.device.type)
+        self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
+                       if hardware.mixed_precision == "fp16" else None)
         if saved:
             load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
                       self.accelerator.process_index)
@@ -146,8 +141,7 @@ class Trainer:
             "(try a lower train.lr, train.mixed_precision=no, or model.vision_fp32=true)")
 
     def step(self) -> None:
-        """Clip, then step the optimizer and schedule; under fp16 the GradScaler skips (and
-        `skipped_steps` counts) a step whose gradients overflowed, the schedule unmoved."""
+        """Clip, then step; under fp16 the GradScaler skips (and we count) an overflowing step."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.cfg.train.max_grad_norm:
@@ -179,9 +173,8 @@ class Trainer:
             self.log(f"continuing the finished run from epoch {state.epoch} to {t.epochs}")
             state.finished = False
         total = self.steps_per_epoch * t.epochs
-        bar = progress(total=min(total, t.max_steps) if t.max_steps else total,
-                       initial=state.global_step, desc="training", unit="step",
-                       disable=not self.main)
+        bar = progress(total=min(total, t.max_steps or total), initial=state.global_step,
+                       desc="training", unit="step", disable=not self.main)
         try:
             if state.pending:  # a validation that an interruption cut short
                 self.validate_epoch()
@@ -216,8 +209,8 @@ class Trainer:
         state.epoch += 1
         state.batches_done, state.loss_sum, state.loss_count = 0, 0.0, 0
         max_steps = self.cfg.train.max_steps
-        hit_max = bool(max_steps and state.global_step >= max_steps)
-        state.pending = {"train_loss": train_loss, "seconds": seconds, "hit_max": hit_max}
+        state.pending = {"train_loss": train_loss, "seconds": seconds,
+                         "hit_max": bool(max_steps and state.global_step >= max_steps)}
         self.save_last()
         self.validate_epoch()
 
@@ -292,9 +285,8 @@ class Trainer:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
           log=print) -> dict[str, Any]:
-    """Run a training job (the Python face of `vicap train`). `resume` first brings back the
-    unfinished run a previous Kaggle session left (`handover`) when `out_dir` holds none; the
-    main process holds the run folder's lock throughout."""
+    """`vicap train` from Python; `resume` first brings back a previous Kaggle session's run
+    when `out_dir` holds none. The main process holds the folder's lock throughout."""
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
@@ -306,9 +298,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
 
 def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
                        overwrite: bool = False) -> dict[str, Any]:
-    """Train from a notebook on every GPU: here on one GPU or the CPU, else one `vicap train`
-    process per GPU (Kaggle's T4 x2); returns the summary. A `resume` with nothing to resume
-    (here or left by a previous session) starts a fresh run."""
+    """Train from a notebook here (one GPU or CPU), else one `vicap train` per GPU; returns the
+    summary. A `resume` with nothing to resume starts a fresh run."""
     run = Path(run)
     if resume and prepare_resume(run, cfg.profile) is None:
         resume = False

@@ -1,5 +1,4 @@
-"""Validation during training: the loss on the validation captions and the CIDEr of the
-beam-search captions of the validation images (or of the fixed per-epoch sample of them)."""
+"""Validation during training: loss on the validation captions, CIDEr of beam-search captions."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
@@ -40,8 +39,8 @@ def validation_loss(cap: Captioner, examples: Examples, batch_size: int,
 def validate(cap: Captioner, examples: Examples, ev: EvalConfig,
              references: Mapping[Any, list[str]], device: torch.device | str,
              autocast: Autocast, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
-    """(validation loss, CIDEr, captions by image id) of the per-epoch sample of validation
-    images (`train.val_sample`), or with `sample=False` of all of them."""
+    """(loss, CIDEr, captions by image id) of the per-epoch sample of validation images (all of
+    them with `sample=False`)."""
     cap.model.eval()
     loss = validation_loss(cap, examples, ev.batch_size, device, autocast)
     dec, preds = captioner.Decoding.from_eval(ev), {}

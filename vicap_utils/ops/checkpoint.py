@@ -1,9 +1,6 @@
-"""A training run's folder: its rules and its resumable checkpoint `last/`.
-
-`last/` holds, written atomically, the trainable weights, optimizer, scheduler, GradScaler,
-every process's RNG states and the progress, so a run killed at any moment and resumed ends
-with the same adapter as an uninterrupted one.
-"""
+"""A training run's folder and its resumable checkpoint `last/` (trainable weights, optimizer,
+scheduler, GradScaler, every process's RNG, progress; written atomically), so a run killed at
+any moment and resumed ends with the same adapter as an uninterrupted one."""
 from __future__ import annotations
 
 import contextlib
@@ -79,10 +76,8 @@ class RunState:
 
 def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
              writer: bool = True) -> RunState | None:
-    """Check the run folder before any work; return the saved state when resuming.
-
-    The `writer` (the main process, holding the folder's lock) claims the folder (see `folders`)
-    and, with `--overwrite`, removes the outputs vicap wrote there."""
+    """Check the run folder before any work; return the saved state when resuming. The `writer`
+    (main process, holding the lock) claims it and, with `--overwrite`, clears vicap's outputs."""
     if out.exists() and not out.is_dir():
         raise VicapError(f"{out}: is a file; --out needs a folder for the run")
     refuse_inputs_in_outputs(out, cfg)
@@ -119,8 +114,7 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
 
 
 def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
-    """Refuse a configured data path that training would write over (a run output, or a file
-    `data.prepared` receives), before the run folder is claimed or cleared."""
+    """Refuse a data path that training would write over, before the folder is claimed."""
     d = cfg.data
     inputs = [(f"data.{key}", getattr(d, key)) for key in
               ("train_annotations", "val_annotations", "test_annotations", "images")
@@ -133,8 +127,7 @@ def refuse_inputs_in_outputs(out: Path, cfg: Config) -> None:
 
 
 def check_last(last: Path) -> None:
-    """Refuse a checkpoint with a missing, empty or truncated file (whole safetensors header,
-    whole zip archives), before any work."""
+    """Refuse a checkpoint with a missing, empty or truncated file, before any work."""
     missing = [name for name in LAST_FILES if not (last / name).is_file()]
     if missing:
         raise VicapError(f"{last}: incomplete checkpoint (no {missing[0]}); {START_AGAIN}")
@@ -160,8 +153,7 @@ def damaged(path: Path) -> Iterator[Path]:
 
 
 def read_state(path: Path) -> RunState:
-    """RunState from state.json; a malformed one is a one-line error. Fields a later vicap
-    added take their defaults."""
+    """RunState from state.json (a malformed one: a one-line error; newer fields: defaults)."""
     raw = read_json(path, "checkpoint state")
     if not isinstance(raw, dict):
         raise VicapError(f"{path}: not a vicap checkpoint state (not an object); {START_AGAIN}")
@@ -191,16 +183,14 @@ def rng_state() -> dict[str, Any]:
 
 def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
               rng_states: list[dict[str, Any]] | None = None) -> None:
-    """Write last/ in one atomic step, with every process's RNG states (rank order; default:
-    this one's). Files are serialised in memory, so a full disk is an OSError `atomic_dir`
-    reports as such."""
+    """Write last/ atomically with every process's RNG states (rank order; default: this one's),
+    serialised in memory so a full disk is an OSError `atomic_dir` reports."""
     record(out, ["last"])
     trainable = {n: p.detach().cpu().clone() for n, p in model.named_parameters()
                  if p.requires_grad}
     parts = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict(),
-             "rng.pt": rng_states or [rng_state()]}
-    if scaler is not None:
-        parts["scaler.pt"] = scaler.state_dict()
+             "rng.pt": rng_states or [rng_state()],
+             **({"scaler.pt": scaler.state_dict()} if scaler is not None else {})}
     with atomic_dir(out / "last") as tmp:
         (tmp / "trainable.safetensors").write_bytes(save(trainable))
         for name, obj in parts.items():
@@ -211,8 +201,7 @@ def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
 
 
 def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> None:
-    """Restore last/ into the live model, optimizer, scheduler, scaler and the RNGs process
-    `rank` saved (the main process's beyond them; the one state of an older checkpoint)."""
+    """Restore last/ into the live parts and the RNGs process `rank` saved (else the main's)."""
     last = out / "last"
     with damaged(last / "trainable.safetensors") as path:
         weights = load_file(str(path))

@@ -1,9 +1,6 @@
-"""Session hand-over: pick up a run that a previous (Kaggle) session left unfinished.
-
-A session's output folder, attached to the next session, appears read-only under the input
-root (`/kaggle/input/<notebook>/…`). The newest unfinished run (its `last/state.json` says
-`"finished": false`, or `last/` without `final/`) is copied back so `--resume` continues it.
-"""
+"""Session hand-over: a previous Kaggle session's output appears read-only under the input
+root; its newest unfinished run (state `"finished": false`, or `last/` without `final/`) is
+copied back so `--resume` continues it."""
 from __future__ import annotations
 
 import json
@@ -43,29 +40,25 @@ def _state(run: Path) -> dict:
 def is_unfinished(run: str | Path) -> bool:
     """A checkpoint whose state says not finished, or (no readable state) last/ without final/."""
     run = Path(run)
-    if _last_dir(run) is None:
-        return False
-    return not _state(run).get("finished", (run / "final").is_dir())
+    finished = _state(run).get("finished", (run / "final").is_dir())
+    return _last_dir(run) is not None and not finished
 
 
 def _of_profile(run: Path, profile: str | None) -> bool:
-    """The run was trained with `profile` (its checkpoint's config, else config.json), or
-    says no profile; any run when `profile` is None."""
+    """The run was trained with `profile` (or says none); any run when `profile` is None."""
     config = _state(run).get("config") or _read(run / "config.json")
     return profile is None or config.get("profile") in (None, profile)
 
 
 def _runs_under(root: Path, holds: Callable[[Path], object] = _last_dir) -> Iterator[Path]:
-    """`root` and the folders a few levels below it that hold a checkpoint (or what `holds`
-    checks for)."""
+    """`root` and the folders a few levels below it that hold a checkpoint (or `holds`)."""
     base = len(root.parts)
     for folder, dirs, _files in os.walk(root):
         here = Path(folder)
         if holds(here):
             yield here
-        if len(here.parts) - base >= MAX_DEPTH:
-            dirs.clear()
-        dirs[:] = [d for d in dirs if d not in SKIP and not d.startswith(".")]
+        deep = len(here.parts) - base >= MAX_DEPTH
+        dirs[:] = [] if deep else [d for d in dirs if d not in SKIP and not d.startswith(".")]
 
 
 def _newest(root: Path, profile: str | None) -> Path | None:
@@ -88,8 +81,8 @@ def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
 
 
 def find_trained(profile: str, input_root: str | Path | None = None) -> Path | None:
-    """The newest run of `profile` whose best/ holds a fine-tuned adapter under `input_root`
-    (default the Kaggle input root: an attached notebook 03 output), or None."""
+    """The newest run of `profile` with an adapter in best/ under `input_root` (default
+    Kaggle's: an attached notebook 03 output), or None."""
     runs = [r for r in _runs_under(Path(input_root or kaggle_input()),
                                    lambda r: is_adapter(r / "best")) if _of_profile(r, profile)]
     return max(runs, key=lambda r: (r / "best" / WEIGHTS_FILE).stat().st_mtime) if runs else None
@@ -97,8 +90,8 @@ def find_trained(profile: str, input_root: str | Path | None = None) -> Path | N
 
 def bring_back(src: str | Path, dst: str | Path, what: str = "unfinished",
                skip: tuple[str, ...] = ()) -> Path:
-    """Copy the run folder `src` (read-only input) to `dst`, an absent or empty folder, without
-    the entries in `skip`; the copy is renamed into place, so `dst` is whole or absent."""
+    """Copy the run `src` (read-only input) without `skip` to `dst`, absent or empty; renamed
+    into place, so `dst` is whole or absent."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise VicapError(f"{dst}: not empty; the previous session's run {src} is not copied over "
@@ -122,8 +115,8 @@ def bring_back(src: str | Path, dst: str | Path, what: str = "unfinished",
 
 def prepare_resume(run_dir: str | Path, profile: str | None = None,
                    input_root: str | Path | None = None) -> Path | None:
-    """For `--resume` into `run_dir`: `run_dir` when it holds a checkpoint, else the newest
-    unfinished run of a previous session, copied into it; None when there is none."""
+    """`run_dir` when it holds a checkpoint, else the newest unfinished run of a previous
+    session copied into it, else None."""
     run_dir = Path(run_dir)
     if _last_dir(run_dir) is not None:
         return run_dir

@@ -1,9 +1,5 @@
-"""Start `vicap train` in one process per GPU (torch.distributed.run) from a notebook.
-
-A notebook kernel cannot fork DDP workers once it has touched CUDA, so the workers are fresh
-processes, each calling the same `train` (Accelerate reads the rank from the environment).
-This module never imports torch; the children's output is forwarded as it comes.
-"""
+"""Start `vicap train` in one fresh process per GPU (torch.distributed.run) from a notebook,
+whose kernel cannot fork DDP workers once it touched CUDA. Never imports torch."""
 from __future__ import annotations
 
 import codecs
@@ -34,8 +30,8 @@ def distributed_command(module_args: Sequence[str], num_processes: int) -> list[
 
 
 def error_line(lines: Sequence[str]) -> str:
-    """What went wrong: vicap's `error:` line, else the last Python exception line that is not
-    the launcher's summary, else the last non-empty line."""
+    """vicap's `error:` line, else the last Python exception line (not the launcher's), else
+    the last non-empty line."""
     text = [line.strip() for line in lines if line.strip()]
     vicap = [line for line in text if ": error: " in line]
     python = [line for line in text
@@ -45,9 +41,9 @@ def error_line(lines: Sequence[str]) -> str:
 
 def run_streamed(command: Sequence[str], env: Mapping[str, str] | None = None,
                  out: TextIO | None = None) -> tuple[int, list[str]]:
-    """Run `command`, forwarding its output to `out` (default stdout) as it arrives (progress
-    bars redraw in place); return (exit code, last lines). An interrupt stops them all."""
-    out = sys.stdout if out is None else out
+    """Run `command`, forwarding its output to `out` (default stdout) as it arrives; return
+    (exit code, last lines). An interrupt stops them all."""
+    out = out or sys.stdout
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=full_env, start_new_session=True)
@@ -86,8 +82,8 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def launch_training(args: Sequence[str], num_processes: int = 2,
                     env: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    """Run `vicap train <args>` (its CLI flags) in `num_processes` processes, streaming the
-    output; return 0. A failure is a VicapError naming the exit code and the cause."""
+    """Run `vicap train <args>` in `num_processes` processes, streaming the output; return 0,
+    or raise a VicapError naming the exit code and the cause."""
     command = distributed_command(["vicap_utils", "train", *args], num_processes)
     code, lines = run_streamed(command, env, out)
     if code != 0:
