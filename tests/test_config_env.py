@@ -125,3 +125,21 @@ def test_outputs_that_cannot_be_written_fail_before_any_work(tmp_path, capsys):
     assert main(["train", "--profile", "mini", "--out", str(tmp_path / "afile")]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--profile", "mini", "--out", "{tmp}/run"],
+    ["predict", "--model", "mini", "--annotations", "{tmp}/none.json", "--images", "{tmp}",
+     "--out", "{tmp}/p.json"],
+])
+def test_unusable_cache_folder_is_one_line_naming_vicap_cache(tmp_path, command, monkeypatch,
+                                                               capsys):
+    """Before: NotADirectoryError's traceback from the mini base's or synthetic set's folder."""
+    from vicap_utils.__main__ import main
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("VICAP_CACHE", str(tmp_path / "a-file" / "cache"))
+    assert main([part.format(tmp=tmp_path) for part in command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "VICAP_CACHE" in err and "a-file" in err, err
+    assert (tmp_path / "a-file").read_text() == "not a folder"

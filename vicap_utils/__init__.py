@@ -3,7 +3,6 @@ import logging
 
 __version__ = "0.1.0"
 
-# peft imports bitsandbytes, whose CPU backend warns at import, on CPUs with AVX512-BF16, that its
-# 4-bit kernel could not be fetched from a hub: vicap uses 8-bit only, and the line would break
-# every one-line error.
+# bitsandbytes' CPU backend warns at import (AVX512-BF16 CPUs) that its 4-bit kernel is not on
+# the hub: vicap uses 8-bit only, and the warning would break every one-line error.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)

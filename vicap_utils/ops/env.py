@@ -1,5 +1,4 @@
 """Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
-
 Kaggle paths derive from `VICAP_KAGGLE_ROOT` (default /kaggle), so tests fake each mount layout."""
 from __future__ import annotations
 
@@ -11,10 +10,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vicap_utils.ops.hardware import detect
+from vicap_utils.ops.io import VicapError
 
-# Globs (under the Kaggle input root) that find each real data set, whatever the mount layout.
-# UIT-ViIC is distributed as uitviic_captions_{train,val,test}2017.json (some copies spell it
-# "uitvic", some add "_v2"); Flickr8k as Flickr8k.token.txt (+ split lists) or captions.txt.
+# Globs under the Kaggle input root that find each data set, whatever the mount layout: UIT-ViIC
+# as uitvi(i)c_captions_{split}2017(_v2).json; Flickr8k as Flickr8k.token.txt or captions.txt.
 UITVIIC_SPLIT_GLOB = "**/uitvi*c_captions_{split}*.json"
 DATA_GLOBS = {
     "uitviic-blip": [UITVIIC_SPLIT_GLOB.format(split="train")],
@@ -47,15 +46,23 @@ def output_dir(sub: str = "", create: bool = True) -> Path:
     """VICAP_OUTPUT when set, else the Kaggle working folder on Kaggle, else ./outputs."""
     default = kaggle_root() / "working" if is_kaggle() else Path("outputs")
     path = Path(os.environ.get("VICAP_OUTPUT") or default) / sub
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _usable(path, "VICAP_OUTPUT") if create else path
 
 
 def cache_dir(sub: str = "") -> Path:
     """VICAP_CACHE, else the user cache folder (~/.cache/vicap); for the mini base model."""
-    path = Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache" / "vicap") / sub
-    path.mkdir(parents=True, exist_ok=True)
+    return _usable(Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache/vicap") / sub,
+                   "VICAP_CACHE")
+
+
+def _usable(path: Path, variable: str) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise VicapError(f"{path}: {exc.strerror or exc}; set {variable} to a writable "
+                         "folder") from None
     return path
 
 
