@@ -1,18 +1,16 @@
 """Session hand-over: a previous Kaggle session's output appears read-only under the input
-root; its newest unfinished run (state `"finished": false`, or `last/` without `final/`) is
-copied back so `--resume` continues it."""
+root; its newest unfinished run is copied back so `--resume` continues it."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vicap_utils.ops.adapters import WEIGHTS_FILE, is_adapter
 from vicap_utils.ops.env import kaggle_input
-from vicap_utils.ops.io import VicapError, recover_dir
+from vicap_utils.ops.io import VicapError, atomic_dir, recover_dir
 
 SKIP = {"last", "best", "final", "data"}  # parts of a run, never runs themselves
 MAX_DEPTH = 6
@@ -90,22 +88,18 @@ def find_trained(profile: str, input_root: str | Path | None = None) -> Path | N
 
 def bring_back(src: str | Path, dst: str | Path, what: str = "unfinished",
                skip: tuple[str, ...] = ()) -> Path:
-    """Copy the run `src` (read-only input) without `skip` to `dst`, absent or empty; renamed
-    into place, so `dst` is whole or absent."""
+    """Copy the run `src` (read-only input) without `skip` to `dst`, absent or empty, in one
+    atomic step (`atomic_dir`)."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise VicapError(f"{dst}: not empty; the previous session's run {src} is not copied over "
                          "it (choose another output folder, or resume the run that is there)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", suffix=".incoming",
-                                     dir=dst.parent) as tmp:
-        copied = Path(tmp) / "run"
-        shutil.copytree(src, copied, ignore=shutil.ignore_patterns(".*.tmp", *skip),
-                        copy_function=shutil.copyfile)
-        for path in [copied, *copied.rglob("*")]:  # inputs are read-only; the copy is ours
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".*.tmp", *skip),
+                        copy_function=shutil.copyfile, dirs_exist_ok=True)
+        for path in [tmp, *tmp.rglob("*")]:  # inputs are read-only; the copy is ours
             path.chmod(path.stat().st_mode | 0o200)
-        recover_dir(copied / "last")
-        os.replace(copied, dst)
+        recover_dir(tmp / "last")
     state = _state(dst)
     progress = (f" (epoch {state['epoch']} done, step {state['global_step']})"
                 if {"epoch", "global_step"} <= state.keys() else "")
