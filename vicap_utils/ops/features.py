@@ -1,8 +1,5 @@
-"""Cached vision features: every image through the frozen ViT once, kept in fp16 in RAM when
-they fit (UIT-ViIC at 384 px: ~2.1 GB), else memory-mapped under the run's `cache/`, keyed by
-the vision weights, image processor and image files, and reused by a resumed run. Under
-torch.distributed each process encodes its share into that one file.
-"""
+"""Vision features of the frozen ViT, computed once: fp16 in RAM when they fit, else memory-mapped
+under the run's `cache/`, keyed by weights, processor and images; DDP processes write a share."""
 from __future__ import annotations
 
 import hashlib

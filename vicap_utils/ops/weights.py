@@ -15,8 +15,7 @@ from vicap_utils.toy.model import builtin_model
 def resolve_base(base: str) -> str:
     """`model.base` as something `from_pretrained` loads: a built-in toy model's folder, a saved
     model, a Kaggle input holding it, a cached hub snapshot, or the hub id when reachable."""
-    built = builtin_model(base)
-    if built is not None:
+    if (built := builtin_model(base)) is not None:
         return str(built)
     path = Path(base).expanduser()
     if path.exists():
@@ -26,8 +25,7 @@ def resolve_base(base: str) -> str:
     tail = base.rstrip("/").split("/")[-1]
     for config in find_inputs([f"**/{tail}/config.json", f"**/{tail}/**/config.json"]):
         return str(config.parent)
-    cached = hub_cache(base)
-    if cached:
+    if cached := hub_cache(base):
         return cached
     if not hub_reachable():
         raise VicapError(

@@ -1,9 +1,5 @@
-"""The toy models: the `mini` base (a tiny BLIP-1) and the tiny BLIP-2 of tests and rehearsals.
-
-The mini base is pre-trained on the synthetic English captions on first use (a CPU minute) and
-cached by its `MiniSpec`; its vocabulary is the subset of BERT uncased those captions need, in
-the real order, so the `mini` profile adapts it to Vietnamese with the real recipe.
-"""
+"""The toy models: the `mini` base (a tiny BLIP-1 with the BERT entries the synthetic captions
+need, pre-trained on them in English, cached) and the tiny BLIP-2 of tests and rehearsals."""
 from __future__ import annotations
 
 import hashlib
@@ -32,7 +28,6 @@ from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_token
 @dataclass(frozen=True)
 class MiniSpec:
     """Architecture and English pre-training recipe of the tiny base (its cache key)."""
-
     image_size: int = 64
     patch_size: int = 8
     vision_hidden: int = 128
@@ -88,11 +83,6 @@ def build_tiny_blip(spec: MiniSpec):
     return model, transformers.BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
-def builtin_model(name: str) -> Path | None:
-    """The folder of a built-in toy base model (`mini`, built on first use), else None."""
-    return ensure_mini_base() if name == "mini" else None
-
-
 def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     """Train every weight of the tiny BLIP on English synthetic captions; returns epoch losses."""
     folder = synthetic_set("en", spec.n_images, spec.data_seed)
@@ -133,18 +123,20 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
     return losses
 
 
-def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
-    """Path of the cached, English-pre-trained tiny BLIP, built by the first process to ask."""
-    spec = spec or MiniSpec()
+def builtin_model(name: str) -> Path | None:
+    """The folder of a built-in toy base (`mini`: built, pre-trained and cached by the first
+    process to ask), else None."""
+    if name != "mini":
+        return None
+    spec = MiniSpec()
     folder = cache_dir("mini-base") / spec.key()
     if (folder / "config.json").is_file():
         return folder
     with FileLock(folder.with_name(f".{folder.name}.lock")):
         if (folder / "config.json").is_file():
             return folder
-        log(f"Building the mini base model (first use only) into {folder}")
+        print(f"Building the mini base model (first use only) into {folder}")
         start = time.time()
-        torch.manual_seed(spec.seed)
         model, processor = build_tiny_blip(spec)
         losses = pretrain_english(model, processor, spec)
         with atomic_dir(folder) as tmp:
@@ -153,7 +145,7 @@ def ensure_mini_base(spec: MiniSpec | None = None, log=print) -> Path:
             (tmp / "mini_spec.json").write_text(json.dumps(
                 {"spec": asdict(spec), "epoch_losses": losses,
                  "seconds": round(time.time() - start, 1)}, indent=2))
-    log(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
+    print(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
     return folder
 
 
