@@ -6,15 +6,15 @@ import contextlib
 import math
 import multiprocessing
 import os
-import select
 import signal
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
 from typing import Any
+
+import psutil
 
 from vicap_utils.ops.io import VicapError
 from vicap_utils.ops.progress import progress
@@ -72,13 +72,8 @@ def _worker_start(parent: int) -> None:
 
 
 def _exit_with(parent: int) -> None:
-    """End this worker as soon as `parent` ends, even by kill -9 (a Linux pidfd wakes at once,
-    elsewhere polled). Not PR_SET_PDEATHSIG: a worker's parent may be the long-lived forkserver."""
-    try:
-        select.select([os.pidfd_open(parent)], [], [])
-    except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
-        with contextlib.suppress(OSError):
-            while True:  # until os.kill finds no such process
-                os.kill(parent, 0)
-                time.sleep(1)
+    """End this worker as soon as `parent` ends, even by kill -9 (psutil waits on a pidfd where
+    Linux has one). Not PR_SET_PDEATHSIG: a worker's parent may be the long-lived forkserver."""
+    with contextlib.suppress(psutil.Error):  # the parent is already gone
+        psutil.Process(parent).wait()
     os._exit(1)
