@@ -13,8 +13,14 @@ import pytest
 from PIL import Image
 
 from vicap_utils.data import load_captions
-from vicap_utils.teach.demo import N_SAMPLES, build_app, find_adapters
-from vicap_utils.teach.uploads import MAX_UPLOAD_BYTES, UploadError, decode_upload
+from vicap_utils.teach.demo import (
+    MAX_UPLOAD_BYTES,
+    N_SAMPLES,
+    UploadError,
+    build_app,
+    decode_upload,
+    find_adapters,
+)
 
 VIETNAMESE = re.compile(r"[ăâđêôơưáàảãạấầẩẫậắằẳẵặéèẻẽẹếềểễệíìỉĩịóòỏõọốồổỗộớờởỡợúùủũụứừửữựýỳỷỹỵ]",
                         re.IGNORECASE)

@@ -1,12 +1,14 @@
 """The ipywidgets captioning app of notebook 06 (display `build_app().widget`): models load
-once, uploads are decoded in memory (`uploads`), every failure is a message in the app."""
+once, uploads are checked and decoded in memory, every failure is a message in the app."""
 from __future__ import annotations
 
 import functools
 import html
 import io
 import os
+import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,23 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import ipywidgets as w
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vicap_utils import captioner
 from vicap_utils.captioner import Decoding
 from vicap_utils.config import EvalConfig, ModelConfig
 from vicap_utils.data import load_captions
-from vicap_utils.images import load_rgb
+from vicap_utils.images import load_rgb, to_rgb
 from vicap_utils.ops import env
 from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
 from vicap_utils.ops.checkpoint import run_references
 from vicap_utils.ops.io import VicapError
-from vicap_utils.teach.uploads import decode_upload
 from vicap_utils.toy.data import sample_images
 
 THUMB_SIZE = (360, 270)
 N_SAMPLES = 8
 ImageSource = Path | Image.Image
+MAX_UPLOAD_BYTES = 15 * 2**20
+# Formats PIL may try: a short list keeps rarely used decoders away from untrusted bytes.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 CSS = (resources.files("vicap_utils") / "assets" / "demo.css").read_text(encoding="utf-8")
 
@@ -39,7 +43,6 @@ CSS = (resources.files("vicap_utils") / "assets" / "demo.css").read_text(encodin
 @dataclass(frozen=True)
 class ModelChoice:
     """One entry of the model menu: an adapter folder, or a base loaded without adapter."""
-
     label: str
     source: str  # adapter folder, or what load_model takes with no_adapter
     no_adapter: bool
@@ -49,7 +52,6 @@ class ModelChoice:
 @dataclass
 class CaptionResult:
     """What one model said about the current image, and how long it took."""
-
     model: str
     captions: list[tuple[str, float | None]]
     seconds: float
@@ -120,11 +122,53 @@ def open_sample(source: ImageSource) -> Image.Image:
 def png_thumbnail(image: Image.Image) -> bytes:
     """PNG bytes of the image scaled (up or down) to fit `THUMB_SIZE`, for display."""
     scale = min(THUMB_SIZE[0] / image.width, THUMB_SIZE[1] / image.height)
-    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))),
-                         Image.Resampling.LANCZOS)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     buf = io.BytesIO()
-    shown.save(buf, "PNG")
+    image.resize(size, Image.Resampling.LANCZOS).save(buf, "PNG")
     return buf.getvalue()
+
+
+# ---------------------------------------------------------------- uploads
+class UploadError(VicapError):
+    """An upload the demo refuses; the message is meant for the person who sent it."""
+
+
+@dataclass
+class DecodedUpload:
+    """An accepted upload: the upright RGB image and what it was before conversion."""
+    image: Image.Image
+    format: str
+    mode: str
+    size: tuple[int, int]
+
+
+def decode_upload(data: bytes, name: str = "upload") -> DecodedUpload:
+    """Check and decode uploaded bytes into an upright RGB image, or raise UploadError."""
+    if not data:
+        raise UploadError(f"{name}: the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise UploadError(f"{name}: {len(data) / 2**20:.1f} MB is over the "
+                          f"{MAX_UPLOAD_BYTES / 2**20:.0f} MB limit")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+                im.load()
+                return DecodedUpload(to_rgb(ImageOps.exif_transpose(im)), im.format or "?",
+                                     im.mode, im.size)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) …"
+            count = f"{int(found.group(1)) / 1e6:.0f} megapixels; " if found else ""
+            limit = (Image.MAX_IMAGE_PIXELS or 89_478_485) / 1e6
+            raise UploadError(f"{name}: image too large ({count}the limit is {limit:.0f} "
+                              "megapixels), refused before decoding as a possible "
+                              "decompression bomb") from None
+        except Image.UnidentifiedImageError:
+            raise UploadError(f"{name}: not an image this demo reads "
+                              f"({', '.join(ALLOWED_FORMATS)})") from None
+        except Exception as exc:  # PIL raises many types on corrupt data
+            raise UploadError(f"{name}: the image is damaged or truncated "
+                              f"({type(exc).__name__})") from None
 
 
 # ---------------------------------------------------------------- HTML
