@@ -40,7 +40,6 @@ def is_adapter(folder: str | Path) -> bool:
 @dataclass
 class ModelRef:
     """What `--model` names, resolved once: an adapter folder, or a base model alone."""
-
     spec: str  # as the user gave it
     model: ModelConfig  # the base to load
     adapter: Path | None = None  # None: the base alone

@@ -1,10 +1,5 @@
-"""Output folders: what vicap may replace there, one writer at a time, inputs never written over.
-
-Only the entries `.vicap-owned.json` lists (recorded before writing) are replaced or deleted.
-`.vicap-lock` is a kernel lock (`filelock`) holding the writer's pid. A set is staged inside
-the folder, renamed to `.vicap-commit` (the commit point) and moved in; the next writer finishes
-an interrupted one, so old and new never mix. An output that is (or holds) an input is refused.
-"""
+"""Output folders: vicap replaces only the entries its `.vicap-owned.json` lists, one writer holds
+`.vicap-lock`, a set lands whole (`staged`, `settle`) and an input is never written over."""
 from __future__ import annotations
 
 import contextlib

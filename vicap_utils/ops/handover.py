@@ -74,8 +74,8 @@ def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
                    profile: str | None = None) -> Path | None:
     """The newest unfinished run (of `profile`) in `out_dir`, else under `input_root` (default
     the Kaggle input root), or None."""
-    return _newest(Path(out_dir), profile) or _newest(Path(input_root or kaggle_input()),
-                                                       profile)
+    input_root = Path(input_root or kaggle_input())
+    return _newest(Path(out_dir), profile) or _newest(input_root, profile)
 
 
 def find_trained(profile: str, input_root: str | Path | None = None) -> Path | None:
@@ -88,8 +88,7 @@ def find_trained(profile: str, input_root: str | Path | None = None) -> Path | N
 
 def bring_back(src: str | Path, dst: str | Path, what: str = "unfinished",
                skip: tuple[str, ...] = ()) -> Path:
-    """Copy the run `src` (read-only input) without `skip` to `dst`, absent or empty, in one
-    atomic step (`atomic_dir`)."""
+    """Copy the run `src` (read-only input) without `skip` atomically to `dst`, absent or empty."""
     src, dst = Path(src), Path(dst)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise VicapError(f"{dst}: not empty; the previous session's run {src} is not copied over "

@@ -65,8 +65,7 @@ def _pool_context() -> BaseContext:
 
 
 def _worker_start(parent: int) -> None:
-    """Worker start-up: Ctrl-C is the parent's to handle (no traceback here); the worker dies
-    with its parent."""
+    """Worker start-up: Ctrl-C is the parent's to handle; the worker dies with its parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
 

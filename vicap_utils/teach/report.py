@@ -198,7 +198,6 @@ def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | Non
 @dataclass
 class GalleryItem:
     """One image with its references and the captions of each system."""
-
     image_id: ImageId
     path: Path
     references: list[str]

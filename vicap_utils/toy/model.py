@@ -124,8 +124,7 @@ def pretrain_english(model, processor, spec: MiniSpec) -> list[float]:
 
 
 def builtin_model(name: str) -> Path | None:
-    """The folder of a built-in toy base (`mini`: built, pre-trained and cached by the first
-    process to ask), else None."""
+    """The folder of a built-in toy base (`mini`: built and cached on first use), else None."""
     if name != "mini":
         return None
     spec = MiniSpec()
