@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -23,6 +24,7 @@ Count = Annotated[int, Field(ge=0)]  # 0 = all, never or no limit
 Rate = Annotated[float, Field(ge=0)]
 PositiveRate = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(ge=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's and torch's generators take
 
 
 @CHECKED
@@ -37,11 +39,11 @@ class DataConfig:
     images: str = ""  # images folder ("" = beside the annotations / discovered)
     prepared: str = ""  # folder of the audited, split data ("" = the run folder's data/)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    split_seed: int = 42
+    split_seed: Seed = 42
     max_train_images: Count = 0
     max_val_images: Count = 0
-    synthetic_images: Annotated[int, Field(ge=2)] = 600  # mini: the synthetic set's size
-    synthetic_seed: int = 0
+    synthetic_images: Annotated[int, Field(ge=2, le=100_000)] = 600  # mini: the set's size
+    synthetic_seed: Seed = 0
     lang: Literal["vi", "en"] = "vi"
 
 
@@ -90,7 +92,7 @@ class TrainConfig:
     max_grad_norm: Rate = 1.0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     patience: Count = 3  # epochs without a better validation CIDEr before stopping; 0 = never
-    seed: int = 42
+    seed: Seed = 42
     # image-decoding DataLoader workers; -1 = min(4, CPUs) when needed
     num_workers: Annotated[int, Field(ge=-1, le=64)] = -1
     cache_vision_features: bool = True  # encode each image once where the ViT is frozen
@@ -183,7 +185,8 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"{key}={value!r} is not one of {', '.join(choices)}"
     if kind in BOUNDS:
         bound = next(iter(ctx.values()))
-        return f"{key}={value} is out of range (must be {BOUNDS[kind]} {bound:g})"
+        bound = f"{bound:g}" if isinstance(bound, float) else bound
+        return f"{key}={value} is out of range (must be {BOUNDS[kind]} {bound})"
     if kind == "finite_number":
         return f"{key}={value} is out of range (must be a finite number)"
     if kind.split("_")[0] in TYPE_NAMES:
@@ -192,12 +195,16 @@ def describe_error(error: dict[str, Any]) -> str:
 
 
 def config_from_dict(values: Any, where: str = "config",
-                     overrides: dict[str, dict[str, str]] | None = None) -> Config:
+                     overrides: dict[str, dict[str, str]] | None = None,
+                     strict: bool = False) -> Config:
     """A checked Config from nested `{section: {key: value}}` (e.g. a checkpoint's saved config);
-    an error names `where` the value came from ("--set" for the keys in `overrides`)."""
+    an error names `where` the value came from ("--set" for the keys in `overrides`). `strict`
+    (a config file): JSON types as written, so `true` is no 1 and `"3"` no 3."""
     if not isinstance(values, dict):
         raise VicapError(f"{where}: a config must be a JSON object")
     try:
+        if strict:
+            return ADAPTER().validate_json(json.dumps(values), strict=True)
         return ADAPTER().validate_python(values)
     except ValidationError as exc:
         error, sets = exc.errors()[0], overrides or {}
@@ -232,9 +239,11 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 
 def profile_config(name: str) -> Config:
     """The named profile's config (`auto`: the one this machine's data and GPU call for)."""
+    from_env = name == "auto" and os.environ.get("VICAP_PROFILE", "auto") != "auto"
     name = auto_profile() if name == "auto" else name
     if not isinstance(name, str) or name not in PROFILES:
-        raise VicapError(f"unknown profile {name!r}; valid: auto, {', '.join(PROFILES)}")
+        named = "VICAP_PROFILE=" if from_env else "profile "
+        raise VicapError(f"unknown {named}{name!r}; valid: auto, {', '.join(PROFILES)}")
     return config_from_dict({**PROFILES[name], "profile": name}, f"profile {name}")
 
 
@@ -248,6 +257,7 @@ def load_config(
             raise VicapError(f"{config_file}: a config must be a JSON object")
         start = profile_config(raw["profile"]) if "profile" in raw else Config()
         values, where = merged(start.to_dict(), raw), str(config_file)
+        config_from_dict(values, where, strict=True)
     else:
         start = profile_config(profile or "auto")
         values, where = start.to_dict(), f"profile {start.profile}"

@@ -287,6 +287,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
           log=print) -> dict[str, Any]:
     """`vicap train` from Python; `resume` first brings back a previous Kaggle session's run
     when `out_dir` holds none. The main process holds the folder's lock throughout."""
+    plan_for(cfg).check()  # the hardware, then the settings the base bounds: before any write
+    captioner.check_against_base(cfg)
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
