@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one line on stderr with exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) == "" or (getattr(args, "resume", False) and args.overwrite):
+            raise VicapError("--out is empty; name the output" if args.out == "" else
+                             "--resume continues a run, --overwrite starts it again: give one")
         module = importlib.import_module(COMMANDS[args.command])
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except VicapError as exc:

@@ -21,6 +21,8 @@ from filelock import FileLock
 MAX_JSON_DEPTH = 100
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NAME_MAX = 255  # bytes in a file name on the usual file systems
+TEMP_SUFFIX = len(".x.01234567.tmp") - 1  # what the atomic writer adds to a name
 
 # A blocking lock on a path, so one process builds a shared cache entry; the others wait.
 file_lock = FileLock
@@ -150,6 +152,10 @@ def make_output_dir(path: str | Path) -> Path:
         raise VicapError(f"{path}: output folder {problem[1]}")
     if problem is None and not path.is_dir():
         raise VicapError(f"{path}: output path exists and is not a folder")
+    back = len(path.parts) - path.parts[::-1].index("..") if ".." in path.parts else 0
+    if back and not Path(*path.parts[:back]).exists():  # mkdir would leave the folder it climbs
+        raise VicapError(f"{path}: {Path(*path.parts[:back - 1])} does not exist; write the "
+                         "path without '..'")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -158,9 +164,15 @@ def make_output_dir(path: str | Path) -> Path:
 
 
 def output_file(path: str | Path, what: str = "output file") -> Path:
-    """Check, before any work, that `path` can be written as a file: not a folder, in a folder
-    that is created if needed and proved writable."""
+    """Check, before any work, that `path` can be written as a file: a name (no trailing '/')
+    short enough for the atomic writer's temporary sibling, in a folder proved writable."""
+    if str(path).endswith(("/", os.sep)) or not str(path):
+        raise VicapError(f"{str(path)!r} names a folder, not a file; give a file name for the "
+                         f"{what}")
     path = Path(path)
+    if len(os.fsencode(path.name)) + TEMP_SUFFIX > NAME_MAX:
+        raise VicapError(f"{path}: file name too long for the {what} (at most "
+                         f"{NAME_MAX - TEMP_SUFFIX} bytes); choose a shorter one")
     if path.is_dir():
         raise VicapError(f"{path}: is a folder; give a file name for the {what}")
     parent = next((p for p in path.parents if p.exists()), None)
@@ -174,23 +186,32 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary sibling, fsync, then rename: a crash never leaves half a file, and
-    a failed write is a one-line VicapError with the previous file unchanged."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write each file to a temporary sibling (fsync), then rename them all: a crash never leaves
+    half a file, and a failed write (a full disk) is a one-line VicapError replacing none."""
+    temps: dict[Path, Path] = {}
     try:
-        with writing_as(tmp, path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+        for path, data in files.items():
+            tmp = temps[path] = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            with writing_as(tmp, path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "xb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        for path, tmp in temps.items():
+            with writing_as(tmp, path):
+                os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write one file atomically (see `atomic_write_files`)."""
+    atomic_write_files({Path(path): data})
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
