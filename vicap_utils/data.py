@@ -227,6 +227,7 @@ def _read_flickr_csv(path: Path, text: str) -> CaptionSet:
     if not body or not _is_csv_header(body[0][1]):
         raise VicapError(f"{path}: expected the CSV header 'image,caption'")
     rows: list[_Row] = []
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a caption may pass 128 KB
     for lineno, line in body[1:]:
         try:
             cells = next(csv.reader([line], strict=True))

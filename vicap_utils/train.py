@@ -324,9 +324,12 @@ def cli_train(args) -> int:
         again = ["vicap", "train", *(["--profile", args.profile] if args.profile
                                      else ["--config", args.config])]
         again += [part for item in args.overrides for part in ("--set", item)]
-        print(f"vicap train: interrupted; the last checkpoint is in {Path(args.out) / 'last'}. "
-              f"Resume with: {shlex.join([*again, '--out', str(args.out), '--resume'])}",
-              file=sys.stderr)
+        last = Path(args.out) / "last"
+        print("vicap train: interrupted; " + (
+            f"the last checkpoint is in {last}. Resume with: "
+            f"{shlex.join([*again, '--out', str(args.out), '--resume'])}" if last.is_dir() else
+            "no checkpoint was written yet: run the same command again (add --overwrite if it "
+            "asks)"), file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"best val CIDEr {summary['best_val_CIDEr']:.3f} at epoch "

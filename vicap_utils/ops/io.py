@@ -84,7 +84,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     too_deep = f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            data = json.load(fh)
+            data = json.load(fh, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from None
@@ -92,6 +92,9 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise VicapError(f"{path}: not UTF-8 text") from None
     except RecursionError:
         raise VicapError(too_deep) from None
+    except KeyError as exc:
+        raise VicapError(f"{path}: the key {exc.args[0]!r} appears twice in one object; "
+                         "keep one") from None
     except ValueError:  # Python refuses integers of more than 4300 digits
         raise VicapError(f"{path}: holds a number with thousands of digits; ids and sizes "
                          "must be ordinary numbers") from None
@@ -99,6 +102,14 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
     if json_depth(data) > MAX_JSON_DEPTH:
         raise VicapError(too_deep)
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (json.load would keep the last value silently)."""
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        raise KeyError(next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])))
     return data
 
 
@@ -220,8 +231,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Write JSON (UTF-8, diacritics kept as they are) atomically."""
-    return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+    """Write JSON (UTF-8, diacritics kept as they are) atomically; NaN and ±Infinity, which
+    other readers refuse, as null."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
+    except ValueError:
+        data = json.loads(json.dumps(data), parse_constant=lambda _: None)
+        text = json.dumps(data, ensure_ascii=False, indent=indent)
+    return atomic_write_text(path, text + "\n")
 
 
 @contextlib.contextmanager
@@ -231,6 +248,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a folder gets what umask allows
     old = path.with_name(f".{path.name}.old")
     try:
         with writing_as(tmp, path):
@@ -243,6 +261,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then set back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def recover_dir(path: str | Path) -> Path | None:
