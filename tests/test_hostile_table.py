@@ -272,7 +272,7 @@ def test_the_table_has_a_hundred_new_cases() -> None:
 # ---------------------------------------------------------------- beyond one refusal
 
 
-@pytest.mark.parametrize("failing", [1, 2])
+@pytest.mark.parametrize("failing", [".m.json.", ".m_per_image.csv."])
 def test_disk_full_while_evaluate_writes_keeps_both_earlier_files(tmp_path, capsys, monkeypatch,
                                                                   failing):
     """Before: metrics.json was replaced when the per-image CSV then hit a full disk."""
@@ -282,14 +282,13 @@ def test_disk_full_while_evaluate_writes_keeps_both_earlier_files(tmp_path, caps
             str(tmp_path / "refs.json"), "--out", str(tmp_path / "m.json")]
     monkeypatch.setenv("PATH", "/nonexistent")
     assert main(argv) == 0
-    (tmp_path / "refs.json").write_text(json.dumps(REFERENCES).replace("mèo", "chó"))
+    (tmp_path / "preds.json").write_text(json.dumps([PREDICTIONS[0], {"image_id": 2,
+                                                                      "caption": "con mèo"}]))
     before = checksums(tmp_path)
-    calls = []
     real = os.fsync
 
     def fsync(fd: int) -> None:
-        calls.append(fd)
-        if len(calls) == failing:
+        if failing in os.readlink(f"/proc/self/fd/{fd}"):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 
