@@ -24,6 +24,7 @@ from vicap_utils.__main__ import main
 from vicap_utils.ops import io
 from vicap_utils.ops.io import atomic_dir, atomic_write_json, read_json
 from vicap_utils.toy.model import build_tiny_blip2
+from vicap_utils.vocab import encode_captions, stock_blip_tokenizer
 
 REFERENCES = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
               "annotations": [{"id": 1, "image_id": 1, "caption": "con chó chạy trên cỏ"},
@@ -348,3 +349,14 @@ def test_ctrl_c_before_the_first_checkpoint_says_to_run_again(tmp_path, capsys, 
     (tmp_path / "run" / "last").mkdir(parents=True)
     assert main(["train", "--profile", "mini", "--out", str(tmp_path / "run")]) == 130
     assert "--resume" in capsys.readouterr().err
+
+
+def test_a_prompt_filling_max_length_is_refused_not_trained_on_eos_alone():
+    """Before: the caption was cut away whole and only `[SEP]` was learnt (the word count
+    checked before work cannot see WordPiece; this is the exact check when encoding)."""
+    tok = stock_blip_tokenizer()
+    prompt = "one two three four five six seven eight"
+    with pytest.raises(io.VicapError, match="model.prompt is 8 tokens; model.max_length=10"):
+        encode_captions(tok, ["a dog"], max_length=10, prompt=prompt)
+    labels = encode_captions(tok, ["a dog"], max_length=11, prompt=prompt)[2]
+    assert (labels[0] != -100).sum() == 2  # "a" and [SEP]

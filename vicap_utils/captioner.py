@@ -1,8 +1,5 @@
-"""The captioner: the one place that knows BLIP-1 from BLIP-2, one small function per step
-(load, extend the vocabulary, add LoRA, forward, loss, generate, decode) for notebook 03,
-training and prediction alike. BLIP-1: a ViT and a BERT decoder over `[DEC] caption [SEP]`;
-BLIP-2: one image placeholder per Q-Former query before OPT's text (-100 in the labels).
-"""
+"""The one place that knows BLIP-1 (ViT + BERT decoder over `[DEC] caption [SEP]`) from BLIP-2
+(a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
 from __future__ import annotations
 
 import logging

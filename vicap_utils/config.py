@@ -1,7 +1,5 @@
-"""Run configuration: dataclasses per concern (the recipe), named profiles, checked overrides.
-
-One `Config` describes a run; `vicap train` saves it as `config.json` and `--config` reads it
-back. pydantic converts and range-checks every value."""
+"""Run configuration: dataclasses per concern (the recipe), named profiles, and overrides that
+pydantic converts and range-checks; `vicap train` saves it as config.json for `--config`."""
 from __future__ import annotations
 
 import copy
@@ -197,9 +195,8 @@ def describe_error(error: dict[str, Any]) -> str:
 def config_from_dict(values: Any, where: str = "config",
                      overrides: dict[str, dict[str, str]] | None = None,
                      strict: bool = False) -> Config:
-    """A checked Config from nested `{section: {key: value}}` (e.g. a checkpoint's saved config);
-    an error names `where` the value came from ("--set" for the keys in `overrides`). `strict`
-    (a config file): JSON types as written, so `true` is no 1 and `"3"` no 3."""
+    """A checked Config from `{section: {key: value}}`; an error names `where` ("--set" for the
+    keys in `overrides`). `strict` (a file): JSON types as written (`true` is no 1)."""
     if not isinstance(values, dict):
         raise VicapError(f"{where}: a config must be a JSON object")
     try:

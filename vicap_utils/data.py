@@ -1,8 +1,5 @@
-"""Caption sets: COCO-style and Flickr8k readers into one table, COCO writing, seeded split.
-
-A file whose structure is wrong is refused with one line naming it; a single bad entry is left
-out and listed in `CaptionSet.rejects` with a reason code (see `audit.REASONS`).
-"""
+"""Caption sets: COCO-style and Flickr8k readers into one table (a bad file refused in one line,
+a bad entry left out in `rejects`), COCO writing, seeded split."""
 from __future__ import annotations
 
 import argparse

@@ -27,9 +27,8 @@ def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size:
 def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out: str | Path,
                  dec: Decoding | None = None, batch_size: int | None = None,
                  overwrite: bool = False) -> list[dict]:
-    """Caption every image of a caption file with the model `ref` names and write COCO results
-    to `out` (replacing a file vicap did not write only with `overwrite`). Decoding and batch
-    size default to the adapter's `eval`."""
+    """Caption every image of a caption file with `ref` (decoding and batch size default to its
+    `eval`) into COCO results at `out` (a file vicap did not write: only with `overwrite`)."""
     out = output_file(out, "predictions JSON")
     folders.refuse_aliases({"--annotations": annotations, "--images": images,
                             "--model": ref.adapter}, {"--out": out})

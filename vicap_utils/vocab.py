@@ -1,9 +1,5 @@
-"""Vietnamese vocabulary for BLIP-1's WordPiece tokenizer, and caption encoding with labels.
-
-BERT uncased strips diacritics or writes Vietnamese as `[UNK]`, so the missing syllables and
-letters (with `##` pieces) join the WordPiece vocabulary itself (`add_tokens` would cut them out
-before WordPiece); each new embedding row starts from its accent-stripped pieces.
-"""
+"""BLIP-1's WordPiece vocabulary extended with Vietnamese syllables and letters (each new row
+from its accent-stripped pieces), and caption encoding with label masking."""
 from __future__ import annotations
 
 import re

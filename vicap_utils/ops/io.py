@@ -14,8 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 # JSON deeper than this is refused when read: vicap's files need 4 levels, and Python's
 # reader and writer both recurse (a deeper document would end in a RecursionError).
 MAX_JSON_DEPTH = 100
@@ -23,9 +21,6 @@ MAX_JSON_DEPTH = 100
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 NAME_MAX = 255  # bytes in a file name on the usual file systems
 TEMP_SUFFIX = len(".x.01234567.tmp") - 1  # what the atomic writer adds to a name
-
-# A blocking lock on a path, so one process builds a shared cache entry; the others wait.
-file_lock = FileLock
 
 
 class VicapError(Exception):
@@ -107,8 +102,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object, refusing a repeated key (json.load would keep the last value silently)."""
-    data = dict(pairs)
-    if len(data) < len(pairs):
+    if len(data := dict(pairs)) < len(pairs):
         raise KeyError(next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])))
     return data
 
@@ -248,7 +242,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700; a folder gets what umask allows
+    mask = os.umask(0o022)  # read the umask (by setting it): mkdtemp's 0700 becomes the
+    os.umask(mask)  # mode any new folder gets
+    tmp.chmod(0o777 & ~mask)
     old = path.with_name(f".{path.name}.old")
     try:
         with writing_as(tmp, path):
@@ -261,13 +257,6 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it, then set back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def recover_dir(path: str | Path) -> Path | None:
