@@ -21,7 +21,7 @@ from test_hostile_round2 import checksums
 
 from vicap_utils import train
 from vicap_utils.__main__ import main
-from vicap_utils.ops import io
+from vicap_utils.ops import env, io
 from vicap_utils.ops.io import atomic_dir, atomic_write_json, read_json
 from vicap_utils.toy.model import build_tiny_blip2
 from vicap_utils.vocab import encode_captions, stock_blip_tokenizer
@@ -360,3 +360,11 @@ def test_a_prompt_filling_max_length_is_refused_not_trained_on_eos_alone():
         encode_captions(tok, ["a dog"], max_length=10, prompt=prompt)
     labels = encode_captions(tok, ["a dog"], max_length=11, prompt=prompt)[2]
     assert (labels[0] != -100).sum() == 2  # "a" and [SEP]
+
+
+@pytest.mark.parametrize("value", ["/proc", "/proc/vicap", "/dev/null", "{r}/a-file/out"])
+def test_an_unusable_vicap_output_is_one_error_naming_it(value, root, monkeypatch):
+    """Before: /proc passed the access check (root) and failed at the first write."""
+    monkeypatch.setenv("VICAP_OUTPUT", value.format(r=root))
+    with pytest.raises(io.VicapError, match="set VICAP_OUTPUT to a writable folder"):
+        env.output_dir()
