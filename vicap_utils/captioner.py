@@ -2,6 +2,7 @@
 (a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -12,11 +13,13 @@ import transformers
 
 from vicap_utils import vocab
 from vicap_utils.config import Config, EvalConfig, LoraSettings, ModelConfig
-from vicap_utils.families import EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.families import BUILTIN_MODELS, EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.hardware import detect, eight_bit_decision, emulating_t4
 from vicap_utils.ops.io import VicapError, error_summary
 from vicap_utils.ops.weights import resolve_base
 from vicap_utils.text import normalize_caption
+from vicap_utils.toy.model import MiniSpec, build_tiny_blip
 from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (re-exported)
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
@@ -30,6 +33,7 @@ PARTS = ("vision_model", "text_decoder", "qformer", "language_model", "language_
          "query_tokens")
 CLASSES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"),
            "blip2": ("Blip2ForConditionalGeneration", "Blip2Processor")}
+MINI_CONFIG = functools.cache(lambda: build_tiny_blip(MiniSpec())[0].config)
 # The layers peft's LoRA can wrap.
 LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d,
                torch.nn.Conv3d, torch.nn.MultiheadAttention, transformers.pytorch_utils.Conv1D)
@@ -62,7 +66,11 @@ def check_against_base(cfg: Config) -> None:
     and rank), checked on its config and a meta-device copy before any data work."""
     m = cfg.model
     try:
-        config = transformers.AutoConfig.from_pretrained(resolve_base(m.base))
+        if m.base in BUILTIN_MODELS:  # its untrained twin's config: no minute of pre-training
+            cache_dir("mini-base")  # where it will be built: a bad VICAP_CACHE stops us here
+            config = MINI_CONFIG()
+        else:
+            config = transformers.AutoConfig.from_pretrained(resolve_base(m.base))
     except (OSError, ValueError) as exc:
         raise VicapError(f"model.base={m.base!r}: cannot read its config "
                          f"({error_summary(exc)})") from None

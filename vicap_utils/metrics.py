@@ -433,10 +433,9 @@ def cli_evaluate(args: Any) -> int:
         metrics, per_image = evaluate_detailed(args.predictions, args.references,
                                                args.train_captions, args.allow_missing,
                                                args.tokenize)
-    except VicapError as exc:  # the id-matching errors ("3 predicted image ids …") name no file
-        if not str(exc)[:1].isdigit():
-            raise
-        raise VicapError(f"{args.predictions} against {args.references}: {exc}") from None
+    except VicapError as exc:  # the id-matching errors ("3 predicted image ids …"): name files
+        raise VicapError(f"{args.predictions} against {args.references}: {exc}"
+                         if str(exc)[:1].isdigit() else str(exc)) from None
     if args.out:
         with folders.replacing_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite):  # both files or neither
