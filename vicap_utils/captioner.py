@@ -237,13 +237,6 @@ def trainable_table(model) -> list[dict[str, Any]]:
             for k, (t, n) in rows.items()]
 
 
-def describe_trainable(model) -> str:
-    """One line: trainable parameters and their share."""
-    row = trainable_table(model)[-1]
-    return (f"trainable parameters: {row['trainable']:,} of {row['total']:,} "
-            f"({row['share_%']:.3f} %)")
-
-
 def image_prefix(cap: Captioner) -> list[int]:
     """BLIP-2's image placeholder ids (one per query token) that precede the text; BLIP-1: none."""
     if cap.family != "blip2":

@@ -269,11 +269,7 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
     """The dotted keys (named in `keys`, or in a section it names) whose values differ."""
-    flat_a, flat_b = _dotted(a), _dotted(b)
+    flat_a, flat_b = ({f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(c, s)).items()}
+                      for c in (a, b))
     return [k for k in flat_a
             if (k in keys or k.partition(".")[0] in keys) and flat_a[k] != flat_b[k]]
-
-
-def _dotted(cfg: Config) -> dict[str, Any]:
-    """{"train.lr": 5e-5, …}: every key of every section."""
-    return {f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(cfg, s)).items()}
