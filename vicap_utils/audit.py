@@ -1,8 +1,5 @@
-"""`vicap audit`: decode every image, screen every caption, write the clean set and a report.
-
-Outputs, as one set: audit.json (counts per reason), clean.json (COCO style), rejects.csv (one
-row per rejected image or caption, its reason from `REASONS`); every caption is in one of them.
-"""
+"""`vicap audit`: decode every image, screen every caption; write, as one set, audit.json,
+clean.json and rejects.csv (every caption is in clean.json or rejects.csv)."""
 from __future__ import annotations
 
 import argparse

@@ -69,7 +69,8 @@ def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | 
             f"{before['roundtrip_rate']:.1%} → {after['roundtrip_rate']:.1%}, tokens/caption "
             f"{before['tokens_per_caption']:.1f} → {after['tokens_per_caption']:.1f}")
     captioner.add_lora(cap, captioner.lora_config(cap, cfg.lora))
-    log(captioner.describe_trainable(cap.model))
+    row = captioner.trainable_table(cap.model)[-1]
+    log(f"trainable parameters: {row['trainable']:,} of {row['total']:,} ({row['share_%']:.3f} %)")
     return cap, entries, report
 
 

@@ -1,10 +1,8 @@
-"""The captioner: the one place that knows BLIP-1 from BLIP-2, one small function per step
-(load, extend the vocabulary, add LoRA, forward, loss, generate, decode) for notebook 03,
-training and prediction alike. BLIP-1: a ViT and a BERT decoder over `[DEC] caption [SEP]`;
-BLIP-2: one image placeholder per Q-Former query before OPT's text (-100 in the labels).
-"""
+"""The one place that knows BLIP-1 (ViT + BERT decoder over `[DEC] caption [SEP]`) from BLIP-2
+(a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -14,12 +12,14 @@ import torch
 import transformers
 
 from vicap_utils import vocab
-from vicap_utils.config import EvalConfig, LoraSettings, ModelConfig
-from vicap_utils.families import EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.config import Config, EvalConfig, LoraSettings, ModelConfig
+from vicap_utils.families import BUILTIN_MODELS, EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.hardware import detect, eight_bit_decision, emulating_t4
-from vicap_utils.ops.io import VicapError
+from vicap_utils.ops.io import VicapError, error_summary
 from vicap_utils.ops.weights import resolve_base
 from vicap_utils.text import normalize_caption
+from vicap_utils.toy.model import MiniSpec, build_tiny_blip
 from vicap_utils.vocab import IGNORE, encode_captions, special_ids  # noqa: F401 (re-exported)
 
 # BLIP-1 decoder self-attention (the paper's placement); cross-attention only when asked.
@@ -33,6 +33,10 @@ PARTS = ("vision_model", "text_decoder", "qformer", "language_model", "language_
          "query_tokens")
 CLASSES = {"blip": ("BlipForConditionalGeneration", "BlipProcessor"),
            "blip2": ("Blip2ForConditionalGeneration", "Blip2Processor")}
+MINI_CONFIG = functools.cache(lambda: build_tiny_blip(MiniSpec())[0].config)
+# The layers peft's LoRA can wrap.
+LORA_LAYERS = (torch.nn.Linear, torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d,
+               torch.nn.Conv3d, torch.nn.MultiheadAttention, transformers.pytorch_utils.Conv1D)
 
 
 @dataclass
@@ -55,6 +59,38 @@ class Captioner:
 def family_of(model_type: str) -> str:
     """The family of a saved model from its config's `model_type`."""
     return "blip2" if "blip-2" in model_type or "blip2" in model_type else "blip"
+
+
+def check_against_base(cfg: Config) -> None:
+    """The settings whose range comes from the base (family, text positions, prompt, LoRA layers
+    and rank), checked on its config and a meta-device copy before any data work."""
+    m = cfg.model
+    try:
+        if m.base in BUILTIN_MODELS:  # its untrained twin's config: no minute of pre-training
+            cache_dir("mini-base")  # where it will be built: a bad VICAP_CACHE stops us here
+            config = MINI_CONFIG()
+        else:
+            config = transformers.AutoConfig.from_pretrained(resolve_base(m.base))
+    except (OSError, ValueError) as exc:
+        raise VicapError(f"model.base={m.base!r}: cannot read its config "
+                         f"({error_summary(exc)})") from None
+    found = family_of(config.model_type) if "blip" in config.model_type else None
+    if found != m.family:
+        raise VicapError(f"model.family={m.family!r} does not match model.base={m.base!r} "
+                         f"(model_type {config.model_type!r}); valid: {found or 'none'}")
+    positions = (config.text_config.max_position_embeddings
+                 - (getattr(config, "num_query_tokens", 0) or 0))
+    for key, value, room in (("model.max_length", m.max_length, positions),
+                             ("eval.max_new_tokens", cfg.eval.max_new_tokens, positions - 1)):
+        if value > room:
+            raise VicapError(f"{key}={value} is out of range for {m.base} (must be at most "
+                             f"{room}: the base has {positions} text positions)")
+    if len(m.prompt.split()) > m.max_length - 3:
+        raise VicapError(f"model.prompt has {len(m.prompt.split())} words; model.max_length="
+                         f"{m.max_length} leaves room for at most {m.max_length - 3} beside bos, "
+                         "a caption token and eos")
+    with torch.device("meta"):
+        lora_modules(getattr(transformers, CLASSES[found][0])(config), found, cfg.lora)
 
 
 def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
@@ -133,17 +169,39 @@ def lora_targets(family: str, lora: LoraSettings) -> str | list[str]:
     return BLIP2_DEFAULT
 
 
+def lora_modules(model, family: str, lora: LoraSettings) -> str | list[str]:
+    """The LoRA targets, checked on `model`: a valid regex or names that match modules peft can
+    wrap, and `lora.r` within the smallest matched layer (r = 10**9 allocates nothing)."""
+    targets = lora_targets(family, lora)
+    try:
+        match = (re.compile(targets).fullmatch if isinstance(targets, str)
+                 else lambda name: name.split(".")[-1] in targets)
+    except re.error as exc:
+        raise VicapError(f"lora.target_modules={lora.target_modules!r} is not a valid regular "
+                         f"expression ({exc})") from None
+    modules = dict(model.named_modules())
+    matched = [n for n in modules if match(n)]
+    wrong = [n for n in matched if not isinstance(modules[n], LORA_LAYERS)]
+    if wrong or not matched:
+        examples = sorted({n.split(".")[-1] for n, m in modules.items()
+                           if isinstance(m, LORA_LAYERS)})[:6]
+        raise VicapError(f"lora.target_modules={lora.target_modules!r} " + (
+            f"matches {wrong[0]}, which LoRA cannot wrap" if wrong else "matches no module")
+            + f"; layers of this {family} base include {', '.join(examples)}")
+    smallest = min(min(modules[n].weight.shape[:2]) if hasattr(modules[n], "weight")
+                   else modules[n].embed_dim for n in matched)  # MultiheadAttention: no weight
+    if lora.r > smallest:
+        raise VicapError(f"lora.r={lora.r} is out of range for these layers (must be at most "
+                         f"{smallest}, their smallest dimension)")
+    return targets
+
+
 def lora_config(cap: Captioner, lora: LoraSettings):
     """The peft `LoraConfig`: rank, scale, dropout, targets and the new token rows to train
     (`task_type` stays unset: peft's task wrappers break BLIP's and BLIP-2's forward)."""
     from peft import LoraConfig  # peft: slow to import (bitsandbytes)
 
-    targets = lora_targets(cap.family, lora)
-    names = [n for n, _ in cap.model.named_modules()]
-    matched = [n for n in names if (re.fullmatch(targets, n) if isinstance(targets, str)
-                                    else n.split(".")[-1] in targets)]
-    if not matched:
-        raise VicapError(f"lora.target_modules {targets!r} matches no module of the model")
+    targets = lora_modules(cap.model, cap.family, lora)
     token_ids = None
     if lora.train_new_embeddings and cap.first_new_id:
         embedding = cap.model.get_input_embeddings()
@@ -177,13 +235,6 @@ def trainable_table(model) -> list[dict[str, Any]]:
     rows["all"] = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
     return [{"part": k, "trainable": t, "total": n, "share_%": round(100 * t / max(n, 1), 3)}
             for k, (t, n) in rows.items()]
-
-
-def describe_trainable(model) -> str:
-    """One line: trainable parameters and their share."""
-    row = trainable_table(model)[-1]
-    return (f"trainable parameters: {row['trainable']:,} of {row['total']:,} "
-            f"({row['share_%']:.3f} %)")
 
 
 def image_prefix(cap: Captioner) -> list[int]:

@@ -1,11 +1,10 @@
-"""Run configuration: dataclasses per concern (the recipe), named profiles, checked overrides.
-
-One `Config` describes a run; `vicap train` saves it as `config.json` and `--config` reads it
-back. pydantic converts and range-checks every value."""
+"""Run configuration: dataclasses per concern (the recipe), named profiles, and overrides that
+pydantic converts and range-checks; `vicap train` saves it as config.json for `--config`."""
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
@@ -23,6 +22,7 @@ Count = Annotated[int, Field(ge=0)]  # 0 = all, never or no limit
 Rate = Annotated[float, Field(ge=0)]
 PositiveRate = Annotated[float, Field(gt=0)]
 Share = Annotated[float, Field(ge=0, lt=1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's and torch's generators take
 
 
 @CHECKED
@@ -37,11 +37,11 @@ class DataConfig:
     images: str = ""  # images folder ("" = beside the annotations / discovered)
     prepared: str = ""  # folder of the audited, split data ("" = the run folder's data/)
     val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
-    split_seed: int = 42
+    split_seed: Seed = 42
     max_train_images: Count = 0
     max_val_images: Count = 0
-    synthetic_images: Annotated[int, Field(ge=2)] = 600  # mini: the synthetic set's size
-    synthetic_seed: int = 0
+    synthetic_images: Annotated[int, Field(ge=2, le=100_000)] = 600  # mini: the set's size
+    synthetic_seed: Seed = 0
     lang: Literal["vi", "en"] = "vi"
 
 
@@ -90,7 +90,7 @@ class TrainConfig:
     max_grad_norm: Rate = 1.0
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     patience: Count = 3  # epochs without a better validation CIDEr before stopping; 0 = never
-    seed: int = 42
+    seed: Seed = 42
     # image-decoding DataLoader workers; -1 = min(4, CPUs) when needed
     num_workers: Annotated[int, Field(ge=-1, le=64)] = -1
     cache_vision_features: bool = True  # encode each image once where the ViT is frozen
@@ -183,7 +183,8 @@ def describe_error(error: dict[str, Any]) -> str:
         return f"{key}={value!r} is not one of {', '.join(choices)}"
     if kind in BOUNDS:
         bound = next(iter(ctx.values()))
-        return f"{key}={value} is out of range (must be {BOUNDS[kind]} {bound:g})"
+        bound = f"{bound:g}" if isinstance(bound, float) else bound
+        return f"{key}={value} is out of range (must be {BOUNDS[kind]} {bound})"
     if kind == "finite_number":
         return f"{key}={value} is out of range (must be a finite number)"
     if kind.split("_")[0] in TYPE_NAMES:
@@ -192,12 +193,15 @@ def describe_error(error: dict[str, Any]) -> str:
 
 
 def config_from_dict(values: Any, where: str = "config",
-                     overrides: dict[str, dict[str, str]] | None = None) -> Config:
-    """A checked Config from nested `{section: {key: value}}` (e.g. a checkpoint's saved config);
-    an error names `where` the value came from ("--set" for the keys in `overrides`)."""
+                     overrides: dict[str, dict[str, str]] | None = None,
+                     strict: bool = False) -> Config:
+    """A checked Config from `{section: {key: value}}`; an error names `where` ("--set" for the
+    keys in `overrides`). `strict` (a file): JSON types as written (`true` is no 1)."""
     if not isinstance(values, dict):
         raise VicapError(f"{where}: a config must be a JSON object")
     try:
+        if strict:
+            return ADAPTER().validate_json(json.dumps(values), strict=True)
         return ADAPTER().validate_python(values)
     except ValidationError as exc:
         error, sets = exc.errors()[0], overrides or {}
@@ -232,9 +236,11 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, str]]:
 
 def profile_config(name: str) -> Config:
     """The named profile's config (`auto`: the one this machine's data and GPU call for)."""
+    from_env = name == "auto" and os.environ.get("VICAP_PROFILE", "auto") != "auto"
     name = auto_profile() if name == "auto" else name
     if not isinstance(name, str) or name not in PROFILES:
-        raise VicapError(f"unknown profile {name!r}; valid: auto, {', '.join(PROFILES)}")
+        named = "VICAP_PROFILE=" if from_env else "profile "
+        raise VicapError(f"unknown {named}{name!r}; valid: auto, {', '.join(PROFILES)}")
     return config_from_dict({**PROFILES[name], "profile": name}, f"profile {name}")
 
 
@@ -248,6 +254,7 @@ def load_config(
             raise VicapError(f"{config_file}: a config must be a JSON object")
         start = profile_config(raw["profile"]) if "profile" in raw else Config()
         values, where = merged(start.to_dict(), raw), str(config_file)
+        config_from_dict(values, where, strict=True)
     else:
         start = profile_config(profile or "auto")
         values, where = start.to_dict(), f"profile {start.profile}"
@@ -262,11 +269,7 @@ def save_config(cfg: Config, path: str | Path) -> Path:
 
 def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
     """The dotted keys (named in `keys`, or in a section it names) whose values differ."""
-    flat_a, flat_b = _dotted(a), _dotted(b)
+    flat_a, flat_b = ({f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(c, s)).items()}
+                      for c in (a, b))
     return [k for k in flat_a
             if (k in keys or k.partition(".")[0] in keys) and flat_a[k] != flat_b[k]]
-
-
-def _dotted(cfg: Config) -> dict[str, Any]:
-    """{"train.lr": 5e-5, …}: every key of every section."""
-    return {f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(cfg, s)).items()}

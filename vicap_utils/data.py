@@ -1,8 +1,5 @@
-"""Caption sets: COCO-style and Flickr8k readers into one table, COCO writing, seeded split.
-
-A file whose structure is wrong is refused with one line naming it; a single bad entry is left
-out and listed in `CaptionSet.rejects` with a reason code (see `audit.REASONS`).
-"""
+"""Caption sets: COCO-style and Flickr8k readers into one table (a bad file refused in one line,
+a bad entry left out in `rejects`), COCO writing, seeded split."""
 from __future__ import annotations
 
 import argparse
@@ -227,6 +224,7 @@ def _read_flickr_csv(path: Path, text: str) -> CaptionSet:
     if not body or not _is_csv_header(body[0][1]):
         raise VicapError(f"{path}: expected the CSV header 'image,caption'")
     rows: list[_Row] = []
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a caption may pass 128 KB
     for lineno, line in body[1:]:
         try:
             cells = next(csv.reader([line], strict=True))

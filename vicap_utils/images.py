@@ -24,9 +24,8 @@ class ImageCheck(NamedTuple):
 
 
 def check_image(path: str | Path) -> ImageCheck:
-    """Decode the whole file (a truncated JPEG passes a header check): reason `missing_file`
-    (absent, a broken symlink) or `unreadable_image` (a folder, a symlink loop, a pipe or
-    device, no permission, not a whole image). A pipe is never opened: reading could hang."""
+    """Decode the whole file (a truncated JPEG passes a header check), else `missing_file` or
+    `unreadable_image` (a folder, a loop, a pipe, never opened: reading could hang, …)."""
     path = Path(path)
     problem = path_problem(path)
     if problem is None and path.is_dir():

@@ -3,6 +3,7 @@ BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for
 SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
 from __future__ import annotations
 
+import json
 import math
 import re
 import sys
@@ -22,8 +23,7 @@ from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 from vicap_utils.ops import folders, jvm
 from vicap_utils.ops.io import (
     VicapError,
-    atomic_write_json,
-    atomic_write_text,
+    atomic_write_files,
     output_file,
     read_json,
 )
@@ -429,13 +429,19 @@ def cli_evaluate(args: Any) -> int:
                                [("--out", out), ("--out (its per-image CSV)", csv_path)])
         folders.refuse_foreign_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite)
-    metrics, per_image = evaluate_detailed(args.predictions, args.references,
-                                           args.train_captions, args.allow_missing, args.tokenize)
+    try:
+        metrics, per_image = evaluate_detailed(args.predictions, args.references,
+                                               args.train_captions, args.allow_missing,
+                                               args.tokenize)
+    except VicapError as exc:  # the id-matching errors ("3 predicted image ids …"): name files
+        raise VicapError(f"{args.predictions} against {args.references}: {exc}"
+                         if str(exc)[:1].isdigit() else str(exc)) from None
     if args.out:
         with folders.replacing_files(out.parent, [out.name], [csv_path.name],
-                                     overwrite=args.overwrite):
-            atomic_write_json(out, metrics)
-            atomic_write_text(csv_path, per_image.to_csv(index=False))
+                                     overwrite=args.overwrite):  # both files or neither
+            atomic_write_files({out: (json.dumps(metrics, ensure_ascii=False, indent=2)
+                                      + "\n").encode(),
+                                csv_path: per_image.to_csv(index=False).encode()})
         _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
     return 0

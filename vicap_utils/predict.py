@@ -10,7 +10,7 @@ from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
 from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
-from vicap_utils.ops.io import VicapError, atomic_write_json, output_file
+from vicap_utils.ops.io import VicapError, atomic_write_json, output_file, path_problem
 from vicap_utils.ops.progress import progress
 
 
@@ -27,21 +27,26 @@ def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size:
 def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out: str | Path,
                  dec: Decoding | None = None, batch_size: int | None = None,
                  overwrite: bool = False) -> list[dict]:
-    """Caption every image of a caption file with the model `ref` names and write COCO results
-    to `out` (replacing a file vicap did not write only with `overwrite`). Decoding and batch
-    size default to the adapter's `eval`."""
+    """Caption every image of a caption file with `ref` (decoding and batch size default to its
+    `eval`) into COCO results at `out` (a file vicap did not write: only with `overwrite`)."""
     out = output_file(out, "predictions JSON")
     folders.refuse_aliases({"--annotations": annotations, "--images": images,
                             "--model": ref.adapter}, {"--out": out})
     cs = load_captions(annotations)
+    skipped = [r for r in cs.rejects if r.kind == "image"]
+    if skipped:  # e.g. a file name leading out of the images folder
+        raise VicapError(f"{annotations}: {len(skipped)} listed images cannot be captioned, e.g. "
+                         f"image {skipped[0].id!r}: {skipped[0].detail}")
     folder = Path(images)
     if not folder.is_dir():
         raise VicapError(f"{folder}: images folder not found")
     ids = sorted(cs.images, key=str)
     paths = [folder / cs.images[i].file_name for i in ids]
-    missing = [cs.images[i].file_name for i, p in zip(ids, paths) if not p.is_file()]
-    if missing:
-        raise VicapError(f"{folder}: {len(missing)} listed images missing, e.g. {missing[0]}")
+    bad = [(cs.images[i].file_name, (path_problem(p) or ("", "is a folder"))[1])
+           for i, p in zip(ids, paths) if not p.is_file()]
+    if bad:
+        raise VicapError(f"{folder}: {len(bad)} listed images missing or not files, e.g. "
+                         f"{bad[0][0]} ({bad[0][1]})")
     read = [("--images", p) for p in paths]
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
         read += [("--model", p) for p in sorted(ref.adapter.iterdir())]

@@ -1,8 +1,5 @@
-"""The audited data a run trains on: find the raw captions, audit them, split them, cache it.
-
-`vicap train` and notebook 01 both call `prepare`; `prepared.json`, written last, holds the
-fingerprint that lets a second call with the same inputs read the set back.
-"""
+"""The audited, split data a run trains on (`vicap train`, notebook 01), cached: prepared.json,
+written last, holds the fingerprint that lets the same inputs be read back."""
 from __future__ import annotations
 
 import functools

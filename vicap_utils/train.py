@@ -287,6 +287,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
           log=print) -> dict[str, Any]:
     """`vicap train` from Python; `resume` first brings back a previous Kaggle session's run
     when `out_dir` holds none. The main process holds the folder's lock throughout."""
+    plan_for(cfg).check()  # the hardware, then the settings the base bounds: before any write
+    captioner.check_against_base(cfg)
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
@@ -322,9 +324,12 @@ def cli_train(args) -> int:
         again = ["vicap", "train", *(["--profile", args.profile] if args.profile
                                      else ["--config", args.config])]
         again += [part for item in args.overrides for part in ("--set", item)]
-        print(f"vicap train: interrupted; the last checkpoint is in {Path(args.out) / 'last'}. "
-              f"Resume with: {shlex.join([*again, '--out', str(args.out), '--resume'])}",
-              file=sys.stderr)
+        last = Path(args.out) / "last"
+        print("vicap train: interrupted; " + (
+            f"the last checkpoint is in {last}. Resume with: "
+            f"{shlex.join([*again, '--out', str(args.out), '--resume'])}" if last.is_dir() else
+            "no checkpoint was written yet: run the same command again (add --overwrite if it "
+            "asks)"), file=sys.stderr)
         return 130
     if os.environ.get("RANK", "0") == "0":
         print(f"best val CIDEr {summary['best_val_CIDEr']:.3f} at epoch "

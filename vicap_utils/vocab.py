@@ -1,9 +1,5 @@
-"""Vietnamese vocabulary for BLIP-1's WordPiece tokenizer, and caption encoding with labels.
-
-BERT uncased strips diacritics or writes Vietnamese as `[UNK]`, so the missing syllables and
-letters (with `##` pieces) join the WordPiece vocabulary itself (`add_tokens` would cut them out
-before WordPiece); each new embedding row starts from its accent-stripped pieces.
-"""
+"""BLIP-1's WordPiece vocabulary extended with Vietnamese syllables and letters (each new row
+from its accent-stripped pieces), and caption encoding with label masking."""
 from __future__ import annotations
 
 import re
@@ -191,6 +187,9 @@ def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str
     count only the caption and eos. `max_length` counts bos and eos; longer captions are cut."""
     bos, eos, pad = special_ids(tokenizer)
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    if len(prompt_ids) > max_length - 3:  # else every caption is cut away: eos alone is learnt
+        raise VicapError(f"model.prompt is {len(prompt_ids)} tokens; model.max_length="
+                         f"{max_length} leaves room for at most {max_length - 3}")
     texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
     rows = [list(prefix) + [bos] + (prompt_ids + ids)[: max_length - 2] + [eos] for ids in texts]
     width = max(len(r) for r in rows)

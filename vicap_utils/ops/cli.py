@@ -97,10 +97,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one line on stderr with exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "out", None) == "" or (getattr(args, "resume", False) and args.overwrite):
+            raise VicapError("--out is empty; name the output" if args.out == "" else
+                             "--resume continues a run, --overwrite starts it again: give one")
         module = importlib.import_module(COMMANDS[args.command])
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
-    except VicapError as exc:
-        sys.stderr.write(f"vicap {args.command}: error: {exc}\n")  # one write: workers share stderr
+    except VicapError as exc:  # one line (a newline in a path escaped), written at once
+        line = str(exc).replace("\n", "\\n").replace("\r", "\\r")
+        try:  # a path's undecodable bytes (surrogate escapes) shown as \xff, not \udcff
+            line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # another lone surrogate: escaped as it is
+            line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+        sys.stderr.write(f"vicap {args.command}: error: {line}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"vicap {args.command}: interrupted\n")

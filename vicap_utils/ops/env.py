@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import os
 import platform
+import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,15 +52,17 @@ def output_dir(sub: str = "", create: bool = True) -> Path:
 
 def cache_dir(sub: str = "") -> Path:
     """VICAP_CACHE, else the user cache folder (~/.cache/vicap); for the mini base model."""
-    return _usable(Path(os.environ.get("VICAP_CACHE") or Path.home() / ".cache/vicap") / sub,
-                   "VICAP_CACHE")
+    if os.environ.get("VICAP_CACHE"):
+        return _usable(Path(os.environ["VICAP_CACHE"]) / sub, "VICAP_CACHE")
+    return _usable(Path.home() / ".cache/vicap" / sub, "HOME (or VICAP_CACHE)")
 
 
 def _usable(path: Path, variable: str) -> Path:
+    """`path`, created and proved writable (a file made and removed), else one line naming
+    the environment variable that chose it."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(13, "not writable")
+        tempfile.TemporaryFile(dir=path).close()
     except OSError as exc:
         raise VicapError(f"{path}: {exc.strerror or exc}; set {variable} to a writable "
                          "folder") from None

@@ -14,16 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 # JSON deeper than this is refused when read: vicap's files need 4 levels, and Python's
 # reader and writer both recurse (a deeper document would end in a RecursionError).
 MAX_JSON_DEPTH = 100
 # errno values that mean "no room to write": a full disk, a quota, a file-size limit.
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-# A blocking lock on a path, so one process builds a shared cache entry; the others wait.
-file_lock = FileLock
+NAME_MAX = 255  # bytes in a file name on the usual file systems
+TEMP_SUFFIX = len(".x.01234567.tmp") - 1  # what the atomic writer adds to a name
 
 
 class VicapError(Exception):
@@ -82,7 +79,7 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
     too_deep = f"{path}: JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)"
     try:
         with open(path, encoding="utf-8-sig") as fh:
-            data = json.load(fh)
+            data = json.load(fh, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise VicapError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                          f"column {exc.colno})") from None
@@ -90,6 +87,9 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise VicapError(f"{path}: not UTF-8 text") from None
     except RecursionError:
         raise VicapError(too_deep) from None
+    except KeyError as exc:
+        raise VicapError(f"{path}: the key {exc.args[0]!r} appears twice in one object; "
+                         "keep one") from None
     except ValueError:  # Python refuses integers of more than 4300 digits
         raise VicapError(f"{path}: holds a number with thousands of digits; ids and sizes "
                          "must be ordinary numbers") from None
@@ -97,6 +97,13 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
     if json_depth(data) > MAX_JSON_DEPTH:
         raise VicapError(too_deep)
+    return data
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a repeated key (json.load would keep the last value silently)."""
+    if len(data := dict(pairs)) < len(pairs):
+        raise KeyError(next(k for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])))
     return data
 
 
@@ -150,6 +157,10 @@ def make_output_dir(path: str | Path) -> Path:
         raise VicapError(f"{path}: output folder {problem[1]}")
     if problem is None and not path.is_dir():
         raise VicapError(f"{path}: output path exists and is not a folder")
+    back = len(path.parts) - path.parts[::-1].index("..") if ".." in path.parts else 0
+    if back and not Path(*path.parts[:back]).exists():  # mkdir would leave the folder it climbs
+        raise VicapError(f"{path}: {Path(*path.parts[:back - 1])} does not exist; write the "
+                         "path without '..'")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -158,9 +169,15 @@ def make_output_dir(path: str | Path) -> Path:
 
 
 def output_file(path: str | Path, what: str = "output file") -> Path:
-    """Check, before any work, that `path` can be written as a file: not a folder, in a folder
-    that is created if needed and proved writable."""
+    """Check, before any work, that `path` can be written as a file: a name (no trailing '/')
+    short enough for the atomic writer's temporary sibling, in a folder proved writable."""
+    if str(path).endswith(("/", os.sep)) or not str(path):
+        raise VicapError(f"{str(path)!r} names a folder, not a file; give a file name for the "
+                         f"{what}")
     path = Path(path)
+    if len(os.fsencode(path.name)) + TEMP_SUFFIX > NAME_MAX:
+        raise VicapError(f"{path}: file name too long for the {what} (at most "
+                         f"{NAME_MAX - TEMP_SUFFIX} bytes); choose a shorter one")
     if path.is_dir():
         raise VicapError(f"{path}: is a folder; give a file name for the {what}")
     parent = next((p for p in path.parents if p.exists()), None)
@@ -174,23 +191,32 @@ def output_file(path: str | Path, what: str = "output file") -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary sibling, fsync, then rename: a crash never leaves half a file, and
-    a failed write is a one-line VicapError with the previous file unchanged."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write each file to a temporary sibling (fsync), then rename them all: a crash never leaves
+    half a file, and a failed write (a full disk) is a one-line VicapError replacing none."""
+    temps: dict[Path, Path] = {}
     try:
-        with writing_as(tmp, path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "xb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+        for path, data in files.items():
+            tmp = temps[path] = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+            with writing_as(tmp, path):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "xb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        for path, tmp in temps.items():
+            with writing_as(tmp, path):
+                os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write one file atomically (see `atomic_write_files`)."""
+    atomic_write_files({Path(path): data})
+    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -199,8 +225,14 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    """Write JSON (UTF-8, diacritics kept as they are) atomically."""
-    return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=indent) + "\n")
+    """Write JSON (UTF-8, diacritics kept as they are) atomically; NaN and ±Infinity, which
+    other readers refuse, as null."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
+    except ValueError:
+        data = json.loads(json.dumps(data), parse_constant=lambda _: None)
+        text = json.dumps(data, ensure_ascii=False, indent=indent)
+    return atomic_write_text(path, text + "\n")
 
 
 @contextlib.contextmanager
@@ -210,6 +242,9 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    mask = os.umask(0o022)  # read the umask (by setting it): mkdtemp's 0700 becomes the
+    os.umask(mask)  # mode any new folder gets
+    tmp.chmod(0o777 & ~mask)
     old = path.with_name(f".{path.name}.old")
     try:
         with writing_as(tmp, path):
