@@ -19,7 +19,8 @@ from PIL import Image, ImageDraw
 from vicap_utils.config import DataConfig
 from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.folders import output_folder, staged, visible_entries
-from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, read_json
+from vicap_utils.ops.io import (VicapError, atomic_dir, atomic_write_json, atomic_write_text,
+                               read_json)
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption
 
@@ -349,17 +350,20 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
-             size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
+             size: tuple[int, int] = (160, 120), overwrite: bool = False,
+             defects: bool = False) -> Path:
     """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json;
-    image i depends only on (seed, i). A non-empty folder is refused unless `overwrite`."""
+    image i depends only on (seed, i). A non-empty folder is refused unless `overwrite`.
+    `defects` (at least 8 images) plants one of each defect the audit finds (notebook 01)."""
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
         raise VicapError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out:
+    outputs = SYNTH_OUTPUTS + ("captions.txt",) * defects
+    with output_folder(out_dir, "synth", outputs, overwrite=overwrite, empty=True) as out:
         _refuse_foreign_images(out)
         with staged(out) as tmp:
-            _draw_set(tmp, n_images, seed, lang, size)
+            _draw_set(tmp, n_images, seed, lang, size, defects)
     return out / "captions.json"
 
 
@@ -376,8 +380,9 @@ def _refuse_foreign_images(out: Path) -> None:
                          "would replace images/; move it away or pick another --out")
 
 
-def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int]) -> None:
-    """Draw the images and write the captions file into `folder`."""
+def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int],
+              defects: bool = False) -> None:
+    """Draw the images and write the captions file into `folder`, defects planted if asked."""
     (folder / "images").mkdir()
     images, annotations = [], []
     for i in progress(range(n_images), desc="vicap synth", unit="img",
@@ -392,8 +397,34 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
                         for k, caption in enumerate(captions_for(scene, lang, rng))]
     info = {"description": "vicap synthetic ball-sports captions", "version": "1",
             "lang": lang, "seed": seed, "generator": "vicap_utils.toy.data"}
+    if defects:
+        _plant_defects(folder, images, annotations)
     atomic_write_json(folder / "captions.json",
                       {"info": info, "images": images, "annotations": annotations})
+
+
+def _plant_defects(folder: Path, images: list[dict], annotations: list[dict]) -> None:
+    """Ten audit reasons planted in the COCO lists (in place), `malformed_line` in a Flickr8k
+    captions.txt; six images resized and 1-5 captions per image, so the statistics vary."""
+    first, n, a0 = images[0]["file_name"], len(images), annotations[0]
+    rows = "".join(f'{first},"{a["caption"]}"\n' for a in annotations[:5])
+    atomic_write_text(folder / "captions.txt", f'image,caption\n{rows}{first},"no end quote\n')
+    for k, info in enumerate(images[2:8], 1):
+        path, size = folder / "images" / info["file_name"], (40 + 40 * k, 60 + 30 * (k % 3))
+        with Image.open(path) as image:
+            image.resize(size).save(path, "JPEG", quality=90)
+        info["width"], info["height"] = size
+    broken = folder / "images" / images[1]["file_name"]  # unreadable_image, orphaned_by_image
+    broken.write_bytes(broken.read_bytes()[:300])
+    annotations[:] = [a for a in annotations if a["image_id"] != 4  # image_without_captions
+                      and (a["id"] - 1) % 5 <= a["image_id"] % 5]
+    images += [{"id": n + 1, "file_name": "missing.jpg"}, {"id": n + 2, "file_name": "../x.jpg"}]
+    planted = [(n + 1, "Ảnh không có tệp."), (n + 2, "Tệp ngoài thư mục ảnh."),
+               (n + 9, "Ảnh không có trong danh sách."), (1, a0["caption"].upper()), (1, " . "),
+               (1, 42)]
+    annotations += [{"id": 5 * n + k, "image_id": i, "caption": c}
+                    for k, (i, c) in enumerate(planted, 1)]
+    annotations.append({**a0, "caption": "Một câu khác, cùng id."})  # duplicate_annotation_id
 
 
 def cli_synth(args: argparse.Namespace) -> int:
