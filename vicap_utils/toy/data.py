@@ -19,8 +19,13 @@ from PIL import Image, ImageDraw
 from vicap_utils.config import DataConfig
 from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.folders import output_folder, staged, visible_entries
-from vicap_utils.ops.io import (VicapError, atomic_dir, atomic_write_json, atomic_write_text,
-                               read_json)
+from vicap_utils.ops.io import (
+    VicapError,
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+)
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption
 
