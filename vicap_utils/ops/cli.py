@@ -9,6 +9,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from vicap_utils.ops.hardware import torch_threads
 from vicap_utils.ops.io import VicapError
 
 # command -> the module whose `cli_<command>(args)` runs it and returns an exit code
@@ -97,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse, dispatch, and turn user errors into one line on stderr with exit code 2."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command in ("train", "predict"):  # the two that run a model on the CPU too
+            torch_threads()
         module = importlib.import_module(COMMANDS[args.command])
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except VicapError as exc:

@@ -19,13 +19,7 @@ from PIL import Image, ImageDraw
 from vicap_utils.config import DataConfig
 from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.folders import output_folder, staged, visible_entries
-from vicap_utils.ops.io import (
-    VicapError,
-    atomic_dir,
-    atomic_write_json,
-    atomic_write_text,
-    read_json,
-)
+from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, read_json
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption
 
@@ -413,7 +407,7 @@ def _plant_defects(folder: Path, images: list[dict], annotations: list[dict]) ->
     captions.txt; six images resized and 1-5 captions per image, so the statistics vary."""
     first, n, a0 = images[0]["file_name"], len(images), annotations[0]
     rows = "".join(f'{first},"{a["caption"]}"\n' for a in annotations[:5])
-    atomic_write_text(folder / "captions.txt", f'image,caption\n{rows}{first},"no end quote\n')
+    (folder / "captions.txt").write_text(f'image,caption\n{rows}{first},"no end quote\n', "utf-8")
     for k, info in enumerate(images[2:8], 1):
         path, size = folder / "images" / info["file_name"], (40 + 40 * k, 60 + 30 * (k % 3))
         with Image.open(path) as image:
