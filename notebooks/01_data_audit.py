@@ -52,7 +52,7 @@ from vicap_utils.images import check_image
 from vicap_utils.ops.io import read_json
 from vicap_utils.prepare import prepare, raw_data
 from vicap_utils.teach import report
-from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.teach.exercises import check_equal, check_planted
 from vicap_utils.teach.notebook import setup, wrote
 from vicap_utils.text import normalize_caption
 from vicap_utils.toy.data import generate
@@ -170,15 +170,16 @@ check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
             "captions, not images: the audit's summary counts the ones it kept")
 
 # %% [markdown]
-# **2 · Plant a defect and find it.** `copy_data_set` copies a few images and their captions
-# into a scratch folder. Damage one image there (cut its file short:
-# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on the copy with the output folder
+# **2 · Plant a defect and find it.** `generate` draws a small clean set (12 images, their
+# captions) into a scratch folder. Damage one image there (cut its file short:
+# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on that set with the output folder
 # `scratch / "audit"`, and give the reason code the audit reports for it (see `rejects.csv`
 # there). The check reads that file: the answer must come from your audit.
 
 # %%
 scratch = out.parent / "scratch-01"
-captions_copy, images_copy = copy_data_set(raw.train, raw.images, scratch, n_images=12)
+captions_copy = generate(scratch, n_images=12, seed=2, overwrite=True)
+images_copy = captions_copy.parent / "images"
 PLANTED_REASON = None  # your answer: the reason code of the damaged image
 
 # %%

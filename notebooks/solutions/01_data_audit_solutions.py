@@ -33,8 +33,9 @@ from vicap_utils.audit import audit
 from vicap_utils.data import load_captions, split_by_image
 from vicap_utils.ops.io import read_json
 from vicap_utils.prepare import prepare, raw_data
-from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.teach.exercises import check_equal, check_planted
 from vicap_utils.teach.notebook import setup
+from vicap_utils.toy.data import generate
 
 cfg, _ = setup(PROFILE)
 raw, out = raw_data(cfg), Path(cfg.data.prepared)
@@ -51,12 +52,13 @@ check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
             "captions, not images: the audit's summary counts the ones it kept")
 
 # %% [markdown]
-# **2 · Plant a defect and find it.** Cut one image of a scratch copy short, audit the copy,
+# **2 · Plant a defect and find it.** Cut one image of the scratch set short, audit the set,
 # read the reason of the rejected image.
 
 # %%
 scratch = out.parent / "scratch-01"
-captions_copy, images_copy = copy_data_set(raw.train, raw.images, scratch, n_images=12)
+captions_copy = generate(scratch, n_images=12, seed=2, overwrite=True)
+images_copy = captions_copy.parent / "images"
 victim = sorted(images_copy.iterdir())[0]
 victim.write_bytes(victim.read_bytes()[:300])
 audit(captions_copy, images_copy, scratch / "audit")
