@@ -39,7 +39,6 @@ METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given train
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
 PUBLISHED_UITVIIC_BLIP_LABEL = "published: BLIP + LoRA on real-data UIT-ViIC (not reproduced here)"
-# What it was measured on (its report names pycocoevalcap and no word segmenter: syllables)
 PUBLISHED_UITVIIC_BLIP_SETUP = {"data set": "UIT-ViIC", "split": "val", "tokenization": "syllable"}
 
 NOTES = (

@@ -77,8 +77,7 @@ def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
 
 # ---------------------------------------------------------------- 01 · data audit
 def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
-    """Exercise 01·2: right when `answer` is an image row's reason in the rejects.csv of an
-    audit written after the scratch set was drawn (a typed reason code alone is not enough)."""
+    """Exercise 01·2: `answer` must be an image's reason in an audit newer than the set."""
     rejects = Path(audit_folder) / "rejects.csv"
     reasons = set()
     if rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime:
@@ -175,8 +174,7 @@ def biggest_gains(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float
 
 def check_biggest_gain(answer: Any, fine_tuned: Mapping[Any, float],
                        zero_shot: Mapping[Any, float]) -> None:
-    """Exercise 05·1: `answer(fine_tuned, zero_shot)` must name a biggest gain on `GAIN_CASE`
-    and on the run's own scores."""
+    """Exercise 05·1: `answer(ft, zs)` must name a biggest gain on `GAIN_CASE` and the run's."""
     cases = (GAIN_CASE, (fine_tuned, zero_shot))
     check("1 · biggest gain", answer, lambda: callable(answer) and all(
         answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in cases),

@@ -32,7 +32,7 @@ COURTS = {"football": ("grass",), "tennis": ("hard", "clay"), "basketball": ("wo
 SHIRTS: dict[str, RGB] = {"red": (215, 30, 35), "yellow": (250, 215, 10),
                           "white": (245, 245, 245), "black": (25, 25, 28)}
 LANGS = ("vi", "en")
-SYNTH_OUTPUTS = ("captions.json", "images")
+SYNTH_OUTPUTS = ("captions.json", "images", "captions.txt")  # the last with defects only
 SUPERSAMPLE = 2  # draw at twice the size, then downscale: smooth edges without blurring
 
 GROUND: dict[str, RGB] = {"grass": (62, 150, 62), "hard": (45, 95, 170), "clay": (196, 104, 62),
@@ -127,8 +127,7 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
 
 
 def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 5) -> list[str]:
-    """`k` different captions of the scene's sport, player count and shirt colour, each from
-    its own template while some are left."""
+    """`k` different captions of the scene, each from its own template while some are left."""
     if lang not in LANGS:
         raise ValueError(f"unknown caption language {lang!r} (choose from {', '.join(LANGS)})")
     table, fill = (VI, _fill_vi) if lang == "vi" else (EN, _fill_en)
@@ -351,15 +350,13 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
              size: tuple[int, int] = (160, 120), overwrite: bool = False,
              defects: bool = False) -> Path:
-    """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json;
-    image i depends only on (seed, i). A non-empty folder is refused unless `overwrite`.
-    `defects` (at least 8 images) plants one of each defect the audit finds (notebook 01)."""
+    """Draw `n_images` JPEGs (image i from (seed, i) only) into out_dir/images/, captions.json
+    beside; a non-empty folder needs `overwrite`; `defects` (≥ 8 images): notebook 01's set."""
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
         raise VicapError(f"unknown language {lang!r} (choose from {', '.join(LANGS)})")
-    outputs = SYNTH_OUTPUTS + ("captions.txt",) * defects
-    with output_folder(out_dir, "synth", outputs, overwrite=overwrite, empty=True) as out:
+    with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out:
         _refuse_foreign_images(out)
         with staged(out) as tmp:
             _draw_set(tmp, n_images, seed, lang, size, defects)
@@ -367,8 +364,7 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
 
 
 def _refuse_foreign_images(out: Path) -> None:
-    """Refuse to replace an earlier set's images/ while it holds a file its captions.json does
-    not list: vicap drew only those, so a photo placed there is the user's."""
+    """Refuse to replace images/ holding a file captions.json does not list: the user's."""
     drawn: set[str] = set()
     with contextlib.suppress(VicapError, TypeError, KeyError):
         drawn = {str(info["file_name"]) for info in
@@ -403,8 +399,8 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
 
 
 def _plant_defects(folder: Path, images: list[dict], annotations: list[dict]) -> None:
-    """Ten audit reasons planted in the COCO lists (in place), `malformed_line` in a Flickr8k
-    captions.txt; six images resized and 1-5 captions per image, so the statistics vary."""
+    """Each audit reason planted: ten in the COCO lists, `malformed_line` in a captions.txt;
+    six images resized and 1-5 captions per image, so that the statistics vary."""
     first, n, a0 = images[0]["file_name"], len(images), annotations[0]
     rows = "".join(f'{first},"{a["caption"]}"\n' for a in annotations[:5])
     (folder / "captions.txt").write_text(f'image,caption\n{rows}{first},"no end quote\n', "utf-8")
