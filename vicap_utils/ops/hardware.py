@@ -92,7 +92,7 @@ def detect() -> GpuFacts:
 
 def torch_threads() -> str:
     """Set torch's CPU threads: VICAP_THREADS, else OMP_NUM_THREADS, else the cores the load
-    average leaves free (on a busy 2-core machine two threads ran ~2.5× slower than one)."""
+    average leaves free (on a busy 2-core machine two threads ran 3.5× slower than one)."""
     import torch  # slow to import: `vicap audit` never needs it
 
     cores, value = os.cpu_count() or 1, os.environ.get(THREADS, "").strip()
