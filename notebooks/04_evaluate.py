@@ -160,7 +160,7 @@ this_run = {"data set": DATA_SETS.get(cfg.profile, cfg.data.source), "split": SP
 comparable = this_run == PUBLISHED_UITVIIC_BLIP_SETUP
 display(pd.DataFrame({"this run": this_run,
                       PUBLISHED_UITVIIC_BLIP_LABEL: {**PUBLISHED_UITVIIC_BLIP_SETUP,
-                                                     **PUBLISHED_UITVIIC_BLIP}}).T)
+                                                     **PUBLISHED_UITVIIC_BLIP}}).T.fillna(""))
 if not comparable:
     display(Markdown(f"**The published figure is not comparable with this run** (this run: "
                      f"{', '.join(this_run.values())}), so the scores table leaves it out."))
