@@ -52,7 +52,11 @@ print("biggest gain: image", BIGGEST_GAIN(result.cider(FINE_TUNED), result.cider
 check_biggest_gain(BIGGEST_GAIN, result.cider(FINE_TUNED), result.cider(ZERO_SHOT))
 
 # %% [markdown]
-# **2 · Decoding the worst image.**
+# **2 · Decoding the worst image.** Discussion: on a hard image the three often differ in a fact
+# (the colour, the count), not only in wording. None is "right" by decoding alone: beam search
+# returns the likeliest *whole* caption, not the truest, and the repetition penalty only stops
+# repeated words. Compare each with the references printed below; if all three are wrong the
+# same way, the model never learnt that fact, and no decoding setting will fix it.
 
 # %%
 worst = next(item for item in items if item.group == "worst")
