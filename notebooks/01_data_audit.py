@@ -44,15 +44,18 @@ EXAMPLES_PER_REASON = 2
 # %%
 from pathlib import Path
 
-from vicap_utils.audit import audit  # noqa: F401  (for exercise 2)
+import pandas as pd
+
+from vicap_utils.audit import audit
 from vicap_utils.data import load_captions, split_by_image
 from vicap_utils.images import check_image
 from vicap_utils.ops.io import read_json
 from vicap_utils.prepare import prepare, raw_data
 from vicap_utils.teach import report
-from vicap_utils.teach.exercises import check_equal, check_planted, copy_data_set
+from vicap_utils.teach.exercises import check_equal, check_planted
 from vicap_utils.teach.notebook import setup, wrote
 from vicap_utils.text import normalize_caption
+from vicap_utils.toy.data import generate
 
 cfg, _ = setup(PROFILE)
 
@@ -92,24 +95,47 @@ summary = read_json(out / "audit.json")
 report.audit_counts(summary)
 
 # %% [markdown]
-# How many rejects each check produced (zero rows are kept, so every check is listed):
+# How many rejects each check produced (zero rows are kept, so every check is listed). The
+# drawn `mini` set is clean by construction, so there every count is 0; a real set is not.
 
 # %%
 report.reject_reasons(summary)
 
 # %% [markdown]
-# A few rejected rows per reason, from `rejects.csv`:
+# ## A set with planted defects
+# To see every check at work, we draw a small set like `mini`'s with one of each defect planted
+# (`generate(..., defects=True)`): a truncated JPEG, a missing file, a path out of the images
+# folder, an image left with no caption, an empty, a duplicate and a non-text caption, a
+# caption of an unknown image, a reused annotation id. A JSON file cannot have a broken line,
+# so the set also comes as Flickr8k's `captions.txt` with one quote never closed. We audit both
+# (one process: 25 images do not need more).
 
 # %%
-report.reject_examples(out / "rejects.csv", EXAMPLES_PER_REASON)
+planted_dir = out.parent / "planted"
+planted = generate(planted_dir / "set", n_images=24, seed=1, overwrite=True, defects=True)
+audits = {fmt: audit(path, planted.parent / "images", planted_dir / fmt, workers=1)
+          for fmt, path in (("coco", planted), ("flickr8k", planted.with_name("captions.txt")))}
+pd.DataFrame({fmt: result["rejects"] for fmt, result in audits.items()})
+
+# %% [markdown]
+# A few rejected rows per reason, from each `rejects.csv`. Note how one defect hides others:
+# the captions of a rejected image are rejected too (`orphaned_by_image`), and an image whose
+# captions all fail is left out (`image_without_captions`).
+
+# %%
+pd.concat([report.reject_examples(planted_dir / fmt / "rejects.csv", EXAMPLES_PER_REASON)
+           for fmt in audits], ignore_index=True)
 
 # %% [markdown]
 # ## What the clean set looks like
 # Image sizes matter for the processor's resize; captions per image matter for the metrics
-# (CIDEr and BLEU compare against every reference of an image).
+# (CIDEr and BLEU compare against every reference of an image). Every `mini` image has one size
+# and five captions (one dot in the plot), so on `mini` we look at the planted set's clean part:
+# six of its images were resized and its images keep one to five captions.
 
 # %%
-clean = load_captions(out / "clean.json")
+clean = load_captions((out if cfg.data.source != "synthetic" else planted_dir / "coco")
+                      / "clean.json")
 images_table = report.image_table(clean)
 fig = report.plot_image_stats(images_table, out / "image_stats.png")
 
@@ -144,15 +170,16 @@ check_equal("1 · captions kept", KEPT_CAPTIONS, summary["annotations_ok"],
             "captions, not images: the audit's summary counts the ones it kept")
 
 # %% [markdown]
-# **2 · Plant a defect and find it.** `copy_data_set` copies a few images and their captions
-# into a scratch folder. Damage one image there (cut its file short:
-# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on the copy with the output folder
+# **2 · Plant a defect and find it.** `generate` draws a small clean set (12 images, their
+# captions) into a scratch folder. Damage one image there (cut its file short:
+# `path.write_bytes(path.read_bytes()[:300])`), run `audit` on that set with the output folder
 # `scratch / "audit"`, and give the reason code the audit reports for it (see `rejects.csv`
 # there). The check reads that file: the answer must come from your audit.
 
 # %%
 scratch = out.parent / "scratch-01"
-captions_copy, images_copy = copy_data_set(raw.train, raw.images, scratch, n_images=12)
+captions_copy = generate(scratch, n_images=12, seed=2, overwrite=True)
+images_copy = captions_copy.parent / "images"
 PLANTED_REASON = None  # your answer: the reason code of the damaged image
 
 # %%
@@ -179,8 +206,22 @@ check_equal("3 · another seed", NEW_VAL_IMAGES,
 # the same photo under two ids.) Pick one and sketch how you would detect it.
 
 # %% [markdown]
+# ## Questionnaire
+# Answer in a sentence or two each; the solutions notebook has answers.
+#
+# 1. Why does the audit decode every image *fully* instead of reading its header?
+# 2. Two captions differ only in case and spacing. Which reason rejects the second, and why is
+#    keeping both a problem for training and for the metrics?
+# 3. What is `orphaned_by_image`, and why does one bad image show up as several rejects?
+# 4. Why is the split made by image and not by caption?
+# 5. What does the fingerprint in `prepared.json` protect against?
+# 6. Which defect can a Flickr8k text file have that a COCO JSON file cannot, and the reverse?
+# 7. Why is NFC normalisation needed for Vietnamese captions in particular?
+
+# %% [markdown]
 # ## What this notebook wrote
 
 # %%
 wrote([out / "audit.json", out / "clean.json", out / "rejects.csv", out / "image_stats.png",
-       data.train_file, data.val_file, out / "split.json", out / "prepared.json"])
+       data.train_file, data.val_file, out / "split.json", out / "prepared.json",
+       planted_dir / "coco" / "audit.json", planted_dir / "flickr8k" / "audit.json"])

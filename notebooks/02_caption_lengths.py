@@ -166,6 +166,19 @@ check("3 · an unseen sentence", UNSEEN_SENTENCE,
 # tokenizer, its captions, or the metrics? What would you have to change?
 
 # %% [markdown]
+# ## Questionnaire
+# Answer in a sentence or two each; the solutions notebook has answers.
+#
+# 1. What does BLIP-1's stock tokenizer do to "người", and why can the model then never write
+#    Vietnamese?
+# 2. What goes wrong when the stock tokenizer keeps accents (`strip_accents=False`) but nothing
+#    else changes?
+# 3. What does the vocabulary extension add to the tokenizer?
+# 4. How is the recommended `max_length` chosen, and why is 2 added?
+# 5. Why does this notebook count caption lengths both in syllables and in tokens?
+# 6. How do the new embedding rows start, and how do they learn?
+
+# %% [markdown]
 # ## What this notebook wrote
 # Per-caption lengths, the tokenizer audit, and `lengths.json` with the recommendation.
 

@@ -113,6 +113,17 @@ check_equal("2 · three decodings", WORST_CAPTIONS,
 # more training data fix, and which a bigger image size?
 
 # %% [markdown]
+# ## Questionnaire
+# Answer in a sentence or two each; the solutions notebook has answers.
+#
+# 1. How are the gallery's best and worst images chosen?
+# 2. Why is an image's per-image CIDEr not a grade of its caption on its own?
+# 3. On `mini`, why do "the best fine-tuned image" and "the biggest gain" name the same image?
+# 4. What do greedy decoding, beam search and a repetition penalty each do?
+# 5. Why does the HTML page embed its images instead of linking to them?
+# 6. What do a gallery and per-image scores show that the mean CIDEr hides?
+
+# %% [markdown]
 # ## What this notebook wrote
 
 # %%

@@ -135,6 +135,17 @@ check_temperature(DISTINCT_LOW_T, DISTINCT_HIGH_T, app.load(adapter)[0], picture
 # adapter fail, and why? What would you add to the training data to fix it?
 
 # %% [markdown]
+# ## Questionnaire
+# Answer in a sentence or two each; the solutions notebook has answers.
+#
+# 1. Why does the base model alone write no Vietnamese diacritics?
+# 2. What does the temperature change when captions are sampled, and why do low temperatures
+#    give the same caption again and again?
+# 3. Why does the demo decode uploaded photos in memory and never save them?
+# 4. A student's photo of a meal gets a caption about football. Why?
+# 5. Why does `torch.manual_seed(0)` before each batch of samples make the exercise checkable?
+
+# %% [markdown]
 # ## What this notebook wrote
 # The handout figure. Uploads are decoded in memory and never saved; the app only reads the
 # adapters (and, the first time, builds the cached `mini` base model under `~/.cache/vicap`).

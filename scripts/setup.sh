@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install vicap with everything it needs; safe to run again.
-# Usage: bash scripts/setup.sh [--dev] [--browser]
+# Usage: bash scripts/setup.sh [--dev] [--browser] [--notebook]
 #   --dev      also the test tools (pytest, ruff, voila, playwright)
+#   --notebook also JupyterLab, to run the notebooks locally: .venv/bin/jupyter lab notebooks/
 #   --browser  also Debian's Chromium for the browser test (needs root and apt-get)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dev=0; browser=0
+dev=0; browser=0; notebook=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
     --browser) browser=1 ;;
+    --notebook) notebook=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -27,6 +29,9 @@ if [ "$dev" = 1 ]; then
   python -m pip install -q -r requirements.txt -e ".[dev]"
 else
   python -m pip install -q -r requirements.txt -e .
+fi
+if [ "$notebook" = 1 ]; then
+  python -m pip install -q -r requirements-notebook.txt
 fi
 if [ "$browser" = 1 ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -81,10 +81,9 @@ def test_01_counts_accept_numpy_integers(capsys):
 
 
 def test_01_planted_defect_needs_an_audit_of_the_damaged_copy(capsys, tmp_path: Path):
-    source = generate(tmp_path / "source", n_images=4)
     scratch = tmp_path / "scratch"
-    captions, images = exercises.copy_data_set(source, source.parent / "images", scratch, 3)
-    folder = scratch / "audit"
+    captions = generate(scratch, n_images=3, overwrite=True)
+    images, folder = scratch / "images", scratch / "audit"
 
     def run(answer):
         check_planted(answer, folder, captions)
@@ -97,8 +96,8 @@ def test_01_planted_defect_needs_an_audit_of_the_damaged_copy(capsys, tmp_path: 
     capsys.readouterr()  # the audit's own report
     plays(capsys, run, ["unreadable_image", " unreadable_image\n"],
           ["missing_file", "empty_caption"], "unreadable_image")
-    # a copy made again after the audit: the old audit no longer counts
-    exercises.copy_data_set(source, source.parent / "images", scratch, 3)
+    # a set drawn again after the audit: the old audit no longer counts
+    generate(scratch, n_images=3, overwrite=True)
     os.utime(folder / "rejects.csv", (1, 1))
     play(capsys, run, "unreadable_image", WRONG, "unreadable_image")
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from vicap_utils.__main__ import main
 from vicap_utils.ops import env, hardware
 from vicap_utils.ops.hardware import GpuFacts, plan
 from vicap_utils.ops.io import VicapError
@@ -115,3 +116,44 @@ def test_an_emulated_t4_gets_a_t4s_plan_on_the_cpu(monkeypatch):
     monkeypatch.setenv(hardware.EMULATE_T4, "0")
     real = plan("blip2", True, "auto", True, hardware.detect())
     assert real.error and not real.load_in_8bit and real.mixed_precision == "no"
+
+
+@pytest.fixture
+def threads(monkeypatch):
+    """torch's thread count restored after the test; no thread variables set."""
+    import torch
+
+    saved = torch.get_num_threads()
+    for name in (hardware.THREADS, "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(hardware.os, "cpu_count", lambda: 4)
+    yield torch
+    torch.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("load, expected", [(0.2, 4), (2.6, 1), (3.0, 1), (9.0, 1), (1.4, 3)])
+def test_threads_follow_the_cores_the_load_leaves_free(threads, monkeypatch, load, expected):
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (load, load, load))
+    line = hardware.torch_threads()
+    assert threads.get_num_threads() == expected and line.startswith(f"{expected} (4 cores")
+
+
+def test_vicap_threads_wins_and_omp_is_honoured(threads, monkeypatch):
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv(hardware.THREADS, " 2 ")
+    assert hardware.torch_threads().startswith("2 (VICAP_THREADS")
+    assert threads.get_num_threads() == 2
+    monkeypatch.delenv(hardware.THREADS)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads.set_num_threads(3)  # what torch took from OMP_NUM_THREADS is left alone
+    assert hardware.torch_threads().startswith("3 (OMP_NUM_THREADS")
+
+
+@pytest.mark.parametrize("value", ["0", "5", "two", "-1", "1.5"])
+def test_bad_vicap_threads_is_one_line_naming_it(threads, monkeypatch, capsys, value):
+    monkeypatch.setenv(hardware.THREADS, value)
+    with pytest.raises(VicapError, match=r"VICAP_THREADS=.*from 1 to 4"):
+        hardware.torch_threads()
+    assert main(["train", "--profile", "mini", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "VICAP_THREADS" in err

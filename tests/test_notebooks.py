@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 import jupytext
 import pandas as pd
 import pytest
+
+from vicap_utils.audit import REASONS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 ALL = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery",
@@ -181,6 +184,19 @@ def test_01_audits_and_splits(runner: Runner):
     assert not set(split["train"]) & set(split["val"])
     for name in ("clean.json", "rejects.csv", "train.json", "val.json", "image_stats.png"):
         assert (runner.data / name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_01_shows_every_reject_reason_on_planted_defects(runner: Runner):
+    runner.run("01_data_audit")
+    planted = runner.data.parent / "planted"
+    counts = [json.loads((planted / fmt / "audit.json").read_text(encoding="utf-8"))["rejects"]
+              for fmt in ("coco", "flickr8k")]
+    assert {reason for c in counts for reason, n in c.items() if n} == set(REASONS)
+    clean = json.loads((planted / "coco" / "clean.json").read_text(encoding="utf-8"))
+    assert len({(i["width"], i["height"]) for i in clean["images"]}) >= 3  # not one dot
+    per_image = Counter(a["image_id"] for a in clean["annotations"])
+    assert set(per_image.values()) == {1, 2, 3, 4, 5}
 
 
 @pytest.mark.slow

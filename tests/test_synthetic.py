@@ -4,12 +4,14 @@ from __future__ import annotations
 import json
 import random
 import unicodedata
+from collections import Counter
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vicap_utils.__main__ import main
+from vicap_utils.audit import REASONS, audit
 from vicap_utils.ops.io import VicapError
 from vicap_utils.toy.data import captions_for, draw_scene, generate, random_scene
 
@@ -239,3 +241,16 @@ def test_overwrite_replaces_the_set_and_nothing_else(tmp_path):
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert json.loads((out / ".vicap-owned.json").read_text())["entries"] == [
         "captions.json", "images"]
+
+
+def test_defects_plant_every_audit_reason_and_leave_the_clean_set_alone(tmp_path):
+    clean = generate(tmp_path / "clean", n_images=10, seed=3).read_bytes()
+    planted = generate(tmp_path / "planted", n_images=10, seed=3, defects=True)
+    counts = Counter()
+    for name in ("captions.json", "captions.txt"):
+        report = audit(planted.with_name(name), planted.parent / "images", tmp_path / name,
+                       workers=1)
+        counts.update({reason: n for reason, n in report["rejects"].items() if n})
+    assert set(counts) == set(REASONS)
+    assert counts["orphaned_by_image"] == 1 + 1 + 3  # missing, outside, the truncated image's
+    assert generate(tmp_path / "again", n_images=10, seed=3).read_bytes() == clean

@@ -38,8 +38,8 @@ METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given train
 
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
-PUBLISHED_UITVIIC_BLIP_LABEL = ("BLIP on UIT-ViIC, published (other data split and setup; "
-                                "not reproduced here)")
+PUBLISHED_UITVIIC_BLIP_LABEL = "published: BLIP + LoRA on real-data UIT-ViIC (not reproduced here)"
+PUBLISHED_UITVIIC_BLIP_SETUP = {"data set": "UIT-ViIC", "split": "val", "tokenization": "syllable"}
 
 NOTES = (
     "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (equal within 1e-6); its document "

@@ -78,3 +78,34 @@ check("3 · an unseen sentence", UNSEEN_SENTENCE,
       and unseen_and_kept(tokenizers["extended"], UNSEEN_SENTENCE, captions),
       "a sentence with a syllable the training captions never use, which must come back whole",
       "right: unseen syllables come back whole, letter by letter")
+
+# %% [markdown]
+# **4 · Open.** Discussion notes.
+# - *BLIP-1's tokenizer*: with the Vietnamese extension every syllable is one token already,
+#   so "đàn_ông" would be a new, rarer token per word: the vocabulary grows (every two-syllable
+#   word is an entry), each entry is seen less often in training, and a word unseen in training
+#   falls back to letters. Little to gain for the model.
+# - *Captions*: the model would have to write the underscores; they must be removed after
+#   generation before a caption is shown.
+# - *The metrics*: here segmentation matters most. BLEU and CIDEr count n-grams of tokens, so
+#   "bóng đá" is a bigram of syllables but a unigram of words; scores of segmented and
+#   unsegmented text are different numbers and must never be compared (notebook 04's table of
+#   published figures). `vicap evaluate --tokenize words` segments with underthesea before
+#   every metric, as KTVIC's published scores do with VnCoreNLP.
+# - To change: a segmenter at evaluation (done), and, to train on words, segmentation before
+#   the vocabulary extension and in the data set's caption encoding, undone after decoding.
+
+# %% [markdown]
+# ## Questionnaire: answers
+# 1. BLIP-1's BERT tokenizer lower-cases and strips accents: "người" becomes "nguoi", so the
+#    model can neither read nor write a diacritic.
+# 2. It keeps the accents but most Vietnamese syllables are not in BERT's English vocabulary:
+#    they become `[UNK]`, and an `[UNK]` cannot be decoded back.
+# 3. Every syllable of the training captions as a whole token, plus every Vietnamese letter
+#    (and its `##` continuation) so that unseen syllables can be spelled out.
+# 4. The 99th percentile of the caption token lengths plus two (`[DEC]` at the start, `[SEP]`
+#    at the end): 1 % of captions are cut, and padding is not wasted on a rare long tail.
+# 5. Syllables are what a reader counts; tokens are what the model's `max_length` counts. With
+#    the extended tokenizer they are close, with the stock one a syllable is several pieces.
+# 6. The new rows start as the mean of the pieces of the syllable without accents, so "người"
+#    starts near "nguoi"; they are trained with the LoRA weights (peft's trainable tokens).

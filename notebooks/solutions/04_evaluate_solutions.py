@@ -31,6 +31,7 @@ from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import python_tokenize
 from vicap_utils.ops.adapters import load_model
+from vicap_utils.ops.io import read_json
 from vicap_utils.teach.exercises import (
     BLEU_CASE,
     bleu1,
@@ -103,3 +104,54 @@ CIDER_ALONE = cider_alone(gts[first], res[first][0])
 check_close("3 · CIDEr of one image", CIDER_ALONE, lambda: cider_alone(gts[first], res[first][0]),
             "a set of one image: one key in both dicts, the first image's references and "
             "caption; the overall score, not the per-image array", decimals=2)
+
+# %% [markdown]
+# **4 · Open.** Discussion notes.
+# - *Which metric to trust*: CIDEr (CIDEr-D) is built for captioning (consensus with several
+#   references, rare telling n-grams weigh more) and is what the literature ranks by; BLEU-4
+#   and ROUGE-L say whether the wording matches; METEOR-vi adds exact unigram alignment with a
+#   fragmentation penalty. None says whether a caption is *true*: exercise 2's wrong caption
+#   keeps a high BLEU. Read two or three together, with the diversity figures, and look at the
+#   gallery (notebook 05).
+# - *METEOR vs METEOR-vi*: METEOR's `-norm` keeps Latin-1 letters only, so ư, ơ, ă, đ and most
+#   toned vowels are split out as separate tokens ("người" → "ng ư ờ i"): it aligns fragments
+#   of syllables, rewarding a caption that merely shares letters. METEOR-vi (`-l other`, no
+#   `-norm`, NFC) matches whole syllables only; the two numbers of this run are printed below.
+# - *Gaming CIDEr*: repeat the image's rarest reference n-grams ("áo vàng áo vàng bóng
+#   chuyền"): TF-IDF rewards them. CIDEr-D's length penalty (a Gaussian on the length
+#   difference) and clipping of the candidate's counts to the references' blunt that, but a
+#   caption stitched from reference n-grams in an ungrammatical order can still score well;
+#   self-critical training (`vicap train --scst-from`) optimises CIDEr directly and may drift so;
+#   the diversity figures catch it.
+
+# %%
+metrics = read_json(run / "eval" / "metrics.json")
+for label, m in metrics.items():
+    print(f"{label:>11}: METEOR {m.get('METEOR')}, METEOR-vi {m.get('METEOR-vi')} "
+          f"(None: Java not available)")
+
+# %% [markdown]
+# ## Questionnaire: answers
+# 1. Clipping counts each caption word at most as often as the reference that has it most, so
+#    "cầu thủ cầu thủ" cannot score by repetition; the brevity penalty `exp(1 - r/c)` punishes
+#    captions shorter than the closest reference, which would otherwise reach high precision
+#    with two safe words.
+# 2. CIDEr's weights are inverse document frequencies over the evaluated set: with one image,
+#    every reference n-gram occurs in every "document", its IDF is log(1/1) = 0, and so is the
+#    score. CIDEr is a property of a set, not of one caption.
+# 3. The base model never learnt Vietnamese: it writes English captions (the `mini` base was
+#    pre-trained on the synthetic English captions, the real BLIP on English web captions),
+#    which share no n-gram with Vietnamese references.
+# 4. The data set, the split and the tokenisation before the metrics (syllables as written vs
+#    word-segmented). A `mini` run differs in the first: synthetic drawings, not real UIT-ViIC
+#    photos; a word-segmented evaluation would differ in the third.
+# 5. `TTR` is corpus-level: distinct words over all words of all captions together (the BLIP-2
+#    report's TTR, equal to distinct-1). `TTR_per_caption` is the mean within each caption.
+#    When every image gets the same caption, `TTR` collapses while `TTR_per_caption` does not
+#    move (each caption on its own is still varied).
+# 6. METEOR's normaliser splits letters outside Latin-1 into separate tokens, so it scores
+#    fragments of Vietnamese syllables; METEOR-vi runs the same jar on NFC text with exact
+#    matches only, so a syllable counts only when it is right, diacritics included.
+# 7. Training was cut off (no `final/`, or `last/state.json` says unfinished): `best/` is the
+#    best epoch so far, not the run's result. Finish it (notebook 03 or `vicap train ...
+#    --resume`), or report the numbers as a progress check with the epoch they come from.

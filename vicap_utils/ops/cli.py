@@ -9,6 +9,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from vicap_utils.ops.hardware import torch_threads
 from vicap_utils.ops.io import VicapError
 
 # command -> the module whose `cli_<command>(args)` runs it and returns an exit code
@@ -100,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "out", None) == "" or (getattr(args, "resume", False) and args.overwrite):
             raise VicapError("--out is empty; name the output" if args.out == "" else
                              "--resume continues a run, --overwrite starts it again: give one")
+        if args.command in ("train", "predict"):  # the two that run a model on the CPU too
+            torch_threads()
         module = importlib.import_module(COMMANDS[args.command])
         return int(getattr(module, f"cli_{args.command}")(args) or 0)
     except VicapError as exc:  # one line (a newline in a path escaped), written at once

@@ -15,6 +15,7 @@ from vicap_utils.ops.io import VicapError
 
 PICK_INSTEAD = "choose GPU T4 x2 in the kernel settings (Settings → Accelerator)"
 EMULATE_T4 = "VICAP_EMULATE_T4"
+THREADS = "VICAP_THREADS"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,26 @@ def detect() -> GpuFacts:
     return GpuFacts(props.name, torch.cuda.device_count(), (props.major, props.minor),
                     round(props.total_memory / 2**30, 1), tuple(torch.cuda.get_arch_list()),
                     bnb, torch.__version__)
+
+
+def torch_threads() -> str:
+    """Set torch's CPU threads: VICAP_THREADS, else OMP_NUM_THREADS, else the cores the load
+    average leaves free (on a busy 2-core machine two threads ran 3.5× slower than one)."""
+    import torch  # slow to import: `vicap audit` never needs it
+
+    cores, value = os.cpu_count() or 1, os.environ.get(THREADS, "").strip()
+    if value:
+        if not (value.isdigit() and 1 <= int(value) <= cores):
+            raise VicapError(f"{THREADS}={value!r}: give a whole number of torch threads from 1 "
+                             f"to {cores} (this machine's cores), or unset it")
+        threads, why = int(value), THREADS
+    elif os.environ.get("OMP_NUM_THREADS"):
+        threads, why = torch.get_num_threads(), "OMP_NUM_THREADS"
+    else:
+        load = getattr(os, "getloadavg", lambda: (0.0,))()[0]
+        threads, why = max(1, cores - round(load)), f"{cores} cores, load {load:.1f}"
+    torch.set_num_threads(threads)
+    return f"{threads} ({why}; {THREADS} sets it)"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import numbers
 import re
-import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -20,9 +19,7 @@ from pycocoevalcap.cider.cider import Cider
 
 from vicap_utils import captioner
 from vicap_utils.config import Config
-from vicap_utils.data import load_captions, write_coco
 from vicap_utils.metrics import python_tokenize
-from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.teach.notebook import base_tokenizer
 from vicap_utils.vocab import canonical, syllables
 
@@ -79,34 +76,16 @@ def check_equal(exercise: str, answer: Any, expected: Any, hint: str) -> None:
 
 
 # ---------------------------------------------------------------- 01 · data audit
-def copy_data_set(captions: Path, images: Path, folder: Path, n_images: int = 12
-                  ) -> tuple[Path, Path]:
-    """A scratch copy of a set's first `n_images` (captions.json, images) in `folder`, to damage;
-    it replaces only a copy vicap made there before."""
-    cs = load_captions(captions, images)
-    small = cs.subset(list(cs.images)[:n_images])
-    small.images = {i: replace(info, file_name=Path(info.file_name).name)
-                    for i, info in small.images.items()}
-    with output_folder(folder, "synth", ["captions.json", "images"], overwrite=True) as out, \
-            staged(out) as tmp:
-        (tmp / "images").mkdir()
-        for i, info in small.images.items():
-            shutil.copyfile(Path(images) / cs.images[i].file_name, tmp / "images" / info.file_name)
-        write_coco(small, tmp / "captions.json")
-    return folder / "captions.json", folder / "images"
-
-
 def check_planted(answer: Any, audit_folder: Path, copy_captions: Path) -> None:
-    """Exercise 01·2: right when `answer` is an image row's reason in the rejects.csv of an
-    audit written after the copy was made (a typed reason code alone is not enough)."""
+    """Exercise 01·2: `answer` must be an image's reason in an audit newer than the set."""
     rejects = Path(audit_folder) / "rejects.csv"
     reasons = set()
     if rejects.is_file() and rejects.stat().st_mtime >= Path(copy_captions).stat().st_mtime:
         table = pd.read_csv(rejects, dtype=str, keep_default_na=False)
         reasons = set(table.loc[table["kind"] == "image", "reason"])
     hint = (f"the reason column of the image row in {rejects}" if reasons else
-            f"no audit of a damaged copy in {audit_folder} yet: cut an image of the copy short, "
-            "audit the copy into that folder, then read its rejects.csv")
+            f"no audit of a damaged set in {audit_folder} yet: cut an image of the scratch set "
+            "short, audit the set into that folder, then read its rejects.csv")
     check("2 · planted defect", answer, isinstance(answer, str) and answer.strip() in reasons,
           hint)
 
@@ -195,8 +174,7 @@ def biggest_gains(fine_tuned: Mapping[Any, float], zero_shot: Mapping[Any, float
 
 def check_biggest_gain(answer: Any, fine_tuned: Mapping[Any, float],
                        zero_shot: Mapping[Any, float]) -> None:
-    """Exercise 05·1: `answer(fine_tuned, zero_shot)` must name a biggest gain on `GAIN_CASE`
-    and on the run's own scores."""
+    """Exercise 05·1: `answer(ft, zs)` must name a biggest gain on `GAIN_CASE` and the run's."""
     cases = (GAIN_CASE, (fine_tuned, zero_shot))
     check("1 · biggest gain", answer, lambda: callable(answer) and all(
         answer(ft, zs) in biggest_gains(ft, zs) for ft, zs in cases),

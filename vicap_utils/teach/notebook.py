@@ -18,6 +18,7 @@ from vicap_utils.ops.adapters import is_adapter, model_ref
 from vicap_utils.ops.checkpoint import run_references
 from vicap_utils.ops.env import is_kaggle, kaggle_input, output_dir, print_environment
 from vicap_utils.ops.handover import bring_back, find_trained
+from vicap_utils.ops.hardware import torch_threads
 from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, read_json
 from vicap_utils.ops.weights import resolve_base
 from vicap_utils.predict import predict_file
@@ -36,6 +37,7 @@ def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Co
     if not cfg.data.prepared:
         cfg.data.prepared = str(output_dir(f"data/{cfg.profile}"))
     print_environment()
+    print(f"{'torch threads':>13}: {torch_threads()}")
     folder = run_dir(cfg.profile)
     print(f"{'profile':>13}: {cfg.profile}\n{'data folder':>13}: {cfg.data.prepared}\n"
           f"{'run folder':>13}: {folder}\n{'errors':>13}: vicap's own errors print as one line")

@@ -32,7 +32,7 @@ COURTS = {"football": ("grass",), "tennis": ("hard", "clay"), "basketball": ("wo
 SHIRTS: dict[str, RGB] = {"red": (215, 30, 35), "yellow": (250, 215, 10),
                           "white": (245, 245, 245), "black": (25, 25, 28)}
 LANGS = ("vi", "en")
-SYNTH_OUTPUTS = ("captions.json", "images")
+SYNTH_OUTPUTS = ("captions.json", "images", "captions.txt")  # the last with defects only
 SUPERSAMPLE = 2  # draw at twice the size, then downscale: smooth edges without blurring
 
 GROUND: dict[str, RGB] = {"grass": (62, 150, 62), "hard": (45, 95, 170), "clay": (196, 104, 62),
@@ -127,8 +127,7 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
 
 
 def captions_for(scene: dict[str, Any], lang: str, rng: random.Random, k: int = 5) -> list[str]:
-    """`k` different captions of the scene's sport, player count and shirt colour, each from
-    its own template while some are left."""
+    """`k` different captions of the scene, each from its own template while some are left."""
     if lang not in LANGS:
         raise ValueError(f"unknown caption language {lang!r} (choose from {', '.join(LANGS)})")
     table, fill = (VI, _fill_vi) if lang == "vi" else (EN, _fill_en)
@@ -349,9 +348,10 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
-             size: tuple[int, int] = (160, 120), overwrite: bool = False) -> Path:
-    """Write `n_images` JPEGs to out_dir/images/ and their captions to out_dir/captions.json;
-    image i depends only on (seed, i). A non-empty folder is refused unless `overwrite`."""
+             size: tuple[int, int] = (160, 120), overwrite: bool = False,
+             defects: bool = False) -> Path:
+    """Draw `n_images` JPEGs (image i from (seed, i) only) into out_dir/images/, captions.json
+    beside; a non-empty folder needs `overwrite`; `defects` (≥ 8 images): notebook 01's set."""
     if n_images < 1:
         raise VicapError(f"--n-images must be at least 1, got {n_images}")
     if lang not in LANGS:
@@ -359,13 +359,12 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
     with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out:
         _refuse_foreign_images(out)
         with staged(out) as tmp:
-            _draw_set(tmp, n_images, seed, lang, size)
+            _draw_set(tmp, n_images, seed, lang, size, defects)
     return out / "captions.json"
 
 
 def _refuse_foreign_images(out: Path) -> None:
-    """Refuse to replace an earlier set's images/ while it holds a file its captions.json does
-    not list: vicap drew only those, so a photo placed there is the user's."""
+    """Refuse to replace images/ holding a file captions.json does not list: the user's."""
     drawn: set[str] = set()
     with contextlib.suppress(VicapError, TypeError, KeyError):
         drawn = {str(info["file_name"]) for info in
@@ -376,8 +375,9 @@ def _refuse_foreign_images(out: Path) -> None:
                          "would replace images/; move it away or pick another --out")
 
 
-def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int]) -> None:
-    """Draw the images and write the captions file into `folder`."""
+def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int],
+              defects: bool = False) -> None:
+    """Draw the images and write the captions file into `folder`, defects planted if asked."""
     (folder / "images").mkdir()
     images, annotations = [], []
     for i in progress(range(n_images), desc="vicap synth", unit="img",
@@ -392,8 +392,34 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
                         for k, caption in enumerate(captions_for(scene, lang, rng))]
     info = {"description": "vicap synthetic ball-sports captions", "version": "1",
             "lang": lang, "seed": seed, "generator": "vicap_utils.toy.data"}
+    if defects:
+        _plant_defects(folder, images, annotations)
     atomic_write_json(folder / "captions.json",
                       {"info": info, "images": images, "annotations": annotations})
+
+
+def _plant_defects(folder: Path, images: list[dict], annotations: list[dict]) -> None:
+    """Each audit reason planted: ten in the COCO lists, `malformed_line` in a captions.txt;
+    six images resized and 1-5 captions per image, so that the statistics vary."""
+    first, n, a0 = images[0]["file_name"], len(images), annotations[0]
+    rows = "".join(f'{first},"{a["caption"]}"\n' for a in annotations[:5])
+    (folder / "captions.txt").write_text(f'image,caption\n{rows}{first},"no end quote\n', "utf-8")
+    for k, info in enumerate(images[2:8], 1):
+        path, size = folder / "images" / info["file_name"], (40 + 40 * k, 60 + 30 * (k % 3))
+        with Image.open(path) as image:
+            image.resize(size).save(path, "JPEG", quality=90)
+        info["width"], info["height"] = size
+    broken = folder / "images" / images[1]["file_name"]  # unreadable_image, orphaned_by_image
+    broken.write_bytes(broken.read_bytes()[:300])
+    annotations[:] = [a for a in annotations if a["image_id"] != 4  # image_without_captions
+                      and (a["id"] - 1) % 5 <= a["image_id"] % 5]
+    images += [{"id": n + 1, "file_name": "missing.jpg"}, {"id": n + 2, "file_name": "../x.jpg"}]
+    planted = [(n + 1, "Ảnh không có tệp."), (n + 2, "Tệp ngoài thư mục ảnh."),
+               (n + 9, "Ảnh không có trong danh sách."), (1, a0["caption"].upper()), (1, " . "),
+               (1, 42)]
+    annotations += [{"id": 5 * n + k, "image_id": i, "caption": c}
+                    for k, (i, c) in enumerate(planted, 1)]
+    annotations.append({**a0, "caption": "Một câu khác, cùng id."})  # duplicate_annotation_id
 
 
 def cli_synth(args: argparse.Namespace) -> int:
