@@ -287,7 +287,7 @@ greedy = captioner.decode(cap.tokenizer, ids)[0]
 generated = captioner.caption(cap, dec=captioner.Decoding(
     num_beams=1, max_new_tokens=cfg.eval.max_new_tokens), **{examples.image_kind: val_images})
 print(f"greedy, by hand:       {greedy}\ngenerate(num_beams=1): {generated[0][0][0]}")
-print("the same:", greedy == generated[0][0][0])
+print("greedy by hand = generate(num_beams=1):", greedy == generated[0][0][0])
 
 # %% [markdown]
 # The captions below use the profile's beam search (`num_beams` in `eval`), which keeps the
