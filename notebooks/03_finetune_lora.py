@@ -363,7 +363,7 @@ print(f"image {val_ids[0]} before: {before}\n{' ' * len(str(val_ids[0]))}       
 
 # %% tags=["lora-vs-peft"]
 peft_layer = captioner.inner_model(model).get_submodule(name)
-hand = LoRALinear(peft_layer.base_layer, r=lora.r, alpha=lora.lora_alpha)
+hand = LoRALinear(peft_layer.base_layer, r=lora.r, alpha=lora.lora_alpha).to(device)
 with torch.no_grad():
     hand.A.copy_(peft_layer.lora_A["default"].weight)
     hand.B.copy_(peft_layer.lora_B["default"].weight)
