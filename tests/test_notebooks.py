@@ -162,7 +162,8 @@ def test_03_and_04_show_each_step_in_their_own_cells():
     cells = code("03_finetune_lora")
     for step in ("captioner.lora_config(", "next(iter(loader))", "captioner.loss(",
                  "loss.backward()", "optimizer.step()", "optimizer.zero_grad()",
-                 "captioner.caption(", "cross_entropy("):
+                 "captioner.caption(", "cross_entropy(", "class LoRALinear", "LoraConfig(",
+                 "masked_fill(attention_mask == 0, -100)", "argmax()", "validation_loss("):
         assert any(step in c for c in cells), step
     assert any("train_on_every_gpu(" in c for c in cells)
     cells = code("04_evaluate")
@@ -281,6 +282,12 @@ def test_03_hand_written_loop_lowers_the_loss_and_teaches_vietnamese(runner: Run
     assert found and float(found.group(2)) < float(found.group(1)) * 0.8, found
     assert re.search(r"loss by hand: ([\d.]+); captioner.loss: \1", text)
     assert "-100 (ignored)" in text and "[DEC]" in text  # the label table
+    for same in ("the package builds the same: True",
+                 "greedy by hand = generate(num_beams=1): True",
+                 "LoRALinear with peft's A and B gives peft's output: True"):
+        assert same in text, same  # the -100 labels, greedy decoding and LoRA, by hand
+    val = re.search(r"validation loss \(\d+ captions\) before ([\d.]+) → after ([\d.]+)", text)
+    assert val and float(val.group(2)) < float(val.group(1)), val
     after = re.search(r"after: +(.*)", text).group(1)
     assert VIETNAMESE & set(after.lower()), after
 
