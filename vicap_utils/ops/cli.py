@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT")
+    p.add_argument("--scst-from", metavar="ADAPTER_DIR",
+                   help="self-critical training (CIDEr-D reward) from a cross-entropy adapter")
 
     p = sub.add_parser("predict", help="caption images with an adapter or a base model")
     p.add_argument("--model", required=True,

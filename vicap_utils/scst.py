@@ -1,0 +1,168 @@
+"""Self-critical sequence training (Rennie et al. 2017; Luo 2020's baseline) on a cross-entropy
+adapter: sample k captions per image, reward each with CIDEr-D against the image's references,
+raise the log-probability of those beating the mean of the others. One small function per step."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, Dataset
+
+from vicap_utils import captioner
+from vicap_utils.captioner import Captioner, Decoding
+from vicap_utils.config import Config, ScstConfig, config_from_dict, diff_keys
+from vicap_utils.dataset import EpochSampler
+from vicap_utils.metrics import CiderD, python_tokenize
+from vicap_utils.ops.adapters import META_FILE, WEIGHTS_FILE, is_adapter
+from vicap_utils.ops.io import VicapError, read_json
+
+# What the cross-entropy adapter and the SCST run must share.
+SAME = ["model.family", "model.base", "model.extend_vocab", "model.prompt", "lora.r",
+        "lora.alpha", "lora.target_modules", "lora.cross_attention", "lora.train_new_embeddings"]
+
+
+def training_config(cfg: Config) -> Config:
+    """The run's config under SCST: the `scst` section's learning rate (new token rows keep
+    their ratio to it), epochs and images per batch."""
+    s, t = cfg.scst, cfg.train
+    return replace(cfg, train=replace(t, lr=s.lr, embedding_lr=t.embedding_lr * s.lr / t.lr,
+                                      epochs=s.epochs, batch_size=s.batch_size))
+
+
+def adapter_entries(cfg: Config, folder: str | Path) -> list[str]:
+    """A cross-entropy adapter's vocabulary entries, once its model and LoRA match `cfg`'s."""
+    if not is_adapter(folder):
+        raise VicapError(f"--scst-from {folder}: not an adapter folder (no {META_FILE} and "
+                         f"{WEIGHTS_FILE}); use a cross-entropy run's best/ or final/")
+    meta = read_json(Path(folder) / META_FILE, "adapter metadata")
+    changed = diff_keys(config_from_dict(meta.get("config"), str(folder)), cfg, SAME)
+    if changed:
+        raise VicapError(f"--scst-from {folder}: the adapter differs from this config in "
+                         f"{', '.join(changed)}; train SCST with the adapter's config.json")
+    return meta.get("vocab_entries", [])
+
+
+def load_adapter(cap: Captioner, folder: str | Path) -> None:
+    """Put a saved adapter's LoRA weights and token rows into the live LoRA model."""
+    from peft import set_peft_model_state_dict  # peft: slow to import (bitsandbytes)
+
+    set_peft_model_state_dict(cap.model, load_file(str(Path(folder) / WEIGHTS_FILE)))
+
+
+class ImageRows(Dataset):
+    """Training images as {row, image}: SCST samples per image, not per caption."""
+
+    def __init__(self, n: int, source: Callable[[int], torch.Tensor]) -> None:
+        self.n, self.source = n, source
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
+        return {"row": torch.tensor(row), "image": self.source(row)}
+
+
+def image_loader(n: int, source: Callable[[int], torch.Tensor], batch_size: int, seed: int):
+    """(loader, sampler) over the training images in the seeded, resumable per-epoch order."""
+    sampler = EpochSampler(n, seed)
+    return DataLoader(ImageRows(n, source), batch_size=batch_size, sampler=sampler,
+                      generator=torch.Generator().manual_seed(seed)), sampler
+
+
+@dataclass
+class Samples:
+    """Sampled captions: full input ids (start + new tokens), their mask, the new tokens that
+    count (up to and including the end token) and the decoded text."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    valid: torch.Tensor
+    captions: list[str]
+
+
+@torch.no_grad()
+def sample(cap: Captioner, images: torch.Tensor, kind: str, k: int, max_new_tokens: int,
+           greedy: bool = False) -> Samples:
+    """k sampled captions per image (image-major), or the greedy one, with the model in eval
+    mode; `kind` is "features" (cached) or "pixels"."""
+    training = cap.model.training
+    cap.model.eval()
+    dec = Decoding(num_beams=1, max_new_tokens=max_new_tokens, do_sample=not greedy,
+                   num_return_sequences=1 if greedy else k)
+    out = captioner.generate(cap, dec, **{kind: images})
+    cap.model.train(training)
+    seqs = out if greedy else out.sequences
+    tok = cap.tokenizer
+    if cap.family == "blip":
+        start, end = [tok.bos_token_id], tok.sep_token_id
+    else:
+        start, end = captioner.image_prefix(cap) + [tok.bos_token_id], tok.eos_token_id
+    new = seqs[:, len(start):]  # generate() returns the start too
+    is_end = (new == end).long()
+    valid = (is_end.cumsum(1) - is_end) == 0
+    head = torch.tensor(start, device=new.device).expand(len(new), -1)
+    return Samples(torch.cat([head, new], 1), torch.cat([torch.ones_like(head), valid.long()], 1),
+                   valid, captioner.decode(tok, new * valid + tok.pad_token_id * ~valid))
+
+
+def sequence_logprobs(forward: Callable, images: torch.Tensor, samples: Samples) -> torch.Tensor:
+    """Length-normalised log-probability of each sample (mean over its tokens), with gradients;
+    `forward(image, ids, mask)` gives next-token logits (`captioner.TrainingForward`)."""
+    k = len(samples.ids) // len(images)
+    logits = forward(images.repeat_interleave(k, 0), samples.ids, samples.mask)
+    n = samples.valid.shape[1]
+    target = samples.ids[:, -n:]
+    logp = -torch.nn.functional.cross_entropy(logits[:, -n - 1:-1].float().transpose(1, 2),
+                                              target, reduction="none")
+    return (logp * samples.valid).sum(1) / samples.valid.sum(1).clamp(min=1)
+
+
+def rewards(cider: CiderD, captions: Sequence[str], refs: Sequence[Sequence[str]]) -> torch.Tensor:
+    """CIDEr-D of each caption against its image's tokenised references (`refs`, per caption)."""
+    return torch.tensor(cider.score([python_tokenize(c) for c in captions], refs)[1],
+                        dtype=torch.float32)
+
+
+def baseline(rewards: torch.Tensor, greedy: torch.Tensor | None = None) -> torch.Tensor:
+    """Per sample of an (images, k) reward table: the mean reward of the image's other samples
+    (Luo 2020), or its greedy caption's reward (Rennie et al. 2017)."""
+    if greedy is not None:
+        return greedy[:, None].expand_as(rewards)
+    k = rewards.shape[1]
+    return (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+
+
+def loss(logprobs: torch.Tensor, rewards: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """-(reward - baseline) * length-normalised log-probability, averaged over samples."""
+    advantage = (rewards - base).reshape(-1).to(logprobs.device)
+    return -(advantage * logprobs).mean()
+
+
+class Scst:
+    """The SCST loss of a batch of training images for `Trainer`: the references tokenised and
+    CIDEr-D's document frequencies counted once, from the training captions."""
+
+    def __init__(self, cap: Captioner, references: Sequence[Sequence[str]], s: ScstConfig,
+                 kind: str) -> None:
+        if s.samples < 2 and not s.greedy_baseline:
+            raise VicapError("scst.samples must be at least 2 without scst.greedy_baseline")
+        self.cap, self.s, self.kind = cap, s, kind
+        self.refs = [[python_tokenize(r) for r in rs] for rs in references]
+        self.cider = CiderD(self.refs)
+        self.mean_reward = 0.0
+
+    def __call__(self, forward: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sample, reward, baseline, and the loss of one batch of {row, image}."""
+        s, images, rows = self.s, batch["image"], batch["row"].tolist()
+        drawn = sample(self.cap, images, self.kind, s.samples, s.max_new_tokens)
+        refs = [self.refs[r] for r in rows for _ in range(s.samples)]
+        got = rewards(self.cider, drawn.captions, refs).view(len(rows), s.samples)
+        greedy = None
+        if s.greedy_baseline:
+            best = sample(self.cap, images, self.kind, 1, s.max_new_tokens, greedy=True)
+            greedy = rewards(self.cider, best.captions, [self.refs[r] for r in rows])
+        self.mean_reward = float(got.mean())
+        return loss(sequence_logprobs(forward, images, drawn), got, baseline(got, greedy))
