@@ -95,17 +95,17 @@ def sample(cap: Captioner, images: torch.Tensor, kind: str, k: int, max_new_toke
     out = captioner.generate(cap, dec, **{kind: images})
     cap.model.train(training)
     seqs = out if greedy else out.sequences
-    tok = cap.tokenizer
-    if cap.family == "blip":
-        start, end = [tok.bos_token_id], tok.sep_token_id
-    else:
-        start, end = captioner.image_prefix(cap) + [tok.bos_token_id], tok.eos_token_id
-    new = seqs[:, len(start):]  # generate() returns the start too
+    tok, prefix = cap.tokenizer, captioner.image_prefix(cap)
+    end = tok.sep_token_id if cap.family == "blip" else tok.eos_token_id
+    head = torch.tensor([*prefix, tok.bos_token_id], device=seqs.device).expand(len(seqs), -1)
+    new = seqs[:, head.shape[1]:]  # generate() returns the start too
+    if prefix:  # a sampled image placeholder (BLIP-2) would take an image's place: an end
+        new = new.masked_fill(new == prefix[0], end)
     is_end = (new == end).long()
     valid = (is_end.cumsum(1) - is_end) == 0
-    head = torch.tensor(start, device=new.device).expand(len(new), -1)
+    new = new.masked_fill(~valid, tok.pad_token_id)
     return Samples(torch.cat([head, new], 1), torch.cat([torch.ones_like(head), valid.long()], 1),
-                   valid, captioner.decode(tok, new * valid + tok.pad_token_id * ~valid))
+                   valid, captioner.decode(tok, new))
 
 
 def sequence_logprobs(forward: Callable, images: torch.Tensor, samples: Samples) -> torch.Tensor:

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenize", choices=("syllable", "words"), default="syllable",
                    help="syllable: captions as written (default); words: segmented into "
                         "Vietnamese words first (needs underthesea), as KTVIC's published scores")
+    p.add_argument("--compare", metavar="METRICS_JSON",
+                   help="also show these metrics beside another model's (e.g. cross-entropy's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file that vicap did not write")
 
