@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from vicap_utils import captioner, scst
+from vicap_utils.__main__ import main
 from vicap_utils.config import load_config
 from vicap_utils.metrics import CiderD, compare, diversity, python_tokenize
 from vicap_utils.ops.adapters import load_model
@@ -47,6 +48,25 @@ def test_reward_baseline_and_loss_on_a_hand_example():
     assert loss.item() == pytest.approx(-1.25)
     loss.backward()
     assert logp.grad.tolist() == pytest.approx([1.0, 0.5, -1.5])  # raise the best, lower the rest
+
+
+def test_compare_says_when_scst_bought_cider_with_diversity():
+    ce = {"CIDEr": 1.0, "TTR": 0.2, "distinct-2": 0.3, "vocab_size": 40, "repetition_rate": 0.1}
+    table = compare(ce, {**ce, "CIDEr": 1.2, "TTR": 0.1, "repetition_rate": 0.3})
+    assert table.splitlines()[-1] == ("SCST bought CIDEr (+20.0%) with diversity: TTR, "
+                                      "repetition_rate worse")
+    assert "0.2000         0.1000" in table
+    assert compare(ce, {**ce, "CIDEr": 1.1}).endswith("raised CIDEr (+10.0%) without losing "
+                                                      "diversity")
+    assert compare(ce, ce).endswith("did not raise CIDEr (+0.0%)")
+
+
+def test_scst_from_a_folder_without_an_adapter_is_one_line(tmp_path, capsys):
+    assert main(["train", "--profile", "mini", "--out", str(tmp_path / "run"),
+                 "--scst-from", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--scst-from" in err and "not an adapter folder" in err
+    assert not (tmp_path / "run" / "config.json").exists()  # refused before the run starts
 
 
 @pytest.fixture(scope="module")

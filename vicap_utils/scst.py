@@ -4,12 +4,13 @@ raise the log-probability of those beating the mean of the others. One small fun
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from vicap_utils import captioner
 from vicap_utils.captioner import Captioner, Decoding
@@ -17,11 +18,10 @@ from vicap_utils.config import Config, ScstConfig, config_from_dict, diff_keys
 from vicap_utils.dataset import EpochSampler
 from vicap_utils.metrics import CiderD, python_tokenize
 from vicap_utils.ops.adapters import META_FILE, WEIGHTS_FILE, is_adapter
+from vicap_utils.ops.checkpoint import RESUME_KEYS
 from vicap_utils.ops.io import VicapError, read_json
 
-# What the cross-entropy adapter and the SCST run must share.
-SAME = ["model.family", "model.base", "model.extend_vocab", "model.prompt", "lora.r",
-        "lora.alpha", "lora.target_modules", "lora.cross_attention", "lora.train_new_embeddings"]
+SAME = [k for k in RESUME_KEYS if k.startswith(("model.", "lora."))]  # adapter and run share
 
 
 def training_config(cfg: Config) -> Config:
@@ -52,30 +52,20 @@ def load_adapter(cap: Captioner, folder: str | Path) -> None:
     set_peft_model_state_dict(cap.model, load_file(str(Path(folder) / WEIGHTS_FILE)))
 
 
-class ImageRows(Dataset):
-    """Training images as {row, image}: SCST samples per image, not per caption."""
-
-    def __init__(self, n: int, source: Callable[[int], torch.Tensor]) -> None:
-        self.n, self.source = n, source
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
-        return {"row": torch.tensor(row), "image": self.source(row)}
-
-
 def image_loader(n: int, source: Callable[[int], torch.Tensor], batch_size: int, seed: int):
-    """(loader, sampler) over the training images in the seeded, resumable per-epoch order."""
+    """(loader, sampler): the training images as {row, image} batches (SCST samples per image),
+    in the seeded, resumable per-epoch order."""
+    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
+        return {"row": torch.tensor(rows), "image": torch.stack([source(r) for r in rows])}
+
     sampler = EpochSampler(n, seed)
-    return DataLoader(ImageRows(n, source), batch_size=batch_size, sampler=sampler,
+    return DataLoader(range(n), batch_size, sampler=sampler, collate_fn=collate,
                       generator=torch.Generator().manual_seed(seed)), sampler
 
 
-@dataclass
-class Samples:
-    """Sampled captions: full input ids (start + new tokens), their mask, the new tokens that
-    count (up to and including the end token) and the decoded text."""
+class Samples(NamedTuple):
+    """Sampled captions: input ids (start + new tokens), their mask, which new tokens count (up
+    to the end token, included) and the text."""
 
     ids: torch.Tensor
     mask: torch.Tensor

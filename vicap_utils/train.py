@@ -57,6 +57,7 @@ class Trainer:
             mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
+        entries = scst.adapter_entries(cfg, self.scst_from) if self.scst_from else None
         with self.accelerator.main_process_first():  # the writer claims (and clears) it first
             saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=self.main)
         if not self.main:
@@ -64,8 +65,7 @@ class Trainer:
         if saved and bool(saved.scst_from) != bool(self.scst_from):
             raise VicapError(f"{self.out}: cannot resume with a different --scst-from; the run "
                              f"started from {saved.scst_from or 'cross-entropy alone'}")
-        entries = saved.vocab_entries if saved else (
-            scst.adapter_entries(cfg, self.scst_from) if self.scst_from else None)
+        entries = saved.vocab_entries if saved else entries
         self.log(hardware.line())
         for notice in hardware.notices:
             self.log(f"notice: {notice}")
