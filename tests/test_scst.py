@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,8 @@ def test_blip2_sample_logprobs_match_the_training_loss_and_a_step_moves_lora(bli
     moved = [n for n, p in cap.model.named_parameters() if p.requires_grad
              and not torch.equal(p.detach(), lora[n])]
     assert torch.isfinite(loss) and any("lora" in n for n in moved)
+    greedy = scst.Scst(cap, refs, replace(cfg.scst, samples=1, greedy_baseline=True), "features")
+    assert torch.isfinite(greedy(forward, {"row": torch.tensor([1, 0]), "image": feats}))
 
 
 def scores(adapter: Path, fresh: Path) -> dict:

@@ -84,7 +84,7 @@ def sample(cap: Captioner, images: torch.Tensor, kind: str, k: int, max_new_toke
                    num_return_sequences=1 if greedy else k)
     out = captioner.generate(cap, dec, **{kind: images})
     cap.model.train(training)
-    seqs = out if greedy else out.sequences
+    seqs = getattr(out, "sequences", out)  # a generate output when k > 1
     tok, prefix = cap.tokenizer, captioner.image_prefix(cap)
     end = tok.sep_token_id if cap.family == "blip" else tok.eos_token_id
     head = torch.tensor([*prefix, tok.bos_token_id], device=seqs.device).expand(len(seqs), -1)
