@@ -131,7 +131,7 @@ def scores(adapter: Path, fresh: Path) -> dict:
 def test_scst_raises_cider_on_an_unseen_seed(tmp_path, mini_run):
     run = tmp_path / "scst"
     vicap("train", "--profile", "mini", "--out", str(run), "--scst-from", str(mini_run / "best"),
-          "--set", "train.max_steps=8", "--set", "train.val_sample=0")
+          "--set", "train.max_steps=8", "--set", "train.val_sample=0", "--set", "eval.num_beams=1")
     fresh = tmp_path / "fresh"
     generate(fresh, n_images=60, seed=777, lang="vi")
     ce, sc = scores(mini_run / "best", fresh), scores(run / "final", fresh)
@@ -145,7 +145,8 @@ def test_scst_raises_cider_on_an_unseen_seed(tmp_path, mini_run):
 def test_kill_and_resume_during_scst_gives_the_same_adapter(tmp_path, mini_run):
     fast = ["--profile", "mini", "--scst-from", str(mini_run / "best"),
             "--set", "scst.batch_size=4", "--set", "scst.samples=3", "--set", "train.max_steps=6",
-            "--set", "train.val_sample=4", "--set", "scst.max_new_tokens=8",
+            "--set", "train.val_sample=0", "--set", "scst.max_new_tokens=8",
+            "--set", "eval.num_beams=1", "--set", "eval.max_new_tokens=8",
             "--set", "train.save_every_steps=2"]
     straight, broken = tmp_path / "straight", tmp_path / "broken"
     vicap("train", "--out", str(straight), *fast)
