@@ -457,7 +457,8 @@ def cli_evaluate(args: Any) -> int:
         _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
     if args.compare:
-        print(compare(read_json(args.compare, "metrics JSON"), metrics, ("--compare", "these")))
+        print(compare(read_json(args.compare, "metrics JSON"), metrics,
+                      (Path(args.compare).stem, Path(args.predictions).stem)))
     return 0
 
 

@@ -142,7 +142,6 @@ class Scst:
         self.cap, self.s, self.kind = cap, s, kind
         self.refs = [[python_tokenize(r) for r in rs] for rs in references]
         self.cider = CiderD(self.refs)
-        self.mean_reward = 0.0
 
     def __call__(self, forward: Callable, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sample, reward, baseline, and the loss of one batch of {row, image}."""
@@ -154,5 +153,4 @@ class Scst:
         if s.greedy_baseline:
             best = sample(self.cap, images, self.kind, 1, s.max_new_tokens, greedy=True)
             greedy = rewards(self.cider, best.captions, [self.refs[r] for r in rows])
-        self.mean_reward = float(got.mean())
         return loss(sequence_logprobs(forward, images, drawn), got, baseline(got, greedy))
