@@ -21,11 +21,12 @@ import pytest
 from vicap_utils.audit import REASONS
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ALL = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "04_evaluate", "05_gallery",
-       "06_caption_demo"]
+ALL = ["01_data_audit", "02_caption_lengths", "03_finetune_lora", "03b_scst", "04_evaluate",
+       "05_gallery", "06_caption_demo"]
 SOLUTIONS = {name: f"solutions/{name}_solutions" for name in ALL}
 ORDER = [step for name in ALL for step in (name, SOLUTIONS[name])]  # each followed by its answers
-PARAMETERS: dict[str, dict[str, Any]] = {"03_finetune_lora": {"OVERRIDES": ["train.epochs=2"]}}
+PARAMETERS: dict[str, dict[str, Any]] = {"03_finetune_lora": {"OVERRIDES": ["train.epochs=2"]},
+                                         "03b_scst": {"MAX_STEPS": 4}}
 TWINS = sorted(NOTEBOOKS.rglob("*.ipynb"))
 DONE, NOT_YET = "✅", "❌"
 KERNEL = "python3"  # the venv's own kernelspec (share/jupyter/kernels/python3)
@@ -233,6 +234,15 @@ def test_03_trains_and_keeps_the_best_adapter(runner: Runner):
     assert Path(sources["prepared"]) == runner.data
     assert sources["fingerprint"] == prepared["fingerprint"]
     assert "audited set reused" in text
+
+
+@pytest.mark.slow
+def test_03b_takes_one_scst_update_by_hand_then_hands_over(runner: Runner):
+    text = outputs_text(runner.run("03b_scst"))
+    assert re.search(r"advantage > 0 \+[\d.]+, advantage <= 0 -[\d.]+", text), text[-2000:]
+    scst_run = runner.output / "runs" / "mini-scst"
+    assert pd.read_csv(scst_run / "history.csv")["epoch"].tolist() == [1]
+    assert json.loads((scst_run / "last" / "state.json").read_text())["global_step"] == 4
 
 
 @pytest.mark.slow

@@ -113,6 +113,19 @@ class EvalConfig:
 
 @CHECKED
 @dataclass
+class ScstConfig:
+    """Self-critical training from a cross-entropy adapter (`vicap train --scst-from DIR`)."""
+
+    samples: Positive = 5  # captions sampled per image; baseline: the mean of the others
+    greedy_baseline: bool = False  # baseline: the greedy caption's reward instead
+    lr: PositiveRate = 5e-6  # about 1/10 of cross-entropy's
+    epochs: Positive = 5
+    batch_size: Positive = 8  # images per batch (times `samples` captions)
+    max_new_tokens: Annotated[int, Field(ge=1, le=512)] = 30
+
+
+@CHECKED
+@dataclass
 class Config:
     """Everything one run needs."""
 
@@ -122,13 +135,14 @@ class Config:
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    scst: ScstConfig = field(default_factory=ScstConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict, JSON-ready."""
         return asdict(self)
 
 
-SECTIONS = ("data", "model", "lora", "train", "eval")
+SECTIONS = ("data", "model", "lora", "train", "eval", "scst")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # Each profile lists where it departs from the dataclass defaults. `uitviic-blip` is the real
@@ -140,6 +154,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "model": {"max_length": 32},
         "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2},
         "eval": {"batch_size": 64},
+        "scst": {"lr": 2e-4, "epochs": 3, "batch_size": 16, "max_new_tokens": 20},
     },
     "uitviic-blip": {
         "data": {"source": "coco"},
@@ -148,6 +163,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 30, "batch_size": 8, "grad_accum": 2, "lr": 5e-5,
                   "embedding_lr": 5e-4, "label_smoothing": 0.05, "patience": 3},
         "eval": {"max_new_tokens": 40, "batch_size": 32},
+        "scst": {"lr": 5e-6, "epochs": 5, "max_new_tokens": 40},
     },
     "flickr8k-blip2": {
         "data": {"source": "flickr8k", "lang": "en"},
@@ -157,6 +173,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"epochs": 5, "batch_size": 4, "grad_accum": 4, "lr": 1e-4,
                   "label_smoothing": 0.0, "patience": 2},
         "eval": {"batch_size": 8},
+        "scst": {"lr": 1e-5, "epochs": 3, "batch_size": 4},
     },
 }
 

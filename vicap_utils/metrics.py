@@ -35,6 +35,8 @@ SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "RO
 DIVERSITY_KEYS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
                   "vocab_size", "mean_length", "novel_rate")
 METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given training captions
+COMPARED = ("BLEU-4", "METEOR-vi", "ROUGE-L", "CIDEr", "TTR", "repetition_rate", "distinct-1",
+            "distinct-2", "vocab_size")
 
 PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
                           "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
@@ -411,11 +413,27 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     for key in (k for k in (*SCORE_KEYS, *DIVERSITY_KEYS) if k in metrics):
         value = metrics[key]
         shown = (f"n/a ({metrics['unavailable'].get(key, 'not computed')})" if value is None
-                 else str(value) if isinstance(value, int) else f"{value:.4f}")
+                 else _shown(value))
         lines.append(f"{key:<16} {shown}")
     lines.append(f"images: {metrics['n_images']}, tokenizer: {metrics['tokenizer']}, "
                  f"tokenization: {metrics.get('tokenization', 'syllable')}")
     return "\n".join(lines)
+
+
+def compare(a: Mapping[str, Any], b: Mapping[str, Any],
+            labels: tuple[str, str] = ("cross-entropy", "SCST")) -> str:
+    """Two models' metrics side by side, then one line saying plainly whether `b` bought CIDEr
+    with diversity (lower TTR, distinct-2 or vocabulary, more repeated captions)."""
+    lines = [f"{'metric':<16} {labels[0]:>14} {labels[1]:>14}"]
+    for key in (k for k in COMPARED if k in a and k in b):
+        lines.append(f"{key:<16} " + " ".join(f"{_shown(m[key]):>14}" for m in (a, b)))
+    gain = _ratio(b["CIDEr"] - a["CIDEr"], a["CIDEr"])
+    lost = [k for k in ("TTR", "distinct-2", "vocab_size") if b[k] < a[k]]
+    lost += ["repetition_rate"] if b["repetition_rate"] > a["repetition_rate"] else []
+    verdict = (f"{labels[1]} did not raise CIDEr ({gain:+.1%})" if gain <= 0 else
+               f"{labels[1]} bought CIDEr ({gain:+.1%}) with diversity: {', '.join(lost)} worse"
+               if lost else f"{labels[1]} raised CIDEr ({gain:+.1%}) without losing diversity")
+    return "\n".join([*lines, verdict])
 
 
 def cli_evaluate(args: Any) -> int:
@@ -444,6 +462,9 @@ def cli_evaluate(args: Any) -> int:
                                 csv_path: per_image.to_csv(index=False).encode()})
         _progress(f"wrote {out} and {csv_path}")
     print(format_table(metrics))
+    if args.compare:
+        print(compare(read_json(args.compare, "metrics JSON"), metrics,
+                      (Path(args.compare).stem, Path(args.predictions).stem)))
     return 0
 
 
@@ -457,6 +478,11 @@ def _load(obj: Any, what: str) -> tuple[str, Any]:
 def _first(ids: Sequence[Any], n: int = 5) -> str:
     """The first few ids for an error message."""
     return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
+
+
+def _shown(value: Any) -> str:
+    """A metric value as the tables show it."""
+    return "n/a" if value is None else str(value) if isinstance(value, int) else f"{value:.4f}"
 
 
 def _ratio(num: float, den: float) -> float:

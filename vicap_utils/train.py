@@ -21,8 +21,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
 
-from vicap_utils import builders, captioner
+from vicap_utils import builders, captioner, scst
 from vicap_utils.config import Config, load_config, save_config
+from vicap_utils.dataset import image_rows
 from vicap_utils.ops.adapters import write_adapter
 from vicap_utils.ops.checkpoint import RunState, load_last, open_run, rng_state, save_last
 from vicap_utils.ops.folders import folder_lock, record
@@ -44,9 +45,9 @@ class Trainer:
     """One training run: build the parts, train, validate, checkpoint, resume."""
 
     def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False,
-                 overwrite: bool = False, log=print) -> None:
+                 overwrite: bool = False, log=print, scst_from: str | Path | None = None) -> None:
         self.cfg, self.out, self.log = cfg, Path(out_dir), log
-        self.resume, self.overwrite = resume, overwrite
+        self.resume, self.overwrite, self.scst_from = resume, overwrite, scst_from
 
     def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
@@ -56,10 +57,15 @@ class Trainer:
             mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
+        entries = scst.adapter_entries(cfg, self.scst_from) if self.scst_from else None
         with self.accelerator.main_process_first():  # the writer claims (and clears) it first
             saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=self.main)
         if not self.main:
             self.log = lambda *args, **kwargs: None
+        if saved and bool(saved.scst_from) != bool(self.scst_from):
+            raise VicapError(f"{self.out}: cannot resume with a different --scst-from; the run "
+                             f"started from {saved.scst_from or 'cross-entropy alone'}")
+        entries = saved.vocab_entries if saved else entries
         self.log(hardware.line())
         for notice in hardware.notices:
             self.log(f"notice: {notice}")
@@ -69,13 +75,23 @@ class Trainer:
         with self.accelerator.main_process_first():
             self.data = builders.build_data(cfg, self.out, self.log)
         self.cap, entries, self.vocab_report = builders.build_captioner(
-            cfg, self.data, saved.vocab_entries if saved else None, hardware.load_in_8bit,
-            self.accelerator.local_process_index, self.log)
+            cfg, self.data, entries, hardware.load_in_8bit, self.accelerator.local_process_index,
+            self.log)
+        if self.scst_from:
+            scst.load_adapter(self.cap, self.scst_from)
         captioner.place(self.cap, self.accelerator.device)
         self.examples = builders.build_examples(cfg, self.cap, self.data, self.main, self.log,
                                                 self.out / "cache")  # each process a share
         workers = builders.loader_workers(cfg, self.examples.cached)
         loader, self.sampler = builders.build_loader(cfg, self.examples.train, workers)
+        self.scst = None
+        if self.scst_from:
+            ids, _ = image_rows(self.data.train)
+            refs = self.data.train.captions_by_image()
+            self.scst = scst.Scst(self.cap, [refs[i] for i in ids], cfg.scst,
+                                  self.examples.image_kind)
+            loader, self.sampler = scst.image_loader(len(ids), self.examples.train.image_source,
+                                                     t.batch_size, t.seed)
         processes = self.accelerator.num_processes
         steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
         optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
@@ -84,7 +100,8 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
         self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
-        self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict())
+        self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict(),
+                                       scst_from=str(self.scst_from or ""))
         self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
                        if hardware.mixed_precision == "fp16" else None)
         if saved:
@@ -110,9 +127,7 @@ class Trainer:
         for batch in batches:
             with self.accelerator.accumulate(self.model):
                 with self.autocast():
-                    logits = self.model(batch["image"], batch["input_ids"],
-                                        batch["attention_mask"])
-                    loss = captioner.loss(logits, batch["labels"], t.label_smoothing)
+                    loss = self.batch_loss(batch)
                 if not torch.isfinite(loss):
                     self.stop_on(loss)
                 self.accelerator.backward(self.scaler.scale(loss) if self.scaler else loss)
@@ -131,6 +146,13 @@ class Trainer:
                 if t.max_steps and state.global_step >= t.max_steps:
                     break
         return state.loss_sum / max(state.loss_count, 1)
+
+    def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the batch's captions, or (SCST) the self-critical loss of its images."""
+        if self.scst:
+            return self.scst(self.model, batch)
+        logits = self.model(batch["image"], batch["input_ids"], batch["attention_mask"])
+        return captioner.loss(logits, batch["labels"], self.cfg.train.label_smoothing)
 
     def stop_on(self, loss: torch.Tensor) -> None:
         """Stop a run whose loss is no longer finite, saying where its last checkpoint is."""
@@ -284,15 +306,17 @@ class Trainer:
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
-          log=print) -> dict[str, Any]:
-    """`vicap train` from Python; `resume` first brings back a previous Kaggle session's run
-    when `out_dir` holds none. The main process holds the folder's lock throughout."""
+          log=print, scst_from: str | Path | None = None) -> dict[str, Any]:
+    """`vicap train` from Python (`scst_from`: self-critical training from that adapter);
+    `resume` first brings back a previous Kaggle session's run when `out_dir` holds none. The
+    main process holds the folder's lock throughout."""
+    cfg = scst.training_config(cfg) if scst_from else cfg
     plan_for(cfg).check()  # the hardware, then the settings the base bounds: before any write
     captioner.check_against_base(cfg)
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
-    trainer = Trainer(cfg, out_dir, resume=resume, overwrite=overwrite, log=log)
+    trainer = Trainer(cfg, out_dir, resume, overwrite, log, scst_from)
     with folder_lock(out_dir) if main else contextlib.nullcontext():
         trainer.setup()
         return trainer._train()
@@ -319,11 +343,12 @@ def cli_train(args) -> int:
     """`vicap train (--profile NAME | --config FILE) [--set k=v …] --out DIR [--resume]`."""
     cfg = load_config(args.profile, args.config, args.overrides)
     try:
-        summary = train(cfg, args.out, resume=args.resume, overwrite=args.overwrite)
+        summary = train(cfg, args.out, args.resume, args.overwrite, scst_from=args.scst_from)
     except KeyboardInterrupt:
         again = ["vicap", "train", *(["--profile", args.profile] if args.profile
                                      else ["--config", args.config])]
         again += [part for item in args.overrides for part in ("--set", item)]
+        again += ["--scst-from", args.scst_from] if args.scst_from else []
         last = Path(args.out) / "last"
         print("vicap train: interrupted; " + (
             f"the last checkpoint is in {last}. Resume with: "

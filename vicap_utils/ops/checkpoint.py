@@ -72,6 +72,7 @@ class RunState:
     loss_count: int = 0
     vocab_entries: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    scst_from: str = ""  # self-critical training from this adapter
 
 
 def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last/")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in OUT")
+    p.add_argument("--scst-from", metavar="ADAPTER_DIR",
+                   help="self-critical training (CIDEr-D reward) from a cross-entropy adapter")
 
     p = sub.add_parser("predict", help="caption images with an adapter or a base model")
     p.add_argument("--model", required=True,
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenize", choices=("syllable", "words"), default="syllable",
                    help="syllable: captions as written (default); words: segmented into "
                         "Vietnamese words first (needs underthesea), as KTVIC's published scores")
+    p.add_argument("--compare", metavar="METRICS_JSON",
+                   help="also show these metrics beside another model's (e.g. cross-entropy's)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out file that vicap did not write")
 
