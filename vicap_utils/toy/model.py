@@ -24,6 +24,11 @@ from vicap_utils.text import strip_diacritics
 from vicap_utils.toy.data import captions_for, random_scene, synthetic_set, synthetic_vocabulary
 from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_tokenizer
 
+# transformers 5 names the PIL image processor apart and warns when the default one falls back
+# to it (no torchvision), even on access; older transformers have only the default (PIL).
+PIL_PROCESSOR = (getattr(transformers, "BlipImageProcessorPil", None)
+                 or transformers.BlipImageProcessor)
+
 
 @dataclass(frozen=True)
 class MiniSpec:
@@ -79,7 +84,7 @@ def build_tiny_blip(spec: MiniSpec):
     config = transformers.BlipConfig(text_config=text, vision_config=vision)
     model = transformers.BlipForConditionalGeneration(config)
     size = {"height": spec.image_size, "width": spec.image_size}
-    image_processor = transformers.BlipImageProcessor(size=size)
+    image_processor = PIL_PROCESSOR(size=size)
     return model, transformers.BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
@@ -183,7 +188,7 @@ def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Pat
     # first LayerNorm a zero variance, whose gradient overflows fp16
     torch.nn.init.normal_(model.query_tokens, std=config.initializer_range)
     size = {"height": image_size, "width": image_size}
-    processor = transformers.Blip2Processor(transformers.BlipImageProcessor(size=size), tok,
+    processor = transformers.Blip2Processor(PIL_PROCESSOR(size=size), tok,
                                             num_query_tokens=4)
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
