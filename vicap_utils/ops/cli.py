@@ -2,7 +2,6 @@
 
 A command's module is imported only when it runs (`vicap audit` never imports torch); user
 errors exit 2 with one line."""
-from __future__ import annotations
 
 import argparse
 import importlib

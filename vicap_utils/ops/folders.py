@@ -1,6 +1,5 @@
 """Output folders: vicap replaces only the entries its `.vicap-owned.json` lists, one writer holds
 `.vicap-lock`, a set lands whole (`staged`, `settle`) and an input is never written over."""
-from __future__ import annotations
 
 import contextlib
 import fcntl

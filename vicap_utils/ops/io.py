@@ -1,5 +1,4 @@
 """User-facing errors, path diagnosis and crash-safe file writing shared by every command."""
-from __future__ import annotations
 
 import contextlib
 import errno

@@ -1,6 +1,5 @@
 """Where a base model's weights come from: a built-in toy model, a folder, a Kaggle input, the
 Hugging Face cache, or the hub, with one clear error when none of them has it offline."""
-from __future__ import annotations
 
 import os
 import socket

@@ -1,6 +1,5 @@
 """The ipywidgets captioning app of notebook 06 (display `build_app().widget`): models load
 once, uploads are checked and decoded in memory, every failure is a message in the app."""
-from __future__ import annotations
 
 import functools
 import html
@@ -216,7 +215,7 @@ def _guarded(method: Callable) -> Callable:
     """Run a widget callback; show any failure as a message instead of a traceback."""
 
     @functools.wraps(method)
-    def run(self: CaptionApp, *args: Any) -> None:
+    def run(self: "CaptionApp", *args: Any) -> None:
         try:
             method(self, *args)
         except Exception as exc:  # the app must stay usable whatever went wrong

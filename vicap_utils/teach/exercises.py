@@ -2,7 +2,6 @@
 
 A check prints one line, never the solution: not done yet (None), not quite with a hint, or
 right. It accepts every right form and tries cases where the usual wrong answers differ."""
-from __future__ import annotations
 
 import math
 import numbers

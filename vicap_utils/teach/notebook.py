@@ -1,5 +1,4 @@
 """Helpers the notebooks share: set-up, a profile's folders, tokenizers (02, 03), evaluation."""
-from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field

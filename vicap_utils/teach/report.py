@@ -1,6 +1,5 @@
 """Tables and figures the notebooks show: data audit, caption lengths, tokenizers, metrics,
 and the caption gallery (PNG grid and a self-contained HTML page)."""
-from __future__ import annotations
 
 import base64
 import html

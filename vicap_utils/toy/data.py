@@ -3,7 +3,6 @@
 Every image shows one sport (told apart by court and ball), one to three players in one shirt
 colour, and five captions that state exactly those three facts, so a tiny model can learn them.
 """
-from __future__ import annotations
 
 import argparse
 import contextlib
