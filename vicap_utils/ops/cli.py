@@ -1,7 +1,5 @@
-"""Command-line interface: `python -m vicap_utils COMMAND …` (also installed as `vicap`).
-
-A command's module is imported only when it runs (`vicap audit` never imports torch); user
-errors exit 2 with one line."""
+"""`vicap COMMAND …` (also `python -m vicap_utils`): a command's module is imported only when it
+runs (`vicap audit` never imports torch); user errors exit 2 with one line."""
 
 import argparse
 import importlib

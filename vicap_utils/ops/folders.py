@@ -78,9 +78,8 @@ def owned_entries(folder: PathLike) -> set[str]:
 
 def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: bool = False,
           empty: bool = False, label: str = "--out") -> None:
-    """Make `folder` a vicap output folder of `kind` ("run", "audit", "split", "synth", "data")
-    for `names`, under `folder_lock`. Refuses `overwrite` where vicap wrote nothing, content when
-    `empty` (unless `overwrite`: a fresh set), and a name taken by a file vicap did not write."""
+    """Claim `folder` for `kind` and `names` (under `folder_lock`), refusing `overwrite` where vicap
+    wrote nothing, content when `empty` (unless `overwrite`), and a name a user's file takes."""
     folder = make_output_dir(folder)
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)

@@ -1,7 +1,5 @@
-"""What the GPU can do, and the training plan that follows from it (precision, 8-bit, errors).
-
-`plan()` is a pure function of `detect()`'s facts, so every GPU is testable without one. bf16
-only where native (compute ≥ 8.0); `VICAP_EMULATE_T4=1` runs a T4's plan on the CPU (tests)."""
+"""What the GPU can do and the training plan that follows: `plan()` is a pure function of
+`detect()`'s facts, so every GPU is testable without one (`VICAP_EMULATE_T4=1`: a T4's plan)."""
 
 import importlib.util
 import os
