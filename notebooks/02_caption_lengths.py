@@ -40,6 +40,7 @@ N_EXAMPLES = 4
 # %%
 from pathlib import Path
 
+from vicap_utils.ops.io import atomic_write_json, atomic_write_text
 from vicap_utils.prepare import prepare
 from vicap_utils.teach import report
 from vicap_utils.teach.exercises import (
@@ -53,7 +54,6 @@ from vicap_utils.teach.notebook import (
                           model_tokenizer,
                           setup,
                           tokenizer_variants,
-                          write_lengths,
                           wrote,
 )
 
@@ -183,6 +183,12 @@ check("3 · an unseen sentence", UNSEEN_SENTENCE,
 # Per-caption lengths, the tokenizer audit, and `lengths.json` with the recommendation.
 
 # %%
-files = write_lengths(out, lengths, percentiles, audit_table, recommended, PERCENTILE,
-                      cfg.model.max_length)
+files = [
+    atomic_write_text(out / "caption_lengths.csv", lengths.to_csv(index=False)),
+    atomic_write_text(out / "tokenizer_audit.csv", audit_table.to_csv()),
+    atomic_write_json(out / "lengths.json", {
+        "recommended_max_length": recommended, "percentile": PERCENTILE,
+        "profile_max_length": cfg.model.max_length, "percentiles": percentiles.to_dict(),
+        "tokenizers": audit_table.to_dict(orient="index")}),
+]
 wrote([*files, out / "caption_lengths.png"])

@@ -58,6 +58,7 @@ from dataclasses import replace
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from IPython.display import display
 from peft import LoraConfig
 from torch.utils.data import Subset
 
@@ -72,12 +73,7 @@ from vicap_utils.teach.exercises import (
     lora_target_count,
     stock_round_trip,
 )
-from vicap_utils.teach.notebook import (
-    release,
-    setup,
-    vocabulary_table,
-    wrote,
-)
+from vicap_utils.teach.notebook import release, setup, wrote
 from vicap_utils.train import train_on_every_gpu
 from vicap_utils.validation import validation_loss
 from vicap_utils.vocab import encode_captions, special_ids
@@ -242,8 +238,14 @@ for key, tensor in batch.items():
 # the *next* token, and the positions whose target is `-100` do not count in the loss.
 
 # %%
-report.label_table(cap.tokenizer, batch["input_ids"][0], batch["labels"][0],
-                   batch["attention_mask"][0])
+first_ids, first_labels = batch["input_ids"][0], batch["labels"][0]
+rows = []
+for pos in range(min(int(batch["attention_mask"][0].sum()), len(first_ids) - 1)):  # no padding
+    target = int(first_labels[pos + 1])
+    rows.append({"input": cap.tokenizer.convert_ids_to_tokens(int(first_ids[pos])),
+                 "target": "-100 (ignored)" if target == -100
+                 else cap.tokenizer.convert_ids_to_tokens(target)})
+pd.DataFrame(rows).rename_axis("position")
 
 # %% [markdown]
 # ## 5 · Forward pass and loss, by hand
@@ -461,7 +463,14 @@ summary = train_on_every_gpu(cfg, run, resume=not OVERWRITE, overwrite=OVERWRITE
 pd.DataFrame(summary["trainable"]).set_index("part")
 
 # %%
-vocabulary_table(summary["vocabulary"])
+vocabulary = summary["vocabulary"]
+if vocabulary:  # only BLIP-1 extends it; BLIP-2's byte-level tokenizer writes every letter
+    table = pd.DataFrame({k: vocabulary[k] for k in ("before", "after")}).T
+    table = table.drop(columns="example", errors="ignore")
+    table["added_entries"] = [0, vocabulary["added_entries"]]
+else:
+    table = pd.DataFrame({"note": ["vocabulary not extended for this profile"]})
+display(table)
 
 # %% [markdown]
 # ## Learning curves

@@ -53,6 +53,9 @@ PROFILE = "auto"  # "auto": VICAP_PROFILE, else the real profile on Kaggle with 
 # First, the versions and hardware this run uses.
 
 # %%
+import textwrap
+
+import matplotlib.pyplot as plt
 import torch  # noqa: F401  (for exercise 2)
 from IPython.display import display
 
@@ -96,7 +99,15 @@ results = {c.label: app.load(c)[0] for c in filter(None, [choice, partner(choice
 handout = {label: captioner.caption(cap, images=[picture])[0][0][0]
            for label, cap in results.items()}
 handout_file = app.root / "demo" / "handout_base_vs_adapter.png"
-fig = report.plot_handout(picture, handout, title=image_name, out=handout_file)
+lines = [textwrap.fill(f"{label}: {text}", 60, subsequent_indent="   ")
+         for label, text in handout.items()]
+fig, ax = plt.subplots(figsize=(6, 4.5 + 0.45 * sum(line.count("\n") + 1 for line in lines)))
+ax.imshow(picture)
+ax.axis("off")
+ax.set_title(image_name, fontsize=10, family=report.FONT)
+ax.text(0, -0.04, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=10,
+        family=report.FONT)
+report.finish(fig, handout_file)  # saved atomically: never half an image
 for label, text in handout.items():
     print(f"{label}\n    {text}")
 

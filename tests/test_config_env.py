@@ -82,6 +82,14 @@ def test_base_model_found_under_kaggle_input(monkeypatch, tmp_path):
     assert weights.resolve_base("Salesforce/blip-image-captioning-base") == str(model_dir)
 
 
+def test_base_folder_without_config_names_the_setting_and_the_fix(tmp_path):
+    with pytest.raises(VicapError) as info:
+        weights.resolve_base(str(tmp_path))
+    assert str(info.value) == (f"{tmp_path}: no config.json; expected a saved model folder "
+                               "(model.base); set model.base to a folder save_pretrained wrote, "
+                               "or to a hub id")
+
+
 def test_unreachable_hub_fails_fast_with_one_line(monkeypatch, tmp_path, capsys):
     from vicap_utils.__main__ import main
 

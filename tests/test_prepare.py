@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,29 @@ def test_uitviic_official_splits_with_images_in_another_data_set(tmp_path, monke
     assert data.train_images == coco / "train2017" and data.val_images == coco / "val2017"
     assert data.test_images == coco / "val2017"
     assert json.loads((tmp_path / "data" / "test.json").read_text())["images"]
+
+
+def test_a_shared_data_folder_refusal_names_the_data_folder_not_out(tmp_path):
+    generate(tmp_path / "raw", n_images=4, seed=2)
+    cfg = config(tmp_path / "raw" / "captions.json", tmp_path / "raw" / "images")
+    shared = tmp_path / "shared"
+    hold = ("import sys, time\nfrom vicap_utils.ops.folders import folder_lock\n"
+            "with folder_lock(sys.argv[1]):\n    print('locked', flush=True)\n"
+            "    time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", hold, str(shared)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(VicapError) as info:
+            prepare(cfg, shared)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert str(info.value) == (f"{shared}: is in use by process {proc.pid}; wait for it or "
+                               "pick another data folder")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "val.json").write_text("my own file")
+    with pytest.raises(VicapError) as info:
+        prepare(cfg, tmp_path / "mine")
+    assert str(info.value).endswith("val.json: exists and vicap did not write it; move it away "
+                                    "or pick another data folder")

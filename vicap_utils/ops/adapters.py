@@ -1,6 +1,5 @@
 """Adapter folders (a run's `best/` and `final/`: peft adapter, processor, `vicap.json` with the
 run's config, enough to rebuild the captioner) and what `--model` names: one, or a base model."""
-from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path

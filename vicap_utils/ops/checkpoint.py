@@ -1,7 +1,5 @@
-"""A training run's folder and its resumable checkpoint `last/` (trainable weights, optimizer,
-scheduler, GradScaler, every process's RNG, progress; written atomically), so a run killed at
-any moment and resumed ends with the same adapter as an uninterrupted one."""
-from __future__ import annotations
+"""A run's folder and its resumable `last/` (trainable weights, optimizer, scheduler, scaler, each
+process's RNG; atomic): a run killed and resumed ends as an uninterrupted one."""
 
 import contextlib
 import io

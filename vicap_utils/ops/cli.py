@@ -1,8 +1,5 @@
-"""Command-line interface: `python -m vicap_utils COMMAND …` (also installed as `vicap`).
-
-A command's module is imported only when it runs (`vicap audit` never imports torch); user
-errors exit 2 with one line."""
-from __future__ import annotations
+"""`vicap COMMAND …` (also `python -m vicap_utils`): a command's module is imported only when it
+runs (`vicap audit` never imports torch); user errors exit 2 with one line."""
 
 import argparse
 import importlib

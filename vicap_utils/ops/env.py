@@ -1,6 +1,5 @@
 """Where am I: Kaggle or not, which GPU, where the inputs are, where outputs go.
 Kaggle paths derive from `VICAP_KAGGLE_ROOT` (default /kaggle), so tests fake each mount layout."""
-from __future__ import annotations
 
 import glob
 import os

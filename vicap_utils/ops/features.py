@@ -1,6 +1,5 @@
 """Vision features of the frozen ViT, computed once: fp16 in RAM when they fit, else memory-mapped
 under the run's `cache/`, keyed by weights, processor and images; DDP processes write a share."""
-from __future__ import annotations
 
 import hashlib
 import itertools

@@ -1,6 +1,5 @@
 """Output folders: vicap replaces only the entries its `.vicap-owned.json` lists, one writer holds
 `.vicap-lock`, a set lands whole (`staged`, `settle`) and an input is never written over."""
-from __future__ import annotations
 
 import contextlib
 import fcntl
@@ -78,10 +77,9 @@ def owned_entries(folder: PathLike) -> set[str]:
 
 
 def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: bool = False,
-          empty: bool = False) -> None:
-    """Make `folder` a vicap output folder of `kind` ("run", "audit", "split", "synth", "data")
-    for `names`, under `folder_lock`. Refuses `overwrite` where vicap wrote nothing, content when
-    `empty` (unless `overwrite`: a fresh set), and a name taken by a file vicap did not write."""
+          empty: bool = False, label: str = "--out") -> None:
+    """Claim `folder` for `kind` and `names` (under `folder_lock`), refusing `overwrite` where vicap
+    wrote nothing, content when `empty` (unless `overwrite`), and a name a user's file takes."""
     folder = make_output_dir(folder)
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)
@@ -97,7 +95,7 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
     foreign = _foreign(folder, names, owned)
     if foreign:
         raise VicapError(f"{folder / foreign}: exists and vicap did not write it; move it "
-                         "away or pick another --out")
+                         f"away or pick another {label}")
     for left in folder.glob(f"{STAGING_PREFIX}*"):  # staging folders a killed vicap process left
         shutil.rmtree(left, ignore_errors=True)
     if marker is None or kind not in marker["kinds"]:
@@ -154,16 +152,16 @@ def _checked_name(name: str) -> str:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: PathLike) -> Iterator[Path]:
+def folder_lock(folder: PathLike, label: str = "--out") -> Iterator[Path]:
     """Hold the folder's lock (re-entrant in one process) and finish a commit a killed writer
-    left; a second writer gets a one-line VicapError at once."""
+    left; a second writer gets a one-line VicapError at once, naming the option (`label`)."""
     folder = make_output_dir(folder)
     lock = FileLock(Path(os.path.realpath(folder)) / LOCK, timeout=0, is_singleton=True)
     if lock.is_locked:  # this process holds it already
         with lock:
             yield folder
         return
-    _acquire(lock, folder)
+    _acquire(lock, folder, label)
     try:
         settle(folder)
         yield folder
@@ -173,7 +171,7 @@ def folder_lock(folder: PathLike) -> Iterator[Path]:
         lock.release()
 
 
-def _acquire(lock: FileLock, folder: Path) -> None:
+def _acquire(lock: FileLock, folder: Path, label: str) -> None:
     """Take `lock` and write this process's pid in it, or refuse naming the holder's pid."""
     for _ in range(3):  # a holder may be releasing, or not have written its pid yet
         holder = lock_holder(folder)
@@ -184,14 +182,15 @@ def _acquire(lock: FileLock, folder: Path) -> None:
         except Timeout:
             if holder is not None:
                 raise VicapError(f"{folder}: is in use by process {holder}; wait for it or "
-                                 "pick another --out") from None
+                                 f"pick another {label}") from None
             time.sleep(0.1)
         except OSError as exc:
             if lock.is_locked:
                 lock.release()
             raise VicapError(f"{folder}: cannot write in this output folder "
                              f"({exc.strerror or exc})") from None
-    raise VicapError(f"{folder}: is in use by another process; wait for it or pick another --out")
+    raise VicapError(f"{folder}: is in use by another process; wait for it or pick another "
+                     f"{label}")
 
 
 def lock_holder(folder: PathLike) -> int | None:
@@ -258,8 +257,8 @@ def output_folder(folder: PathLike, kind: str, names: Iterable[str], *, inputs: 
     `staged(folder)` inside the block."""
     names = list(names)
     refuse_aliases(inputs, [(label, Path(folder) / n) for n in names])
-    with folder_lock(folder) as path:
-        claim(path, kind, names, overwrite=overwrite, empty=empty)
+    with folder_lock(folder, label) as path:
+        claim(path, kind, names, overwrite=overwrite, empty=empty, label=label)
         yield path
 
 

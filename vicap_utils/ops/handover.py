@@ -1,6 +1,5 @@
 """Session hand-over: a previous Kaggle session's output appears read-only under the input
 root; its newest unfinished run is copied back so `--resume` continues it."""
-from __future__ import annotations
 
 import json
 import os

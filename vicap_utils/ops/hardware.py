@@ -1,8 +1,5 @@
-"""What the GPU can do, and the training plan that follows from it (precision, 8-bit, errors).
-
-`plan()` is a pure function of `detect()`'s facts, so every GPU is testable without one. bf16
-only where native (compute ≥ 8.0); `VICAP_EMULATE_T4=1` runs a T4's plan on the CPU (tests)."""
-from __future__ import annotations
+"""What the GPU can do and the training plan that follows: `plan()` is a pure function of
+`detect()`'s facts, so every GPU is testable without one (`VICAP_EMULATE_T4=1`: a T4's plan)."""
 
 import importlib.util
 import os
@@ -135,7 +132,7 @@ class Plan:
         return (f"hardware plan: {self.facts.describe()}; mixed precision "
                 f"{self.mixed_precision}{eight_bit}")
 
-    def check(self) -> Plan:
+    def check(self) -> "Plan":
         """Raise the plan's error as a one-line VicapError; return the plan otherwise."""
         if self.error:
             raise VicapError(self.error)

@@ -1,5 +1,4 @@
 """User-facing errors, path diagnosis and crash-safe file writing shared by every command."""
-from __future__ import annotations
 
 import contextlib
 import errno
@@ -240,11 +239,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `path` that replaces it on success (the old one is
     `.NAME.old` between the two renames: see `recover_dir`); a full disk leaves `path` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    mask = os.umask(0o022)  # read the umask (by setting it): mkdtemp's 0700 becomes the
-    os.umask(mask)  # mode any new folder gets
-    tmp.chmod(0o777 & ~mask)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp.mkdir(parents=True)  # the mode the umask gives any new folder (mkdtemp's would be 0700)
     old = path.with_name(f".{path.name}.old")
     try:
         with writing_as(tmp, path):

@@ -1,6 +1,5 @@
 """pycocoevalcap's Java tools (PTB tokenizer, METEOR 1.5, SPICE), each one subprocess with a
 timeout: a failure is a reason, never a hang (its wrappers can hang METEOR or download ~385 MB)."""
-from __future__ import annotations
 
 import json
 import math

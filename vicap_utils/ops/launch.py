@@ -1,6 +1,5 @@
 """Start `vicap train` in one fresh process per GPU (torch.distributed.run) from a notebook,
 whose kernel cannot fork DDP workers once it touched CUDA. Never imports torch."""
-from __future__ import annotations
 
 import codecs
 import os

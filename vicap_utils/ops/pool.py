@@ -1,6 +1,5 @@
 """Worker processes that leave nothing behind: on Ctrl-C, an error or a kill -9 of the parent
 every worker ends, so no orphan keeps an output folder locked."""
-from __future__ import annotations
 
 import contextlib
 import math

@@ -1,5 +1,4 @@
 """Progress bars that stay readable everywhere: live in a terminal or notebook, sparse in logs."""
-from __future__ import annotations
 
 import sys
 from typing import Any

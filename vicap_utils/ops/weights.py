@@ -1,6 +1,5 @@
 """Where a base model's weights come from: a built-in toy model, a folder, a Kaggle input, the
 Hugging Face cache, or the hub, with one clear error when none of them has it offline."""
-from __future__ import annotations
 
 import os
 import socket
@@ -20,7 +19,8 @@ def resolve_base(base: str) -> str:
     path = Path(base).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise VicapError(f"{path}: no config.json; expected a saved model folder")
+            raise VicapError(f"{path}: no config.json; expected a saved model folder (model.base);"
+                             " set model.base to a folder save_pretrained wrote, or to a hub id")
         return str(path)
     tail = base.rstrip("/").split("/")[-1]
     for config in find_inputs([f"**/{tail}/config.json", f"**/{tail}/**/config.json"]):

@@ -1,6 +1,5 @@
 """The ipywidgets captioning app of notebook 06 (display `build_app().widget`): models load
 once, uploads are checked and decoded in memory, every failure is a message in the app."""
-from __future__ import annotations
 
 import functools
 import html
@@ -25,7 +24,7 @@ from vicap_utils.config import EvalConfig, ModelConfig
 from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb, to_rgb
 from vicap_utils.ops import env
-from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
+from vicap_utils.ops.adapters import WEIGHTS_FILE, is_adapter, load_model, model_ref
 from vicap_utils.ops.checkpoint import run_references
 from vicap_utils.ops.io import VicapError
 from vicap_utils.toy.data import sample_images
@@ -72,11 +71,7 @@ def find_adapters(*roots: str | Path) -> list[Path]:
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             if is_adapter(folder):
                 found.add(Path(folder))
-    return sorted(found, key=_adapter_mtime, reverse=True)
-
-
-def _adapter_mtime(folder: Path) -> float:
-    return (folder / "adapter_model.safetensors").stat().st_mtime
+    return sorted(found, key=lambda f: (f / WEIGHTS_FILE).stat().st_mtime, reverse=True)
 
 
 def model_choices(adapters: list[Path], root: Path, default_base: str) -> list[ModelChoice]:
@@ -84,7 +79,7 @@ def model_choices(adapters: list[Path], root: Path, default_base: str) -> list[M
     adapter's folder, which records it) and `default_base`."""
     choices, bases = [], {}
     for folder in adapters:
-        stamp = datetime.fromtimestamp(_adapter_mtime(folder)).strftime("%d %b %H:%M")
+        stamp = f"{datetime.fromtimestamp((folder / WEIGHTS_FILE).stat().st_mtime):%d %b %H:%M}"
         shown = folder.relative_to(root) if folder.is_relative_to(root) else folder
         try:
             base = model_ref(str(folder)).model.base
@@ -216,7 +211,7 @@ def _guarded(method: Callable) -> Callable:
     """Run a widget callback; show any failure as a message instead of a traceback."""
 
     @functools.wraps(method)
-    def run(self: CaptionApp, *args: Any) -> None:
+    def run(self: "CaptionApp", *args: Any) -> None:
         try:
             method(self, *args)
         except Exception as exc:  # the app must stay usable whatever went wrong

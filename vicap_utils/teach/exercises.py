@@ -1,8 +1,5 @@
-""""Check yourself" cells and the reference answers that notebooks and solutions share.
-
-A check prints one line, never the solution: not done yet (None), not quite with a hint, or
-right. It accepts every right form and tries cases where the usual wrong answers differ."""
-from __future__ import annotations
+""""Check yourself" cells and the answers notebooks and solutions share: one line, never the
+solution (not done yet, not quite with a hint, or right), accepting every right form."""
 
 import math
 import numbers

@@ -1,5 +1,4 @@
 """Helpers the notebooks share: set-up, a profile's folders, tokenizers (02, 03), evaluation."""
-from __future__ import annotations
 
 import gc
 from dataclasses import dataclass, field
@@ -120,20 +119,6 @@ def tokenizer_variants(captions: list[str]) -> dict[str, Any]:
             "extended": extended}
 
 
-def write_lengths(out: Path, lengths: pd.DataFrame, percentiles: pd.DataFrame,
-                  tokenizers: pd.DataFrame, recommended: int, percentile: float,
-                  profile_max_length: int) -> list[Path]:
-    """Notebook 02's results: caption_lengths.csv, tokenizer_audit.csv and lengths.json."""
-    return [
-        atomic_write_text(out / "caption_lengths.csv", lengths.to_csv(index=False)),
-        atomic_write_text(out / "tokenizer_audit.csv", tokenizers.to_csv()),
-        atomic_write_json(out / "lengths.json", {
-            "recommended_max_length": recommended, "percentile": percentile,
-            "profile_max_length": profile_max_length, "percentiles": percentiles.to_dict(),
-            "tokenizers": tokenizers.to_dict(orient="index")}),
-    ]
-
-
 def base_tokenizer(cfg: Config):
     """The base model's own tokenizer, before any Vietnamese extension (processor only)."""
     from transformers import AutoProcessor  # transformers: slow to import, as in captioner
@@ -151,16 +136,6 @@ def model_tokenizer(cfg: Config, variants: dict[str, Any]):
         print(f"notice: {cfg.model.base} tokenizer unavailable ({exc}); counting stock BLIP "
               "tokens instead")
         return variants["stock (strips accents)"]
-
-
-def vocabulary_table(vocabulary: dict[str, Any]) -> pd.DataFrame:
-    """Training captions with the stock tokenizer ("before") and the extended one ("after")."""
-    if not vocabulary:
-        return pd.DataFrame({"note": ["vocabulary not extended for this profile"]})
-    table = pd.DataFrame({k: vocabulary[k] for k in ("before", "after")}).T
-    table = table.drop(columns="example", errors="ignore")
-    table["added_entries"] = [0, vocabulary["added_entries"]]
-    return table
 
 
 # ---------------------------------------------------------------- notebooks 04 and 05

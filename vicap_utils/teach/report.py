@@ -1,6 +1,5 @@
 """Tables and figures the notebooks show: data audit, caption lengths, tokenizers, metrics,
 and the caption gallery (PNG grid and a self-contained HTML page)."""
-from __future__ import annotations
 
 import base64
 import html
@@ -61,7 +60,7 @@ def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
     counts = images["captions"].value_counts().sort_index()
     ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
     ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
-    return _finish(fig, out)
+    return finish(fig, out)
 
 
 def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
@@ -97,7 +96,7 @@ def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
     if max_length is not None:
         ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
                     label=f"max_length {max_length} − bos/eos")
-    return _finish(fig, out)
+    return finish(fig, out)
 
 
 def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
@@ -126,22 +125,7 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
     best = max(history, key=lambda h: h["val_CIDEr"] if h["val_CIDEr"] == h["val_CIDEr"] else -1)
     ax2.axvline(best["epoch"], color="grey", ls="--", lw=1, label=f"best: epoch {best['epoch']}")
     ax2.set(xlabel="epoch", ylabel="val CIDEr")
-    return _finish(fig, out)
-
-
-def label_table(tokenizer, input_ids: Sequence[int], labels: Sequence[int],
-                attention_mask: Sequence[int] | None = None) -> pd.DataFrame:
-    """One example position by position: input token, and the target the loss gives it (the label
-    one step later, "-100 (ignored)" where skipped); padding left out."""
-    rows = []
-    for pos in range(len(input_ids) - 1):
-        if attention_mask is not None and not attention_mask[pos]:
-            break
-        target = int(labels[pos + 1])
-        rows.append({"input": tokenizer.convert_ids_to_tokens(int(input_ids[pos])),
-                     "target": "-100 (ignored)" if target == -100
-                     else tokenizer.convert_ids_to_tokens(target)})
-    return pd.DataFrame(rows).rename_axis("position")
+    return finish(fig, out)
 
 
 def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
@@ -180,7 +164,7 @@ def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4
                hatch="//" if "published" in str(label) else None)
     ax.set(xticks=x, xticklabels=cols, ylabel="score")
     ax.legend(fontsize=8)
-    return _finish(fig, out)
+    return finish(fig, out)
 
 
 def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | None = None):
@@ -192,7 +176,7 @@ def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | Non
         ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
     ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
            ylabel="images")
-    return _finish(fig, out)
+    return finish(fig, out)
 
 
 @dataclass
@@ -240,21 +224,7 @@ def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
         text = "\n".join(textwrap.fill(line, wrap, subsequent_indent="   ") for line in lines)
         ax.text(0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 family=FONT)
-    return _finish(fig, out, h_pad=3)
-
-
-def plot_handout(image, captions: Mapping[str, str], title: str = "",
-                 out: str | Path | None = None, wrap: int = 60):
-    """One image above the captions several models wrote for it, for a printed handout."""
-    lines = [textwrap.fill(f"{label}: {text}", wrap, subsequent_indent="   ")
-             for label, text in captions.items()]
-    fig, ax = plt.subplots(figsize=(6, 4.5 + 0.45 * sum(line.count("\n") + 1 for line in lines)))
-    ax.imshow(image)
-    ax.axis("off")
-    ax.set_title(title, fontsize=10, family=FONT)
-    ax.text(0, -0.04, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=10,
-            family=FONT)
-    return _finish(fig, out)
+    return finish(fig, out, h_pad=3)
 
 
 def gallery_html(items: Sequence[GalleryItem], out: str | Path,
@@ -289,7 +259,7 @@ def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]
     return table.where(numbers).astype(float).dropna(axis=1, how="all")
 
 
-def _finish(fig, out: str | Path | None, h_pad: float | None = None):
+def finish(fig, out: str | Path | None, h_pad: float | None = None):
     """Grid and legend on each plot, tight layout, then the figure saved atomically when `out` is
     given (PNG unless its suffix names another format): a full disk never leaves half an image."""
     for ax in fig.axes:

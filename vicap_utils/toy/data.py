@@ -1,9 +1,5 @@
-"""A procedurally drawn ball-sports caption set: the data of the `mini` profile.
-
-Every image shows one sport (told apart by court and ball), one to three players in one shirt
-colour, and five captions that state exactly those three facts, so a tiny model can learn them.
-"""
-from __future__ import annotations
+"""The `mini` profile's drawn ball-sports set: each image one sport (court and ball), one to three
+players in one shirt colour, and five captions stating exactly those facts."""
 
 import argparse
 import contextlib

@@ -1,6 +1,5 @@
 """The toy models: the `mini` base (a tiny BLIP-1 with the BERT entries the synthetic captions
 need, pre-trained on them in English, cached) and the tiny BLIP-2 of tests and rehearsals."""
-from __future__ import annotations
 
 import hashlib
 import json
