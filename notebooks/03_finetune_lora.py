@@ -52,6 +52,7 @@ VAL_CAPTIONS = 256  # the fixed validation sample the hand-written loop reports 
 # %%
 import copy
 import json
+import re
 from contextlib import nullcontext
 from dataclasses import replace
 
@@ -145,19 +146,24 @@ class LoRALinear(torch.nn.Module):
         self.scaling = alpha / r
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(x) + self.scaling * (x @ self.A.T @ self.B.T)
+        update = self.scaling * (x.to(self.A.dtype) @ self.A.T @ self.B.T)  # A, B in fp32
+        return (self.linear(x) + update).to(x.dtype)  # as peft adds it to an fp16 W·x
 
 
 # %% [markdown]
-# Wrap it around one attention layer of the base: the query projection of the decoder's first
-# self-attention block, the first of the layers LoRA adapts below. Until `B` learns something,
-# the wrapped layer gives exactly the frozen layer's output.
+# Wrap it around one attention layer of the base: the first of the layers LoRA adapts below
+# (BLIP-1: the query projection of the text decoder's first self-attention block). Until `B`
+# learns something, the wrapped layer gives exactly the frozen layer's output.
 
 # %%
-name = "text_decoder.bert.encoder.layer.0.attention.self.query"  # BLIP-1's first query layer
+targets = captioner.lora_targets(base.family, cfg.lora)  # a regex over module names
+name = next(n for n, m in base.model.named_modules()
+            if isinstance(m, torch.nn.Linear) and re.fullmatch(targets, n))
 query = base.model.get_submodule(name)
-hand = LoRALinear(query, r=cfg.lora.r, alpha=cfg.lora.alpha)
-x = torch.randn(2, 5, query.in_features)  # hidden states: 2 captions × 5 positions
+hand = LoRALinear(query, r=cfg.lora.r, alpha=cfg.lora.alpha).to(query.weight.device)
+x = torch.randn(2, 5, query.in_features,  # hidden states: 2 captions × 5 positions
+                dtype=base.model.dtype, device=query.weight.device)
+print(name)
 print(f"W {tuple(query.weight.shape)}: {query.weight.numel():,} numbers, frozen")
 print(f"A {tuple(hand.A.shape)} + B {tuple(hand.B.shape)}: "
       f"{hand.A.numel() + hand.B.numel():,} numbers to train (r={cfg.lora.r})")
@@ -369,7 +375,8 @@ hand = LoRALinear(peft_layer.base_layer, r=lora.r, alpha=lora.lora_alpha).to(dev
 with torch.no_grad():
     hand.A.copy_(peft_layer.lora_A["default"].weight)
     hand.B.copy_(peft_layer.lora_B["default"].weight)
-    x = torch.randn(2, 5, hand.linear.in_features, device=device)
+    x = torch.randn(2, 5, hand.linear.in_features, device=device,
+                    dtype=captioner.inner_model(model).dtype)
     same = torch.allclose(hand(x), peft_layer(x), atol=1e-5)
 print(f"|B| = {hand.B.norm():.4f}; LoRALinear with peft's A and B gives peft's output: {same}")
 

@@ -52,10 +52,14 @@ from vicap_utils.metrics import (
     PUBLISHED_UITVIIC_BLIP,
     PUBLISHED_UITVIIC_BLIP_LABEL,
     PUBLISHED_UITVIIC_BLIP_SETUP,
+    compare,
+    evaluate_detailed,
     python_tokenize,
 )
-from vicap_utils.ops.adapters import is_adapter, load_model
+from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
 from vicap_utils.ops.checkpoint import read_state
+from vicap_utils.ops.io import atomic_write_json
+from vicap_utils.predict import predict_file
 from vicap_utils.teach import report
 from vicap_utils.teach.exercises import (
     BLEU_CASE,
@@ -206,6 +210,27 @@ fig = report.plot_scores(scores, out=out / "scores.png")
 report.diversity_table(result.metrics).round(3)
 
 # %% [markdown]
+# ## Cross-entropy vs self-critical training (SCST)
+# Notebook 03b trains SCST from this run's adapter into `<run>-scst/`. Its adapter captions the
+# same images with the same decoding, and `metrics.compare` puts the two side by side (`vicap
+# evaluate … --compare METRICS_JSON` prints the same). SCST optimises CIDEr, and CIDEr rewards
+# the safe, frequent phrasing: the last line says plainly whether SCST bought its CIDEr with
+# diversity (lower TTR, distinct-n or vocabulary, more repeated captions).
+
+# %%
+scst_best = run.parent / f"{run.name}-scst" / "best"
+if is_adapter(scst_best):
+    scst_files = out / "predictions_scst.json", out / "metrics_scst.json"
+    predict_file(model_ref(str(scst_best)), refs_file, images, scst_files[0])
+    scst_metrics, _ = evaluate_detailed(scst_files[0], str(refs_file),
+                                        train_captions=str(run / "data" / "train.json"))
+    atomic_write_json(scst_files[1], scst_metrics)
+    print(compare(result.metrics[FINE_TUNED], scst_metrics))
+else:
+    scst_files = ()
+    display(Markdown(f"No SCST adapter in `{scst_best}` yet: notebook 03b trains one."))
+
+# %% [markdown]
 # ## Per-image CIDEr
 # CIDEr weights n-grams by their rarity across the **whole evaluated set**, so each image's
 # score is computed against the document frequencies of all validation references.
@@ -290,9 +315,11 @@ check_close("3 · CIDEr of one image", CIDER_ALONE, lambda: cider_alone(gts[firs
 # 6. Why is METEOR-vi fairer to Vietnamese captions than METEOR?
 # 7. This notebook says the run never finished. What does that mean for the scores, and what
 #    do you do?
+# 8. SCST raised CIDEr over cross-entropy. Which figures tell you whether it paid for that with
+#    diversity, and why would optimising CIDEr make captions more alike?
 
 # %% [markdown]
 # ## What this notebook wrote
 
 # %%
-wrote([*result.files, out / "scores.png", out / "cider_per_image.png"])
+wrote([*result.files, *scst_files, out / "scores.png", out / "cider_per_image.png"])

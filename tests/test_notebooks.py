@@ -247,8 +247,12 @@ def test_03b_takes_one_scst_update_by_hand_then_hands_over(runner: Runner):
 
 @pytest.mark.slow
 def test_04_scores_zero_shot_and_fine_tuned(runner: Runner):
-    runner.run("04_evaluate")
+    text = outputs_text(runner.run("04_evaluate"))
     ev = runner.run_dir / "eval"
+    ce = json.loads((ev / "metrics_fine_tuned.json").read_text(encoding="utf-8"))
+    scst = json.loads((ev / "metrics_scst.json").read_text(encoding="utf-8"))  # 03b's adapter
+    assert re.search(rf"CIDEr +{ce['CIDEr']:.4f} +{scst['CIDEr']:.4f}\n", text), text[-3000:]
+    assert re.search(r"SCST (did not raise|bought|raised) CIDEr \([+-][\d.]+%\)", text)
     metrics = json.loads((ev / "metrics.json").read_text(encoding="utf-8"))
     assert set(metrics) == {"zero-shot", "fine-tuned"}
     assert metrics["fine-tuned"]["CIDEr"] > metrics["zero-shot"]["CIDEr"]

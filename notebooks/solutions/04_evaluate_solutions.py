@@ -155,3 +155,9 @@ for label, m in metrics.items():
 # 7. Training was cut off (no `final/`, or `last/state.json` says unfinished): `best/` is the
 #    best epoch so far, not the run's result. Finish it (notebook 03 or `vicap train ...
 #    --resume`), or report the numbers as a progress check with the epoch they come from.
+# 8. `TTR` (= distinct-1), distinct-2, the vocabulary size (falling) and the repetition rate
+#    (rising): `metrics.compare` lists whichever got worse. CIDEr rewards n-grams many references
+#    share; sampling then pushes up the captions that score above their siblings, so the model
+#    drifts towards the frequent, safe phrasing and drops rarer words. On 60 unseen `mini`
+#    images (seed 777, beam 3) SCST raised CIDEr 2.53 → 2.77 while its vocabulary fell from 35
+#    to 28 words and the repetition rate rose from 0.40 to 0.55.
