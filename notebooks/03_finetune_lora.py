@@ -42,7 +42,7 @@ VAL_CAPTIONS = 256  # the fixed validation sample the hand-written loop reports 
 # a first look at PyTorch (tensors, `loss.backward()`).
 #
 # **Time:** `mini` on a 2-core laptop CPU: about 1.5 minutes
-# (72 s measured: 60 hand-written steps, then 8 epochs before early stopping; see docs/teaching.md).
+# (79 s measured: 60 hand-written steps, then 8 epochs before early stopping; see docs/teaching.md).
 # `uitviic-blip` on a Kaggle T4: about 25–35 minutes for 30 epochs (estimate).
 #
 # **Run a section again from its first cell.** Each section rebuilds what it changes (a fresh

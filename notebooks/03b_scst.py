@@ -36,8 +36,8 @@ MAX_STEPS = 0  # 0: the profile's scst.epochs; a few steps for a quick look
 #
 # **Before you start:** notebook 03 (its `best/` adapter is where SCST starts).
 #
-# **Time:** `mini` on a 2-core laptop CPU: under a minute with a few steps (`MAX_STEPS`), a few
-# minutes for the profile's 3 epochs; `uitviic-blip` on a Kaggle T4: about 30–60 minutes for 5
+# **Time:** `mini` on a 2-core laptop CPU: about 1.5 minutes for the profile's 3 epochs (75 s
+# measured; see docs/teaching.md); `uitviic-blip` on a Kaggle T4: about 30–60 minutes for 5
 # epochs (estimate: 5 sampled captions per image per step).
 
 # %%
