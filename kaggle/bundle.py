@@ -36,10 +36,11 @@ BUILD_MARK = ".vicap-bundle"  # in every folder bundle.py builds: only such a fo
 # The T4 machine shape, which is two T4s ("GPU T4 x2"; Kaggle offers no single T4): kaggle-cli
 # PR #1198. Kaggle's torch has no sm_60 kernels, so the default P100 cannot run (PR #1156).
 T4 = "NvidiaTeslaT4"
-GPU_NOTEBOOKS = {"03_finetune_lora", "04_evaluate", "05_gallery", "06_caption_demo"}
+GPU_NOTEBOOKS = {"03_finetune_lora", "03b_scst", "04_evaluate", "05_gallery", "06_caption_demo"}
 # CPU notebooks that still need the base model (02 counts tokens with its tokenizer).
 MODEL_NOTEBOOKS = {"flickr8k-blip2": {"02_caption_lengths"}}
 TRAINING_NOTEBOOK = "03_finetune_lora"
+NOTEBOOK_GLOB = "[0-9][0-9]*_*.ipynb"  # 01_… to 06_…, with 03b_scst after 03
 # Runtime dependencies missing from Kaggle's image (the check is in docs/kaggle.md).
 ALWAYS_BUNDLED = ("pycocoevalcap",)
 
@@ -160,7 +161,7 @@ def kernel_folder(notebook: Path, owner: str, profile: str, out: Path,
 
 def notebook_stems() -> list[str]:
     """The numbered notebooks, in order (each becomes one kernel per profile)."""
-    return [nb.stem for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))]
+    return [nb.stem for nb in sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))]
 
 
 def replaceable(out: Path) -> None:
@@ -196,7 +197,7 @@ def _build(owner: str, out: Path, profiles: list[str], datasets: list[str] | Non
     """bundle()'s folders, written into `out`."""
     extra = sorted({w for p in profiles for w in PROFILES[p].wheels})
     folders = [wheel_dataset(owner, out, extra)]
-    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted((ROOT / "notebooks").glob(NOTEBOOK_GLOB))
     for profile in profiles:
         spec = PROFILES[profile]
         attach = datasets if datasets is not None else [d.format(owner=owner)

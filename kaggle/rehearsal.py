@@ -7,10 +7,11 @@ Each kernel runs in its own session folder DIR/<tag>/<session>/ holding `input/`
 (`VICAP_KAGGLE_ROOT`): its metadata's data sets, models and kernel outputs mounted read-only
 the way Kaggle mounts them, its notebook executed by papermill in the profile's fresh venv
 (its first kernel's first cell installs vicap and pycocoevalcap there from the wheel data set),
-under `VICAP_EMULATE_T4=1` (a T4's plan on the CPU). Notebook 03 is killed after its first
-checkpoint and resumed in a second session with the first one's output attached. The inputs
-are tiny (synthetic images, random base models saved with `bundle.py --save-base`) and the two
-profiles play side by side, so the whole rehearsal takes minutes.
+under `VICAP_EMULATE_T4=1` (a T4's plan on the CPU); 04 gets 03b's output too (the SCST
+comparison). Notebook 03 is killed after its first checkpoint and resumed in a second session
+with the first one's output attached. The inputs are tiny (synthetic images, random base models
+saved with `bundle.py --save-base`) and the two profiles play side by side, so the whole
+rehearsal takes minutes.
 Exit 0 only when every kernel ran, wrote what it should and left its inputs as they were;
 DIR/rehearsal.json records each kernel's seconds and outputs.
 """
@@ -49,14 +50,19 @@ TRAINING = bundle.TRAINING_NOTEBOOK
 TRAIN_OVERRIDES = ["train.epochs=2", "train.batch_size=12", "train.grad_accum=1",
                    "train.patience=0", "train.val_sample=0", "train.num_workers=0",
                    "eval.num_beams=1", "eval.max_new_tokens=8", "eval.batch_size=8"]
+SCST = "03b_scst"
 PARAMETERS = {"03_finetune_lora": {"HAND_STEPS": 2, "OVERRIDES": TRAIN_OVERRIDES},
+              SCST: {"MAX_STEPS": 2, "OVERRIDES": [*TRAIN_OVERRIDES, "scst.samples=2",
+                                                   "scst.batch_size=4", "scst.max_new_tokens=8"]},
               "04_evaluate": {"N_BY_HAND": 1}, "05_gallery": {"N_BEST": 1, "N_WORST": 1}}
 # What each kernel must leave in /kaggle/working ({profile} filled in).
 OUTPUTS = {"01_data_audit": ["data/{profile}/clean.json"],
            "02_caption_lengths": ["data/{profile}/lengths.json"],
            "03_finetune_lora": ["runs/{profile}/best/adapter_model.safetensors",
                                 "runs/{profile}/final/adapter_model.safetensors"],
-           "04_evaluate": ["runs/{profile}/eval/metrics.json"],
+           SCST: ["runs/{profile}-scst/best/adapter_model.safetensors"],
+           "04_evaluate": ["runs/{profile}/eval/metrics.json",  # 03b's output attached too:
+                           "runs/{profile}/eval/metrics_scst.json"],
            "05_gallery": ["runs/{profile}/eval/gallery.png"],
            "06_caption_demo": ["demo/handout_base_vs_adapter.png"]}
 SPLITS = {"train": 12, "val": 4, "test": 4}  # images per split (Flickr8k: all in one file)
@@ -281,7 +287,7 @@ def first_checkpoint(run: Path) -> Callable[[], bool]:
 
 def play(r: Rehearsal, build: Path, profile: str, stem: str, session: str,
          outputs: dict[str, Path], parameters: dict, interrupt: bool = False,
-         resume_from: str | None = None) -> bool:
+         attach: tuple[str, ...] = ()) -> bool:
     """Run one kernel in a fresh session; record it; True when it did what it should."""
     tag = bundle.PROFILES[profile].tag
     folder = build / f"{tag}-{stem}"
@@ -291,7 +297,7 @@ def play(r: Rehearsal, build: Path, profile: str, stem: str, session: str,
     layout = LAYOUTS[profile]
     sources = [(h, "dataset") for h in meta["dataset_sources"]] + \
         [(h, "model") for h in meta["model_sources"]] + \
-        [(h, "kernel") for h in meta["kernel_sources"] + ([resume_from] if resume_from else [])]
+        [(h, "kernel") for h in [*meta["kernel_sources"], *attach]]
     for handle, kind in sources:
         src = outputs[handle] if kind == "kernel" else r.store[handle]
         mount(src, root / "input" / mount_point(handle, kind, layout))
@@ -348,10 +354,12 @@ def check_session(root: Path, profile: str, stem: str, interrupt: bool, error: s
 
 
 def rehearse(r: Rehearsal, build: Path, profile: str) -> bool:
-    """Every kernel of one profile in order; 03 interrupted once and resumed; stop at the first
-    that fails."""
+    """Every kernel of one profile in order; 03 interrupted once and resumed; 04 with 03b's
+    output attached as well (the optional SCST comparison); stop at the first that fails."""
     outputs: dict[str, Path] = {}
-    training = f"{OWNER}/{bundle.kernel_slug(bundle.PROFILES[profile].tag, TRAINING)}"
+    tag = bundle.PROFILES[profile].tag
+    training = f"{OWNER}/{bundle.kernel_slug(tag, TRAINING)}"
+    scst = f"{OWNER}/{bundle.kernel_slug(tag, SCST)}"
     for stem in bundle.notebook_stems():
         params = PARAMETERS.get(stem, {})
         if stem == TRAINING:
@@ -359,9 +367,10 @@ def rehearse(r: Rehearsal, build: Path, profile: str) -> bool:
                         {**params, "OVERWRITE": True}, interrupt=True):
                 return False
             ok = play(r, build, profile, stem, f"{stem}-session2", outputs,
-                      {**params, "OVERWRITE": False}, resume_from=training)
+                      {**params, "OVERWRITE": False}, attach=(training,))
         else:
-            ok = play(r, build, profile, stem, stem, outputs, params)
+            ok = play(r, build, profile, stem, stem, outputs, params,
+                      attach=(scst,) if stem == "04_evaluate" else ())
         if not ok:
             return False
     return True

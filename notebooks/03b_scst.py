@@ -52,10 +52,11 @@ from vicap_utils.dataset import image_rows
 from vicap_utils.metrics import CiderD, python_tokenize
 from vicap_utils.prepare import prepare
 from vicap_utils.teach.exercises import check_close, check_equal
-from vicap_utils.teach.notebook import setup, wrote
+from vicap_utils.teach.notebook import eval_inputs, setup, wrote
 from vicap_utils.train import train
 
 cfg, run = setup(PROFILE, OVERRIDES)
+eval_inputs(run)  # notebook 03's run: here, or copied in from its output attached on Kaggle
 ce_adapter, scst_run = run / "best", run.parent / f"{run.name}-scst"
 
 # %% [markdown]

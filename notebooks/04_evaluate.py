@@ -75,6 +75,7 @@ from vicap_utils.teach.notebook import (
     eval_inputs,
     evaluate_run,
     release,
+    scst_adapter,
     setup,
     wrote,
 )
@@ -218,8 +219,8 @@ report.diversity_table(result.metrics).round(3)
 # diversity (lower TTR, distinct-n or vocabulary, more repeated captions).
 
 # %%
-scst_best = run.parent / f"{run.name}-scst" / "best"
-if is_adapter(scst_best):
+scst_best = scst_adapter(run)  # <run>-scst/best, or notebook 03b's output attached on Kaggle
+if scst_best is not None:
     scst_files = out / "predictions_scst.json", out / "metrics_scst.json"
     predict_file(model_ref(str(scst_best)), refs_file, images, scst_files[0])
     scst_metrics, _ = evaluate_detailed(scst_files[0], str(refs_file),
@@ -228,7 +229,8 @@ if is_adapter(scst_best):
     print(compare(result.metrics[FINE_TUNED], scst_metrics))
 else:
     scst_files = ()
-    display(Markdown(f"No SCST adapter in `{scst_best}` yet: notebook 03b trains one."))
+    display(Markdown("No SCST adapter yet: notebook 03b_scst trains one (on Kaggle, attach "
+                     "its output as an input of this notebook)."))
 
 # %% [markdown]
 # ## Per-image CIDEr

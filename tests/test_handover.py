@@ -136,3 +136,19 @@ def test_what_counts_as_unfinished(tmp_path):
     assert not handover.is_unfinished(tmp_path / "nothing")
     assert handover.find_resumable(tmp_path / "nowhere", tmp_path / "nothing") is None
     assert handover.prepare_resume(tmp_path / "new", input_root=tmp_path / "nothing") is None
+
+
+def test_trained_runs_found_as_cross_entropy_or_scst(tmp_path):
+    """An input may hold notebook 03's run and 03b's SCST run of the same profile: 04 evaluates
+    the cross-entropy one and compares with the SCST one, never the other way round."""
+    root = tmp_path / "input"
+    ce = make_run(root / "a" / "runs" / "uitviic-blip", finished=True)
+    scst = make_run(root / "b" / "runs" / "uitviic-blip-scst", finished=True)
+    for run, when in ((ce, 1_700_000_000), (scst, 1_700_000_500)):
+        (run / "best" / "vicap.json").write_text("{}")
+        os.utime(run / "best" / "adapter_model.safetensors", (when, when))
+    state = json.loads((scst / "last" / "state.json").read_text())
+    (scst / "last" / "state.json").write_text(json.dumps({**state, "scst_from": str(ce / "best")}))
+    assert handover.find_trained("uitviic-blip", root) == ce  # not the newer SCST run
+    assert handover.find_trained("uitviic-blip", root, scst=True) == scst
+    assert handover.find_trained("mini", root, scst=True) is None

@@ -15,8 +15,8 @@ import nbformat
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-GPU = {"03_finetune_lora", "04_evaluate", "05_gallery", "06_caption_demo"}
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]*_*.ipynb"))
+GPU = {"03_finetune_lora", "03b_scst", "04_evaluate", "05_gallery", "06_caption_demo"}
 sys.path.insert(0, str(ROOT / "kaggle"))
 import bundle  # noqa: E402
 import rehearsal  # noqa: E402

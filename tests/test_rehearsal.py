@@ -23,13 +23,18 @@ def test_kaggle_rehearsal_plays_every_kernel_of_both_profiles(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads((out / "rehearsal.json").read_text())
     assert record["ok"] and {k["session"] for k in record["kernels"]} >= {
-        "03_finetune_lora-session1", "03_finetune_lora-session2", "04_evaluate", "05_gallery",
-        "06_caption_demo"}
+        "03_finetune_lora-session1", "03_finetune_lora-session2", "03b_scst", "04_evaluate",
+        "05_gallery", "06_caption_demo"}
     for tag, profile in (("uitviic", "uitviic-blip"), ("flickr8k", "flickr8k-blip2")):
         run = out / tag / "{}" / "working" / "runs" / profile
         metrics = json.loads((Path(str(run).format("04_evaluate")) / "eval" / "metrics.json")
                              .read_text())
         assert set(metrics) == SYSTEMS and all(0 <= m["CIDEr"] for m in metrics.values())
+        scst = Path(str(run).format("03b_scst") + "-scst") / "last" / "state.json"
+        assert json.loads(scst.read_text())["scst_from"].endswith(f"runs/{profile}/best")
+        scored = json.loads((Path(str(run).format("04_evaluate")) / "eval" / "metrics_scst.json")
+                            .read_text())  # 04 found 03b's adapter among its inputs
+        assert 0 <= scored["CIDEr"] and scored["vocab_size"] >= 1
         gallery = Path(str(run).format("05_gallery")) / "eval" / "gallery.png"
         assert gallery.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         resumed = json.loads((Path(str(run).format("03_finetune_lora-session2")) / "last" /

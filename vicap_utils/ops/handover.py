@@ -77,11 +77,13 @@ def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
     return _newest(Path(out_dir), profile) or _newest(input_root, profile)
 
 
-def find_trained(profile: str, input_root: str | Path | None = None) -> Path | None:
-    """The newest run of `profile` with an adapter in best/ under `input_root` (default
-    Kaggle's: an attached notebook 03 output), or None."""
+def find_trained(profile: str, input_root: str | Path | None = None,
+                 scst: bool = False) -> Path | None:
+    """The newest cross-entropy (or, with `scst`, self-critical) run of `profile` with an adapter
+    in best/ under `input_root` (default Kaggle's: an attached notebook 03 or 03b output)."""
     runs = [r for r in _runs_under(Path(input_root or kaggle_input()),
-                                   lambda r: is_adapter(r / "best")) if _of_profile(r, profile)]
+                                   lambda r: is_adapter(r / "best"))
+            if _of_profile(r, profile) and bool(_state(r).get("scst_from")) == scst]
     return max(runs, key=lambda r: (r / "best" / WEIGHTS_FILE).stat().st_mtime) if runs else None
 
 

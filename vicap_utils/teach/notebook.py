@@ -168,6 +168,15 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     return run_references(run, split)
 
 
+def scst_adapter(run: Path) -> Path | None:
+    """Notebook 03b's adapter for `run`: `<run>-scst/best` here, else the newest attached one."""
+    here = run.parent / f"{run.name}-scst" / "best"
+    if is_adapter(here):
+        return here
+    found = find_trained(run.name, scst=True)
+    return found / "best" if found else None
+
+
 def _train_hint(profile: str) -> str:
     """How to get an adapter: attach notebook 03's kernel on Kaggle, else run notebook 03."""
     if not is_kaggle():
