@@ -1,6 +1,5 @@
 """`vicap audit`: decode every image, screen every caption; write, as one set, audit.json,
 clean.json and rejects.csv (every caption is in clean.json or rejects.csv)."""
-from __future__ import annotations
 
 import argparse
 import csv

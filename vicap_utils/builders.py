@@ -1,6 +1,5 @@
 """A training run's parts, one builder each: data, captioner (Vietnamese vocabulary, LoRA),
 examples, loader, optimiser; `Trainer.setup` and notebook 03 call them in this order."""
-from __future__ import annotations
 
 import os
 import random

@@ -1,6 +1,5 @@
 """The one place that knows BLIP-1 (ViT + BERT decoder over `[DEC] caption [SEP]`) from BLIP-2
 (a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
-from __future__ import annotations
 
 import functools
 import logging
@@ -331,7 +330,7 @@ class Decoding:
     num_return_sequences: int = 1
 
     @classmethod
-    def from_eval(cls, ev: EvalConfig, **changes: Any) -> Decoding:
+    def from_eval(cls, ev: EvalConfig, **changes: Any) -> "Decoding":
         """Beam search as configured in an `eval` section, with `changes` applied."""
         return cls(**{"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens,
                       "repetition_penalty": ev.repetition_penalty, **changes})

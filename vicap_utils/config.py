@@ -1,6 +1,5 @@
 """Run configuration: dataclasses per concern (the recipe), named profiles, and overrides that
 pydantic converts and range-checks; `vicap train` saves it as config.json for `--config`."""
-from __future__ import annotations
 
 import copy
 import json

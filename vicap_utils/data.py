@@ -1,6 +1,5 @@
 """Caption sets: COCO-style and Flickr8k readers into one table (a bad file refused in one line,
 a bad entry left out in `rejects`), COCO writing, seeded split."""
-from __future__ import annotations
 
 import argparse
 import csv
@@ -92,7 +91,7 @@ class CaptionSet:
                         **ann.extra} for ann in self.annotations]
         return {**self.extra, "images": images, "annotations": annotations}
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> "pd.DataFrame":
         """One row per caption: image_id, file_name, annotation_id, caption."""
         import pandas as pd  # pandas: slow to import, and the audit and split never need it
 
@@ -109,7 +108,7 @@ class CaptionSet:
                 by_image[ann.image_id].append(ann.caption)
         return by_image
 
-    def subset(self, image_ids: Iterable[ImageId]) -> CaptionSet:
+    def subset(self, image_ids: Iterable[ImageId]) -> "CaptionSet":
         """The given images (KeyError for an unknown id) with their captions and split."""
         images = {image_id: self.images[image_id] for image_id in image_ids}
         return CaptionSet(images, [ann for ann in self.annotations if ann.image_id in images],

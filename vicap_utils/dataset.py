@@ -1,7 +1,6 @@
 """Training examples: (image, caption) pairs as tensors, batched in a resumable order; images
 decoded on demand or cached features, captions tokenised once up front.
 """
-from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path

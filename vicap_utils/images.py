@@ -1,5 +1,4 @@
 """Image decoding shared by the audit, training, prediction and the demo."""
-from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple

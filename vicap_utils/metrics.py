@@ -1,7 +1,6 @@
 """Caption metrics on NFC, PTB-tokenized text (a Python stand-in without Java): pycocoevalcap's
 BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for a reward) and
 SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
-from __future__ import annotations
 
 import json
 import math
@@ -270,6 +269,18 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
     return out
 
 
+class _Tfidf(NamedTuple):
+    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
+    norms per sentence and n-gram order; lengths as CIDEr-D's."""
+
+    starts: np.ndarray
+    gram: np.ndarray
+    order: np.ndarray
+    weight: np.ndarray
+    norms: np.ndarray
+    lengths: np.ndarray
+
+
 class CiderD:
     """pycocoevalcap's CIDEr-D (equal within 1e-6), all pairs at once in numpy. Document frequencies
     from `refs_corpus`: the evaluated set's as pycocoevalcap; the training set's for a reward."""
@@ -362,18 +373,6 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
         order.append(np.full(len(uniq), k))
         offset += len(uniq)
     return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
-
-
-class _Tfidf(NamedTuple):
-    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
-    norms per sentence and n-gram order; lengths as CIDEr-D's."""
-
-    starts: np.ndarray
-    gram: np.ndarray
-    order: np.ndarray
-    weight: np.ndarray
-    norms: np.ndarray
-    lengths: np.ndarray
 
 
 def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:

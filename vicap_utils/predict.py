@@ -1,5 +1,4 @@
 """`vicap predict`: caption every image a caption file lists, in batches, as COCO results JSON."""
-from __future__ import annotations
 
 import dataclasses
 import time

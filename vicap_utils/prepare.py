@@ -1,6 +1,5 @@
 """The audited, split data a run trains on (`vicap train`, notebook 01), cached: prepared.json,
 written last, holds the fingerprint that lets the same inputs be read back."""
-from __future__ import annotations
 
 import functools
 import hashlib

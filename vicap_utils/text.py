@@ -1,5 +1,4 @@
 """Vietnamese caption text: Unicode normalisation, spacing, syllables and diacritics."""
-from __future__ import annotations
 
 import re
 import unicodedata

@@ -1,7 +1,6 @@
 """LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports.
 The data order is a function of (seed, epoch), so a run killed and resumed from `last/` ends
 with the same adapter. fp16 is driven here (autocast, a GradScaler); Accelerate gets bf16."""
-from __future__ import annotations
 
 import contextlib
 import json

@@ -1,6 +1,5 @@
 """BLIP-1's WordPiece vocabulary extended with Vietnamese syllables and letters (each new row
 from its accent-stripped pieces), and caption encoding with label masking."""
-from __future__ import annotations
 
 import re
 import unicodedata
