@@ -19,7 +19,7 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from vicap_utils.ops import folders, jvm
+from vicap_utils.ops import checks, folders, jvm
 from vicap_utils.ops.io import (
     VicapError,
     atomic_write_files,
@@ -53,7 +53,6 @@ NOTES = (
     "TTR: types / tokens over all predictions (= distinct-1); TTR_per_caption: mean per caption.",
 )
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD = r"[\w\u0300-\u036f]+"
 _FALLBACK_TOKEN = re.compile(rf"\.\.\.|--|'[^\W\d_]+|{_WORD}(?:[-.]{_WORD})*|\S")
 _FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
@@ -152,7 +151,7 @@ def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[t
         if len(first_of_type) == 2:
             raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
                              f"{first_of_type[str]}); use one type")
-        if _SURROGATE.search(item["caption"]):
+        if checks.SURROGATE.search(item["caption"]):
             raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
                              "(a lone surrogate)")
         yield image_id, item["caption"]
