@@ -126,8 +126,8 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None) -> Cap
     key, tab, _ = head.partition("\t")
     if head.startswith(("{", "[")):
         return _read_coco(path)
-    if _is_csv_header(head):
-        return _read_flickr_csv(path, text)
+    if [cell.strip().lower() for cell in head.split(",")] == ["image", "caption"]:
+        return _read_flickr_csv(text)
     if tab and "#" in key:  # name.jpg#i<TAB>caption
         split_dirs = [path.parent, *([Path(images_dir)] if images_dir else [])]
         return _read_flickr_token(path, text, split_dirs)
@@ -213,12 +213,10 @@ def _read_flickr_token(path: Path, text: str, split_dirs: Iterable[Path]) -> Cap
     return cs
 
 
-def _read_flickr_csv(path: Path, text: str) -> CaptionSet:
-    """Flickr8k captions.txt: CSV with header `image,caption`; an unquoted comma inside a
+def _read_flickr_csv(text: str) -> CaptionSet:
+    """Flickr8k captions.txt: CSV after the header `image,caption`; an unquoted comma inside a
     caption stays part of it; a quoting error is a `malformed_line` reject of that line only."""
     body = [(n, line) for n, line in enumerate(_NEWLINE.split(text), start=1) if line.strip()]
-    if not body or not _is_csv_header(body[0][1]):
-        raise VicapError(f"{path}: expected the CSV header 'image,caption'")
     rows: list[_Row] = []
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a caption may pass 128 KB
     for lineno, line in body[1:]:
@@ -248,11 +246,6 @@ def _read_text(path: Path) -> str:
         raise VicapError(f"{path}: not UTF-8 text") from None
     except OSError as exc:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
-
-
-def _is_csv_header(line: str) -> bool:
-    """True for the `image,caption` header of Flickr8k's captions.txt."""
-    return [cell.strip().lower() for cell in line.split(",")] == ["image", "caption"]
 
 
 def _others(entry: dict[str, Any], known: set[str]) -> dict[str, Any]:

@@ -1,6 +1,5 @@
 """`vicap predict`: caption every image a caption file lists, in batches, as COCO results JSON."""
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
 from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
-from vicap_utils.ops.io import VicapError, atomic_write_json, output_file, path_problem
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, output_file, path_problem
 from vicap_utils.ops.progress import progress
 
 
@@ -36,9 +35,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if skipped:  # e.g. a file name leading out of the images folder
         raise VicapError(f"{annotations}: {len(skipped)} listed images cannot be captioned, e.g. "
                          f"image {skipped[0].id!r}: {skipped[0].detail}")
-    folder = Path(images)
-    if not folder.is_dir():
-        raise VicapError(f"{folder}: images folder not found")
+    folder = input_dir(images, "images folder")
     ids = sorted(cs.images, key=str)
     paths = [folder / cs.images[i].file_name for i in ids]
     bad = [(cs.images[i].file_name, (path_problem(p) or ("", "is a folder"))[1])
@@ -72,8 +69,7 @@ def cli_predict(args) -> int:
         if value is not None and value < 1:
             raise VicapError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     batch_size = given.pop("batch_size")
-    dec = dataclasses.replace(Decoding.from_eval(ref.eval),
-                              **{name: value for name, value in given.items() if value})
+    dec = Decoding.from_eval(ref.eval, **{name: value for name, value in given.items() if value})
     predict_file(ref, args.annotations, args.images, args.out, dec, batch_size,
                  overwrite=args.overwrite)
     return 0

@@ -174,15 +174,19 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
                     "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
                     "rejects": rejects, "train_images": len(data.train.images),
                     "val_images": len(data.val.images)})
-    log(f"data: audited set reused from {folder} (fingerprint {key}): {_counts(data)}" if reused
-        else f"data: {_counts(data)} -> {folder}")
+    rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
+    counts = (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
+              f"{len(data.train.annotations)} training captions; audit rejected {rejected}")
+    log(f"data: audited set reused from {folder} (fingerprint {key}): {counts}" if reused
+        else f"data: {counts} -> {folder}")
     return data
 
 
 def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | None
                      ) -> tuple[dict[str, CaptionSet], dict[str, int]]:
     """Audit each caption file (train into `folder`, the others into `<name>-audit/`), then split
-    unless a validation file was given: the sets by name and the count of each reject reason."""
+    (a validation file as given, else Flickr8k's lists, else seeded by image): the sets by name
+    and the count of each reject reason."""
     sets: dict[str, CaptionSet] = {}
     rejects: Counter[str] = Counter()
     for name, (captions, images) in raw.files().items():
@@ -191,7 +195,12 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
             record(folder, [out.name])
         rejects.update(audit(captions, images, out, workers=workers)["rejects"])
         sets[name] = load_captions(out / "clean.json")
-    train, val = _split(sets["train"], sets.get("val"), d)
+    train, val = sets["train"], sets.get("val")  # a validation file: as given
+    if val is None and set(train.split.values()) & {"dev", "val"}:  # Flickr8k's split lists
+        train, val = (train.subset(i for i, s in train.split.items() if s == "train"),
+                      train.subset(i for i, s in train.split.items() if s in ("dev", "val")))
+    elif val is None:
+        train, val = split_by_image(train, d.val_fraction, d.split_seed)
     sets["train"], sets["val"] = _limit(train, d.max_train_images), _limit(val, d.max_val_images)
     if not sets["train"].images or not sets["val"].images:
         raise VicapError(f"{raw.train}: the audit left {len(sets['train'].images)} training and "
@@ -199,25 +208,6 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
     return sets, dict(rejects)
 
 
-def _split(train: CaptionSet, val: CaptionSet | None, d: DataConfig
-           ) -> tuple[CaptionSet, CaptionSet]:
-    """A separate validation set as given; else the file's own split field (Flickr8k's lists);
-    else a seeded split by image."""
-    if val is not None:
-        return train, val
-    if set(train.split.values()) & {"dev", "val"}:
-        return (train.subset(i for i, s in train.split.items() if s == "train"),
-                train.subset(i for i, s in train.split.items() if s in ("dev", "val")))
-    return split_by_image(train, d.val_fraction, d.split_seed)
-
-
 def _limit(cs: CaptionSet, n: int) -> CaptionSet:
     """The first `n` images (by id) and their captions; all of them when n is 0."""
     return cs.subset(sorted(cs.images, key=str)[:n]) if n and n < len(cs.images) else cs
-
-
-def _counts(data: PreparedData) -> str:
-    """One line: split sizes and what the audit rejected."""
-    rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
-    return (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
-            f"{len(data.train.annotations)} training captions; audit rejected {rejected}")
