@@ -9,7 +9,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,12 +20,7 @@ from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
 from vicap_utils.ops import checks, folders, jvm
-from vicap_utils.ops.io import (
-    VicapError,
-    atomic_write_files,
-    output_file,
-    read_json,
-)
+from vicap_utils.ops.io import VicapError, atomic_write_files, output_file, read_json
 from vicap_utils.text import LINE_BREAKS
 
 # Every reference-based score, then every diversity figure: metrics.json and the tables.
@@ -71,9 +66,9 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
                       ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
     per-image table; `tokenization` "words" segments captions into words first."""
-    preds, refs = load_predictions(predictions), load_references(references)
-    keys, notes = match_images(preds, refs, allow_missing)
-    train = None if train_captions is None else load_train_captions(train_captions)
+    preds, refs = checks.load_predictions(predictions), checks.load_references(references)
+    keys, notes = checks.match_images(preds, refs, allow_missing)
+    train = None if train_captions is None else checks.load_train_captions(train_captions)
     hyp_raw, ref_raw = [preds[k][1] for k in keys], [refs[k][1] for k in keys]
     flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
     if tokenization == "words":
@@ -101,83 +96,6 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
                               "prediction": hyp_raw, "first_reference": [c[0] for c in ref_raw]})
     return result, per_image
-
-
-def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str]]:
-    """{str(image_id): (image_id, caption)} from COCO results, checking their shape."""
-    label, data = _load(predictions, "predictions")
-    if not isinstance(data, list):
-        raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
-    out: dict[str, tuple[Any, str]] = {}
-    shape = 'is not {"image_id": int or str, "caption": str}'
-    for image_id, caption in _checked_items(label, data, "item", shape):
-        if str(image_id) in out:
-            raise VicapError(f"{label}: more than one prediction for image_id {image_id}")
-        out[str(image_id)] = (image_id, caption)
-    if not out:
-        raise VicapError(f"{label}: no predictions")
-    return out
-
-
-def load_references(references: str | Path | Mapping,
-                    what: str = "references") -> dict[str, tuple[Any, list[str]]]:
-    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names it."""
-    label, data = _load(references, what)
-    if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
-        raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
-    out: dict[str, tuple[Any, list[str]]] = {}
-    shape = "lacks an image_id or a caption string"
-    for image_id, caption in _checked_items(label, data["annotations"], "annotation", shape):
-        out.setdefault(str(image_id), (image_id, []))[1].append(caption)
-    if not out:
-        raise VicapError(f"{label}: no reference captions")
-    if not any(c.strip() for _, caps in out.values() for c in caps):
-        raise VicapError(f"{label}: every caption is empty; there is nothing to score against")
-    return out
-
-
-def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
-    """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
-    would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
-    first_of_type: dict[type, str] = {}
-    for i, item in enumerate(items):
-        image_id = item.get("image_id") if isinstance(item, Mapping) else None
-        valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
-            isinstance(image_id, str) and image_id != "")
-        if not (valid_id and isinstance(item.get("caption"), str)):
-            raise VicapError(f"{label}: {what} {i} {shape}")
-        kind = int if isinstance(image_id, int) else str
-        first_of_type.setdefault(kind, f"{what} {i} has image_id {image_id!r}"[:80])
-        if len(first_of_type) == 2:
-            raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
-                             f"{first_of_type[str]}); use one type")
-        if checks.SURROGATE.search(item["caption"]):
-            raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
-                             "(a lone surrogate)")
-        yield image_id, item["caption"]
-
-
-def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
-    """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
-    if isinstance(train, Sequence) and not isinstance(train, str):
-        return [str(c) for c in train]
-    return [c for _, caps in load_references(train, "training captions").values() for c in caps]
-
-
-def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
-                 allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
-    unknown = [preds[k][0] for k in preds if k not in refs]
-    if unknown:
-        raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
-                         f"{_first(unknown)}")
-    missing = [refs[k][0] for k in refs if k not in preds]
-    if missing and not allow_missing:
-        raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
-                         " (use --allow-missing to score only the predicted images)")
-    notes = [f"scored {len(preds)} of {len(refs)} reference images (allow_missing)"
-             ] if missing else []
-    return [k for k in refs if k in preds], notes
 
 
 def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
@@ -464,18 +382,6 @@ def cli_evaluate(args: Any) -> int:
         print(compare(read_json(args.compare, "metrics JSON"), metrics,
                       (Path(args.compare).stem, Path(args.predictions).stem)))
     return 0
-
-
-def _load(obj: Any, what: str) -> tuple[str, Any]:
-    """(label for messages, data): read a path, or take already-loaded JSON as it is."""
-    if isinstance(obj, (str, Path)):
-        return str(obj), read_json(obj, f"{what} JSON")
-    return what, obj
-
-
-def _first(ids: Sequence[Any], n: int = 5) -> str:
-    """The first few ids for an error message."""
-    return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
 
 
 def _shown(value: Any) -> str:

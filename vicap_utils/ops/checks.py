@@ -1,13 +1,13 @@
-"""The values of a captions file, checked entry by entry so that a hostile file is refused in
-one line (or its entry left out as a reject), never a traceback or a file written wrongly."""
+"""The values of a captions file or of COCO results, checked entry by entry so that a hostile
+file is refused in one line (or its entry left out as a reject), never a traceback."""
 import math
 import posixpath
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vicap_utils.ops.io import VicapError
+from vicap_utils.ops.io import VicapError, read_json
 
 SURROGATE = re.compile("[\ud800-\udfff]")
 DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
@@ -86,3 +86,92 @@ def short(value: Any, limit: int = 60) -> str:
         return f"<an integer of {len(str(abs(value)))} digits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str]]:
+    """{str(image_id): (image_id, caption)} from COCO results, checking their shape."""
+    label, data = _load(predictions, "predictions")
+    if not isinstance(data, list):
+        raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
+    out: dict[str, tuple[Any, str]] = {}
+    shape = 'is not {"image_id": int or str, "caption": str}'
+    for image_id, caption in _checked_items(label, data, "item", shape):
+        if str(image_id) in out:
+            raise VicapError(f"{label}: more than one prediction for image_id {image_id}")
+        out[str(image_id)] = (image_id, caption)
+    if not out:
+        raise VicapError(f"{label}: no predictions")
+    return out
+
+
+def load_references(references: str | Path | Mapping,
+                    what: str = "references") -> dict[str, tuple[Any, list[str]]]:
+    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names it."""
+    label, data = _load(references, what)
+    if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
+        raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
+    out: dict[str, tuple[Any, list[str]]] = {}
+    shape = "lacks an image_id or a caption string"
+    for image_id, caption in _checked_items(label, data["annotations"], "annotation", shape):
+        out.setdefault(str(image_id), (image_id, []))[1].append(caption)
+    if not out:
+        raise VicapError(f"{label}: no reference captions")
+    if not any(c.strip() for _, caps in out.values() for c in caps):
+        raise VicapError(f"{label}: every caption is empty; there is nothing to score against")
+    return out
+
+
+def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
+    """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
+    would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
+    first_of_type: dict[type, str] = {}
+    for i, item in enumerate(items):
+        image_id = item.get("image_id") if isinstance(item, Mapping) else None
+        valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
+            isinstance(image_id, str) and image_id != "")
+        if not (valid_id and isinstance(item.get("caption"), str)):
+            raise VicapError(f"{label}: {what} {i} {shape}")
+        kind = int if isinstance(image_id, int) else str
+        first_of_type.setdefault(kind, f"{what} {i} has image_id {image_id!r}"[:80])
+        if len(first_of_type) == 2:
+            raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
+                             f"{first_of_type[str]}); use one type")
+        if SURROGATE.search(item["caption"]):
+            raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
+                             "(a lone surrogate)")
+        yield image_id, item["caption"]
+
+
+def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
+                 allow_missing: bool) -> tuple[list[str], list[str]]:
+    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
+    unknown = [preds[k][0] for k in preds if k not in refs]
+    if unknown:
+        raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
+                         f"{_first(unknown)}")
+    missing = [refs[k][0] for k in refs if k not in preds]
+    if missing and not allow_missing:
+        raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
+                         " (use --allow-missing to score only the predicted images)")
+    notes = [f"scored {len(preds)} of {len(refs)} reference images (allow_missing)"
+             ] if missing else []
+    return [k for k in refs if k in preds], notes
+
+
+def _load(obj: Any, what: str) -> tuple[str, Any]:
+    """(label for messages, data): read a path, or take already-loaded JSON as it is."""
+    if isinstance(obj, (str, Path)):
+        return str(obj), read_json(obj, f"{what} JSON")
+    return what, obj
+
+
+def _first(ids: Sequence[Any], n: int = 5) -> str:
+    """The first few ids for an error message."""
+    return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
+
+
+def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
+    """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
+    if isinstance(train, Sequence) and not isinstance(train, str):
+        return [str(c) for c in train]
+    return [c for _, caps in load_references(train, "training captions").values() for c in caps]
