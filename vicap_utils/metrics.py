@@ -1,6 +1,5 @@
-"""Caption metrics on NFC, PTB-tokenized text (a Python stand-in without Java): pycocoevalcap's
-BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for a reward) and
-SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
+"""Caption metrics on NFC, PTB-tokenized text: pycocoevalcap's (CIDEr-D batched in numpy, fast
+enough for a reward), METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
 
 import json
 import math
@@ -67,7 +66,9 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
     """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
     per-image table; `tokenization` "words" segments captions into words first."""
     preds, refs = checks.load_predictions(predictions), checks.load_references(references)
-    keys, notes = checks.match_images(preds, refs, allow_missing)
+    files = all(isinstance(f, (str, Path)) for f in (predictions, references))
+    keys, notes = checks.match_images(preds, refs, allow_missing,
+                                      f"{predictions} against {references}: " if files else "")
     train = None if train_captions is None else checks.load_train_captions(train_captions)
     hyp_raw, ref_raw = [preds[k][1] for k in keys], [refs[k][1] for k in keys]
     flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
@@ -272,8 +273,8 @@ def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
 def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
                n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 1- to n-grams of concatenated sentences of word ids: each occurrence's start and
-    n-gram id (equal n-grams, equal ids), then each id's first start and order - 1. An id of
-    order k + 1 numbers the pairs (id of the k-gram starting there, next word)."""
+    n-gram id (equal n-grams, equal ids), then each id's first start and order - 1."""
+    # an id of order k + 1 numbers the pairs (id of the k-gram starting there, next word)
     remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
     prev = wid
     occ_start, occ_gram, first, order = [], [], [], []
@@ -363,13 +364,8 @@ def cli_evaluate(args: Any) -> int:
                                [("--out", out), ("--out (its per-image CSV)", csv_path)])
         folders.refuse_foreign_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite)
-    try:
-        metrics, per_image = evaluate_detailed(args.predictions, args.references,
-                                               args.train_captions, args.allow_missing,
-                                               args.tokenize)
-    except VicapError as exc:  # the id-matching errors ("3 predicted image ids …"): name files
-        raise VicapError(f"{args.predictions} against {args.references}: {exc}"
-                         if str(exc)[:1].isdigit() else str(exc)) from None
+    metrics, per_image = evaluate_detailed(args.predictions, args.references, args.train_captions,
+                                           args.allow_missing, args.tokenize)
     if args.out:
         with folders.replacing_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite):  # both files or neither

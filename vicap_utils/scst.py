@@ -1,6 +1,5 @@
-"""Self-critical sequence training (Rennie et al. 2017; Luo 2020's baseline) on a cross-entropy
-adapter: sample k captions per image, reward each with CIDEr-D against the image's references,
-raise the log-probability of those beating the mean of the others. One small function per step."""
+"""Self-critical sequence training (Rennie et al. 2017; Luo 2020's baseline): sample k captions
+per image, reward each with CIDEr-D, raise those beating the mean of the others; one step each."""
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace

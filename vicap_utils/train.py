@@ -1,9 +1,7 @@
-"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports.
-The data order is a function of (seed, epoch), so a run killed and resumed from `last/` ends
-with the same adapter. fp16 is driven here (autocast, a GradScaler); Accelerate gets bf16."""
+"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports; a run
+resumed from `last/` ends with the same adapter. fp16 is driven here, Accelerate gets bf16."""
 
 import contextlib
-import json
 import math
 import os
 import shlex
@@ -28,7 +26,7 @@ from vicap_utils.ops.checkpoint import RunState, load_last, open_run, rng_state,
 from vicap_utils.ops.folders import folder_lock, record
 from vicap_utils.ops.handover import prepare_resume
 from vicap_utils.ops.hardware import detect, plan_for
-from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text
+from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, read_json
 from vicap_utils.ops.launch import launch_training
 from vicap_utils.ops.progress import progress
 from vicap_utils.teach.report import plot_history
@@ -306,9 +304,8 @@ class Trainer:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
           log=print, scst_from: str | Path | None = None) -> dict[str, Any]:
-    """`vicap train` from Python (`scst_from`: self-critical training from that adapter);
-    `resume` first brings back a previous Kaggle session's run when `out_dir` holds none. The
-    main process holds the folder's lock throughout."""
+    """`vicap train` from Python (`scst_from`: SCST from that adapter); `resume` first brings back
+    a previous Kaggle session's run when `out_dir` holds none. The main process holds the lock."""
     cfg = scst.training_config(cfg) if scst_from else cfg
     plan_for(cfg).check()  # the hardware, then the settings the base bounds: before any write
     captioner.check_against_base(cfg)
@@ -335,7 +332,7 @@ def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
         config = save_config(cfg, Path(tmp) / "config.json")
         flags = ["--resume"] if resume else ["--overwrite"] if overwrite else []
         launch_training(["--config", str(config), "--out", str(run), *flags], gpus)
-    return json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return read_json(run / "summary.json", "run summary")
 
 
 def cli_train(args) -> int:

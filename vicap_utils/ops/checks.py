@@ -142,17 +142,19 @@ def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[t
         yield image_id, item["caption"]
 
 
-def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
-                 allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
+def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any], allow_missing: bool,
+                 where: str = "") -> tuple[list[str], list[str]]:
+    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed;
+    `where` starts the message (the two files)."""
     unknown = [preds[k][0] for k in preds if k not in refs]
     if unknown:
-        raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
+        raise VicapError(f"{where}{len(unknown)} predicted image ids are not in the references: "
                          f"{_first(unknown)}")
     missing = [refs[k][0] for k in refs if k not in preds]
     if missing and not allow_missing:
-        raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
-                         " (use --allow-missing to score only the predicted images)")
+        raise VicapError(f"{where}{len(missing)} reference images have no prediction: "
+                         f"{_first(missing)} (use --allow-missing to score only the predicted "
+                         "images)")
     notes = [f"scored {len(preds)} of {len(refs)} reference images (allow_missing)"
              ] if missing else []
     return [k for k in refs if k in preds], notes
