@@ -74,9 +74,6 @@ def _decode(path: Path) -> ImageCheck:
     return check_image(path)
 
 
-# ---------------------------------------------------------------- screening
-
-
 def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]
            ) -> tuple[CaptionSet, list[Reject], dict[str, Any]]:
     """Apply every rule (images that fail to decode, bad captions, images left captionless):

@@ -11,17 +11,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vicap_utils import captioner
+from vicap_utils import captioner, dataset
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import (
-    CaptionPairs,
-    EpochSampler,
-    PixelSource,
-    caption_pairs,
-    collate,
-    image_rows,
-)
+from vicap_utils.dataset import CaptionPairs, EpochSampler, PixelSource, caption_pairs, collate
 from vicap_utils.families import EXTENDS_VOCABULARY
 from vicap_utils.ops.features import encode_images
 from vicap_utils.ops.folders import output_folder, staged
@@ -116,13 +109,10 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
     sets = []
     for name, cs, folder in (("train", data.train, data.train_images),
                              ("val", data.val, data.val_images)):
-        ids, rows = image_rows(cs)
+        ids, rows = dataset.image_rows(cs)
         paths = [folder / cs.images[i].file_name for i in ids]
-        if cached:
-            source = encode_images(cap, paths, cache_folder, name, show=show,
-                                   log=log).__getitem__
-        else:
-            source = PixelSource(paths, cap.processor.image_processor)
+        source = (encode_images(cap, paths, cache_folder, name, show=show, log=log).__getitem__
+                  if cached else PixelSource(paths, cap.processor.image_processor))
         pairs = caption_pairs(cap, cs, rows, source, cfg.model.max_length, cfg.model.prompt,
                               prefix)
         sets.append((pairs, ids, source))

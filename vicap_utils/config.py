@@ -231,10 +231,8 @@ def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`base` with `extra`'s values laid over it, section by section."""
     out = copy.deepcopy(base)
     for name, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(name), dict):
-            out[name].update(value)
-        else:
-            out[name] = value
+        both = isinstance(value, dict) and isinstance(out.get(name), dict)
+        out[name] = {**out[name], **value} if both else value
     return out
 
 

@@ -112,9 +112,6 @@ class CaptionSet:
                           dict(self.extra))
 
 
-# ---------------------------------------------------------------- readers
-
-
 def load_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionSet:
     """Read COCO-style JSON, Flickr8k.token.txt (its split lists looked up beside it and in
     `images_dir`) or Flickr8k's captions.txt."""
@@ -277,9 +274,6 @@ def _from_rows(rows: list[_Row]) -> CaptionSet:
         else:
             annotations.append(Annotation(number, name, caption))
     return CaptionSet(images, annotations, rejects=rejects)
-
-
-# ---------------------------------------------------------------- split
 
 
 def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42

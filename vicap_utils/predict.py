@@ -28,8 +28,6 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     """Caption every image of a caption file with `ref` (decoding and batch size default to its
     `eval`) into COCO results at `out` (a file vicap did not write: only with `overwrite`)."""
     out = output_file(out, "predictions JSON")
-    folders.refuse_aliases({"--annotations": annotations, "--images": images,
-                            "--model": ref.adapter}, {"--out": out})
     cs = load_captions(annotations)
     skipped = [r for r in cs.rejects if r.kind == "image"]
     if skipped:  # e.g. a file name leading out of the images folder
@@ -43,7 +41,8 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if bad:
         raise VicapError(f"{folder}: {len(bad)} listed images missing or not files, e.g. "
                          f"{bad[0][0]} ({bad[0][1]})")
-    read = [("--images", p) for p in paths]
+    read = [("--annotations", annotations), ("--images", folder), ("--model", ref.adapter),
+            *(("--images", p) for p in paths)]
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
         read += [("--model", p) for p in sorted(ref.adapter.iterdir())]
     folders.refuse_aliases(read, {"--out": out})

@@ -85,18 +85,13 @@ def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
 def extension_entries(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
     """Vocabulary entries to append: caption syllables the tokenizer cannot write back (most
     frequent first), then each letter and its `##` piece."""
-    missing = [word for word, count in syllables(captions).most_common()
-               if count >= min_count and not _writes_back(tokenizer, word)]
+    missing = [word for word, count in syllables(captions).most_common() if count >= min_count
+               and canonical(tokenizer.decode(tokenizer.encode(word, add_special_tokens=False)))
+               != word]  # not written back with its letters and diacritics
     letters = list(VIETNAMESE_LETTERS)
     known = tokenizer.get_vocab()
     candidates = dict.fromkeys(missing + letters + [f"##{c}" for c in letters])
     return [entry for entry in candidates if entry not in known]
-
-
-def _writes_back(tokenizer, word: str) -> bool:
-    """Whether `word` survives encode → decode with its letters and diacritics."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    return canonical(tokenizer.decode(ids)) == word
 
 
 def build_extended_tokenizer(tokenizer, entries: list[str]):
