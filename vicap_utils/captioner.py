@@ -116,9 +116,8 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
         processor = proc_cls.from_pretrained(source)
         model = model_cls.from_pretrained(source, **kwargs)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VicapError(f"cannot load model {cfg.base!r} from {source} ({first}); without "
-                         "internet, attach it as a Kaggle input or set "
+        raise VicapError(f"cannot load model {cfg.base!r} from {source} ({error_summary(exc)}); "
+                         "without internet, attach it as a Kaggle input or set "
                          "model.base=/path/to/saved/model") from None
     if cfg.family == "blip2" and cfg.vision_fp32:
         model.vision_model.float()  # an fp16 ViT is known to give NaN losses

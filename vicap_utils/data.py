@@ -290,12 +290,9 @@ def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
     return train, val
 
 
-SPLIT_FILES = ("train.json", "val.json", "split.json")
-
-
 def write_split(folder: Path, train: CaptionSet, val: CaptionSet, seed: int,
                 val_fraction: float) -> None:
-    """Write the SPLIT_FILES: both sides as COCO, and split.json (seed and image ids)."""
+    """Write train.json and val.json (COCO) and split.json (seed and image ids)."""
     write_coco(train, folder / "train.json")
     write_coco(val, folder / "val.json")
     atomic_write_json(folder / "split.json", {"seed": seed, "val_fraction": val_fraction,
@@ -310,8 +307,8 @@ def cli_split(args: argparse.Namespace) -> int:
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
     inputs = {"--annotations": args.annotations}
-    with output_folder(args.out, "split", SPLIT_FILES, inputs=inputs) as out, \
-            staged(out) as tmp:
+    with output_folder(args.out, "split", ("train.json", "val.json", "split.json"),
+                       inputs=inputs) as out, staged(out) as tmp:
         write_split(tmp, train, val, args.seed, args.val_fraction)
     print(f"split {len(cs.images)} images (seed {args.seed}): {len(train.images)} train, "
           f"{len(val.images)} val -> {out}")

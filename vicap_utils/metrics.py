@@ -208,15 +208,10 @@ class CiderD:
             raise ValueError("CIDEr-D needs the references of at least one image")
         self.n, self.sigma = n, sigma
         self.log_images = math.log(len(refs_corpus))
-        words, wid, sizes = _word_ids([r for refs in refs_corpus for r in refs])
-        occ_start, occ_gram, first, order = _ngram_ids(wid, sizes, n)
-        image = np.repeat(np.arange(len(refs_corpus)), [len(refs) for refs in refs_corpus])
-        width = max(len(first), 1)
-        in_image = np.sort(np.repeat(image, sizes)[occ_start] * width + occ_gram)
-        distinct = in_image[np.diff(in_image, prepend=-1) != 0] % width  # np.unique hashes: slow
-        df = np.bincount(distinct, minlength=len(first))
-        self.df = {tuple(words[i: i + k + 1]): c
-                   for i, k, c in zip(first.tolist(), order.tolist(), df.tolist())}
+        self.df: Counter[tuple[str, ...]] = Counter()
+        for refs in refs_corpus:  # an n-gram counts once per image
+            self.df.update({tuple(w[i:i + k]) for w in map(str.split, refs)
+                            for k in range(1, n + 1) for i in range(len(w) - k + 1)})
 
     def score(self, candidates: Sequence[str],
               refs: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
@@ -242,7 +237,10 @@ class CiderD:
 
     def _vectors(self, texts: Sequence[str]) -> _Tfidf:
         """The tf-idf vectors of distinct tokenized sentences, n-grams counted in numpy."""
-        words, wid, sizes = _word_ids(texts)
+        tokens = [t.split() for t in texts]
+        words, ids = [w for ws in tokens for w in ws], {}
+        wid = np.array([ids.setdefault(w, len(ids)) for w in words], np.int64)
+        sizes = np.array([len(ws) for ws in tokens], np.int64)
         occ_start, occ_gram, first, gram_order = _ngram_ids(wid, sizes, self.n)
         n_grams = max(len(first), 1)
         sent_of = np.repeat(np.arange(len(texts)), sizes)[occ_start]
@@ -259,15 +257,6 @@ class CiderD:
         starts = np.searchsorted(sent, np.arange(len(texts) + 1))
         return _Tfidf(starts, gram, order, weight, np.sqrt(squares).reshape(len(texts), self.n),
                       lengths)
-
-
-def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(words, word ids, words per text) of tokenized texts, concatenated."""
-    tokens = [t.split() for t in texts]
-    words = [w for ws in tokens for w in ws]
-    vocab: dict[str, int] = {}
-    return (words, np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int64),
-            np.array([len(ws) for ws in tokens], np.int64))
 
 
 def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
