@@ -332,18 +332,6 @@ class Decoding:
         return cls(**{"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens,
                       "repetition_penalty": ev.repetition_penalty, **changes})
 
-    def generate_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for `generate()`."""
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, num_beams=max(1, self.num_beams),
-            repetition_penalty=self.repetition_penalty,
-            num_return_sequences=self.num_return_sequences)
-        if self.do_sample:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        if self.num_return_sequences > 1:
-            kwargs.update(return_dict_in_generate=True, output_scores=True)
-        return kwargs
-
 
 @torch.no_grad()
 def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
@@ -352,7 +340,13 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
     cached ViT features; BLIP-1 starts from `[DEC]` as in training. fp16 autocast on a GPU."""
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
-    kwargs = dec.generate_kwargs()
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=dec.max_new_tokens, num_beams=max(1, dec.num_beams),
+        repetition_penalty=dec.repetition_penalty, num_return_sequences=dec.num_return_sequences)
+    if dec.do_sample:
+        kwargs.update(do_sample=True, temperature=dec.temperature, top_p=dec.top_p)
+    if dec.num_return_sequences > 1:
+        kwargs.update(return_dict_in_generate=True, output_scores=True)
     fp16 = device.type == "cuda" or emulating_t4()
     with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
         if cap.family == "blip":

@@ -90,8 +90,7 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     patience: Count = 3  # epochs without a better validation CIDEr before stopping; 0 = never
     seed: Seed = 42
-    # image-decoding DataLoader workers; -1 = min(4, CPUs) when needed
-    num_workers: Annotated[int, Field(ge=-1, le=64)] = -1
+    num_workers: Annotated[int, Field(ge=-1, le=64)] = -1  # image decoding; -1: min(4, CPUs)
     cache_vision_features: bool = True  # encode each image once where the ViT is frozen
     val_every: Positive = 1  # validate every N epochs
     val_sample: Count = 250  # validate epochs on a fixed sample of at most N images; 0 = all

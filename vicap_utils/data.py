@@ -150,7 +150,7 @@ def _read_coco(path: Path) -> CaptionSet:
         checks.require_keys(path, where, entry, ("id", "file_name"))
         checks.refuse_surrogates(path, where, entry)
         image_id, file_name = entry["id"], entry["file_name"]
-        checks.one_id_type(path, "image ids", image_ids, image_id, f"{where} id")
+        checks.one_id_type(path, "image ids", image_ids, image_id, f"{where} id is")
         if not isinstance(file_name, str):
             raise VicapError(f"{path}: {where} 'file_name' must be text")
         if image_id in images or image_id in left_out:
@@ -172,8 +172,8 @@ def _read_coco(path: Path) -> CaptionSet:
         where = f"annotations[{index}]"
         checks.require_keys(path, where, entry, _ANNOTATION_KEYS)
         checks.refuse_surrogates(path, where, _others(entry, {"caption"}))
-        checks.one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id")
-        checks.one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id")
+        checks.one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id is")
+        checks.one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id is")
         image_id, problem = entry["image_id"], checks.caption_problem(entry["caption"])
         if image_id in left_out:
             rejects.append(Reject("annotation", entry["id"], left_out[image_id],

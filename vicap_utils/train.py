@@ -217,8 +217,12 @@ class Trainer:
                      f"val CIDEr {state.full_val['val_CIDEr']:.3f}")
         state.finished = True
         self.save_last()
-        if self.main:
-            self.write_reports()
+        if self.main:  # a finished run's reports
+            self.write_history()
+            record(self.out, ["loss_curve.png", "summary.json"])
+            if state.history:
+                plt.close(plot_history(state.history, self.out / "loss_curve.png"))
+            atomic_write_json(self.out / "summary.json", self.summary())
         self.accelerator.wait_for_everyone()
         return self.summary()
 
@@ -282,14 +286,6 @@ class Trainer:
         table = pd.DataFrame(self.state.history, columns=HISTORY_FIELDS)
         record(self.out, ["history.csv"])
         atomic_write_text(self.out / "history.csv", table.to_csv(index=False, na_rep="nan"))
-
-    def write_reports(self) -> None:
-        """A finished run's history.csv, loss_curve.png and summary.json."""
-        self.write_history()
-        record(self.out, ["loss_curve.png", "summary.json"])
-        if self.state.history:
-            plt.close(plot_history(self.state.history, self.out / "loss_curve.png"))
-        atomic_write_json(self.out / "summary.json", self.summary())
 
     def summary(self) -> dict[str, Any]:
         """Where things went and the headline numbers (summary.json)."""

@@ -30,15 +30,15 @@ def require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> Non
             raise VicapError(f"{path}: {where} '{key}' is empty")
 
 
-def one_id_type(path: Path, what: str, first: dict[type, tuple[str, Id]], value: Id,
+def one_id_type(path: str | Path, what: str, first: dict[type, tuple[str, Id]], value: Id,
                 where: str) -> None:
     """Refuse a file that mixes integer and text ids (`1` and `"1"` are different ids), naming
-    where the first of each was seen (`first` remembers it)."""
+    where the first of each was seen (`first` remembers it; `where` ends "id is")."""
     first.setdefault(int if isinstance(value, int) else str, (where, value))
     if len(first) == 2:
         (w_int, v_int), (w_str, v_str) = first[int], first[str]
-        raise VicapError(f"{path}: {what} mix integers and text ({w_int} is {short(v_int)}, "
-                         f"{w_str} is {short(v_str)}); use one type")
+        raise VicapError(f"{path}: {what} mix integers and text ({w_int} {short(v_int)}, "
+                         f"{w_str} {short(v_str)}); use one type")
 
 
 def refuse_surrogates(path: Path, where: str, value: Any) -> None:
@@ -124,18 +124,14 @@ def load_references(references: str | Path | Mapping,
 def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
     """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
     would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
-    first_of_type: dict[type, str] = {}
+    first: dict[type, tuple[str, Id]] = {}
     for i, item in enumerate(items):
         image_id = item.get("image_id") if isinstance(item, Mapping) else None
         valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
             isinstance(image_id, str) and image_id != "")
         if not (valid_id and isinstance(item.get("caption"), str)):
             raise VicapError(f"{label}: {what} {i} {shape}")
-        kind = int if isinstance(image_id, int) else str
-        first_of_type.setdefault(kind, f"{what} {i} has image_id {image_id!r}"[:80])
-        if len(first_of_type) == 2:
-            raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
-                             f"{first_of_type[str]}); use one type")
+        one_id_type(label, "image ids", first, image_id, f"{what} {i} has image_id")
         if SURROGATE.search(item["caption"]):
             raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
                              "(a lone surrogate)")
