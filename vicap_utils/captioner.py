@@ -225,9 +225,8 @@ def trainable_table(model) -> list[dict[str, Any]]:
     for name, param in model.named_parameters():
         parts = name.split(".")
         row = rows.setdefault(next((p for p in parts if p in PARTS), parts[0]), [0, 0])
+        row[0] += param.numel() if param.requires_grad else 0
         row[1] += param.numel()
-        if param.requires_grad:
-            row[0] += param.numel()
     rows["all"] = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
     return [{"part": k, "trainable": t, "total": n, "share_%": round(100 * t / max(n, 1), 3)}
             for k, (t, n) in rows.items()]

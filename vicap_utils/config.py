@@ -1,7 +1,6 @@
 """Run configuration: dataclasses per concern (the recipe), named profiles, and overrides that
 pydantic converts and range-checks; `vicap train` saves it as config.json for `--config`."""
 
-import copy
 import json
 import os
 import re
@@ -228,7 +227,7 @@ def config_from_dict(values: Any, where: str = "config",
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`base` with `extra`'s values laid over it, section by section."""
-    out = copy.deepcopy(base)
+    out = dict(base)  # a section laid over is a new dict: `base` is never changed
     for name, value in extra.items():
         both = isinstance(value, dict) and isinstance(out.get(name), dict)
         out[name] = {**out[name], **value} if both else value

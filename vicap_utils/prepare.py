@@ -60,16 +60,6 @@ class PreparedData:
     test: CaptionSet | None = None
     test_images: Path | None = None
 
-    @property
-    def train_file(self) -> Path:
-        """The training captions (COCO-style JSON) training reads."""
-        return self.folder / "train.json"
-
-    @property
-    def val_file(self) -> Path:
-        """The validation captions, the references of validation and evaluation."""
-        return self.folder / "val.json"
-
 
 def raw_data(cfg: Config) -> RawData:
     """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the

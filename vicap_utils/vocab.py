@@ -124,10 +124,9 @@ def extend_tokenizer(tokenizer, captions: list[str], min_count: int = 1):
 
 def piece_ids(stock_tokenizer, entry: str) -> list[int]:
     """Stock-vocabulary ids of an entry's accent-stripped form (keeping `##` continuation)."""
-    cont = entry.startswith("##")
     ids = stock_tokenizer(strip_diacritics(entry.removeprefix("##")),
                           add_special_tokens=False)["input_ids"]
-    if cont and ids:
+    if entry.startswith("##") and ids:
         first = stock_tokenizer.convert_ids_to_tokens(ids[0])
         as_cont = stock_tokenizer.convert_tokens_to_ids(f"##{first}")
         if as_cont != stock_tokenizer.unk_token_id:
