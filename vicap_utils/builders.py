@@ -131,12 +131,12 @@ def loader_workers(cfg: Config, cached: bool) -> int:
     return 0 if cached else min(4, os.cpu_count() or 1)
 
 
-def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
+def build_loader(cfg: Config, pairs: CaptionPairs | range, workers: int = 0, collate_fn=collate):
     """The training DataLoader over a seeded per-epoch order, and its sampler; its own generator
     leaves the global RNG (dropout) alone, so a resumed run draws the same masks."""
     t = cfg.train
     sampler = EpochSampler(len(pairs), t.seed)
-    loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate_fn,
                         num_workers=workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(t.seed))

@@ -145,8 +145,7 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     if cap.family not in EXTENDS_VOCABULARY:
         return []
     stock = cap.tokenizer
-    if entries is None:
-        entries = vocab.extension_entries(stock, captions or [])
+    entries = vocab.extension_entries(stock, captions or []) if entries is None else entries
     extended = vocab.build_extended_tokenizer(stock, entries)
     vocab.init_new_rows(cap.model, stock, extended, len(stock))
     cap.processor.tokenizer = extended

@@ -9,6 +9,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,8 @@ class Trainer:
             refs = self.data.train.captions_by_image()
             self.scst = scst.Scst(self.cap, [refs[i] for i in ids], cfg.scst,
                                   self.examples.image_kind)
-            loader, self.sampler = scst.image_loader(len(ids), self.examples.train.image_source,
-                                                     t.batch_size, t.seed)
+            images = partial(scst.image_batch, self.examples.train.image_source)  # per image
+            loader, self.sampler = builders.build_loader(cfg, range(len(ids)), 0, images)
         processes = self.accelerator.num_processes
         steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
         optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
@@ -319,8 +320,7 @@ def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
     """Train from a notebook here (one GPU or CPU), else one `vicap train` per GPU; returns the
     summary. A `resume` with nothing to resume starts a fresh run."""
     run = Path(run)
-    if resume and prepare_resume(run, cfg.profile) is None:
-        resume = False
+    resume = resume and prepare_resume(run, cfg.profile) is not None
     gpus = detect().count
     if gpus <= 1:
         return train(cfg, run, resume=resume, overwrite=overwrite)
