@@ -52,9 +52,8 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
                    process_map(_decode, paths, workers, desc="decoding images", unit="img"))
         clean, rejects, summary = screen(cs, dict(zip(cs.images, decoded, strict=True)))
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(field.name for field in fields(Reject))
-        writer.writerows(astuple(reject) for reject in rejects)
+        csv.writer(buffer, lineterminator="\n").writerows(
+            [[field.name for field in fields(Reject)], *(astuple(reject) for reject in rejects)])
         with staged(out) as tmp:  # the three replace the previous ones as a set
             atomic_write_text(tmp / "rejects.csv", buffer.getvalue())
             write_coco(clean, tmp / "clean.json")

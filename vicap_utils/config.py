@@ -142,11 +142,10 @@ class Config:
 SECTIONS = ("data", "model", "lora", "train", "eval", "scst")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    # Each profile lists where it departs from the dataclass defaults. `uitviic-blip` is the real
-    # recipe: LoRA on the decoder's self-attention, new token rows at 10x the LoRA learning rate,
-    # warmup + cosine, label smoothing, early stopping on validation CIDEr. `mini` is that recipe
-    # scaled down: a tiny base built here, synthetic data, larger steps (a tiny model trained
-    # from scratch on 600 images wants them), batch 32 x 1, 12 epochs, shorter captions.
+    # Departures from the dataclass defaults. `uitviic-blip`, the real recipe: LoRA on the decoder's
+    # self-attention, new token rows at 10x the LoRA rate, warmup + cosine, label smoothing, early
+    # stopping on validation CIDEr. `mini` scales it down: a tiny base built here, synthetic data,
+    # larger steps (a tiny model from scratch wants them), batch 32 x 1, 12 epochs, short captions.
     "mini": {
         "model": {"max_length": 32},
         "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2},

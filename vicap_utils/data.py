@@ -296,8 +296,7 @@ def write_split(folder: Path, train: CaptionSet, val: CaptionSet, seed: int,
     write_coco(train, folder / "train.json")
     write_coco(val, folder / "val.json")
     atomic_write_json(folder / "split.json", {"seed": seed, "val_fraction": val_fraction,
-                                              "train": list(train.images),
-                                              "val": list(val.images)})
+                                              "train": list(train.images), "val": list(val.images)})
 
 
 def cli_split(args: argparse.Namespace) -> int:
