@@ -209,9 +209,10 @@ class CiderD:
         self.n, self.sigma = n, sigma
         self.log_images = math.log(len(refs_corpus))
         self.df: Counter[tuple[str, ...]] = Counter()
-        for refs in refs_corpus:  # an n-gram counts once per image
-            self.df.update({tuple(w[i:i + k]) for w in map(str.split, refs)
-                            for k in range(1, n + 1) for i in range(len(w) - k + 1)})
+        for refs, images in Counter(map(tuple, refs_corpus)).items():  # a repeated image: once
+            grams = {tuple(w[i:i + k]) for w in map(str.split, refs)  # counted once per image
+                     for k in range(1, n + 1) for i in range(len(w) - k + 1)}
+            self.df.update(grams if images == 1 else dict.fromkeys(grams, images))
 
     def score(self, candidates: Sequence[str],
               refs: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
