@@ -223,5 +223,5 @@ check_equal("3 · another seed", NEW_VAL_IMAGES,
 
 # %%
 wrote([out / "audit.json", out / "clean.json", out / "rejects.csv", out / "image_stats.png",
-       data.train_file, data.val_file, out / "split.json", out / "prepared.json",
+       out / "train.json", out / "val.json", out / "split.json", out / "prepared.json",
        planted_dir / "coco" / "audit.json", planted_dir / "flickr8k" / "audit.json"])

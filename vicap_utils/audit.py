@@ -1,12 +1,10 @@
 """`vicap audit`: decode every image, screen every caption; write, as one set, audit.json,
 clean.json and rejects.csv (every caption is in clean.json or rejects.csv)."""
-from __future__ import annotations
 
 import argparse
 import csv
 import io
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import astuple, fields, replace
 from pathlib import Path
 from typing import Any
@@ -49,19 +47,23 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
     cs = load_captions(annotations_path, images_dir)
     with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:
         paths = [images_dir / info.file_name for info in cs.images.values()]
-        checks = dict(zip(cs.images, check_images(paths, workers), strict=True))
-        clean, rejects, summary = screen(cs, checks)
-        with staged(out) as tmp:
-            write_report(clean, rejects, summary, tmp)
-    print(format_summary(summary, out_dir))
+        decoded = ([check_image(p) for p in progress(paths, unit="img", desc="decoding images")]
+                   if workers == 1 or len(paths) < 2 else
+                   process_map(_decode, paths, workers, desc="decoding images", unit="img"))
+        clean, rejects, summary = screen(cs, dict(zip(cs.images, decoded, strict=True)))
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerows(
+            [[field.name for field in fields(Reject)], *(astuple(reject) for reject in rejects)])
+        with staged(out) as tmp:  # the three replace the previous ones as a set
+            atomic_write_text(tmp / "rejects.csv", buffer.getvalue())
+            write_coco(clean, tmp / "clean.json")
+            atomic_write_json(tmp / "audit.json", summary)
+    lines = [f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",
+             f"{'captions':<26}{summary['annotations_ok']:>8} ok of {summary['annotations_total']}",
+             f"{'captions normalised':<26}{summary['normalized_captions']:>8}"]
+    lines += [f"{reason:<26}{count:>8}" for reason, count in summary["rejects"].items() if count]
+    print("\n".join([*lines, f"wrote audit.json, clean.json, rejects.csv to {out_dir}"]))
     return summary
-
-
-def check_images(paths: Sequence[Path], workers: int) -> list[ImageCheck]:
-    """Fully decode every image, in input order, in `workers` processes."""
-    if workers == 1 or len(paths) < 2:
-        return [check_image(path) for path in progress(paths, unit="img", desc="decoding images")]
-    return process_map(_decode, paths, workers, desc="decoding images", unit="img")
 
 
 def _decode(path: Path) -> ImageCheck:
@@ -69,9 +71,6 @@ def _decode(path: Path) -> ImageCheck:
     fail whatever the parent set."""
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     return check_image(path)
-
-
-# ---------------------------------------------------------------- screening
 
 
 def screen(cs: CaptionSet, checks: dict[ImageId, ImageCheck]
@@ -131,29 +130,6 @@ def _screen_captions(cs: CaptionSet, bad_images: set[ImageId]
         image = cs.images.get(ann.image_id)
         rejects.append(Reject("annotation", ann.id, image.file_name if image else "", *reason))
     return kept, rejects, normalized
-
-
-def write_report(clean: CaptionSet, rejects: list[Reject], summary: dict[str, Any],
-                 out_dir: Path) -> None:
-    """Write rejects.csv, clean.json and audit.json into `out_dir` (a staging folder in
-    `audit`, so that the three replace the previous ones as a set)."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(field.name for field in fields(Reject))
-    writer.writerows(astuple(reject) for reject in rejects)
-    atomic_write_text(out_dir / "rejects.csv", buffer.getvalue())
-    write_coco(clean, out_dir / "clean.json")
-    atomic_write_json(out_dir / "audit.json", summary)
-
-
-def format_summary(summary: dict[str, Any], out_dir: Path) -> str:
-    """A short table for the terminal."""
-    lines = [f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",
-             f"{'captions':<26}{summary['annotations_ok']:>8} ok of {summary['annotations_total']}",
-             f"{'captions normalised':<26}{summary['normalized_captions']:>8}"]
-    lines += [f"{reason:<26}{count:>8}" for reason, count in summary["rejects"].items() if count]
-    lines.append(f"wrote audit.json, clean.json, rejects.csv to {out_dir}")
-    return "\n".join(lines)
 
 
 def cli_audit(args: argparse.Namespace) -> int:

@@ -1,6 +1,5 @@
 """A training run's parts, one builder each: data, captioner (Vietnamese vocabulary, LoRA),
 examples, loader, optimiser; `Trainer.setup` and notebook 03 call them in this order."""
-from __future__ import annotations
 
 import os
 import random
@@ -12,17 +11,10 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from vicap_utils import captioner
+from vicap_utils import captioner, dataset
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import (
-    CaptionPairs,
-    EpochSampler,
-    PixelSource,
-    caption_pairs,
-    collate,
-    image_rows,
-)
+from vicap_utils.dataset import CaptionPairs, EpochSampler, PixelSource, caption_pairs, collate
 from vicap_utils.families import EXTENDS_VOCABULARY
 from vicap_utils.ops.features import encode_images
 from vicap_utils.ops.folders import output_folder, staged
@@ -117,13 +109,10 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
     sets = []
     for name, cs, folder in (("train", data.train, data.train_images),
                              ("val", data.val, data.val_images)):
-        ids, rows = image_rows(cs)
+        ids, rows = dataset.image_rows(cs)
         paths = [folder / cs.images[i].file_name for i in ids]
-        if cached:
-            source = encode_images(cap, paths, cache_folder, name, show=show,
-                                   log=log).__getitem__
-        else:
-            source = PixelSource(paths, cap.processor.image_processor)
+        source = (encode_images(cap, paths, cache_folder, name, show=show, log=log).__getitem__
+                  if cached else PixelSource(paths, cap.processor.image_processor))
         pairs = caption_pairs(cap, cs, rows, source, cfg.model.max_length, cfg.model.prompt,
                               prefix)
         sets.append((pairs, ids, source))
@@ -142,12 +131,12 @@ def loader_workers(cfg: Config, cached: bool) -> int:
     return 0 if cached else min(4, os.cpu_count() or 1)
 
 
-def build_loader(cfg: Config, pairs: CaptionPairs, workers: int = 0):
+def build_loader(cfg: Config, pairs: CaptionPairs | range, workers: int = 0, collate_fn=collate):
     """The training DataLoader over a seeded per-epoch order, and its sampler; its own generator
     leaves the global RNG (dropout) alone, so a resumed run draws the same masks."""
     t = cfg.train
     sampler = EpochSampler(len(pairs), t.seed)
-    loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate,
+    loader = DataLoader(pairs, batch_size=t.batch_size, sampler=sampler, collate_fn=collate_fn,
                         num_workers=workers, pin_memory=torch.cuda.is_available(),
                         persistent_workers=workers > 0,
                         generator=torch.Generator().manual_seed(t.seed))

@@ -1,6 +1,5 @@
 """The one place that knows BLIP-1 (ViT + BERT decoder over `[DEC] caption [SEP]`) from BLIP-2
 (a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
-from __future__ import annotations
 
 import functools
 import logging
@@ -13,7 +12,7 @@ import transformers
 
 from vicap_utils import vocab
 from vicap_utils.config import Config, EvalConfig, LoraSettings, ModelConfig
-from vicap_utils.families import BUILTIN_MODELS, EXTENDS_VOCABULARY, FAMILIES
+from vicap_utils.families import BUILTIN_MODELS, EXTENDS_VOCABULARY
 from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.hardware import detect, eight_bit_decision, emulating_t4
 from vicap_utils.ops.io import VicapError, error_summary
@@ -97,8 +96,6 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
               device_index: int | None = None, log=print) -> Captioner:
     """Load the base model and processor that `cfg.base` names; 8-bit (default: as `cfg` asks
     where this machine allows) pins it to one GPU per process; BLIP-2 on a GPU runs in fp16."""
-    if cfg.family not in CLASSES:
-        raise VicapError(f"model.family {cfg.family!r}: expected one of {', '.join(FAMILIES)}")
     source = resolve_base(cfg.base)
     if load_in_8bit is None:
         load_in_8bit, notice = eight_bit_decision(cfg.family, cfg.load_in_8bit, detect())
@@ -119,9 +116,8 @@ def load_base(cfg: ModelConfig, load_in_8bit: bool | None = None,
         processor = proc_cls.from_pretrained(source)
         model = model_cls.from_pretrained(source, **kwargs)
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VicapError(f"cannot load model {cfg.base!r} from {source} ({first}); without "
-                         "internet, attach it as a Kaggle input or set "
+        raise VicapError(f"cannot load model {cfg.base!r} from {source} ({error_summary(exc)}); "
+                         "without internet, attach it as a Kaggle input or set "
                          "model.base=/path/to/saved/model") from None
     if cfg.family == "blip2" and cfg.vision_fp32:
         model.vision_model.float()  # an fp16 ViT is known to give NaN losses
@@ -149,8 +145,7 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     if cap.family not in EXTENDS_VOCABULARY:
         return []
     stock = cap.tokenizer
-    if entries is None:
-        entries = vocab.extension_entries(stock, captions or [])
+    entries = vocab.extension_entries(stock, captions or []) if entries is None else entries
     extended = vocab.build_extended_tokenizer(stock, entries)
     vocab.init_new_rows(cap.model, stock, extended, len(stock))
     cap.processor.tokenizer = extended
@@ -229,9 +224,8 @@ def trainable_table(model) -> list[dict[str, Any]]:
     for name, param in model.named_parameters():
         parts = name.split(".")
         row = rows.setdefault(next((p for p in parts if p in PARTS), parts[0]), [0, 0])
+        row[0] += param.numel() if param.requires_grad else 0
         row[1] += param.numel()
-        if param.requires_grad:
-            row[0] += param.numel()
     rows["all"] = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
     return [{"part": k, "trainable": t, "total": n, "share_%": round(100 * t / max(n, 1), 3)}
             for k, (t, n) in rows.items()]
@@ -331,22 +325,10 @@ class Decoding:
     num_return_sequences: int = 1
 
     @classmethod
-    def from_eval(cls, ev: EvalConfig, **changes: Any) -> Decoding:
+    def from_eval(cls, ev: EvalConfig, **changes: Any) -> "Decoding":
         """Beam search as configured in an `eval` section, with `changes` applied."""
         return cls(**{"num_beams": ev.num_beams, "max_new_tokens": ev.max_new_tokens,
                       "repetition_penalty": ev.repetition_penalty, **changes})
-
-    def generate_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for `generate()`."""
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens, num_beams=max(1, self.num_beams),
-            repetition_penalty=self.repetition_penalty,
-            num_return_sequences=self.num_return_sequences)
-        if self.do_sample:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_p=self.top_p)
-        if self.num_return_sequences > 1:
-            kwargs.update(return_dict_in_generate=True, output_scores=True)
-        return kwargs
 
 
 @torch.no_grad()
@@ -356,7 +338,13 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
     cached ViT features; BLIP-1 starts from `[DEC]` as in training. fp16 autocast on a GPU."""
     inner = inner_model(cap.model)
     device = next(inner.parameters()).device
-    kwargs = dec.generate_kwargs()
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=dec.max_new_tokens, num_beams=max(1, dec.num_beams),
+        repetition_penalty=dec.repetition_penalty, num_return_sequences=dec.num_return_sequences)
+    if dec.do_sample:
+        kwargs.update(do_sample=True, temperature=dec.temperature, top_p=dec.top_p)
+    if dec.num_return_sequences > 1:
+        kwargs.update(return_dict_in_generate=True, output_scores=True)
     fp16 = device.type == "cuda" or emulating_t4()
     with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
         if cap.family == "blip":
@@ -374,8 +362,6 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
                 input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),
                 attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
                 **kwargs)
-        if pixels is None:
-            raise VicapError("BLIP-2 generation needs pixel values or ViT features")
         return inner.generate(pixel_values=pixels.to(device, inner.vision_model.dtype),
                               eos_token_id=cap.tokenizer.eos_token_id, **kwargs)
 

@@ -1,8 +1,6 @@
 """Run configuration: dataclasses per concern (the recipe), named profiles, and overrides that
 pydantic converts and range-checks; `vicap train` saves it as config.json for `--config`."""
-from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -91,8 +89,7 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     patience: Count = 3  # epochs without a better validation CIDEr before stopping; 0 = never
     seed: Seed = 42
-    # image-decoding DataLoader workers; -1 = min(4, CPUs) when needed
-    num_workers: Annotated[int, Field(ge=-1, le=64)] = -1
+    num_workers: Annotated[int, Field(ge=-1, le=64)] = -1  # image decoding; -1: min(4, CPUs)
     cache_vision_features: bool = True  # encode each image once where the ViT is frozen
     val_every: Positive = 1  # validate every N epochs
     val_sample: Count = 250  # validate epochs on a fixed sample of at most N images; 0 = all
@@ -145,11 +142,10 @@ class Config:
 SECTIONS = ("data", "model", "lora", "train", "eval", "scst")
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    # Each profile lists where it departs from the dataclass defaults. `uitviic-blip` is the real
-    # recipe: LoRA on the decoder's self-attention, new token rows at 10x the LoRA learning rate,
-    # warmup + cosine, label smoothing, early stopping on validation CIDEr. `mini` is that recipe
-    # scaled down: a tiny base built here, synthetic data, larger steps (a tiny model trained
-    # from scratch on 600 images wants them), batch 32 x 1, 12 epochs, shorter captions.
+    # Departures from the dataclass defaults. `uitviic-blip`, the real recipe: LoRA on the decoder's
+    # self-attention, new token rows at 10x the LoRA rate, warmup + cosine, label smoothing, early
+    # stopping on validation CIDEr. `mini` scales it down: a tiny base built here, synthetic data,
+    # larger steps (a tiny model from scratch wants them), batch 32 x 1, 12 epochs, short captions.
     "mini": {
         "model": {"max_length": 32},
         "train": {"epochs": 12, "batch_size": 32, "lr": 2e-3, "embedding_lr": 2e-2},
@@ -230,12 +226,10 @@ def config_from_dict(values: Any, where: str = "config",
 
 def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """`base` with `extra`'s values laid over it, section by section."""
-    out = copy.deepcopy(base)
+    out = dict(base)  # a section laid over is a new dict: `base` is never changed
     for name, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(name), dict):
-            out[name].update(value)
-        else:
-            out[name] = value
+        both = isinstance(value, dict) and isinstance(out.get(name), dict)
+        out[name] = {**out[name], **value} if both else value
     return out
 
 

@@ -1,18 +1,16 @@
 """Caption sets: COCO-style and Flickr8k readers into one table (a bad file refused in one line,
 a bad entry left out in `rejects`), COCO writing, seeded split."""
-from __future__ import annotations
 
 import argparse
 import csv
 import hashlib
-import math
-import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vicap_utils.ops import checks
 from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.ops.io import VicapError, atomic_write_json, input_file, read_json
 
@@ -27,12 +25,9 @@ _KNOWN_IMAGE_FIELDS = {"id", "file_name", "width", "height", "split"}
 FLICKR_SPLIT_FILES = {"Flickr_8k.trainImages.txt": "train", "Flickr_8k.devImages.txt": "val",
                       "Flickr_8k.testImages.txt": "test"}
 _FORMATS_HINT = "expected COCO-style JSON, Flickr8k.token.txt, or captions.txt with 'image,caption'"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not U+2028, not \x1c)
-_DRIVE = re.compile(r"^[A-Za-z]:[\\/]")
 # A non-blank Flickr8k line: line number, file name, caption, why it does not parse (or None).
 _Row = tuple[int, str, str, str | None]
-_NOT_TEXT = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
 
 
 @dataclass
@@ -92,7 +87,7 @@ class CaptionSet:
                         **ann.extra} for ann in self.annotations]
         return {**self.extra, "images": images, "annotations": annotations}
 
-    def to_frame(self) -> pd.DataFrame:
+    def to_frame(self) -> "pd.DataFrame":
         """One row per caption: image_id, file_name, annotation_id, caption."""
         import pandas as pd  # pandas: slow to import, and the audit and split never need it
 
@@ -109,15 +104,12 @@ class CaptionSet:
                 by_image[ann.image_id].append(ann.caption)
         return by_image
 
-    def subset(self, image_ids: Iterable[ImageId]) -> CaptionSet:
+    def subset(self, image_ids: Iterable[ImageId]) -> "CaptionSet":
         """The given images (KeyError for an unknown id) with their captions and split."""
         images = {image_id: self.images[image_id] for image_id in image_ids}
         return CaptionSet(images, [ann for ann in self.annotations if ann.image_id in images],
                           {i: name for i, name in self.split.items() if i in images},
                           dict(self.extra))
-
-
-# ---------------------------------------------------------------- readers
 
 
 def load_captions(path: str | Path, images_dir: str | Path | None = None) -> CaptionSet:
@@ -131,8 +123,8 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None) -> Cap
     key, tab, _ = head.partition("\t")
     if head.startswith(("{", "[")):
         return _read_coco(path)
-    if _is_csv_header(head):
-        return _read_flickr_csv(path, text)
+    if [cell.strip().lower() for cell in head.split(",")] == ["image", "caption"]:
+        return _read_flickr_csv(text)
     if tab and "#" in key:  # name.jpg#i<TAB>caption
         split_dirs = [path.parent, *([Path(images_dir)] if images_dir else [])]
         return _read_flickr_token(path, text, split_dirs)
@@ -155,15 +147,15 @@ def _read_coco(path: Path) -> CaptionSet:
     rejects: list[Reject] = []
     for index, entry in enumerate(data["images"]):
         where = f"images[{index}]"
-        _require_keys(path, where, entry, ("id", "file_name"))
-        _refuse_surrogates(path, where, entry)
+        checks.require_keys(path, where, entry, ("id", "file_name"))
+        checks.refuse_surrogates(path, where, entry)
         image_id, file_name = entry["id"], entry["file_name"]
-        _one_id_type(path, "image ids", image_ids, image_id, f"{where} id")
+        checks.one_id_type(path, "image ids", image_ids, image_id, f"{where} id is")
         if not isinstance(file_name, str):
             raise VicapError(f"{path}: {where} 'file_name' must be text")
         if image_id in images or image_id in left_out:
-            raise VicapError(f"{path}: {where} repeats image id {_short(image_id)}")
-        problem = _file_name_problem(file_name)
+            raise VicapError(f"{path}: {where} repeats image id {checks.short(image_id)}")
+        problem = checks.file_name_problem(file_name)
         if problem:
             rejects.append(Reject("image", image_id, file_name, *problem))
             left_out[image_id] = file_name
@@ -178,14 +170,15 @@ def _read_coco(path: Path) -> CaptionSet:
     annotations = []
     for index, entry in enumerate(data["annotations"]):
         where = f"annotations[{index}]"
-        _require_keys(path, where, entry, _ANNOTATION_KEYS)
-        _refuse_surrogates(path, where, _others(entry, {"caption"}))
-        _one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id")
-        _one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id")
-        image_id, problem = entry["image_id"], _caption_problem(entry["caption"])
+        checks.require_keys(path, where, entry, _ANNOTATION_KEYS)
+        checks.refuse_surrogates(path, where, _others(entry, {"caption"}))
+        checks.one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id is")
+        checks.one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id is")
+        image_id, problem = entry["image_id"], checks.caption_problem(entry["caption"])
         if image_id in left_out:
             rejects.append(Reject("annotation", entry["id"], left_out[image_id],
-                                  "orphaned_by_image", f"image {_short(image_id)} was rejected"))
+                                  "orphaned_by_image", f"image {checks.short(image_id)} was "
+                                  "rejected"))
         elif problem:
             info = images.get(image_id)
             rejects.append(Reject("annotation", entry["id"], info.file_name if info else "",
@@ -194,7 +187,7 @@ def _read_coco(path: Path) -> CaptionSet:
             annotations.append(Annotation(entry["id"], entry["image_id"], entry["caption"] or "",
                                           _others(entry, set(_ANNOTATION_KEYS))))
     extra = _others(data, {"images", "annotations"})
-    _refuse_surrogates(path, "the top level", extra)
+    checks.refuse_surrogates(path, "the top level", extra)
     return CaptionSet(images, annotations, split, extra, rejects)
 
 
@@ -217,12 +210,10 @@ def _read_flickr_token(path: Path, text: str, split_dirs: Iterable[Path]) -> Cap
     return cs
 
 
-def _read_flickr_csv(path: Path, text: str) -> CaptionSet:
-    """Flickr8k captions.txt: CSV with header `image,caption`; an unquoted comma inside a
+def _read_flickr_csv(text: str) -> CaptionSet:
+    """Flickr8k captions.txt: CSV after the header `image,caption`; an unquoted comma inside a
     caption stays part of it; a quoting error is a `malformed_line` reject of that line only."""
     body = [(n, line) for n, line in enumerate(_NEWLINE.split(text), start=1) if line.strip()]
-    if not body or not _is_csv_header(body[0][1]):
-        raise VicapError(f"{path}: expected the CSV header 'image,caption'")
     rows: list[_Row] = []
     csv.field_size_limit(max(csv.field_size_limit(), len(text)))  # a caption may pass 128 KB
     for lineno, line in body[1:]:
@@ -254,87 +245,9 @@ def _read_text(path: Path) -> str:
         raise VicapError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _is_csv_header(line: str) -> bool:
-    """True for the `image,caption` header of Flickr8k's captions.txt."""
-    return [cell.strip().lower() for cell in line.split(",")] == ["image", "caption"]
-
-
 def _others(entry: dict[str, Any], known: set[str]) -> dict[str, Any]:
     """The fields of `entry` outside `known`, kept as they are."""
     return {k: v for k, v in entry.items() if k not in known}
-
-
-def _require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> None:
-    """Refuse an entry that is not an object, lacks a key, or whose id is neither an integer
-    nor non-empty text."""
-    if not isinstance(entry, dict):
-        raise VicapError(f"{path}: {where} is not an object")
-    for key in keys:
-        if key not in entry:
-            raise VicapError(f"{path}: {where} has no '{key}'")
-        value = entry[key]
-        if key.endswith("id") and (isinstance(value, bool) or not isinstance(value, int | str)):
-            raise VicapError(f"{path}: {where} '{key}' must be an integer or text")
-        if key.endswith("id") and value == "":
-            raise VicapError(f"{path}: {where} '{key}' is empty")
-
-
-def _one_id_type(path: Path, what: str, first: dict[type, tuple[str, ImageId]], value: ImageId,
-                 where: str) -> None:
-    """Refuse a file that mixes integer and text ids (`1` and `"1"` are different ids), naming
-    where the first of each was seen (`first` remembers it)."""
-    first.setdefault(int if isinstance(value, int) else str, (where, value))
-    if len(first) == 2:
-        (w_int, v_int), (w_str, v_str) = first[int], first[str]
-        raise VicapError(f"{path}: {what} mix integers and text ({w_int} is {_short(v_int)}, "
-                         f"{w_str} is {_short(v_str)}); use one type")
-
-
-def _refuse_surrogates(path: Path, where: str, value: Any) -> None:
-    """Refuse a lone surrogate in any key or string inside `value` (a broken `\\ud800`-style
-    escape): such text cannot be written as UTF-8."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str) and _SURROGATE.search(item):
-            raise VicapError(f"{path}: {where} holds text that is not valid Unicode "
-                             f"(a lone surrogate in {_short(item)})")
-        if isinstance(item, dict):
-            stack.extend([*item.keys(), *item.values()])
-        elif isinstance(item, list):
-            stack.extend(item)
-
-
-def _file_name_problem(name: str) -> tuple[str, str] | None:
-    """(reason, detail) when `name` cannot name a file inside the images folder."""
-    if not name.strip():
-        return "missing_file", "file_name is empty"
-    if "\0" in name:
-        return "missing_file", f"file_name {_short(name)} contains a NUL character"
-    if name.startswith(("/", "\\")) or _DRIVE.match(name):
-        return "file_outside_images", f"file_name {_short(name)} is an absolute path"
-    if posixpath.normpath(name.replace("\\", "/")).split("/")[0] == "..":
-        return "file_outside_images", f"file_name {_short(name)} leads out of the images folder"
-    return None
-
-
-def _caption_problem(caption: Any) -> str | None:
-    """Why a caption value is not text, None when it is (null counts as empty text)."""
-    if isinstance(caption, str) and (bad := _SURROGATE.search(caption)):
-        return f"caption is not valid Unicode (a lone surrogate at character {bad.start()})"
-    if caption is None or isinstance(caption, str):
-        return None
-    nan = isinstance(caption, float) and math.isnan(caption)
-    kind = "NaN" if nan else _NOT_TEXT.get(type(caption), "an object")
-    return f"caption is {kind} ({_short(caption)}), not text"
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters (ids can have thousands of digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<an integer of {len(str(abs(value)))} digits>"
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _from_rows(rows: list[_Row]) -> CaptionSet:
@@ -349,7 +262,7 @@ def _from_rows(rows: list[_Row]) -> CaptionSet:
                                   f"line {lineno}: {problem}"))
             continue
         if name not in images and name not in left_out:
-            problem = _file_name_problem(name)
+            problem = checks.file_name_problem(name)
             if problem:
                 rejects.append(Reject("image", name, name, *problem))
                 left_out.add(name)
@@ -361,9 +274,6 @@ def _from_rows(rows: list[_Row]) -> CaptionSet:
         else:
             annotations.append(Annotation(number, name, caption))
     return CaptionSet(images, annotations, rejects=rejects)
-
-
-# ---------------------------------------------------------------- split
 
 
 def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
@@ -380,17 +290,13 @@ def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
     return train, val
 
 
-SPLIT_FILES = ("train.json", "val.json", "split.json")
-
-
 def write_split(folder: Path, train: CaptionSet, val: CaptionSet, seed: int,
                 val_fraction: float) -> None:
-    """Write the SPLIT_FILES: both sides as COCO, and split.json (seed and image ids)."""
+    """Write train.json and val.json (COCO) and split.json (seed and image ids)."""
     write_coco(train, folder / "train.json")
     write_coco(val, folder / "val.json")
     atomic_write_json(folder / "split.json", {"seed": seed, "val_fraction": val_fraction,
-                                              "train": list(train.images),
-                                              "val": list(val.images)})
+                                              "train": list(train.images), "val": list(val.images)})
 
 
 def cli_split(args: argparse.Namespace) -> int:
@@ -400,8 +306,8 @@ def cli_split(args: argparse.Namespace) -> int:
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
     inputs = {"--annotations": args.annotations}
-    with output_folder(args.out, "split", SPLIT_FILES, inputs=inputs) as out, \
-            staged(out) as tmp:
+    with output_folder(args.out, "split", ("train.json", "val.json", "split.json"),
+                       inputs=inputs) as out, staged(out) as tmp:
         write_split(tmp, train, val, args.seed, args.val_fraction)
     print(f"split {len(cs.images)} images (seed {args.seed}): {len(train.images)} train, "
           f"{len(val.images)} val -> {out}")

@@ -1,7 +1,5 @@
-"""Training examples: (image, caption) pairs as tensors, batched in a resumable order; images
-decoded on demand or cached features, captions tokenised once up front.
-"""
-from __future__ import annotations
+"""Training examples: (image, caption) pairs as tensors in a resumable order; images decoded on
+demand or cached features, captions tokenised once up front."""
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path

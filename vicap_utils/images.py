@@ -1,5 +1,4 @@
 """Image decoding shared by the audit, training, prediction and the demo."""
-from __future__ import annotations
 
 from pathlib import Path
 from typing import NamedTuple
@@ -63,21 +62,16 @@ def to_rgb(im: Image.Image) -> Image.Image:
     transparent pixels composited on white, CMYK and palettes converted."""
     if im.mode == "RGB":
         return im
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        return _wide_to_8bit(im).convert("RGB")
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # to 8 bits (16-bit range if > 255)
+        import numpy as np  # numpy: its import starts threads, and the audit forks workers
+
+        values = np.asarray(im, dtype=np.float64)
+        if values.size and values.max() > 255:
+            values = values / 257.0
+        return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8)).convert("RGB")
     if im.mode in _ALPHA_MODES or "transparency" in im.info:
         rgba = im.convert("RGBA")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return im.convert("RGB")
-
-
-def _wide_to_8bit(im: Image.Image) -> Image.Image:
-    """Map 16/32-bit integer or float greys to 8-bit L (16-bit range when values exceed 255)."""
-    import numpy as np  # numpy: its import starts threads, and the audit forks workers
-
-    values = np.asarray(im, dtype=np.float64)
-    if values.size and values.max() > 255:
-        values = values / 257.0
-    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))

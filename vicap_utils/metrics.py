@@ -1,7 +1,5 @@
-"""Caption metrics on NFC, PTB-tokenized text (a Python stand-in without Java): pycocoevalcap's
-BLEU-1..4, METEOR, ROUGE-L, CIDEr-D (`CiderD`, batched in numpy: fast enough for a reward) and
-SPICE, plus METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
-from __future__ import annotations
+"""Caption metrics on NFC, PTB-tokenized text: pycocoevalcap's (CIDEr-D batched in numpy, fast
+enough for a reward), METEOR-vi, ROUGE-1/2 and diversity; offline, and honest for Vietnamese."""
 
 import json
 import math
@@ -10,7 +8,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -20,13 +18,8 @@ from pycocoevalcap.bleu.bleu import Bleu
 from pycocoevalcap.rouge.rouge import Rouge
 from pycocoevalcap.tokenizer.ptbtokenizer import PUNCTUATIONS
 
-from vicap_utils.ops import folders, jvm
-from vicap_utils.ops.io import (
-    VicapError,
-    atomic_write_files,
-    output_file,
-    read_json,
-)
+from vicap_utils.ops import checks, folders, jvm
+from vicap_utils.ops.io import VicapError, atomic_write_files, output_file, read_json
 from vicap_utils.text import LINE_BREAKS
 
 # Every reference-based score, then every diversity figure: metrics.json and the tables.
@@ -54,7 +47,6 @@ NOTES = (
     "TTR: types / tokens over all predictions (= distinct-1); TTR_per_caption: mean per caption.",
 )
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD = r"[\w\u0300-\u036f]+"
 _FALLBACK_TOKEN = re.compile(rf"\.\.\.|--|'[^\W\d_]+|{_WORD}(?:[-.]{_WORD})*|\S")
 _FALLBACK_MAP = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-",
@@ -73,9 +65,11 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
                       ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Metrics of COCO results against COCO-style references (paths or loaded JSON) and the
     per-image table; `tokenization` "words" segments captions into words first."""
-    preds, refs = load_predictions(predictions), load_references(references)
-    keys, notes = match_images(preds, refs, allow_missing)
-    train = None if train_captions is None else load_train_captions(train_captions)
+    preds, refs = checks.load_predictions(predictions), checks.load_references(references)
+    files = all(isinstance(f, (str, Path)) for f in (predictions, references))
+    keys, notes = checks.match_images(preds, refs, allow_missing,
+                                      f"{predictions} against {references}: " if files else "")
+    train = None if train_captions is None else checks.load_train_captions(train_captions)
     hyp_raw, ref_raw = [preds[k][1] for k in keys], [refs[k][1] for k in keys]
     flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
     if tokenization == "words":
@@ -103,83 +97,6 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
     per_image = pd.DataFrame({"image_id": [refs[k][0] for k in keys], "cider": cider_per_image,
                               "prediction": hyp_raw, "first_reference": [c[0] for c in ref_raw]})
     return result, per_image
-
-
-def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str]]:
-    """{str(image_id): (image_id, caption)} from COCO results, checking their shape."""
-    label, data = _load(predictions, "predictions")
-    if not isinstance(data, list):
-        raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
-    out: dict[str, tuple[Any, str]] = {}
-    shape = 'is not {"image_id": int or str, "caption": str}'
-    for image_id, caption in _checked_items(label, data, "item", shape):
-        if str(image_id) in out:
-            raise VicapError(f"{label}: more than one prediction for image_id {image_id}")
-        out[str(image_id)] = (image_id, caption)
-    if not out:
-        raise VicapError(f"{label}: no predictions")
-    return out
-
-
-def load_references(references: str | Path | Mapping,
-                    what: str = "references") -> dict[str, tuple[Any, list[str]]]:
-    """{str(image_id): (image_id, captions)} from COCO-style captions JSON; `what` names it."""
-    label, data = _load(references, what)
-    if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
-        raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
-    out: dict[str, tuple[Any, list[str]]] = {}
-    shape = "lacks an image_id or a caption string"
-    for image_id, caption in _checked_items(label, data["annotations"], "annotation", shape):
-        out.setdefault(str(image_id), (image_id, []))[1].append(caption)
-    if not out:
-        raise VicapError(f"{label}: no reference captions")
-    if not any(c.strip() for _, caps in out.values() for c in caps):
-        raise VicapError(f"{label}: every caption is empty; there is nothing to score against")
-    return out
-
-
-def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
-    """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
-    would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
-    first_of_type: dict[type, str] = {}
-    for i, item in enumerate(items):
-        image_id = item.get("image_id") if isinstance(item, Mapping) else None
-        valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
-            isinstance(image_id, str) and image_id != "")
-        if not (valid_id and isinstance(item.get("caption"), str)):
-            raise VicapError(f"{label}: {what} {i} {shape}")
-        kind = int if isinstance(image_id, int) else str
-        first_of_type.setdefault(kind, f"{what} {i} has image_id {image_id!r}"[:80])
-        if len(first_of_type) == 2:
-            raise VicapError(f"{label}: image ids mix integers and text ({first_of_type[int]}, "
-                             f"{first_of_type[str]}); use one type")
-        if _SURROGATE.search(item["caption"]):
-            raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "
-                             "(a lone surrogate)")
-        yield image_id, item["caption"]
-
-
-def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
-    """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
-    if isinstance(train, Sequence) and not isinstance(train, str):
-        return [str(c) for c in train]
-    return [c for _, caps in load_references(train, "training captions").values() for c in caps]
-
-
-def match_images(preds: Mapping[str, Any], refs: Mapping[str, Any],
-                 allow_missing: bool) -> tuple[list[str], list[str]]:
-    """(keys to score in reference order, notes): unknown ids fail, missing ones unless allowed."""
-    unknown = [preds[k][0] for k in preds if k not in refs]
-    if unknown:
-        raise VicapError(f"{len(unknown)} predicted image ids are not in the references: "
-                         f"{_first(unknown)}")
-    missing = [refs[k][0] for k in refs if k not in preds]
-    if missing and not allow_missing:
-        raise VicapError(f"{len(missing)} reference images have no prediction: {_first(missing)}"
-                         " (use --allow-missing to score only the predicted images)")
-    notes = [f"scored {len(preds)} of {len(refs)} reference images (allow_missing)"
-             ] if missing else []
-    return [k for k in refs if k in preds], notes
 
 
 def tokenize(captions: Sequence[str]) -> tuple[list[str], str, str | None]:
@@ -270,6 +187,18 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
     return out
 
 
+class _Tfidf(NamedTuple):
+    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
+    norms per sentence and n-gram order; lengths as CIDEr-D's."""
+
+    starts: np.ndarray
+    gram: np.ndarray
+    order: np.ndarray
+    weight: np.ndarray
+    norms: np.ndarray
+    lengths: np.ndarray
+
+
 class CiderD:
     """pycocoevalcap's CIDEr-D (equal within 1e-6), all pairs at once in numpy. Document frequencies
     from `refs_corpus`: the evaluated set's as pycocoevalcap; the training set's for a reward."""
@@ -279,15 +208,11 @@ class CiderD:
             raise ValueError("CIDEr-D needs the references of at least one image")
         self.n, self.sigma = n, sigma
         self.log_images = math.log(len(refs_corpus))
-        words, wid, sizes = _word_ids([r for refs in refs_corpus for r in refs])
-        occ_start, occ_gram, first, order = _ngram_ids(wid, sizes, n)
-        image = np.repeat(np.arange(len(refs_corpus)), [len(refs) for refs in refs_corpus])
-        width = max(len(first), 1)
-        in_image = np.sort(np.repeat(image, sizes)[occ_start] * width + occ_gram)
-        distinct = in_image[np.diff(in_image, prepend=-1) != 0] % width  # np.unique hashes: slow
-        df = np.bincount(distinct, minlength=len(first))
-        self.df = {tuple(words[i: i + k + 1]): c
-                   for i, k, c in zip(first.tolist(), order.tolist(), df.tolist())}
+        self.df: Counter[tuple[str, ...]] = Counter()
+        for refs, images in Counter(map(tuple, refs_corpus)).items():  # a repeated image: once
+            grams = {tuple(w[i:i + k]) for w in map(str.split, refs)  # counted once per image
+                     for k in range(1, n + 1) for i in range(len(w) - k + 1)}
+            self.df.update(grams if images == 1 else dict.fromkeys(grams, images))
 
     def score(self, candidates: Sequence[str],
               refs: Sequence[Sequence[str]]) -> tuple[float, np.ndarray]:
@@ -313,7 +238,10 @@ class CiderD:
 
     def _vectors(self, texts: Sequence[str]) -> _Tfidf:
         """The tf-idf vectors of distinct tokenized sentences, n-grams counted in numpy."""
-        words, wid, sizes = _word_ids(texts)
+        tokens = [t.split() for t in texts]
+        words, ids = [w for ws in tokens for w in ws], {}
+        wid = np.array([ids.setdefault(w, len(ids)) for w in words], np.int64)
+        sizes = np.array([len(ws) for ws in tokens], np.int64)
         occ_start, occ_gram, first, gram_order = _ngram_ids(wid, sizes, self.n)
         n_grams = max(len(first), 1)
         sent_of = np.repeat(np.arange(len(texts)), sizes)[occ_start]
@@ -332,20 +260,11 @@ class CiderD:
                       lengths)
 
 
-def _word_ids(texts: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(words, word ids, words per text) of tokenized texts, concatenated."""
-    tokens = [t.split() for t in texts]
-    words = [w for ws in tokens for w in ws]
-    vocab: dict[str, int] = {}
-    return (words, np.array([vocab.setdefault(w, len(vocab)) for w in words], np.int64),
-            np.array([len(ws) for ws in tokens], np.int64))
-
-
 def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
                n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The 1- to n-grams of concatenated sentences of word ids: each occurrence's start and
-    n-gram id (equal n-grams, equal ids), then each id's first start and order - 1. An id of
-    order k + 1 numbers the pairs (id of the k-gram starting there, next word)."""
+    n-gram id (equal n-grams, equal ids), then each id's first start and order - 1."""
+    # an id of order k + 1 numbers the pairs (id of the k-gram starting there, next word)
     remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
     prev = wid
     occ_start, occ_gram, first, order = [], [], [], []
@@ -362,18 +281,6 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
         order.append(np.full(len(uniq), k))
         offset += len(uniq)
     return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
-
-
-class _Tfidf(NamedTuple):
-    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
-    norms per sentence and n-gram order; lengths as CIDEr-D's."""
-
-    starts: np.ndarray
-    gram: np.ndarray
-    order: np.ndarray
-    weight: np.ndarray
-    norms: np.ndarray
-    lengths: np.ndarray
 
 
 def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
@@ -447,13 +354,8 @@ def cli_evaluate(args: Any) -> int:
                                [("--out", out), ("--out (its per-image CSV)", csv_path)])
         folders.refuse_foreign_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite)
-    try:
-        metrics, per_image = evaluate_detailed(args.predictions, args.references,
-                                               args.train_captions, args.allow_missing,
-                                               args.tokenize)
-    except VicapError as exc:  # the id-matching errors ("3 predicted image ids …"): name files
-        raise VicapError(f"{args.predictions} against {args.references}: {exc}"
-                         if str(exc)[:1].isdigit() else str(exc)) from None
+    metrics, per_image = evaluate_detailed(args.predictions, args.references, args.train_captions,
+                                           args.allow_missing, args.tokenize)
     if args.out:
         with folders.replacing_files(out.parent, [out.name], [csv_path.name],
                                      overwrite=args.overwrite):  # both files or neither
@@ -466,18 +368,6 @@ def cli_evaluate(args: Any) -> int:
         print(compare(read_json(args.compare, "metrics JSON"), metrics,
                       (Path(args.compare).stem, Path(args.predictions).stem)))
     return 0
-
-
-def _load(obj: Any, what: str) -> tuple[str, Any]:
-    """(label for messages, data): read a path, or take already-loaded JSON as it is."""
-    if isinstance(obj, (str, Path)):
-        return str(obj), read_json(obj, f"{what} JSON")
-    return what, obj
-
-
-def _first(ids: Sequence[Any], n: int = 5) -> str:
-    """The first few ids for an error message."""
-    return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
 
 
 def _shown(value: Any) -> str:

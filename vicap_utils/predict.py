@@ -1,7 +1,5 @@
 """`vicap predict`: caption every image a caption file lists, in batches, as COCO results JSON."""
-from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +8,7 @@ from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
 from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
-from vicap_utils.ops.io import VicapError, atomic_write_json, output_file, path_problem
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, output_file, path_problem
 from vicap_utils.ops.progress import progress
 
 
@@ -30,16 +28,12 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     """Caption every image of a caption file with `ref` (decoding and batch size default to its
     `eval`) into COCO results at `out` (a file vicap did not write: only with `overwrite`)."""
     out = output_file(out, "predictions JSON")
-    folders.refuse_aliases({"--annotations": annotations, "--images": images,
-                            "--model": ref.adapter}, {"--out": out})
     cs = load_captions(annotations)
     skipped = [r for r in cs.rejects if r.kind == "image"]
     if skipped:  # e.g. a file name leading out of the images folder
         raise VicapError(f"{annotations}: {len(skipped)} listed images cannot be captioned, e.g. "
                          f"image {skipped[0].id!r}: {skipped[0].detail}")
-    folder = Path(images)
-    if not folder.is_dir():
-        raise VicapError(f"{folder}: images folder not found")
+    folder = input_dir(images, "images folder")
     ids = sorted(cs.images, key=str)
     paths = [folder / cs.images[i].file_name for i in ids]
     bad = [(cs.images[i].file_name, (path_problem(p) or ("", "is a folder"))[1])
@@ -47,7 +41,8 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if bad:
         raise VicapError(f"{folder}: {len(bad)} listed images missing or not files, e.g. "
                          f"{bad[0][0]} ({bad[0][1]})")
-    read = [("--images", p) for p in paths]
+    read = [("--annotations", annotations), ("--images", folder), ("--model", ref.adapter),
+            *(("--images", p) for p in paths)]
     if ref.adapter is not None:  # the adapter's files: its weights, vicap.json, tokenizer
         read += [("--model", p) for p in sorted(ref.adapter.iterdir())]
     folders.refuse_aliases(read, {"--out": out})
@@ -73,8 +68,7 @@ def cli_predict(args) -> int:
         if value is not None and value < 1:
             raise VicapError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     batch_size = given.pop("batch_size")
-    dec = dataclasses.replace(Decoding.from_eval(ref.eval),
-                              **{name: value for name, value in given.items() if value})
+    dec = Decoding.from_eval(ref.eval, **{name: value for name, value in given.items() if value})
     predict_file(ref, args.annotations, args.images, args.out, dec, batch_size,
                  overwrite=args.overwrite)
     return 0

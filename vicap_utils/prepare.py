@@ -1,6 +1,5 @@
 """The audited, split data a run trains on (`vicap train`, notebook 01), cached: prepared.json,
 written last, holds the fingerprint that lets the same inputs be read back."""
-from __future__ import annotations
 
 import functools
 import hashlib
@@ -15,7 +14,7 @@ from vicap_utils.config import Config, DataConfig
 from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco, write_split
 from vicap_utils.ops.env import IMAGE_DIR_GLOBS, discover_data, find_image_folder, kaggle_input
 from vicap_utils.ops.folders import output_folder, record, staged
-from vicap_utils.ops.io import VicapError, atomic_write_json, read_json
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, read_json
 from vicap_utils.toy.data import builtin_data
 
 PREPARED_FILE = "prepared.json"
@@ -61,16 +60,6 @@ class PreparedData:
     test: CaptionSet | None = None
     test_images: Path | None = None
 
-    @property
-    def train_file(self) -> Path:
-        """The training captions (COCO-style JSON) training reads."""
-        return self.folder / "train.json"
-
-    @property
-    def val_file(self) -> Path:
-        """The validation captions, the references of validation and evaluation."""
-        return self.folder / "val.json"
-
 
 def raw_data(cfg: Config) -> RawData:
     """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
@@ -102,9 +91,7 @@ def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] =
     """The folder of a caption file's images: `hint` (data.images), else the one near the file
     holding its first image, else the one in `roots` (attached data sets) holding most of them."""
     if hint:
-        if not (path := Path(hint)).is_dir():
-            raise VicapError(f"{path}: images folder not found (data.images)")
-        return path
+        return input_dir(hint, "images folder (data.images)")
     names = [info.file_name for info in load_captions(annotations).images.values()]
     if not names:
         raise VicapError(f"{annotations}: lists no images")
@@ -175,15 +162,19 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
                     "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
                     "rejects": rejects, "train_images": len(data.train.images),
                     "val_images": len(data.val.images)})
-    log(f"data: audited set reused from {folder} (fingerprint {key}): {_counts(data)}" if reused
-        else f"data: {_counts(data)} -> {folder}")
+    rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
+    counts = (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
+              f"{len(data.train.annotations)} training captions; audit rejected {rejected}")
+    log(f"data: audited set reused from {folder} (fingerprint {key}): {counts}" if reused
+        else f"data: {counts} -> {folder}")
     return data
 
 
 def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | None
                      ) -> tuple[dict[str, CaptionSet], dict[str, int]]:
     """Audit each caption file (train into `folder`, the others into `<name>-audit/`), then split
-    unless a validation file was given: the sets by name and the count of each reject reason."""
+    (a validation file as given, else Flickr8k's lists, else seeded by image): the sets by name
+    and the count of each reject reason."""
     sets: dict[str, CaptionSet] = {}
     rejects: Counter[str] = Counter()
     for name, (captions, images) in raw.files().items():
@@ -192,7 +183,12 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
             record(folder, [out.name])
         rejects.update(audit(captions, images, out, workers=workers)["rejects"])
         sets[name] = load_captions(out / "clean.json")
-    train, val = _split(sets["train"], sets.get("val"), d)
+    train, val = sets["train"], sets.get("val")  # a validation file: as given
+    if val is None and set(train.split.values()) & {"dev", "val"}:  # Flickr8k's split lists
+        train, val = (train.subset(i for i, s in train.split.items() if s == "train"),
+                      train.subset(i for i, s in train.split.items() if s in ("dev", "val")))
+    elif val is None:
+        train, val = split_by_image(train, d.val_fraction, d.split_seed)
     sets["train"], sets["val"] = _limit(train, d.max_train_images), _limit(val, d.max_val_images)
     if not sets["train"].images or not sets["val"].images:
         raise VicapError(f"{raw.train}: the audit left {len(sets['train'].images)} training and "
@@ -200,25 +196,6 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
     return sets, dict(rejects)
 
 
-def _split(train: CaptionSet, val: CaptionSet | None, d: DataConfig
-           ) -> tuple[CaptionSet, CaptionSet]:
-    """A separate validation set as given; else the file's own split field (Flickr8k's lists);
-    else a seeded split by image."""
-    if val is not None:
-        return train, val
-    if set(train.split.values()) & {"dev", "val"}:
-        return (train.subset(i for i, s in train.split.items() if s == "train"),
-                train.subset(i for i, s in train.split.items() if s in ("dev", "val")))
-    return split_by_image(train, d.val_fraction, d.split_seed)
-
-
 def _limit(cs: CaptionSet, n: int) -> CaptionSet:
     """The first `n` images (by id) and their captions; all of them when n is 0."""
     return cs.subset(sorted(cs.images, key=str)[:n]) if n and n < len(cs.images) else cs
-
-
-def _counts(data: PreparedData) -> str:
-    """One line: split sizes and what the audit rejected."""
-    rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
-    return (f"{len(data.train.images)} train / {len(data.val.images)} val images, "
-            f"{len(data.train.annotations)} training captions; audit rejected {rejected}")

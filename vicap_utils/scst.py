@@ -1,7 +1,5 @@
-"""Self-critical sequence training (Rennie et al. 2017; Luo 2020's baseline) on a cross-entropy
-adapter: sample k captions per image, reward each with CIDEr-D against the image's references,
-raise the log-probability of those beating the mean of the others. One small function per step."""
-from __future__ import annotations
+"""Self-critical sequence training (Rennie et al. 2017; Luo 2020's baseline): sample k captions
+per image, reward each with CIDEr-D, raise those beating the mean of the others; one step each."""
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -10,12 +8,10 @@ from typing import NamedTuple
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
 
 from vicap_utils import captioner
 from vicap_utils.captioner import Captioner, Decoding
 from vicap_utils.config import Config, ScstConfig, config_from_dict, diff_keys
-from vicap_utils.dataset import EpochSampler
 from vicap_utils.metrics import CiderD, python_tokenize
 from vicap_utils.ops.adapters import META_FILE, WEIGHTS_FILE, is_adapter
 from vicap_utils.ops.checkpoint import RESUME_KEYS
@@ -52,15 +48,9 @@ def load_adapter(cap: Captioner, folder: str | Path) -> None:
     set_peft_model_state_dict(cap.model, load_file(str(Path(folder) / WEIGHTS_FILE)))
 
 
-def image_loader(n: int, source: Callable[[int], torch.Tensor], batch_size: int, seed: int):
-    """(loader, sampler): the training images as {row, image} batches (SCST samples per image),
-    in the seeded, resumable per-epoch order."""
-    def collate(rows: list[int]) -> dict[str, torch.Tensor]:
-        return {"row": torch.tensor(rows), "image": torch.stack([source(r) for r in rows])}
-
-    sampler = EpochSampler(n, seed)
-    return DataLoader(range(n), batch_size, sampler=sampler, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(seed)), sampler
+def image_batch(source: Callable[[int], torch.Tensor], rows: list[int]) -> dict[str, torch.Tensor]:
+    """SCST's batch of training images by row, {row, image}: it samples captions per image."""
+    return {"row": torch.tensor(rows), "image": torch.stack([source(r) for r in rows])}
 
 
 class Samples(NamedTuple):
@@ -121,8 +111,7 @@ def baseline(rewards: torch.Tensor, greedy: torch.Tensor | None = None) -> torch
     (Luo 2020), or its greedy caption's reward (Rennie et al. 2017)."""
     if greedy is not None:
         return greedy[:, None].expand_as(rewards)
-    k = rewards.shape[1]
-    return (rewards.sum(1, keepdim=True) - rewards) / (k - 1)
+    return (rewards.sum(1, keepdim=True) - rewards) / (rewards.shape[1] - 1)
 
 
 def loss(logprobs: torch.Tensor, rewards: torch.Tensor, base: torch.Tensor) -> torch.Tensor:

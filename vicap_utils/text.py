@@ -1,5 +1,4 @@
 """Vietnamese caption text: Unicode normalisation, spacing, syllables and diacritics."""
-from __future__ import annotations
 
 import re
 import unicodedata
@@ -16,9 +15,8 @@ _STROKED_D = str.maketrans({"đ": "d", "Đ": "D"})
 
 
 def normalize_caption(s: str) -> str:
-    """NFC, invisible characters dropped, whitespace (line breaks, tabs) collapsed and stripped,
-    no space before . , ; : ! ? — case kept. One form per caption keeps duplicate detection and
-    n-gram metrics honest across keyboards."""
+    """NFC, invisible characters dropped, whitespace collapsed, no space before . , ; : ! ? (case
+    kept): one form per caption keeps duplicate detection and n-gram metrics honest."""
     s = unicodedata.normalize("NFC", drop_invisible(s))
     return _SPACE_BEFORE_PUNCT.sub(r"\1", _WHITESPACE.sub(" ", s).strip())
 

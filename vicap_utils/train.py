@@ -1,10 +1,7 @@
-"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports.
-The data order is a function of (seed, epoch), so a run killed and resumed from `last/` ends
-with the same adapter. fp16 is driven here (autocast, a GradScaler); Accelerate gets bf16."""
-from __future__ import annotations
+"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports; a run
+resumed from `last/` ends with the same adapter. fp16 is driven here, Accelerate gets bf16."""
 
 import contextlib
-import json
 import math
 import os
 import shlex
@@ -12,6 +9,7 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from vicap_utils.ops.checkpoint import RunState, load_last, open_run, rng_state,
 from vicap_utils.ops.folders import folder_lock, record
 from vicap_utils.ops.handover import prepare_resume
 from vicap_utils.ops.hardware import detect, plan_for
-from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text
+from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text, read_json
 from vicap_utils.ops.launch import launch_training
 from vicap_utils.ops.progress import progress
 from vicap_utils.teach.report import plot_history
@@ -90,8 +88,8 @@ class Trainer:
             refs = self.data.train.captions_by_image()
             self.scst = scst.Scst(self.cap, [refs[i] for i in ids], cfg.scst,
                                   self.examples.image_kind)
-            loader, self.sampler = scst.image_loader(len(ids), self.examples.train.image_source,
-                                                     t.batch_size, t.seed)
+            images = partial(scst.image_batch, self.examples.train.image_source)  # per image
+            loader, self.sampler = builders.build_loader(cfg, range(len(ids)), 0, images)
         processes = self.accelerator.num_processes
         steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
         optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
@@ -220,8 +218,12 @@ class Trainer:
                      f"val CIDEr {state.full_val['val_CIDEr']:.3f}")
         state.finished = True
         self.save_last()
-        if self.main:
-            self.write_reports()
+        if self.main:  # a finished run's reports
+            self.write_history()
+            record(self.out, ["loss_curve.png", "summary.json"])
+            if state.history:
+                plt.close(plot_history(state.history, self.out / "loss_curve.png"))
+            atomic_write_json(self.out / "summary.json", self.summary())
         self.accelerator.wait_for_everyone()
         return self.summary()
 
@@ -286,14 +288,6 @@ class Trainer:
         record(self.out, ["history.csv"])
         atomic_write_text(self.out / "history.csv", table.to_csv(index=False, na_rep="nan"))
 
-    def write_reports(self) -> None:
-        """A finished run's history.csv, loss_curve.png and summary.json."""
-        self.write_history()
-        record(self.out, ["loss_curve.png", "summary.json"])
-        if self.state.history:
-            plt.close(plot_history(self.state.history, self.out / "loss_curve.png"))
-        atomic_write_json(self.out / "summary.json", self.summary())
-
     def summary(self) -> dict[str, Any]:
         """Where things went and the headline numbers (summary.json)."""
         state, out = self.state, self.out
@@ -307,9 +301,8 @@ class Trainer:
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: bool = False,
           log=print, scst_from: str | Path | None = None) -> dict[str, Any]:
-    """`vicap train` from Python (`scst_from`: self-critical training from that adapter);
-    `resume` first brings back a previous Kaggle session's run when `out_dir` holds none. The
-    main process holds the folder's lock throughout."""
+    """`vicap train` from Python (`scst_from`: SCST from that adapter); `resume` first brings back
+    a previous Kaggle session's run when `out_dir` holds none. The main process holds the lock."""
     cfg = scst.training_config(cfg) if scst_from else cfg
     plan_for(cfg).check()  # the hardware, then the settings the base bounds: before any write
     captioner.check_against_base(cfg)
@@ -327,8 +320,7 @@ def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
     """Train from a notebook here (one GPU or CPU), else one `vicap train` per GPU; returns the
     summary. A `resume` with nothing to resume starts a fresh run."""
     run = Path(run)
-    if resume and prepare_resume(run, cfg.profile) is None:
-        resume = False
+    resume = resume and prepare_resume(run, cfg.profile) is not None
     gpus = detect().count
     if gpus <= 1:
         return train(cfg, run, resume=resume, overwrite=overwrite)
@@ -336,7 +328,7 @@ def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
         config = save_config(cfg, Path(tmp) / "config.json")
         flags = ["--resume"] if resume else ["--overwrite"] if overwrite else []
         launch_training(["--config", str(config), "--out", str(run), *flags], gpus)
-    return json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return read_json(run / "summary.json", "run summary")
 
 
 def cli_train(args) -> int:

@@ -1,5 +1,4 @@
 """Validation during training: loss on the validation captions, CIDEr of beam-search captions."""
-from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager

@@ -1,6 +1,5 @@
 """BLIP-1's WordPiece vocabulary extended with Vietnamese syllables and letters (each new row
 from its accent-stripped pieces), and caption encoding with label masking."""
-from __future__ import annotations
 
 import re
 import unicodedata
@@ -86,18 +85,13 @@ def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
 def extension_entries(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
     """Vocabulary entries to append: caption syllables the tokenizer cannot write back (most
     frequent first), then each letter and its `##` piece."""
-    missing = [word for word, count in syllables(captions).most_common()
-               if count >= min_count and not _writes_back(tokenizer, word)]
+    missing = [word for word, count in syllables(captions).most_common() if count >= min_count
+               and canonical(tokenizer.decode(tokenizer.encode(word, add_special_tokens=False)))
+               != word]  # not written back with its letters and diacritics
     letters = list(VIETNAMESE_LETTERS)
     known = tokenizer.get_vocab()
     candidates = dict.fromkeys(missing + letters + [f"##{c}" for c in letters])
     return [entry for entry in candidates if entry not in known]
-
-
-def _writes_back(tokenizer, word: str) -> bool:
-    """Whether `word` survives encode → decode with its letters and diacritics."""
-    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
-    return canonical(tokenizer.decode(ids)) == word
 
 
 def build_extended_tokenizer(tokenizer, entries: list[str]):
@@ -130,10 +124,9 @@ def extend_tokenizer(tokenizer, captions: list[str], min_count: int = 1):
 
 def piece_ids(stock_tokenizer, entry: str) -> list[int]:
     """Stock-vocabulary ids of an entry's accent-stripped form (keeping `##` continuation)."""
-    cont = entry.startswith("##")
     ids = stock_tokenizer(strip_diacritics(entry.removeprefix("##")),
                           add_special_tokens=False)["input_ids"]
-    if cont and ids:
+    if entry.startswith("##") and ids:
         first = stock_tokenizer.convert_ids_to_tokens(ids[0])
         as_cont = stock_tokenizer.convert_tokens_to_ids(f"##{first}")
         if as_cont != stock_tokenizer.unk_token_id:
