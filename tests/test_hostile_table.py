@@ -191,6 +191,8 @@ OUTPUTS = [
     ("predict-image-is-a-folder", PREDICT + "{r}/folder.json",
      ("1 listed images missing or not files", "sub (is a folder)")),
     ("predict-image-symlink-loop", PREDICT + "{r}/loop.json", ("loop.png (is a symlink loop)",)),
+    ("predict-max-new-tokens-past-positions", PREDICT + "{r}/refs.json --max-new-tokens 64",
+     ("--max-new-tokens 64 is out of range for mini (must be at most 63",)),
     ("train-empty-out", "train --profile mini --out ''", ("--out is empty",)),
     ("train-resume-and-overwrite", "train --profile mini --out {r}/run --resume --overwrite",
      ("--resume continues a run, --overwrite starts it again",)),

@@ -60,25 +60,34 @@ def family_of(model_type: str) -> str:
     return "blip2" if "blip-2" in model_type or "blip2" in model_type else "blip"
 
 
+def base_config(base: str):
+    """The base's transformers config, read without its weights (mini: its untrained twin's)."""
+    try:
+        if base in BUILTIN_MODELS:  # no minute of pre-training to read a config
+            cache_dir("mini-base")  # where it will be built: a bad VICAP_CACHE stops us here
+            return MINI_CONFIG()
+        return transformers.AutoConfig.from_pretrained(resolve_base(base))
+    except (OSError, ValueError) as exc:
+        raise VicapError(f"model.base={base!r}: cannot read its config "
+                         f"({error_summary(exc)})") from None
+
+
+def text_positions(config) -> int:
+    """The text positions a caption can use: the decoder's, less BLIP-2's image queries."""
+    return (config.text_config.max_position_embeddings
+            - (getattr(config, "num_query_tokens", 0) or 0))
+
+
 def check_against_base(cfg: Config) -> None:
     """The settings whose range comes from the base (family, text positions, prompt, LoRA layers
     and rank), checked on its config and a meta-device copy before any data work."""
     m = cfg.model
-    try:
-        if m.base in BUILTIN_MODELS:  # its untrained twin's config: no minute of pre-training
-            cache_dir("mini-base")  # where it will be built: a bad VICAP_CACHE stops us here
-            config = MINI_CONFIG()
-        else:
-            config = transformers.AutoConfig.from_pretrained(resolve_base(m.base))
-    except (OSError, ValueError) as exc:
-        raise VicapError(f"model.base={m.base!r}: cannot read its config "
-                         f"({error_summary(exc)})") from None
+    config = base_config(m.base)
     found = family_of(config.model_type) if "blip" in config.model_type else None
     if found != m.family:
         raise VicapError(f"model.family={m.family!r} does not match model.base={m.base!r} "
                          f"(model_type {config.model_type!r}); valid: {found or 'none'}")
-    positions = (config.text_config.max_position_embeddings
-                 - (getattr(config, "num_query_tokens", 0) or 0))
+    positions = text_positions(config)
     for key, value, room in (("model.max_length", m.max_length, positions),
                              ("eval.max_new_tokens", cfg.eval.max_new_tokens, positions - 1)):
         if value > room:

@@ -3,7 +3,7 @@
 import time
 from pathlib import Path
 
-from vicap_utils.captioner import Captioner, Decoding, caption
+from vicap_utils.captioner import Captioner, Decoding, base_config, caption, text_positions
 from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
@@ -68,6 +68,11 @@ def cli_predict(args) -> int:
         if value is not None and value < 1:
             raise VicapError(f"--{name.replace('_', '-')} must be at least 1 (got {value})")
     batch_size = given.pop("batch_size")
+    room = text_positions(base_config(ref.model.base)) - 1 if given["max_new_tokens"] else 0
+    if given["max_new_tokens"] and given["max_new_tokens"] > room:
+        raise VicapError(f"--max-new-tokens {given['max_new_tokens']} is out of range for "
+                         f"{ref.model.base} (must be at most {room}: the base has {room + 1} "
+                         "text positions)")
     dec = Decoding.from_eval(ref.eval, **{name: value for name, value in given.items() if value})
     predict_file(ref, args.annotations, args.images, args.out, dec, batch_size,
                  overwrite=args.overwrite)
