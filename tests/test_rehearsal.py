@@ -32,9 +32,11 @@ def test_kaggle_rehearsal_plays_every_kernel_of_both_profiles(tmp_path):
         assert set(metrics) == SYSTEMS and all(0 <= m["CIDEr"] for m in metrics.values())
         scst = Path(str(run).format("03b_scst") + "-scst") / "last" / "state.json"
         assert json.loads(scst.read_text())["scst_from"].endswith(f"runs/{profile}/best")
-        scored = json.loads((Path(str(run).format("04_evaluate")) / "eval" / "metrics_scst.json")
-                            .read_text())  # 04 found 03b's adapter among its inputs
-        assert 0 <= scored["CIDEr"] and scored["vocab_size"] >= 1
+        ev = Path(str(run).format("04_evaluate")) / "eval"
+        scored = json.loads((ev / "metrics_scst.json").read_text())  # 03b's adapter, found
+        assert {"CIDEr", "TTR", "vocab_size"} <= scored.keys() and scored["CIDEr"] >= 0
+        assert len(json.loads((ev / "predictions_scst.json").read_text())) == \
+            len(json.loads((ev / "predictions_fine_tuned.json").read_text()))  # same images
         gallery = Path(str(run).format("05_gallery")) / "eval" / "gallery.png"
         assert gallery.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         resumed = json.loads((Path(str(run).format("03_finetune_lora-session2")) / "last" /
