@@ -110,14 +110,16 @@ pd.DataFrame({"caption": drawn.captions, "reward": rewards.flatten().numpy(),
 # %% [markdown]
 # ## 5 · One update by hand
 # The loss is −advantage × log-probability of the sample (its mean over tokens, so long
-# captions are not favoured), averaged. One optimiser step, then the log-probabilities again:
-# the samples with a positive advantage should have gained.
+# captions are not favoured), averaged. One optimiser step, then the log-probabilities again.
+# The step raises what the loss lowers, the advantage-weighted log-probability: samples above
+# their baseline tend to gain, those below to lose (each one need not; the weighted sum does).
+# Dropout stays off here, so the two measurements differ only by the step.
 
 # %%
 forward = captioner.TrainingForward(cap.model, cap.family, examples.cached)
 optimizer = torch.optim.AdamW([p for p in cap.model.parameters() if p.requires_grad],
                               lr=cfg.scst.lr * 10)
-cap.model.train()
+cap.model.eval()  # no dropout: the same forward before and after the step
 logp = scst.sequence_logprobs(forward, features, drawn)
 loss = scst.loss(logp, rewards, baseline)
 optimizer.zero_grad()
@@ -127,7 +129,9 @@ with torch.no_grad():
     after = scst.sequence_logprobs(forward, features, drawn)
 change = (after - logp.detach()).numpy()
 up = advantage.flatten().numpy() > 0
-print(f"loss {loss.item():.4f}; mean log-prob change: advantage > 0 {change[up].mean():+.4f}, "
+print(f"loss {loss.item():.4f}; advantage-weighted log-prob change "
+      f"{(advantage.flatten().numpy() * change).mean():+.5f}")
+print(f"mean log-prob change: advantage > 0 {change[up].mean():+.4f}, "
       f"advantage <= 0 {change[~up].mean():+.4f}")
 
 # %% [markdown]

@@ -370,3 +370,14 @@ def test_an_unusable_vicap_output_is_one_error_naming_it(value, root, monkeypatc
     monkeypatch.setenv("VICAP_OUTPUT", value.format(r=root))
     with pytest.raises(io.VicapError, match="set VICAP_OUTPUT to a writable folder"):
         env.output_dir()
+
+
+def test_predict_refuses_a_bad_out_before_building_the_mini_base(tmp_path, capsys, monkeypatch):
+    """`--model mini` names a built-in base: its family is known without the minute of
+    pre-training a cold cache would start (which also wrote progress lines before the error)."""
+    monkeypatch.setenv("VICAP_CACHE", str(tmp_path / "cache"))
+    code = main(["predict", "--model", "mini", "--no-adapter", "--images", str(tmp_path),
+                 "--annotations", str(tmp_path / "refs.json"), "--out", f"{tmp_path}/newdir/"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "names a folder" in err, err
+    assert not (tmp_path / "cache" / "mini-base").exists()

@@ -6,6 +6,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from vicap_utils.families import BUILTIN_MODELS
 from vicap_utils.ops.env import find_inputs
 from vicap_utils.ops.io import VicapError, read_json
 from vicap_utils.toy.model import builtin_model
@@ -60,6 +61,9 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def model_type(base: str) -> str:
-    """The `model_type` in a base model's config.json ("" when it cannot be read here)."""
+    """The `model_type` in a base model's config.json ("" when it cannot be read here); a
+    built-in base's without building it (a minute of pre-training for `mini`)."""
+    if base in BUILTIN_MODELS:
+        return BUILTIN_MODELS[base]
     config = Path(resolve_base(base)) / "config.json"
     return str(read_json(config, "model config").get("model_type", "")) if config.is_file() else ""
