@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from vicap_utils.families import BUILTIN_MODELS
-from vicap_utils.ops.env import find_inputs
+from vicap_utils.ops.env import cache_dir, find_inputs
 from vicap_utils.ops.io import VicapError, read_json
 from vicap_utils.toy.model import builtin_model
 
@@ -64,6 +64,7 @@ def model_type(base: str) -> str:
     """The `model_type` in a base model's config.json ("" when it cannot be read here); a
     built-in base's without building it (a minute of pre-training for `mini`)."""
     if base in BUILTIN_MODELS:
+        cache_dir("mini-base")  # where it will be built: a bad VICAP_CACHE stops us here
         return BUILTIN_MODELS[base]
     config = Path(resolve_base(base)) / "config.json"
     return str(read_json(config, "model config").get("model_type", "")) if config.is_file() else ""
