@@ -53,13 +53,10 @@ from vicap_utils.metrics import (
     PUBLISHED_UITVIIC_BLIP_LABEL,
     PUBLISHED_UITVIIC_BLIP_SETUP,
     compare,
-    evaluate_detailed,
     python_tokenize,
 )
-from vicap_utils.ops.adapters import is_adapter, load_model, model_ref
+from vicap_utils.ops.adapters import is_adapter, load_model
 from vicap_utils.ops.checkpoint import read_state
-from vicap_utils.ops.io import atomic_write_json
-from vicap_utils.predict import predict_file
 from vicap_utils.teach import report
 from vicap_utils.teach.exercises import (
     BLEU_CASE,
@@ -75,7 +72,7 @@ from vicap_utils.teach.notebook import (
     eval_inputs,
     evaluate_run,
     release,
-    scst_adapter,
+    score_scst,
     setup,
     wrote,
 )
@@ -219,16 +216,11 @@ report.diversity_table(result.metrics).round(3)
 # diversity (lower TTR, distinct-n or vocabulary, more repeated captions).
 
 # %%
-scst_best = scst_adapter(run)  # <run>-scst/best, or notebook 03b's output attached on Kaggle
-if scst_best is not None:
-    scst_files = out / "predictions_scst.json", out / "metrics_scst.json"
-    predict_file(model_ref(str(scst_best)), refs_file, images, scst_files[0])
-    scst_metrics, _ = evaluate_detailed(scst_files[0], str(refs_file),
-                                        train_captions=str(run / "data" / "train.json"))
-    atomic_write_json(scst_files[1], scst_metrics)
+scored = score_scst(run, SPLIT)  # <run>-scst/best, or 03b's output attached on Kaggle
+scst_metrics, scst_files = scored or ({}, [])
+if scored:
     print(compare(result.metrics[FINE_TUNED], scst_metrics))
 else:
-    scst_files = ()
     display(Markdown("No SCST adapter yet: notebook 03b_scst trains one (on Kaggle, attach "
                      "its output as an input of this notebook)."))
 

@@ -39,7 +39,7 @@ def test_uitviic_three_files_with_coco_images_in_another_data_set(monkeypatch, t
 
     found = env.discover_data("uitviic-blip")
     assert (found.train, found.val, found.test) == (files["train"], files["val"], files["test"])
-    assert found.found and found.official_splits and found.captions is None
+    assert found.found and found.val is not None and found.captions is None
     assert set(found.image_dirs) == {coco / "train2017", coco / "val2017"}
     assert env.find_image_folder(train_names) == coco / "train2017"
     assert env.find_image_folder(val_names, [inp]) == coco / "val2017"
@@ -67,7 +67,7 @@ def test_flickr8k_token_file_with_official_split_lists(monkeypatch, tmp_path):
              for s, n in (("train", "train"), ("val", "dev"), ("test", "test"))}
     touch(data / "Images" / "1000268201_693b08cb0e.jpg")
     found = env.discover_data("flickr8k-blip2")
-    assert found.captions == token and found.official_splits
+    assert found.captions == token and found.val is not None
     assert (found.train, found.val, found.test) == (lists["train"], lists["val"], lists["test"])
     assert found.image_dirs == (data / "Images",)
     assert env.find_image_folder(["1000268201_693b08cb0e.jpg"]) == data / "Images"
@@ -79,7 +79,7 @@ def test_flickr8k_captions_csv_without_split_lists_in_the_datasets_layout(monkey
     captions = touch(root / "captions.txt", "image,caption\na.jpg,A dog.\n")
     (root / "Images").mkdir()
     found = env.discover_data("flickr8k-blip2")
-    assert found.captions == captions and not found.official_splits
+    assert found.captions == captions and not found.val is not None
     assert (found.train, found.test, found.image_dirs) == (None, None, (root / "Images",))
 
 

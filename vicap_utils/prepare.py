@@ -172,9 +172,8 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
 
 def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | None
                      ) -> tuple[dict[str, CaptionSet], dict[str, int]]:
-    """Audit each caption file (train into `folder`, the others into `<name>-audit/`), then split
-    (a validation file as given, else Flickr8k's lists, else seeded by image): the sets by name
-    and the count of each reject reason."""
+    """Audit each caption file (train into `folder`, others into `<name>-audit/`), then split (a
+    val file as given, else Flickr8k's lists, else seeded): the sets, and rejects per reason."""
     sets: dict[str, CaptionSet] = {}
     rejects: Counter[str] = Counter()
     for name, (captions, images) in raw.files().items():

@@ -24,7 +24,6 @@ FLICKR_SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.de
 # Folder names that usually hold a data set's images, best first.
 IMAGE_DIR_GLOBS = ["train2017", "val2017", "test2017", "*train2017*", "*val2017*", "*test2017*",
                    "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset"]
-gpu_info = detect  # the same facts the training plan uses
 
 
 def kaggle_root() -> Path:
@@ -93,11 +92,6 @@ class DataFiles:
     def found(self) -> bool:
         """Whether the training captions were found."""
         return (self.captions or self.train) is not None
-
-    @property
-    def official_splits(self) -> bool:
-        """Whether the data set brings its own validation split."""
-        return self.val is not None
 
 
 def discover_data(profile: str, root: Path | None = None) -> DataFiles:

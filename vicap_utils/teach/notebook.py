@@ -168,13 +168,17 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     return run_references(run, split)
 
 
-def scst_adapter(run: Path) -> Path | None:
-    """Notebook 03b's adapter for `run`: `<run>-scst/best` here, else the newest attached one."""
-    here = run.parent / f"{run.name}-scst" / "best"
-    if is_adapter(here):
-        return here
-    found = find_trained(run.name, scst=True)
-    return found / "best" if found else None
+def score_scst(run: Path, split: str = "val") -> tuple[dict, list[Path]] | None:
+    """Notebook 03b's adapter (`<run>-scst/best`, else the newest attached one) scored as the
+    fine-tuned one is, into `*_scst.*` beside its files: (metrics, files), or None without one."""
+    here = run.parent / f"{run.name}-scst"
+    found = here if is_adapter(here / "best") else find_trained(run.name, scst=True)
+    if found is None:
+        return None
+    val_file, images = run_references(run, split)
+    files = _system_files(run / ("eval" if split == "val" else f"eval-{split}"), "scst")
+    _score_system(found / "best", run, val_file, images, False, files)
+    return read_json(files["metrics"]), list(files.values())
 
 
 def _train_hint(profile: str) -> str:
@@ -193,10 +197,9 @@ def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
     out = run / ("eval" if split == "val" else f"eval-{split}")
     result = RunEval(load_captions(val_file), images, {}, {}, {})
     for label, slug in SYSTEMS.items():
-        files = {kind: out / f"{kind}_{slug}.{ext}" for kind, ext in
-                 (("predictions", "json"), ("metrics", "json"), ("per_image", "csv"))}
+        files = _system_files(out, slug)
         if not (reuse and _fresh(list(files.values()), run / "best")):
-            _score_system(run, val_file, images, label == ZERO_SHOT, files)
+            _score_system(run / "best", run, val_file, images, label == ZERO_SHOT, files)
         result.predictions[label] = {p["image_id"]: p["caption"]
                                      for p in read_json(files["predictions"])}
         result.metrics[label] = read_json(files["metrics"])
@@ -206,10 +209,17 @@ def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:
     return result
 
 
-def _score_system(run: Path, val_file: Path, images: Path, no_adapter: bool,
+def _system_files(out: Path, slug: str) -> dict[str, Path]:
+    """One system's predictions, metrics and per-image CIDEr files in `out`."""
+    return {kind: out / f"{kind}_{slug}.{ext}" for kind, ext in
+            (("predictions", "json"), ("metrics", "json"), ("per_image", "csv"))}
+
+
+def _score_system(adapter: Path, run: Path, val_file: Path, images: Path, no_adapter: bool,
                   files: dict[str, Path]) -> None:
-    """Predict with one system and evaluate against the run's validation references."""
-    predictions = predict_file(model_ref(str(run / "best"), no_adapter), val_file, images,
+    """Predict with one system (`adapter`, or its base alone) and evaluate against the run's
+    references, with the run's training captions for the novelty rate."""
+    predictions = predict_file(model_ref(str(adapter), no_adapter), val_file, images,
                                files["predictions"])
     free_memory()  # the model predict_file loaded, before the next system's is loaded
     metrics, per_image = evaluate_detailed(predictions, str(val_file),
