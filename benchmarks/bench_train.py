@@ -252,6 +252,9 @@ def build_blip2(s: Settings, captions: list[str]) -> tuple[captioner.Captioner, 
         torch.set_default_dtype(torch.float16 if cuda else torch.float32)
         with torch.device(s.device):
             model = Blip2ForConditionalGeneration(blip2_config(s.shapes.depth, tok, w))
+            # transformers starts the query tokens at zero; trained ones are not, and zeros make
+            # the Q-Former's first LayerNorm (eps 1e-12) overflow fp16 gradients to NaN
+            torch.nn.init.normal_(model.query_tokens, std=model.config.initializer_range)
         torch.set_default_dtype(torch.float32)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)

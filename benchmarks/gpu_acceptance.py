@@ -66,13 +66,13 @@ def gpu_settings(full_depth_blip2: bool) -> tuple[bt.Settings, bt.Settings]:
 
 
 def dry_run_settings() -> tuple[bt.Settings, bt.Settings]:
-    """Tiny shapes on the CPU: fp16 autocast for BLIP-1 as on a GPU; the BLIP-2 8-bit through
-    bitsandbytes' CPU backend, in fp32 (fp16 autocast there gives the Q-Former NaN gradients)."""
+    """Tiny shapes on the CPU, under fp16 autocast and a GradScaler as on a GPU; BLIP-2 in 8-bit
+    through bitsandbytes' CPU backend."""
     blip = bt.Settings(device="cpu", shapes=bt.TINY, steps=2, warmup=1, amp_on_cpu=True,
                        gen_batch=4, gen_single=2, max_new_tokens=8, pool_images=4, cache_batch=4,
                        threads=1)
     return blip, replace(blip, blip2=True, blip2_shapes=bt.TINY_BLIP2, eight_bit_on_cpu=True,
-                         amp_on_cpu=False, batch=4)
+                         batch=4)
 
 
 def gpu_count() -> int:

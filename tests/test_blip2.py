@@ -98,7 +98,44 @@ def test_cached_vit_features_give_blip2_the_loss_and_captions_of_pixels(blip2_ba
         on_pixels = captioner.loss(captioner.forward(model, "blip2", pixels, ids, mask), labels)
         on_cache = captioner.loss(captioner.forward(model, "blip2", feats, ids, mask,
                                                     cached=True), labels)
+        on_transformers = captioner.loss(model(pixel_values=pixels, input_ids=ids,
+                                               attention_mask=mask).logits, labels)
     assert on_cache.item() == pytest.approx(on_pixels.item(), rel=1e-3)
+    assert on_pixels.item() == pytest.approx(on_transformers.item(), rel=1e-6)
     dec = captioner.Decoding(num_beams=1, max_new_tokens=6)
-    assert (captioner.caption(cap, features=feats.float(), dec=dec)
-            == captioner.caption(cap, pixels=pixels, dec=dec))
+    ours = captioner.caption(cap, pixels=pixels, dec=dec)
+    assert captioner.caption(cap, features=feats.float(), dec=dec) == ours
+    theirs = model.generate(pixel_values=pixels, eos_token_id=proc.tokenizer.eos_token_id,
+                            max_new_tokens=6, num_beams=1)
+    assert [[(text, None)] for text in captioner.decode(proc.tokenizer, theirs)] == ours
+
+
+def test_under_fp16_autocast_blip2s_vit_stays_fp32_and_the_rest_is_fp16(blip2_base,
+                                                                        monkeypatch):
+    """`model.vision_fp32` holds under autocast, in training and in captioning: the ViT's layers
+    compute in fp32 (an fp16 ViT is known to give NaN), the Q-Former and OPT in fp16."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from vicap_utils import captioner
+
+    proc = Blip2Processor.from_pretrained(blip2_base)
+    model = Blip2ForConditionalGeneration.from_pretrained(blip2_base).eval()
+    cap = Captioner(model=model, processor=proc, family="blip2", base=str(blip2_base))
+    seen: dict[str, set] = {"vision": set(), "qformer": set(), "opt": set()}
+    layers = {"vision": model.vision_model.encoder.layers[0].mlp.fc1,
+              "qformer": model.qformer.encoder.layer[0].crossattention.attention.query,
+              "opt": model.language_model.model.decoder.layers[0].self_attn.q_proj}
+    for part, layer in layers.items():
+        layer.register_forward_hook(lambda m, a, out, part=part: seen[part].add(out.dtype))
+    pixels = torch.rand(2, 3, 32, 32)
+    ids, mask, _ = encode_captions(proc.tokenizer, ["A player.", "Two players."],
+                                   max_length=12, prefix=image_prefix(cap))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        captioner.forward(model, "blip2", pixels, ids, mask)
+        captioner.image_features(model, pixels)
+    assert seen == {"vision": {torch.float32}, "qformer": {torch.float16},
+                    "opt": {torch.float16}}
+    seen["opt"].clear()
+    monkeypatch.setenv("VICAP_EMULATE_T4", "1")  # generate's own fp16 autocast, as on a GPU
+    captioner.generate(cap, captioner.Decoding(num_beams=1, max_new_tokens=3), pixels=pixels)
+    assert seen["vision"] == {torch.float32} and seen["opt"] == {torch.float16}

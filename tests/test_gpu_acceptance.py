@@ -55,6 +55,7 @@ def test_cpu_dry_run_passes_every_check_and_writes_one_json(tmp_path: Path) -> N
     assert blip2["linear8bit"]["count"] > 0 and blip2["linear8bit"]["int8_weights"]
     assert blip2["linear8bit"]["language_model_unquantized"] == []
     assert blip2["last_grad_norm"] > 0 and blip2["samples_per_s"] > 0
+    assert blip2["amp"] and blip2["nonfinite_grad_steps"] == 0  # fp16, as on a T4
     gen = report["generation"]
     assert gen["batched_vs_one_at_a_time"] == pytest.approx(
         gen["batched"]["images_per_s"] / gen["one_at_a_time"]["images_per_s"])

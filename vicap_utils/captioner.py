@@ -1,6 +1,7 @@
 """The one place that knows BLIP-1 (ViT + BERT decoder over `[DEC] caption [SEP]`) from BLIP-2
 (a placeholder per Q-Former query before OPT's text): one function per step, for every caller."""
 
+import contextlib
 import functools
 import logging
 import re
@@ -261,12 +262,20 @@ def inner_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def vision_features(inner, pixels: torch.Tensor) -> torch.Tensor:
+    """The ViT's last hidden state. BLIP-2's ViT runs in its weights' dtype, fp32 unless
+    `model.vision_fp32=false`: fp16 autocast would run it in fp16 whatever its weights."""
+    param = next(inner.vision_model.parameters())
+    keep = (torch.autocast(param.device.type, enabled=False) if hasattr(inner, "qformer")
+            else contextlib.nullcontext())
+    with keep:
+        return inner.vision_model(pixel_values=pixels.to(param.device, param.dtype))[0]
+
+
 @torch.no_grad()
 def image_features(model, pixels: torch.Tensor) -> torch.Tensor:
-    """Vision features (the ViT's last hidden state) for a batch of pixel values."""
-    vision = inner_model(model).vision_model
-    param = next(vision.parameters())
-    return vision(pixel_values=pixels.to(param.device, param.dtype))[0]
+    """Vision features for a batch of pixel values, without gradients (captioning, the cache)."""
+    return vision_features(inner_model(model), pixels)
 
 
 def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
@@ -279,12 +288,10 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
                  else inner.vision_model(pixel_values=image)[0])
         return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
                                   encoder_hidden_states=feats, return_dict=True).logits
-    if cached:
-        embeds = blip2_inputs_embeds(inner, image, input_ids)
-        return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                    return_dict=True).logits
-    return model(pixel_values=image, input_ids=input_ids, attention_mask=attention_mask,
-                 return_dict=True).logits
+    embeds = blip2_inputs_embeds(inner, image if cached else vision_features(inner, image),
+                                 input_ids)
+    return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                return_dict=True).logits
 
 
 def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -364,15 +371,13 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
             return inner.text_decoder.generate(
                 input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
                 pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats, **kwargs)
-        if features is not None:  # cached ViT features: BLIP-2's generate() after its ViT
-            start = image_prefix(cap) + [inner.config.text_config.bos_token_id]
-            ids = torch.tensor([start] * len(features), dtype=torch.long, device=device)
-            return inner.language_model.generate(
-                input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, features, ids),
-                attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
-                **kwargs)
-        return inner.generate(pixel_values=pixels.to(device, inner.vision_model.dtype),
-                              eos_token_id=cap.tokenizer.eos_token_id, **kwargs)
+        feats = vision_features(inner, pixels) if features is None else features
+        start = image_prefix(cap) + [inner.config.text_config.bos_token_id]
+        ids = torch.tensor([start] * len(feats), dtype=torch.long, device=device)
+        return inner.language_model.generate(  # BLIP-2's generate() after its ViT
+            input_ids=ids, inputs_embeds=blip2_inputs_embeds(inner, feats, ids),
+            attention_mask=torch.ones_like(ids), eos_token_id=cap.tokenizer.eos_token_id,
+            **kwargs)
 
 
 def decode(tokenizer, sequences: torch.Tensor) -> list[str]:
