@@ -44,6 +44,7 @@ EXAMPLES_PER_REASON = 2
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 
 from vicap_utils.audit import audit
@@ -92,14 +93,22 @@ print(repr(normalize_caption("  Một  cầu thủ   đang đá bóng .")))
 # %%
 data = prepare(cfg, out, workers=AUDIT_WORKERS)
 summary = read_json(out / "audit.json")
-report.audit_counts(summary)
+
+# %% [markdown]
+# Its summary, `audit.json`: images and captions read, kept and rejected.
+
+# %% tags=["audit-counts"]
+totals = pd.DataFrame({"total": [summary["images_total"], summary["annotations_total"]],
+                       "kept": [summary["images_ok"], summary["annotations_ok"]]},
+                      index=["images", "captions"])
+totals.assign(rejected=totals["total"] - totals["kept"])
 
 # %% [markdown]
 # How many rejects each check produced (zero rows are kept, so every check is listed). The
 # drawn `mini` set is clean by construction, so there every count is 0; a real set is not.
 
-# %%
-report.reject_reasons(summary)
+# %% tags=["reject-reasons"]
+pd.DataFrame({"count": summary["rejects"]}).rename_axis("reason")
 
 # %% [markdown]
 # ## A set with planted defects
@@ -122,9 +131,10 @@ pd.DataFrame({fmt: result["rejects"] for fmt, result in audits.items()})
 # the captions of a rejected image are rejected too (`orphaned_by_image`), and an image whose
 # captions all fail is left out (`image_without_captions`).
 
-# %%
-pd.concat([report.reject_examples(planted_dir / fmt / "rejects.csv", EXAMPLES_PER_REASON)
-           for fmt in audits], ignore_index=True)
+# %% tags=["reject-examples"]
+pd.concat([pd.read_csv(planted_dir / fmt / "rejects.csv", dtype=str, keep_default_na=False)
+           .groupby("reason", sort=False).head(EXAMPLES_PER_REASON) for fmt in audits],
+          ignore_index=True)
 
 # %% [markdown]
 # ## What the clean set looks like
@@ -136,10 +146,21 @@ pd.concat([report.reject_examples(planted_dir / fmt / "rejects.csv", EXAMPLES_PE
 # %%
 clean = load_captions((out if cfg.data.source != "synthetic" else planted_dir / "coco")
                       / "clean.json")
-images_table = report.image_table(clean)
-fig = report.plot_image_stats(images_table, out / "image_stats.png")
 
-# %%
+# %% [markdown]
+# One row per image, then the two plots (saved as `image_stats.png`) and the table's summary.
+
+# %% tags=["image-stats"]
+per_image = clean.captions_by_image()
+images_table = pd.DataFrame([{"image_id": i, "width": info.width, "height": info.height,
+                              "captions": len(per_image[i])} for i, info in clean.images.items()])
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+ax1.scatter(images_table["width"], images_table["height"], s=8, alpha=0.5)
+ax1.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
+images_per_count = images_table["captions"].value_counts().sort_index()
+ax2.bar(images_per_count.index.astype(str), images_per_count.values, color="tab:orange")
+ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
+report.finish(fig, out / "image_stats.png")  # grid, tight layout, saved atomically
 images_table[["width", "height", "captions"]].describe().round(1)
 
 # %% [markdown]

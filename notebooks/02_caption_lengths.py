@@ -40,6 +40,10 @@ N_EXAMPLES = 4
 # %%
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
 from vicap_utils.ops.io import atomic_write_json, atomic_write_text
 from vicap_utils.prepare import prepare
 from vicap_utils.teach import report
@@ -56,6 +60,7 @@ from vicap_utils.teach.notebook import (
                           tokenizer_variants,
                           wrote,
 )
+from vicap_utils.vocab import tokenizer_report
 
 cfg, _ = setup(PROFILE)
 out = Path(cfg.data.prepared)
@@ -78,15 +83,26 @@ print(f"{len(captions)} training captions")
 
 # %%
 tokenizers = tokenizer_variants(captions)
-audit_table = report.tokenizer_audit(tokenizers, captions)
+
+# %% [markdown]
+# Per tokenizer: the share of captions that survive encode → decode, the `[UNK]` rate and the
+# tokens per caption.
+
+# %% tags=["tokenizer-audit"]
+reports = {name: tokenizer_report(tok, captions).as_dict() for name, tok in tokenizers.items()}
+columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
+audit_table = pd.DataFrame.from_dict(reports, orient="index")[columns]
 audit_table.style.format({"roundtrip_rate": "{:.1%}", "unk_rate": "{:.1%}",
                           "tokens_per_caption": "{:.1f}"})
 
 # %% [markdown]
 # What each tokenizer gives back for a few captions:
 
-# %%
-report.decoded_examples(tokenizers, captions[:: max(1, len(captions) // N_EXAMPLES)][:N_EXAMPLES])
+# %% tags=["decoded"]
+shown = captions[:: max(1, len(captions) // N_EXAMPLES)][:N_EXAMPLES]
+pd.DataFrame([{"caption": caption} | {
+    name: tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
+    for name, tok in tokenizers.items()} for caption in shown])
 
 # %% [markdown]
 # ## Lengths in syllables and in model tokens
@@ -96,7 +112,16 @@ report.decoded_examples(tokenizers, captions[:: max(1, len(captions) // N_EXAMPL
 # %%
 tokenizer = model_tokenizer(cfg, tokenizers)
 lengths = report.caption_lengths(captions, tokenizer)
-percentiles = report.length_percentiles(lengths)
+
+# %% [markdown]
+# Their percentiles (p100 is the longest caption) and the mean:
+
+# %% tags=["percentiles"]
+counted = lengths[["syllables", "tokens"]]
+percentiles = counted.quantile([0.5, 0.9, 0.95, 0.99, 1])
+percentiles.index = ["p50", "p90", "p95", "p99", "p100"]
+percentiles.loc["mean"] = counted.mean()
+percentiles = percentiles.round(1)
 percentiles.style.format("{:.1f}")
 
 # %% [markdown]
@@ -104,11 +129,24 @@ percentiles.style.format("{:.1f}")
 # The 99th percentile of token length, plus the bos (`[DEC]`) and eos (`[SEP]`) tokens:
 # longer captions are truncated, shorter ones padded.
 
-# %%
-recommended = report.recommended_max_length(lengths["tokens"], PERCENTILE)
+# %% tags=["max-length"]
+recommended = int(np.ceil(np.percentile(lengths["tokens"], PERCENTILE))) + 2  # bos and eos
+
+# %% [markdown]
+# Both distributions, with the token budget `max_length` leaves a caption (saved as
+# `caption_lengths.png`):
+
+# %% tags=["plot-lengths"]
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+for ax, col, color in zip(axes, ("syllables", "tokens"), ("tab:blue", "tab:purple")):
+    bins = np.arange(lengths[col].min(), lengths[col].max() + 2) - 0.5  # one bar per length
+    ax.hist(lengths[col], bins=bins, color=color)
+    ax.set(xlabel=f"caption length ({col})", ylabel="captions")
+axes[1].axvline(recommended - 2, color="grey", ls="--", lw=1,
+                label=f"max_length {recommended} − bos/eos")
+report.finish(fig, out / "caption_lengths.png")  # grid, legend, saved atomically
 print(f"recommended model.max_length = {recommended} "
       f"(profile {cfg.profile} uses {cfg.model.max_length})")
-fig = report.plot_lengths(lengths, recommended, out / "caption_lengths.png")
 
 # %% [markdown]
 # ## Exercises

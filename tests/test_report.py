@@ -1,15 +1,23 @@
-"""report.py: audit, length, tokenizer and metric tables, figures and the gallery pages."""
+"""report.py: length and metric tables, figures and the gallery pages; and the audit, length
+and tokenizer tables notebooks 01 and 02 build in their own cells, each run here alone."""
 from __future__ import annotations
 
+import ast
 import math
+from pathlib import Path
+from typing import Any
 
+import jupytext
 import pandas as pd
 import pytest
 from PIL import Image
 
+from vicap_utils.config import profile_config
 from vicap_utils.data import Annotation, CaptionSet, ImageInfo
 from vicap_utils.teach import report
 from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 CAPTIONS = ["Một người đàn ông đang chơi bóng đá.", "Hai cô gái chơi bóng chuyền trên bãi biển.",
             "Cậu bé ném quả bóng rổ."]
@@ -30,56 +38,82 @@ def caption_set(tmp_path) -> CaptionSet:
     return CaptionSet(images, anns)
 
 
+def cell(notebook: str, tag: str, **names: Any) -> dict[str, Any]:
+    """Run the cell tagged `tag` of a notebook's `.py` twin alone on `names` (after the
+    notebook's imports): its namespace, with the value its last line shows as `_`."""
+    cells = [c for c in jupytext.read(NOTEBOOKS / f"{notebook}.py").cells
+             if c.cell_type == "code"]
+    imports = [node for c in cells for node in ast.parse(c.source).body
+               if isinstance(node, (ast.Import, ast.ImportFrom))]
+    body = ast.parse(next(c.source for c in cells if tag in c.metadata.get("tags", []))).body
+    shown = body.pop() if isinstance(body[-1], ast.Expr) else None
+    exec(compile(ast.Module([*imports, *body], type_ignores=[]), tag, "exec"), names)
+    if shown is not None:
+        names["_"] = eval(compile(ast.Expression(shown.value), tag, "eval"), names)
+    return names
+
+
 def test_audit_tables_count_kept_and_rejected():
-    counts = report.audit_counts(SUMMARY)
+    counts = cell("01_data_audit", "audit-counts", summary=SUMMARY)["_"]
     assert counts.loc["images"].tolist() == [10, 8, 2]
     assert counts.loc["captions", "rejected"] == 9
-    assert report.reject_reasons(SUMMARY).loc["empty_caption", "count"] == 9
+    reasons = cell("01_data_audit", "reject-reasons", summary=SUMMARY)["_"]
+    assert reasons.loc["empty_caption", "count"] == 9
 
 
 def test_reject_examples_keeps_a_few_per_reason(tmp_path):
-    path = tmp_path / "rejects.csv"
+    path = tmp_path / "coco" / "rejects.csv"
+    path.parent.mkdir()
     rows = [("annotation", i, "a.jpg", "empty_caption", "") for i in range(5)]
     rows.append(("image", 9, "b.jpg", "missing_file", "not found"))
     pd.DataFrame(rows, columns=["kind", "id", "file", "reason", "detail"]).to_csv(path, index=False)
-    examples = report.reject_examples(path, per_reason=2)
+    examples = cell("01_data_audit", "reject-examples", planted_dir=tmp_path, audits={"coco": {}},
+                    EXAMPLES_PER_REASON=2)["_"]
     assert examples["reason"].value_counts().to_dict() == {"empty_caption": 2, "missing_file": 1}
 
 
 def test_image_table_and_plot(caption_set, tmp_path):
-    table = report.image_table(caption_set)
+    shown = cell("01_data_audit", "image-stats", clean=caption_set, out=tmp_path)
+    table, fig = shown["images_table"], shown["fig"]
     assert table["captions"].tolist() == [1, 2, 3, 1]
     assert table["width"].tolist() == [40, 50, 60, 70]
-    fig = report.plot_image_stats(table, tmp_path / "stats.png")
     sizes, per_image = fig.axes
     assert len(sizes.collections[0].get_offsets()) == 4
     assert [p.get_height() for p in per_image.patches] == [2, 1, 1]  # 1, 2 and 3 captions
-    assert (tmp_path / "stats.png").stat().st_size > 1000
+    assert (tmp_path / "image_stats.png").stat().st_size > 1000
 
 
 def test_caption_lengths_and_max_length(tmp_path):
     lengths = report.caption_lengths(CAPTIONS, stock_blip_tokenizer())
     assert lengths["syllables"].tolist() == [8, 9, 6]
     assert (lengths["tokens"] >= lengths["syllables"]).all()
-    table = report.length_percentiles(lengths)
+    table = cell("02_caption_lengths", "percentiles", lengths=lengths)["percentiles"]
     assert table.loc["p100", "syllables"] == 9
-    assert report.recommended_max_length([5, 6, 7, 8, 30], q=100) == 32
-    assert report.recommended_max_length([10] * 99 + [40], q=99) == 13
-    fig = report.plot_lengths(lengths, 12, tmp_path / "len.png")
+
+    def recommended_max_length(tokens: list[int], q: float) -> int:
+        return cell("02_caption_lengths", "max-length", lengths=pd.DataFrame({"tokens": tokens}),
+                    PERCENTILE=q)["recommended"]
+
+    assert recommended_max_length([5, 6, 7, 8, 30], q=100) == 32
+    assert recommended_max_length([10] * 99 + [40], q=99) == 13
+    fig = cell("02_caption_lengths", "plot-lengths", lengths=lengths, recommended=12,
+               out=tmp_path, cfg=profile_config("mini"))["fig"]
     assert [sum(p.get_height() for p in ax.patches) for ax in fig.axes] == [3, 3]
     assert fig.axes[1].get_legend().get_texts()[0].get_text() == "max_length 12 − bos/eos"
-    assert (tmp_path / "len.png").is_file()
+    assert (tmp_path / "caption_lengths.png").is_file()
 
 
 def test_tokenizer_audit_ranks_the_extended_tokenizer_first():
     stock = stock_blip_tokenizer()
     extended, _ = extend_tokenizer(stock, CAPTIONS)
     tokenizers = {"stock": stock, "extended": extended}
-    table = report.tokenizer_audit(tokenizers, CAPTIONS)
+    table = cell("02_caption_lengths", "tokenizer-audit", tokenizers=tokenizers,
+                 captions=CAPTIONS)["audit_table"]
     assert list(table.columns) == ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
     assert table.loc["stock", "roundtrip_rate"] == 0.0
     assert table.loc["extended", "roundtrip_rate"] == 1.0
-    examples = report.decoded_examples(tokenizers, CAPTIONS[:1])
+    examples = cell("02_caption_lengths", "decoded", tokenizers=tokenizers, captions=CAPTIONS[:1],
+                    N_EXAMPLES=4)["_"]
     assert "người" in examples.loc[0, "extended"]
     assert "nguoi" in examples.loc[0, "stock"]
 

@@ -1,5 +1,5 @@
 """Notebook 04's "did the run finish?" cell on run folders as training leaves them, run on its own
-(the whole notebook needs a trained adapter)."""
+(the whole notebook needs a trained adapter); the closing cells' list of what was written."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,8 @@ from IPython.display import Markdown
 
 from vicap_utils.ops.adapters import META_FILE, WEIGHTS_FILE, is_adapter
 from vicap_utils.ops.checkpoint import RunState, read_state
+from vicap_utils.ops.io import VicapError
+from vicap_utils.teach.notebook import wrote
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "04_evaluate.py"
 
@@ -50,6 +52,20 @@ def make_run(root: Path, final: bool, state: bool | None) -> Path:
 def test_04_warns_in_bold_when_the_run_never_finished(tmp_path, final, state, done):
     text = shown(make_run(tmp_path / "run", final, state))
     assert ("**⚠" in text and "never finished" in text) != done, text
+
+
+def test_wrote_lists_each_output_with_its_size_in_binary_units(tmp_path, capsys):
+    sizes = {"a": 1023, "b": 1024, "c": 5 * 2**20 + 2**19, "d": 3 * 2**30}
+    for name, size in sizes.items():
+        with open(tmp_path / name, "wb") as f:
+            f.truncate(size)  # sparse: no disk used
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "x").write_bytes(b"x" * 2048)
+    wrote([*(tmp_path / name for name in sizes), tmp_path / "folder"])
+    shown = [line.rsplit("  ", 1)[0].strip() for line in capsys.readouterr().out.splitlines()]
+    assert shown == ["1023 B", "1.0 KiB", "5.5 MiB", "3.0 GiB", "2.0 KiB"]
+    with pytest.raises(VicapError, match="expected outputs missing: .*nothing"):
+        wrote([tmp_path / "a", tmp_path / "nothing"])
 
 
 TAUGHT = ["01_data_audit", "02_caption_lengths", "04_evaluate", "05_gallery", "06_caption_demo"]

@@ -31,7 +31,9 @@ SYSTEMS = {ZERO_SHOT: "zero_shot", FINE_TUNED: "fine_tuned"}  # label → file-n
 def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Config, Path]:
     """Resolve the profile's config (data in <output dir>/data/<profile>), print the set-up and
     return (cfg, run folder); vicap errors show as one line from here."""
-    one_line_user_errors()
+    shell = get_ipython()
+    if shell is not None:  # a VicapError shows as its one line; the cell still fails
+        shell.set_custom_exc((VicapError,), _show_one_line)
     cfg = load_config(profile, overrides=overrides)
     if not cfg.data.prepared:
         cfg.data.prepared = str(output_dir(f"data/{cfg.profile}"))
@@ -41,13 +43,6 @@ def setup(profile: str = "auto", overrides: list[str] | None = None) -> tuple[Co
     print(f"{'profile':>13}: {cfg.profile}\n{'data folder':>13}: {cfg.data.prepared}\n"
           f"{'run folder':>13}: {folder}\n{'errors':>13}: vicap's own errors print as one line")
     return cfg, folder
-
-
-def one_line_user_errors() -> None:
-    """In IPython, show a VicapError as its one line; the cell still fails ("run all" stops)."""
-    shell = get_ipython()
-    if shell is not None:
-        shell.set_custom_exc((VicapError,), _show_one_line)
 
 
 def _show_one_line(shell: Any, etype: type, value: BaseException, tb: Any,
@@ -66,8 +61,6 @@ def run_dir(profile: str) -> Path:
 def wrote(paths: list[str | Path]) -> None:
     """Print each output path with its size (closing cell); fail if one is missing."""
     out = [Path(p) for p in paths]
-    if not out:
-        print("nothing written")
     missing = [str(p) for p in out if not p.exists()]
     if missing:
         raise VicapError(f"expected outputs missing: {', '.join(missing)}")
@@ -99,13 +92,10 @@ def free_memory() -> int | None:
     return torch.cuda.memory_allocated()
 
 
-def _human(size: float) -> str:
+def _human(size: int) -> str:
     """A byte count in binary units: B/KiB/MiB/GiB."""
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GiB"
+    power = min((size.bit_length() - 1) // 10, 3)
+    return f"{size} B" if power < 1 else f"{size / 1024**power:.1f} {'KMG'[power - 1]}iB"
 
 
 # ---------------------------------------------------------------- notebooks 02 and 03

@@ -1,12 +1,12 @@
-"""Tables and figures the notebooks show: data audit, caption lengths, tokenizers, metrics,
-and the caption gallery (PNG grid and a self-contained HTML page)."""
+"""Tables and figures the notebooks share: caption lengths, learning curves, metrics and the
+caption gallery (PNG grid and a self-contained HTML page); `finish` saves any figure."""
 
 import base64
 import html
 import io
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from string import Template
@@ -21,46 +21,8 @@ from vicap_utils.images import load_rgb
 from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
 from vicap_utils.ops.io import atomic_write_bytes, atomic_write_text
 from vicap_utils.text import syllable_count
-from vicap_utils.vocab import tokenizer_report
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
-
-
-def audit_counts(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """Images and captions: total, kept, rejected, from an audit.json summary."""
-    rows = {"images": (summary["images_total"], summary["images_ok"]),
-            "captions": (summary["annotations_total"], summary["annotations_ok"])}
-    return pd.DataFrame([{"what": k, "total": t, "kept": ok, "rejected": t - ok}
-                         for k, (t, ok) in rows.items()]).set_index("what")
-
-
-def reject_reasons(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per reject reason code with its count (zeros included, so every check shows)."""
-    return pd.DataFrame({"count": summary["rejects"]}).rename_axis("reason")
-
-
-def reject_examples(rejects_csv: str | Path, per_reason: int = 2) -> pd.DataFrame:
-    """The first few rows of rejects.csv for each reason."""
-    frame = pd.read_csv(rejects_csv, dtype=str, keep_default_na=False)
-    return frame.groupby("reason", sort=False).head(per_reason).reset_index(drop=True)
-
-
-def image_table(cs: CaptionSet) -> pd.DataFrame:
-    """One row per image: id, width, height and its number of captions."""
-    per_image = cs.captions_by_image()
-    return pd.DataFrame([{"image_id": i, "width": info.width, "height": info.height,
-                          "captions": len(per_image[i])} for i, info in cs.images.items()])
-
-
-def plot_image_stats(images: pd.DataFrame, out: str | Path | None = None):
-    """Image sizes (scatter of width × height) and the captions-per-image histogram."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    ax1.scatter(images["width"], images["height"], s=8, alpha=0.5)
-    ax1.set(xlabel="width (px)", ylabel="height (px)", title="image sizes")
-    counts = images["captions"].value_counts().sort_index()
-    ax2.bar(counts.index.astype(str), counts.values, color="tab:orange")
-    ax2.set(xlabel="captions per image", ylabel="images", title="captions per image")
-    return finish(fig, out)
 
 
 def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
@@ -69,49 +31,6 @@ def caption_lengths(captions: Sequence[str], tokenizer) -> pd.DataFrame:
     return pd.DataFrame({"caption": list(captions),
                          "syllables": [syllable_count(c) for c in captions],
                          "tokens": [len(x) for x in ids]})
-
-
-def length_percentiles(lengths: pd.DataFrame,
-                       qs: Sequence[int] = (50, 90, 95, 99, 100)) -> pd.DataFrame:
-    """Percentiles of the syllable and token lengths (rows: p50 … p100, plus the mean)."""
-    cols = ["syllables", "tokens"]
-    table = lengths[cols].quantile([q / 100 for q in qs]).set_axis([f"p{q}" for q in qs])
-    table.loc["mean"] = lengths[cols].mean()
-    return table.round(1)
-
-
-def recommended_max_length(token_lengths: Sequence[int], q: float = 99, specials: int = 2) -> int:
-    """The q-th percentile of caption token lengths (rounded up) plus bos and eos."""
-    return int(np.ceil(np.percentile(np.asarray(token_lengths), q))) + specials
-
-
-def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
-                 out: str | Path | None = None):
-    """Histograms of caption length in syllables and in tokens (with the chosen max_length)."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, col, color in ((ax1, "syllables", "tab:blue"), (ax2, "tokens", "tab:purple")):
-        values = lengths[col]
-        ax.hist(values, bins=np.arange(values.min(), values.max() + 2) - 0.5, color=color)
-        ax.set(xlabel=f"caption length ({col})", ylabel="captions")
-    if max_length is not None:
-        ax2.axvline(max_length - 2, color="grey", ls="--", lw=1,
-                    label=f"max_length {max_length} − bos/eos")
-    return finish(fig, out)
-
-
-def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
-    """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
-    rows = {name: tokenizer_report(tok, list(captions)).as_dict()
-            for name, tok in tokenizers.items()}
-    columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
-    return pd.DataFrame.from_dict(rows, orient="index")[columns]
-
-
-def decoded_examples(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
-    """Each caption as written, then as each tokenizer gives it back after encode→decode."""
-    return pd.DataFrame([{"caption": caption} | {
-        name: tok.decode(tok(caption, add_special_tokens=False)["input_ids"])
-        for name, tok in tokenizers.items()} for caption in captions])
 
 
 def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
@@ -140,22 +59,25 @@ def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("key")
 
 
-def score_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Reference-based scores, one row per system; a metric no system has is left out."""
-    return _numeric_table(rows, SCORE_KEYS)
+def score_table(rows: Mapping[str, Mapping[str, Any]],
+                columns: Sequence[str] = SCORE_KEYS) -> pd.DataFrame:
+    """Scores (reference-based unless `columns` says), one row per system: floats, NaN unless a
+    number (bools too); a metric no system has is left out."""
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
+    numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
+    return table.where(numbers).astype(float).dropna(axis=1, how="all")
 
 
 def diversity_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """Diversity of each system's captions (TTR, repetition, distinct-n, vocabulary, length)."""
-    return _numeric_table(rows, DIVERSITY_KEYS)
+    return score_table(rows, DIVERSITY_KEYS)
 
 
-def plot_scores(table: pd.DataFrame, metrics: Sequence[str] = ("BLEU-1", "BLEU-4", "METEOR",
-                                                               "METEOR-vi", "ROUGE-L", "CIDEr"),
-                out: str | Path | None = None):
+def plot_scores(table: pd.DataFrame, out: str | Path | None = None):
     """Grouped bars: one group per metric, one bar per system (missing values left out);
     published rows are hatched, as they were not measured here."""
-    cols = [m for m in metrics if m in table.columns]
+    cols = [m for m in ("BLEU-1", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr")
+            if m in table.columns]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 3.8))
     width = 0.8 / max(len(table), 1)
     x = np.arange(len(cols))
@@ -185,9 +107,9 @@ class GalleryItem:
     image_id: ImageId
     path: Path
     references: list[str]
-    captions: dict[str, str] = field(default_factory=dict)
-    cider: float | None = None
-    group: str = ""
+    captions: dict[str, str]
+    cider: float
+    group: str
 
 
 def gallery_items(val: CaptionSet, images_dir: str | Path,
@@ -208,9 +130,8 @@ def gallery_items(val: CaptionSet, images_dir: str | Path,
                         cider=scores[k], group=group) for k, group in chosen]
 
 
-def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
-                 columns: int = 3, n_refs: int = 2, wrap: int = 50):
-    """A grid: each image above its references and each system's caption (DejaVu Sans)."""
+def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None, columns: int = 3):
+    """A grid: each image above two references and each system's caption (DejaVu Sans)."""
     rows = max(1, -(-len(items) // columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 6.2 * rows), squeeze=False)
     for ax in axes.flat:
@@ -219,20 +140,19 @@ def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None,
         ax.imshow(load_rgb(item.path))
         ax.set_title(f"{item.group} · image {item.image_id} · CIDEr {item.cider:.2f}",
                      fontsize=9, family=FONT)
-        lines = [f"ref: {r}" for r in item.references[:n_refs]]
+        lines = [f"ref: {r}" for r in item.references[:2]]
         lines += [f"{label}: {text}" for label, text in item.captions.items()]
-        text = "\n".join(textwrap.fill(line, wrap, subsequent_indent="   ") for line in lines)
+        text = "\n".join(textwrap.fill(line, 50, subsequent_indent="   ") for line in lines)
         ax.text(0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
                 family=FONT)
     return finish(fig, out, h_pad=3)
 
 
-def gallery_html(items: Sequence[GalleryItem], out: str | Path,
-                 title: str = "Vietnamese captions: zero-shot vs fine-tuned") -> Path:
+def gallery_html(items: Sequence[GalleryItem], out: str | Path) -> Path:
     """A self-contained HTML page (images embedded as base64 JPEG) of the gallery items."""
     page = Template((resources.files("vicap_utils") / "assets" / "gallery.html").read_text("utf-8"))
     cards = "\n".join(_html_card(item) for item in items)
-    return atomic_write_text(out, page.substitute(title=html.escape(title), cards=cards))
+    return atomic_write_text(out, page.substitute(cards=cards))
 
 
 def _html_card(item: GalleryItem, size: int = 384) -> str:
@@ -244,19 +164,11 @@ def _html_card(item: GalleryItem, size: int = 384) -> str:
     refs = "".join(f"<dd>{html.escape(r)}</dd>" for r in item.references)
     systems = "".join(f"<dt>{html.escape(label)}</dt><dd>{html.escape(text)}</dd>"
                       for label, text in item.captions.items())
-    score = "" if item.cider is None else f" · CIDEr {item.cider:.2f}"
     image_id, group = html.escape(str(item.image_id)), html.escape(item.group)
     return (f"<figure class=\"card {group}\"><img alt=\"image {image_id}\" "
             f"src=\"data:image/jpeg;base64,{base64.b64encode(jpeg.getvalue()).decode('ascii')}\">"
-            f"<figcaption><b>{group}</b> · image {image_id}{score}<dl><dt>references</dt>{refs}"
-            f"{systems}</dl></figcaption></figure>")
-
-
-def _numeric_table(rows: Mapping[str, Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
-    """Rows of `columns` as floats (NaN unless a number; bools too); all-NaN columns dropped."""
-    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
-    numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
-    return table.where(numbers).astype(float).dropna(axis=1, how="all")
+            f"<figcaption><b>{group}</b> · image {image_id} · CIDEr {item.cider:.2f}<dl>"
+            f"<dt>references</dt>{refs}{systems}</dl></figcaption></figure>")
 
 
 def finish(fig, out: str | Path | None, h_pad: float | None = None):
