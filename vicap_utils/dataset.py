@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
 
@@ -45,16 +44,6 @@ class CaptionPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.image_source(self.image_rows[i]), "input_ids": self.input_ids[i],
                 "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
-
-
-def caption_pairs(cap: Captioner, cs: CaptionSet, rows: dict[ImageId, int],
-                  source: Callable[[int], torch.Tensor], max_length: int, prompt: str = "",
-                  prefix: Sequence[int] = ()) -> CaptionPairs:
-    """Every caption of the set tokenised once and paired with its image's row."""
-    anns = [a for a in cs.annotations if a.image_id in rows]
-    ids, mask, labels = encode_captions(cap.tokenizer, [a.caption for a in anns], max_length,
-                                        prompt, prefix)
-    return CaptionPairs([rows[a.image_id] for a in anns], ids, mask, labels, source)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -101,7 +101,7 @@ def plot_lengths(lengths: pd.DataFrame, max_length: int | None = None,
 
 def tokenizer_audit(tokenizers: Mapping[str, Any], captions: Sequence[str]) -> pd.DataFrame:
     """Per tokenizer: share of captions surviving encode→decode, [UNK] rate, tokens/caption."""
-    rows = {name: tokenizer_report(tok, list(captions)).as_dict()
+    rows = {name: tokenizer_report(tok, list(captions))
             for name, tok in tokenizers.items()}
     columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
     return pd.DataFrame.from_dict(rows, orient="index")[columns]
