@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader
 from vicap_utils import captioner, dataset
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import CaptionPairs, EpochSampler, PixelSource, collate
+from vicap_utils.dataset import CaptionPairs, EpochSampler, collate, image_pixels
 from vicap_utils.families import EXTENDS_VOCABULARY
 from vicap_utils.ops.features import encode_images
 from vicap_utils.ops.folders import output_folder, staged
@@ -112,7 +113,7 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
         ids, rows = dataset.image_rows(cs)
         paths = [folder / cs.images[i].file_name for i in ids]
         source = (encode_images(cap, paths, cache_folder, name, show=show, log=log).__getitem__
-                  if cached else PixelSource(paths, cap.processor.image_processor))
+                  if cached else partial(image_pixels, paths, cap.processor.image_processor))
         anns = [a for a in cs.annotations if a.image_id in rows]
         encoded = encode_captions(cap.tokenizer, [a.caption for a in anns], cfg.model.max_length,
                                   cfg.model.prompt, prefix)

@@ -275,12 +275,10 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
                  else inner.vision_model(pixel_values=image)[0])
         return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
                                   encoder_hidden_states=feats, return_dict=True).logits
-    if cached:
-        embeds = blip2_inputs_embeds(inner, image, input_ids)
-        return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                    return_dict=True).logits
-    return model(pixel_values=image, input_ids=input_ids, attention_mask=attention_mask,
-                 return_dict=True).logits
+    feats = image if cached else inner.vision_model(pixel_values=image)[0]
+    embeds = blip2_inputs_embeds(inner, feats, input_ids)  # BLIP-2's forward, written out
+    return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                return_dict=True).logits
 
 
 def blip2_inputs_embeds(inner, features: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:

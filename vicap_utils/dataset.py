@@ -11,15 +11,10 @@ from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
 
 
-class PixelSource:
-    """Row → pixel tensor of one image, decoded (EXIF applied, RGB) when asked."""
-
-    def __init__(self, paths: Sequence[Path], image_processor) -> None:
-        self.paths, self.image_processor = list(paths), image_processor
-
-    def __call__(self, row: int) -> torch.Tensor:
-        image = load_rgb(self.paths[row])
-        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+def image_pixels(paths: Sequence[Path], image_processor, row: int) -> torch.Tensor:
+    """The pixel tensor of image `row`, decoded (EXIF applied, RGB) when asked; with the first
+    two bound (`functools.partial`), the picklable row → pixels source of a loader's workers."""
+    return image_processor(load_rgb(paths[row]), return_tensors="pt")["pixel_values"][0]
 
 
 def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:
