@@ -89,7 +89,7 @@ tokenizers = tokenizer_variants(captions)
 # tokens per caption.
 
 # %% tags=["tokenizer-audit"]
-reports = {name: tokenizer_report(tok, captions).as_dict() for name, tok in tokenizers.items()}
+reports = {name: tokenizer_report(tok, captions) for name, tok in tokenizers.items()}
 columns = ["roundtrip_rate", "unk_rate", "tokens_per_caption"]
 audit_table = pd.DataFrame.from_dict(reports, orient="index")[columns]
 audit_table.style.format({"roundtrip_rate": "{:.1%}", "unk_rate": "{:.1%}",

@@ -84,8 +84,9 @@ def test_lora_goes_on_decoder_self_attention_unless_cross_is_asked(tiny_blip):
 
 
 def test_lora_config_trains_the_new_token_rows(tiny_blip):
+    stock_size = len(tiny_blip.tokenizer)
     entries = captioner.extend_vocabulary(tiny_blip, ["một người đang chơi bóng đá"])
-    assert "người" in entries and tiny_blip.first_new_id == len(tiny_blip.stock_tokenizer)
+    assert "người" in entries and tiny_blip.first_new_id == stock_size
     config = captioner.lora_config(tiny_blip, LoraSettings(r=4))
     (rows,) = config.trainable_token_indices.values()
     assert rows == list(range(tiny_blip.first_new_id, len(tiny_blip.tokenizer)))

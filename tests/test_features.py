@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from vicap_utils import captioner
 from vicap_utils.builders import Examples, build_loader, loader_workers, val_sample
 from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.config import load_config
-from vicap_utils.dataset import CaptionPairs, PixelSource
+from vicap_utils.dataset import CaptionPairs, image_pixels
 from vicap_utils.ops import features
 from vicap_utils.ops.folders import claim, owned_entries
 
@@ -46,7 +47,7 @@ def test_loss_on_cached_fp16_features_matches_the_loss_on_pixels(tiny_blip, imag
     cap = tiny_blip
     feats = features.encode_images(cap, images[:4], show=False)
     assert feats.dtype == torch.float16 and feats.shape[0] == 4
-    pixels = torch.stack([PixelSource(images, cap.processor.image_processor)(i) for i in range(4)])
+    pixels = torch.stack([image_pixels(images, cap.processor.image_processor, i) for i in range(4)])
     ids, mask, labels = encode_captions(cap.tokenizer, ["a dog runs", "two players", "a ball",
                                                         "a goal"], max_length=12)
     with torch.no_grad():
@@ -102,7 +103,7 @@ def test_two_workers_give_the_batches_of_the_main_process(tiny_blip, images):
     cap = tiny_blip
     ids, mask, labels = encode_captions(cap.tokenizer, [f"caption {i}" for i in range(14)], 10)
     pairs = CaptionPairs([i % 7 for i in range(14)], ids, mask, labels,
-                         PixelSource(images, cap.processor.image_processor))
+                         partial(image_pixels, images, cap.processor.image_processor))
     cfg = load_config("mini", overrides=["train.batch_size=4"])
     runs = []
     for workers in (0, 2):

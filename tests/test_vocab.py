@@ -43,23 +43,23 @@ def synthetic_captions(n: int = 200, seed: int = 0) -> list[str]:
 
 def test_stock_tokenizer_cannot_write_vietnamese():
     report = vocab.tokenizer_report(stock(), UNSEEN)
-    assert report.roundtrip_rate == 0.0
+    assert report["roundtrip_rate"] == 0.0
     keep = BertTokenizer(vocab=str(FIXTURE), do_lower_case=True, strip_accents=False)
     report_keep = vocab.tokenizer_report(keep, UNSEEN)
-    assert report_keep.roundtrip_rate == 0.0
-    assert report_keep.unk_rate > 0.3
+    assert report_keep["roundtrip_rate"] == 0.0
+    assert report_keep["unk_rate"] > 0.3
 
 
 def test_extended_tokenizer_roundtrips_training_and_unseen_captions():
     train = synthetic_captions()
     extended, entries = vocab.extend_tokenizer(stock(), train)
     assert "người" in entries and "##ư" in entries and "ư" in entries
-    assert vocab.tokenizer_report(extended, train).roundtrip_rate == 1.0
+    assert vocab.tokenizer_report(extended, train)["roundtrip_rate"] == 1.0
     held_out = synthetic_captions(seed=123)
-    assert vocab.tokenizer_report(extended, held_out).roundtrip_rate == 1.0
+    assert vocab.tokenizer_report(extended, held_out)["roundtrip_rate"] == 1.0
     unseen = vocab.tokenizer_report(extended, UNSEEN)
-    assert unseen.roundtrip_rate == 1.0, unseen.example
-    assert unseen.unk_rate == 0.0
+    assert unseen["roundtrip_rate"] == 1.0, unseen["example"]
+    assert unseen["unk_rate"] == 0.0
 
 
 def test_extension_keeps_special_token_ids_and_saves(tmp_path):
@@ -106,7 +106,7 @@ def test_new_rows_start_from_accent_stripped_pieces():
     row = extended.convert_tokens_to_ids("người")
     pieces = base("nguoi", add_special_tokens=False)["input_ids"]
     assert torch.allclose(emb[row], emb[pieces].mean(0))
-    head = vocab.output_layer(model)
+    head = model.text_decoder.get_output_embeddings()
     assert head.weight.shape[0] == len(extended) and head.bias.shape[0] == len(extended)
     assert torch.isclose(head.bias[row], head.bias[pieces].mean())
 

@@ -5,6 +5,7 @@ import os
 import random
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,13 @@ from torch.utils.data import DataLoader
 from vicap_utils import captioner, dataset
 from vicap_utils.captioner import Captioner
 from vicap_utils.config import Config
-from vicap_utils.dataset import CaptionPairs, EpochSampler, PixelSource, caption_pairs, collate
+from vicap_utils.dataset import CaptionPairs, EpochSampler, collate, image_pixels
 from vicap_utils.families import EXTENDS_VOCABULARY
 from vicap_utils.ops.features import encode_images
 from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.ops.io import atomic_write_json
 from vicap_utils.prepare import PreparedData, prepare
-from vicap_utils.vocab import tokenizer_report
+from vicap_utils.vocab import encode_captions, tokenizer_report
 
 
 def build_data(cfg: Config, run: Path, log=print) -> PreparedData:
@@ -53,9 +54,9 @@ def build_captioner(cfg: Config, data: PreparedData, vocab_entries: list[str] | 
     entries: list[str] = []
     if cfg.model.extend_vocab and cap.family in EXTENDS_VOCABULARY:
         captions = [a.caption for a in data.train.annotations]
-        before = tokenizer_report(cap.tokenizer, captions).as_dict()
+        before = tokenizer_report(cap.tokenizer, captions)
         entries = captioner.extend_vocabulary(cap, captions, vocab_entries)
-        after = tokenizer_report(cap.tokenizer, captions).as_dict()
+        after = tokenizer_report(cap.tokenizer, captions)
         report = {"added_entries": len(entries), "before": before, "after": after}
         log(f"vocabulary: +{len(entries)} entries; caption round-trip "
             f"{before['roundtrip_rate']:.1%} → {after['roundtrip_rate']:.1%}, tokens/caption "
@@ -112,10 +113,11 @@ def build_examples(cfg: Config, cap: Captioner, data: PreparedData, show: bool =
         ids, rows = dataset.image_rows(cs)
         paths = [folder / cs.images[i].file_name for i in ids]
         source = (encode_images(cap, paths, cache_folder, name, show=show, log=log).__getitem__
-                  if cached else PixelSource(paths, cap.processor.image_processor))
-        pairs = caption_pairs(cap, cs, rows, source, cfg.model.max_length, cfg.model.prompt,
-                              prefix)
-        sets.append((pairs, ids, source))
+                  if cached else partial(image_pixels, paths, cap.processor.image_processor))
+        anns = [a for a in cs.annotations if a.image_id in rows]
+        encoded = encode_captions(cap.tokenizer, [a.caption for a in anns], cfg.model.max_length,
+                                  cfg.model.prompt, prefix)
+        sets.append((CaptionPairs([rows[a.image_id] for a in anns], *encoded, source), ids, source))
     (train, _, _), (val, val_ids, val_source) = sets
     sample = val_sample(len(val_ids), cfg.train.val_sample, cfg.train.seed)
     if sample:

@@ -47,7 +47,6 @@ class Captioner:
     processor: Any
     family: str
     base: str  # the folder it was loaded from
-    stock_tokenizer: Any = None  # BLIP-1: the tokenizer before the Vietnamese extension
     first_new_id: int = 0  # BLIP-1: id of the first added vocabulary entry (0 = none)
 
     @property
@@ -159,7 +158,6 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     extended = vocab.build_extended_tokenizer(stock, entries)
     vocab.init_new_rows(cap.model, stock, extended, len(stock))
     cap.processor.tokenizer = extended
-    cap.stock_tokenizer = stock
     cap.first_new_id = len(stock) if entries else 0
     return entries
 
@@ -246,10 +244,8 @@ def image_prefix(cap: Captioner) -> list[int]:
     if cap.family != "blip2":
         return []
     image_id = cap.tokenizer.convert_tokens_to_ids(cap.processor.image_token.content)
-    count = cap.processor.num_query_tokens or getattr(cap.model.config, "num_query_tokens", None)
-    if not count:
-        raise VicapError("the BLIP-2 processor and model config give no num_query_tokens")
-    return [image_id] * int(count)
+    # an older saved processor gives no count: the config's then (every Blip2Config has one)
+    return [image_id] * (cap.processor.num_query_tokens or cap.model.config.num_query_tokens)
 
 
 def pixel_values(cap: Captioner, images: list) -> torch.Tensor:
@@ -363,8 +359,8 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
         kwargs.update(return_dict_in_generate=True, output_scores=True)
     fp16 = device.type == "cuda" or emulating_t4()
     with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+        feats = image_features(cap.model, pixels) if features is None else features
         if cap.family == "blip":
-            feats = image_features(cap.model, pixels) if features is None else features
             feats = feats.to(device, next(inner.text_decoder.parameters()).dtype)
             start = torch.full((feats.shape[0], 1), cap.tokenizer.bos_token_id,
                                dtype=torch.long, device=device)

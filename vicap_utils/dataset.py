@@ -7,20 +7,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from vicap_utils.captioner import Captioner, encode_captions
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
 
 
-class PixelSource:
-    """Row → pixel tensor of one image, decoded (EXIF applied, RGB) when asked."""
-
-    def __init__(self, paths: Sequence[Path], image_processor) -> None:
-        self.paths, self.image_processor = list(paths), image_processor
-
-    def __call__(self, row: int) -> torch.Tensor:
-        image = load_rgb(self.paths[row])
-        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
+def image_pixels(paths: Sequence[Path], image_processor, row: int) -> torch.Tensor:
+    """The pixel tensor of image `row`, decoded (EXIF applied, RGB) when asked; with the first
+    two bound (`functools.partial`), the picklable row → pixels source of a loader's workers."""
+    return image_processor(load_rgb(paths[row]), return_tensors="pt")["pixel_values"][0]
 
 
 def image_rows(cs: CaptionSet) -> tuple[list[ImageId], dict[ImageId, int]]:
@@ -45,16 +39,6 @@ class CaptionPairs(Dataset):
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {"image": self.image_source(self.image_rows[i]), "input_ids": self.input_ids[i],
                 "attention_mask": self.attention_mask[i], "labels": self.labels[i]}
-
-
-def caption_pairs(cap: Captioner, cs: CaptionSet, rows: dict[ImageId, int],
-                  source: Callable[[int], torch.Tensor], max_length: int, prompt: str = "",
-                  prefix: Sequence[int] = ()) -> CaptionPairs:
-    """Every caption of the set tokenised once and paired with its image's row."""
-    anns = [a for a in cs.annotations if a.image_id in rows]
-    ids, mask, labels = encode_captions(cap.tokenizer, [a.caption for a in anns], max_length,
-                                        prompt, prefix)
-    return CaptionPairs([rows[a.image_id] for a in anns], ids, mask, labels, source)
 
 
 def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -12,11 +12,10 @@ from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, output_
 from vicap_utils.ops.progress import progress
 
 
-def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size: int,
-                   desc: str = "captioning") -> list[str]:
+def predict_images(cap: Captioner, paths: list[Path], dec: Decoding, batch_size: int) -> list[str]:
     """One caption per image file, `batch_size` images per `generate` call, with a progress bar."""
     captions: list[str] = []
-    for start in progress(range(0, len(paths), batch_size), desc=desc, unit="batch"):
+    for start in progress(range(0, len(paths), batch_size), desc="captioning", unit="batch"):
         images = [load_rgb(p) for p in paths[start:start + batch_size]]
         captions += [alts[0][0] for alts in caption(cap, images=images, dec=dec)]
     return captions

@@ -5,12 +5,12 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
 import torch
 import transformers
+from torch.nn.utils.rnn import pad_sequence
 
 from vicap_utils.ops.io import VicapError
 from vicap_utils.text import VIETNAMESE_LETTERS, strip_diacritics
@@ -51,23 +51,9 @@ def syllables(captions: Iterable[str]) -> Counter[str]:
     return counts
 
 
-@dataclass
-class TokenizerReport:
-    """How well a tokenizer writes a caption set: the numbers notebook 02 tabulates."""
-
-    captions: int
-    roundtrip_rate: float  # share of captions whose decode(encode(c)) equals c (canonical)
-    unk_rate: float  # share of tokens that are [UNK]
-    tokens_per_caption: float
-    example: str = ""  # first caption that does not survive, as decoded
-
-    def as_dict(self) -> dict[str, float | int | str]:
-        """Plain dict for tables and JSON."""
-        return asdict(self)
-
-
-def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
-    """Encode→decode every caption; count exact survivors, [UNK]s and tokens."""
+def tokenizer_report(tokenizer, captions: list[str]) -> dict[str, float | int | str]:
+    """Encode→decode every caption: the numbers notebook 02 tabulates (round-trip and [UNK]
+    rates, tokens per caption) and the first caption that does not survive (`example`)."""
     if not captions:
         raise VicapError("tokenizer report: no captions given")
     ids = tokenizer(captions, add_special_tokens=False)["input_ids"]
@@ -77,16 +63,16 @@ def tokenizer_report(tokenizer, captions: list[str]) -> TokenizerReport:
     lost = [back for original, back in zip(captions, decoded)
             if canonical(original) != canonical(back)]
     n = len(captions)
-    return TokenizerReport(captions=n, roundtrip_rate=(n - len(lost)) / n,
-                           unk_rate=n_unk / max(total, 1), tokens_per_caption=total / n,
-                           example=lost[0] if lost else "")
+    return {"captions": n, "roundtrip_rate": (n - len(lost)) / n,
+            "unk_rate": n_unk / max(total, 1), "tokens_per_caption": total / n,
+            "example": lost[0] if lost else ""}
 
 
-def extension_entries(tokenizer, captions: Iterable[str], min_count: int = 1) -> list[str]:
+def extension_entries(tokenizer, captions: Iterable[str]) -> list[str]:
     """Vocabulary entries to append: caption syllables the tokenizer cannot write back (most
     frequent first), then each letter and its `##` piece."""
-    missing = [word for word, count in syllables(captions).most_common() if count >= min_count
-               and canonical(tokenizer.decode(tokenizer.encode(word, add_special_tokens=False)))
+    missing = [word for word, _ in syllables(captions).most_common()
+               if canonical(tokenizer.decode(tokenizer.encode(word, add_special_tokens=False)))
                != word]  # not written back with its letters and diacritics
     letters = list(VIETNAMESE_LETTERS)
     known = tokenizer.get_vocab()
@@ -95,7 +81,8 @@ def extension_entries(tokenizer, captions: Iterable[str], min_count: int = 1) ->
 
 
 def build_extended_tokenizer(tokenizer, entries: list[str]):
-    """A BertTokenizer whose WordPiece vocabulary is the stock one plus `entries` (ids kept)."""
+    """A BertTokenizer whose vocabulary is the stock one plus `entries`: every stock entry, the
+    added `[DEC]` and `[ENC]` too, keeps its id, and each special token its role."""
     order = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     if [i for _, i in order] != list(range(len(order))):
         raise VicapError("base tokenizer ids are not contiguous; cannot extend its vocabulary")
@@ -108,17 +95,12 @@ def build_extended_tokenizer(tokenizer, entries: list[str]):
     extended = transformers.BertTokenizer(vocab=merged, do_lower_case=True, strip_accents=False,
                                           additional_special_tokens=extra, **special)
     extended.model_max_length = tokenizer.model_max_length
-    for token in [*special.values(), *extra]:
-        if extended.convert_tokens_to_ids(token) != tokenizer.convert_tokens_to_ids(token):
-            raise VicapError(f"extending the vocabulary moved special token {token}")
-        if token not in extended.all_special_tokens:
-            raise VicapError(f"extending the vocabulary lost special token {token}")
     return extended
 
 
-def extend_tokenizer(tokenizer, captions: list[str], min_count: int = 1):
+def extend_tokenizer(tokenizer, captions: list[str]):
     """Return (extended tokenizer, appended entries) for the training captions."""
-    entries = extension_entries(tokenizer, captions, min_count)
+    entries = extension_entries(tokenizer, captions)
     return build_extended_tokenizer(tokenizer, entries), entries
 
 
@@ -134,32 +116,21 @@ def piece_ids(stock_tokenizer, entry: str) -> list[int]:
     return [i for i in ids if i != stock_tokenizer.unk_token_id]
 
 
-def output_layer(model):
-    """The LM head (BLIP-1 keeps it in `text_decoder`; the top model reports None)."""
-    for module in model.modules():
-        getter = getattr(module, "get_output_embeddings", None)
-        if getter is not None and getter() is not None:
-            return getter()
-    return None
-
-
 @torch.no_grad()
 def init_new_rows(model, stock_tokenizer, extended_tokenizer, first_new_id: int) -> int:
-    """Resize the embeddings to the extended vocabulary; each new row (input, tied output, bias)
-    is the mean of the stock rows of its accent-stripped pieces. Returns the rows initialised."""
+    """Resize BLIP-1's embeddings to the extended vocabulary; each new row (input, tied output,
+    bias) is the mean of the stock rows of its accent-stripped pieces. Returns the rows set."""
     model.resize_token_embeddings(len(extended_tokenizer), mean_resizing=False)
     emb = model.get_input_embeddings().weight
-    out = output_layer(model)
-    bias = getattr(out, "bias", None)
+    out = model.text_decoder.get_output_embeddings()  # the top model reports None
     id_to_token = {i: t for t, i in extended_tokenizer.get_vocab().items()}
     new_ids = range(first_new_id, len(extended_tokenizer))
     for new_id in new_ids:
         pieces = piece_ids(stock_tokenizer, id_to_token[new_id]) or slice(first_new_id)
         emb[new_id] = emb[pieces].mean(0)
-        if out is not None and out.weight is not emb:
+        if out.weight is not emb:
             out.weight[new_id] = emb[new_id]
-        if bias is not None:
-            bias[new_id] = bias[pieces].mean()
+        out.bias[new_id] = out.bias[pieces].mean()
     return len(new_ids)
 
 
@@ -184,14 +155,10 @@ def encode_captions(tokenizer, captions: list[str], max_length: int, prompt: str
         raise VicapError(f"model.prompt is {len(prompt_ids)} tokens; model.max_length="
                          f"{max_length} leaves room for at most {max_length - 3}")
     texts = tokenizer(list(captions), add_special_tokens=False)["input_ids"]
-    rows = [list(prefix) + [bos] + (prompt_ids + ids)[: max_length - 2] + [eos] for ids in texts]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-        n_masked = len(prefix) + 1 + min(len(prompt_ids), len(row) - len(prefix) - 2)
-        labels[i, n_masked: len(row)] = input_ids[i, n_masked: len(row)]
+    rows = [torch.tensor([*prefix, bos, *(prompt_ids + ids)[: max_length - 2], eos])
+            for ids in texts]
+    input_ids = pad_sequence(rows, batch_first=True, padding_value=pad)
+    mask = pad_sequence([torch.ones_like(row) for row in rows], batch_first=True)
+    labels = input_ids.masked_fill(mask == 0, IGNORE)
+    labels[:, : len(prefix) + 1 + len(prompt_ids)] = IGNORE  # the prompt always fits (above)
     return input_ids, mask, labels
