@@ -259,21 +259,15 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
     n-gram id (equal n-grams, equal ids), then each id's first start and order - 1."""
     # an id of order k + 1 numbers the pairs (id of the k-gram starting there, next word)
     remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
-    prev = wid
-    occ_start, occ_gram, first, order = [], [], [], []
-    offset = 0
+    prev, offset, parts = wid.copy(), 0, []
     for k in range(n):
-        at = np.flatnonzero(remaining > k)
+        at = np.flatnonzero(remaining > k)  # within the positions of order k - 1
         key = prev[at] * (len(wid) + 1) + (wid[at + k] if k else 0)
         uniq, first_k, local = np.unique(key, return_index=True, return_inverse=True)
-        prev = np.zeros_like(wid)
         prev[at] = local
-        occ_start.append(at)
-        occ_gram.append(local + offset)
-        first.append(at[first_k])
-        order.append(np.full(len(uniq), k))
+        parts.append((at, local + offset, at[first_k], np.full(len(uniq), k)))
         offset += len(uniq)
-    return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
 def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:

@@ -93,12 +93,12 @@ class Trainer:
             loader, self.sampler = builders.build_loader(cfg, self.examples.train, workers)
         processes = self.accelerator.num_processes
         steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
-        optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
-            cfg, self.cap.model, min(steps, t.max_steps or steps), processes)
+        self.total_steps = min(steps, t.max_steps or steps)  # each process's, up to max_steps
+        optimizer, scheduler = builders.build_optimizer(cfg, self.cap.model, self.total_steps,
+                                                        processes)
         forward = captioner.TrainingForward(self.cap.model, self.cap.family, self.examples.cached)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
-        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
         self.state = saved or RunState(vocab_entries=entries, config=asdict(cfg),
                                        scst_from=str(self.scst_from or ""))
         self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
@@ -195,9 +195,8 @@ class Trainer:
                 return self.summary()
             self.log(f"continuing the finished run from epoch {state.epoch} to {t.epochs}")
             state.finished = False
-        total = self.steps_per_epoch * t.epochs
-        bar = progress(total=min(total, t.max_steps or total), initial=state.global_step,
-                       desc="training", unit="step", disable=not self.main)
+        bar = progress(total=self.total_steps, initial=state.global_step, desc="training",
+                       unit="step", disable=not self.main)
         try:
             if state.pending:  # a validation that an interruption cut short
                 self.validate_epoch()
