@@ -3,7 +3,6 @@ pydantic converts and range-checks; `vicap train` saves it as config.json for `-
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
 from operator import attrgetter
@@ -189,8 +188,8 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind == "dataclass_type":
         return f"section {key!r} must be an object"
     if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", ctx["expected"])
-        return f"{key}={value!r} is not one of {', '.join(choices)}"
+        choices = ctx["expected"].replace("'", "").replace(" or ", ", ")  # "'a', 'b' or 'c'"
+        return f"{key}={value!r} is not one of {choices}"
     if kind in BOUNDS:
         bound = next(iter(ctx.values()))
         bound = f"{bound:g}" if isinstance(bound, float) else bound

@@ -45,23 +45,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False,
                  overwrite: bool = False, log=print, scst_from: str | Path | None = None) -> None:
-        self.cfg, self.out, self.log = cfg, Path(out_dir), log
-        self.resume, self.overwrite, self.scst_from = resume, overwrite, scst_from
-
-    def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
-        cfg, t = self.cfg, self.cfg.train
+        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        t = cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
         self.accelerator = Accelerator(
             mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
-        entries = scst.adapter_entries(cfg, self.scst_from) if self.scst_from else None
+        entries = scst.adapter_entries(cfg, scst_from) if scst_from else None
         with self.accelerator.main_process_first():  # the writer claims (and clears) it first
-            saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=self.main)
+            saved = open_run(self.out, cfg, resume, overwrite, writer=self.main)
         if not self.main:
             self.log = lambda *args, **kwargs: None
-        if saved and bool(saved.scst_from) != bool(self.scst_from):
+        if saved and bool(saved.scst_from) != bool(scst_from):
             raise VicapError(f"{self.out}: cannot resume with a different --scst-from; the run "
                              f"started from {saved.scst_from or 'cross-entropy alone'}")
         entries = saved.vocab_entries if saved else entries
@@ -80,8 +77,8 @@ class Trainer:
         self.examples = builders.build_examples(cfg, self.cap, self.data, self.main, self.log,
                                                 self.out / "cache")  # each process a share
         self.scst = None
-        if self.scst_from:  # its LoRA weights: cached ViT features never depend on them
-            scst.load_adapter(self.cap, self.scst_from)
+        if scst_from:  # its LoRA weights: cached ViT features never depend on them
+            scst.load_adapter(self.cap, scst_from)
             ids, _ = image_rows(self.data.train)
             refs = self.data.train.captions_by_image()
             self.scst = scst.Scst(self.cap, [refs[i] for i in ids], cfg.scst,
@@ -100,7 +97,7 @@ class Trainer:
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
         self.state = saved or RunState(vocab_entries=entries, config=asdict(cfg),
-                                       scst_from=str(self.scst_from or ""))
+                                       scst_from=str(scst_from or ""))
         self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
                        if hardware.mixed_precision == "fp16" else None)
         self.autocast = (self.accelerator.autocast if self.scaler is None  # bf16, or nothing
@@ -299,10 +296,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
-    trainer = Trainer(cfg, out_dir, resume, overwrite, log, scst_from)
     with folder_lock(out_dir) if main else contextlib.nullcontext():
-        trainer.setup()
-        return trainer._train()
+        return Trainer(cfg, out_dir, resume, overwrite, log, scst_from)._train()
 
 
 def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
