@@ -240,6 +240,11 @@ def test_cider_d_document_frequencies_from_a_fixed_corpus() -> None:
     assert per_sample == pytest.approx(expected[batch], abs=1e-6)
 
 
+def test_cider_d_of_no_candidates_is_zero() -> None:
+    score, per_candidate = metrics.CiderD([["a b"]]).score([], [])
+    assert score == 0.0 and per_candidate.shape == (0,)
+
+
 def test_cider_d_scores_empty_captions_and_no_shared_ngram_as_pycocoevalcap() -> None:
     # An untrained model's empty caption (first validation) and a caption sharing nothing.
     refs = [["một cầu thủ đá bóng"], ["hai người chơi quần vợt trên sân"]]

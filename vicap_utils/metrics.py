@@ -214,6 +214,8 @@ class CiderD:
         """(mean, one score per candidate) of tokenized candidates, each against its references."""
         if len(candidates) != len(refs) or not all(refs):
             raise ValueError("CIDEr-D needs one non-empty list of references per candidate")
+        if not candidates:
+            return 0.0, np.zeros(0)
         texts = list(dict.fromkeys([*candidates, *(r for rs in refs for r in rs)]))
         row = {t: i for i, t in enumerate(texts)}
         n_refs = np.array([len(rs) for rs in refs])
