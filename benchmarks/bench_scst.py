@@ -40,7 +40,6 @@ def main() -> None:
     scst.rewards = rewards  # Scst calls the module's function: time each call
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(cfg, out, log=lambda *a: None, scst_from=args.adapter)
-        trainer.setup()
         trainer.model.train()
         batches = iter(trainer.loader)
         steps, rewards_per_step = [], []

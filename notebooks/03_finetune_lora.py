@@ -54,7 +54,7 @@ import copy
 import json
 import re
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -88,7 +88,7 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 # `vicap train --config config.json` repeats the run exactly.
 
 # %%
-report.config_table(cfg.to_dict())
+report.config_table(asdict(cfg))
 
 # %% [markdown]
 # ## 1 · The base model and its tokenizer

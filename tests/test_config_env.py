@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from vicap_utils.config import config_from_dict, load_config, save_config
+from vicap_utils.config import config_from_dict, diff_keys, load_config, save_config
 from vicap_utils.ops import env, weights
 from vicap_utils.ops.io import VicapError
 
@@ -21,6 +21,15 @@ def test_overrides_are_type_checked():
         load_config("mini", overrides=["train.nope=1"])
     with pytest.raises(VicapError, match="expected SECTION.KEY=VALUE"):
         load_config("mini", overrides=["lr=1"])
+
+
+def test_diff_keys_names_only_the_given_keys_that_differ():
+    mini = load_config("mini")
+    other = load_config("mini", overrides=["model.prompt=ảnh", "train.seed=7", "train.lr=1e-4"])
+    keys = ["model.base", "model.prompt", "lora.r", "train.seed"]
+    assert diff_keys(mini, other, keys) == ["model.prompt", "train.seed"]
+    assert diff_keys(mini, mini, keys) == []
+    assert diff_keys(mini, other, ["train.lr"]) == ["train.lr"]
 
 
 def test_profiles_differ_where_they_should():

@@ -60,7 +60,6 @@ PROBE = textwrap.dedent("""
 
         features.image_features = counting
         trainer = Trainer(cfg, out, log=lambda *a, **k: None)
-        trainer.setup()
         rank, data, ex = trainer.accelerator.process_index, trainer.data, trainer.examples
         report = {"encoded": sum(encoded),
                   "images": sum(len(image_rows(cs)[0]) for cs in (data.train, data.val)),
@@ -85,7 +84,7 @@ PROBE = textwrap.dedent("""
         report["draws_saved"] = draws()
         seed_all(99)
         encoded.clear()
-        Trainer(cfg, out, resume=True, log=lambda *a, **k: None).setup()
+        Trainer(cfg, out, resume=True, log=lambda *a, **k: None)
         report.update(draws_resumed=draws(), encoded_on_resume=sum(encoded))
         (out.parent / f"rank{rank}.json").write_text(json.dumps(report))
 

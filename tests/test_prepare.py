@@ -66,7 +66,6 @@ def test_planted_defects_never_reach_a_training_batch(tmp_path, capsys):
 
     annotations, images, infos = planted_set(tmp_path / "raw")
     trainer = Trainer(config(annotations, images), tmp_path / "run")
-    trainer.setup()
     audit = json.loads((tmp_path / "run" / "data" / "audit.json").read_text())
     assert {k: v for k, v in audit["rejects"].items() if v} == {
         "missing_file": 1, "unreadable_image": 1, "image_without_captions": 1,

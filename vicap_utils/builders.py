@@ -1,5 +1,5 @@
 """A training run's parts, one builder each: data, captioner (Vietnamese vocabulary, LoRA),
-examples, loader, optimiser; `Trainer.setup` and notebook 03 call them in this order."""
+examples, loader, optimiser; `Trainer()` and notebook 03 call them in this order."""
 
 import os
 import random

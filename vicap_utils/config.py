@@ -3,9 +3,9 @@ pydantic converts and range-checks; `vicap train` saves it as config.json for `-
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field, fields
 from functools import cache
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -134,10 +134,6 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     scst: ScstConfig = field(default_factory=ScstConfig)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict, JSON-ready."""
-        return asdict(self)
-
 
 SECTIONS = ("data", "model", "lora", "train", "eval", "scst")
 
@@ -192,8 +188,8 @@ def describe_error(error: dict[str, Any]) -> str:
     if kind == "dataclass_type":
         return f"section {key!r} must be an object"
     if kind == "literal_error":
-        choices = re.findall(r"'([^']*)'", ctx["expected"])
-        return f"{key}={value!r} is not one of {', '.join(choices)}"
+        choices = ctx["expected"].replace("'", "").replace(" or ", ", ")  # "'a', 'b' or 'c'"
+        return f"{key}={value!r} is not one of {choices}"
     if kind in BOUNDS:
         bound = next(iter(ctx.values()))
         bound = f"{bound:g}" if isinstance(bound, float) else bound
@@ -264,23 +260,20 @@ def load_config(
         if not isinstance(raw, dict):
             raise VicapError(f"{config_file}: a config must be a JSON object")
         start = profile_config(raw["profile"]) if "profile" in raw else Config()
-        values, where = merged(start.to_dict(), raw), str(config_file)
+        values, where = merged(asdict(start), raw), str(config_file)
         config_from_dict(values, where, strict=True)
     else:
         start = profile_config(profile or "auto")
-        values, where = start.to_dict(), f"profile {start.profile}"
+        values, where = asdict(start), f"profile {start.profile}"
     sets = parse_overrides(overrides or [])
     return config_from_dict(merged(values, sets), where, sets)
 
 
 def save_config(cfg: Config, path: str | Path) -> Path:
     """Write the resolved config as JSON, atomically."""
-    return atomic_write_text(path, json.dumps(cfg.to_dict(), ensure_ascii=False, indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(asdict(cfg), ensure_ascii=False, indent=2) + "\n")
 
 
 def diff_keys(a: Config, b: Config, keys: list[str]) -> list[str]:
-    """The dotted keys (named in `keys`, or in a section it names) whose values differ."""
-    flat_a, flat_b = ({f"{s}.{k}": v for s in SECTIONS for k, v in asdict(getattr(c, s)).items()}
-                      for c in (a, b))
-    return [k for k in flat_a
-            if (k in keys or k.partition(".")[0] in keys) and flat_a[k] != flat_b[k]]
+    """The dotted keys of `keys` (e.g. "train.lr") whose values differ between `a` and `b`."""
+    return [k for k in keys if attrgetter(k)(a) != attrgetter(k)(b)]

@@ -27,14 +27,8 @@ SCORE_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "METEOR-vi", "RO
               "SPICE", "ROUGE-1", "ROUGE-2")
 DIVERSITY_KEYS = ("TTR", "TTR_per_caption", "repetition_rate", "distinct-1", "distinct-2",
                   "vocab_size", "mean_length", "novel_rate")
-METRIC_KEYS = (*SCORE_KEYS, *DIVERSITY_KEYS[:-1])  # novel_rate only given training captions
 COMPARED = ("BLEU-4", "METEOR-vi", "ROUGE-L", "CIDEr", "TTR", "repetition_rate", "distinct-1",
             "distinct-2", "vocab_size")
-
-PUBLISHED_UITVIIC_BLIP = {"BLEU-1": 0.524, "BLEU-2": 0.412, "BLEU-4": 0.293, "METEOR": 0.312,
-                          "ROUGE-L": 0.489, "CIDEr": 0.719, "SPICE": 0.161}
-PUBLISHED_UITVIIC_BLIP_LABEL = "published: BLIP + LoRA on real-data UIT-ViIC (not reproduced here)"
-PUBLISHED_UITVIIC_BLIP_SETUP = {"data set": "UIT-ViIC", "split": "val", "tokenization": "syllable"}
 
 NOTES = (
     "CIDEr is CIDEr-D as pycocoevalcap's Cider computes it (equal within 1e-6); its document "
@@ -188,11 +182,12 @@ def diversity(hyps: Sequence[str], train: set[str] | None = None) -> dict[str, f
 
 
 class _Tfidf(NamedTuple):
-    """Tf-idf vectors as flat entries sorted by sentence (sentence i owns starts[i]:starts[i + 1]);
-    norms per sentence and n-gram order; lengths as CIDEr-D's."""
+    """Tf-idf vectors as flat entries sorted by key = sentence * width + n-gram (sentence i owns
+    starts[i]:starts[i + 1]); norms per sentence and n-gram order; lengths as CIDEr-D's."""
 
     starts: np.ndarray
-    gram: np.ndarray
+    key: np.ndarray
+    width: int
     order: np.ndarray
     weight: np.ndarray
     norms: np.ndarray
@@ -243,10 +238,10 @@ class CiderD:
         wid = np.array([ids.setdefault(w, len(ids)) for w in words], np.int64)
         sizes = np.array([len(ws) for ws in tokens], np.int64)
         occ_start, occ_gram, first, gram_order = _ngram_ids(wid, sizes, self.n)
-        n_grams = max(len(first), 1)
+        width = max(len(first), 1)
         sent_of = np.repeat(np.arange(len(texts)), sizes)[occ_start]
-        keys, count = np.unique(sent_of * n_grams + occ_gram, return_counts=True)
-        sent, gram = np.divmod(keys, n_grams)
+        key, count = np.unique(sent_of * width + occ_gram, return_counts=True)
+        sent, gram = np.divmod(key, width)
         df = np.array([self.df.get(tuple(words[i: i + k + 1]), 0)
                        for i, k in zip(first.tolist(), gram_order.tolist())], float)
         weight = count * (self.log_images - np.log(np.maximum(1.0, df)))[gram]
@@ -256,8 +251,8 @@ class CiderD:
         # pycocoevalcap's length counts bigrams ("if n == 1"): len(words) - 1.
         lengths = np.maximum(sizes - 1, 0).astype(float)
         starts = np.searchsorted(sent, np.arange(len(texts) + 1))
-        return _Tfidf(starts, gram, order, weight, np.sqrt(squares).reshape(len(texts), self.n),
-                      lengths)
+        return _Tfidf(starts, key, width, order, weight,
+                      np.sqrt(squares).reshape(len(texts), self.n), lengths)
 
 
 def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
@@ -266,44 +261,28 @@ def _ngram_ids(wid: np.ndarray, sizes: np.ndarray,
     n-gram id (equal n-grams, equal ids), then each id's first start and order - 1."""
     # an id of order k + 1 numbers the pairs (id of the k-gram starting there, next word)
     remaining = np.repeat(np.cumsum(sizes), sizes) - np.arange(len(wid))
-    prev = wid
-    occ_start, occ_gram, first, order = [], [], [], []
-    offset = 0
+    prev, offset, parts = wid.copy(), 0, []
     for k in range(n):
-        at = np.flatnonzero(remaining > k)
+        at = np.flatnonzero(remaining > k)  # within the positions of order k - 1
         key = prev[at] * (len(wid) + 1) + (wid[at + k] if k else 0)
         uniq, first_k, local = np.unique(key, return_index=True, return_inverse=True)
-        prev = np.zeros_like(wid)
         prev[at] = local
-        occ_start.append(at)
-        occ_gram.append(local + offset)
-        first.append(at[first_k])
-        order.append(np.full(len(uniq), k))
+        parts.append((at, local + offset, at[first_k], np.full(len(uniq), k)))
         offset += len(uniq)
-    return tuple(np.concatenate(a) for a in (occ_start, occ_gram, first, order))
+    return tuple(np.concatenate(a) for a in zip(*parts))
 
 
 def _clipped_dots(tfidf: _Tfidf, hyp: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
-    """Per (hyp[p], ref[p]) pair and n-gram order: the sum over shared n-grams of
-    min(hyp weight, ref weight) * ref weight (CIDEr-D's clipping)."""
-    h_pair, h_idx = _pair_entries(tfidf.starts, hyp)
-    r_pair, r_idx = _pair_entries(tfidf.starts, ref)
-    width = int(tfidf.gram.max(initial=0)) + 1
-    _, hi, ri = np.intersect1d(h_pair * width + tfidf.gram[h_idx],
-                               r_pair * width + tfidf.gram[r_idx],
-                               assume_unique=True, return_indices=True)
-    vh, vr = tfidf.weight[h_idx[hi]], tfidf.weight[r_idx[ri]]
-    slots = h_pair[hi] * n + tfidf.order[h_idx[hi]]
-    return np.bincount(slots, weights=np.minimum(vh, vr) * vr,  # int64 when nothing is shared
+    """Per (hyp[p], ref[p]) pair and n-gram order: the sum over the reference's n-grams of
+    min(hyp weight, ref weight) * ref weight (CIDEr-D's clipping; 0 where hyp lacks it)."""
+    sizes = tfidf.starts[ref + 1] - tfidf.starts[ref]
+    pair = np.repeat(np.arange(len(ref)), sizes)  # every entry of every pair's reference
+    entry = np.arange(sizes.sum()) + np.repeat(tfidf.starts[ref] - np.cumsum(sizes) + sizes, sizes)
+    wanted = tfidf.key[entry] + (hyp[pair] - ref[pair]) * tfidf.width  # that n-gram in hyp
+    at = np.minimum(np.searchsorted(tfidf.key, wanted), len(tfidf.key) - 1)
+    vh, vr = np.where(tfidf.key[at] == wanted, tfidf.weight[at], 0.0), tfidf.weight[entry]
+    return np.bincount(pair * n + tfidf.order[entry], weights=np.minimum(vh, vr) * vr,
                        minlength=len(hyp) * n).astype(float).reshape(len(hyp), n)
-
-
-def _pair_entries(starts: np.ndarray, sentences: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(pair index, entry index) of every entry of sentences[p], for every pair p."""
-    sizes = starts[sentences + 1] - starts[sentences]
-    pair = np.repeat(np.arange(len(sentences)), sizes)
-    offset = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    return pair, starts[sentences][pair] + offset
 
 
 def quick_cider(predictions: Mapping[Any, str], references: Mapping[Any, list[str]]) -> float:
@@ -318,10 +297,8 @@ def format_table(metrics: Mapping[str, Any]) -> str:
     """Readable two-column table of the metrics, with reasons for the unavailable ones."""
     lines = [f"{'metric':<16} value", f"{'-' * 16} {'-' * 8}"]
     for key in (k for k in (*SCORE_KEYS, *DIVERSITY_KEYS) if k in metrics):
-        value = metrics[key]
-        shown = (f"n/a ({metrics['unavailable'].get(key, 'not computed')})" if value is None
-                 else _shown(value))
-        lines.append(f"{key:<16} {shown}")
+        why = f" ({metrics['unavailable'][key]})" if metrics[key] is None else ""
+        lines.append(f"{key:<16} {_shown(metrics[key])}{why}")
     lines.append(f"images: {metrics['n_images']}, tokenizer: {metrics['tokenizer']}, "
                  f"tokenization: {metrics.get('tokenization', 'syllable')}")
     return "\n".join(lines)

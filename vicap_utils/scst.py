@@ -17,8 +17,6 @@ from vicap_utils.ops.adapters import META_FILE, WEIGHTS_FILE, is_adapter
 from vicap_utils.ops.checkpoint import RESUME_KEYS
 from vicap_utils.ops.io import VicapError, read_json
 
-SAME = [k for k in RESUME_KEYS if k.startswith(("model.", "lora."))]  # adapter and run share
-
 
 def training_config(cfg: Config) -> Config:
     """The run's config under SCST: the `scst` section's learning rate (new token rows keep
@@ -34,7 +32,8 @@ def adapter_entries(cfg: Config, folder: str | Path) -> list[str]:
         raise VicapError(f"--scst-from {folder}: not an adapter folder (no {META_FILE} and "
                          f"{WEIGHTS_FILE}); use a cross-entropy run's best/ or final/")
     meta = read_json(Path(folder) / META_FILE, "adapter metadata")
-    changed = diff_keys(config_from_dict(meta.get("config"), str(folder)), cfg, SAME)
+    same = [k for k in RESUME_KEYS if k.startswith(("model.", "lora."))]  # adapter and run share
+    changed = diff_keys(config_from_dict(meta.get("config"), str(folder)), cfg, same)
     if changed:
         raise VicapError(f"--scst-from {folder}: the adapter differs from this config in "
                          f"{', '.join(changed)}; train SCST with the adapter's config.json")

@@ -8,6 +8,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -44,23 +45,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, out_dir: str | Path, resume: bool = False,
                  overwrite: bool = False, log=print, scst_from: str | Path | None = None) -> None:
-        self.cfg, self.out, self.log = cfg, Path(out_dir), log
-        self.resume, self.overwrite, self.scst_from = resume, overwrite, scst_from
-
-    def setup(self) -> None:
         """Check the run folder, then build data, captioner, examples, loader and optimiser."""
-        cfg, t = self.cfg, self.cfg.train
+        self.cfg, self.out, self.log = cfg, Path(out_dir), log
+        t = cfg.train
         hardware = plan_for(cfg).check()  # an unusable GPU or a real profile on a CPU: stop now
         self.accelerator = Accelerator(
             mixed_precision=hardware.accelerate_precision, gradient_accumulation_steps=t.grad_accum,
             kwargs_handlers=[InitProcessGroupKwargs(timeout=PROCESS_GROUP_TIMEOUT)])
         self.main = self.accelerator.is_main_process
-        entries = scst.adapter_entries(cfg, self.scst_from) if self.scst_from else None
+        entries = scst.adapter_entries(cfg, scst_from) if scst_from else None
         with self.accelerator.main_process_first():  # the writer claims (and clears) it first
-            saved = open_run(self.out, cfg, self.resume, self.overwrite, writer=self.main)
+            saved = open_run(self.out, cfg, resume, overwrite, writer=self.main)
         if not self.main:
             self.log = lambda *args, **kwargs: None
-        if saved and bool(saved.scst_from) != bool(self.scst_from):
+        if saved and bool(saved.scst_from) != bool(scst_from):
             raise VicapError(f"{self.out}: cannot resume with a different --scst-from; the run "
                              f"started from {saved.scst_from or 'cross-entropy alone'}")
         entries = saved.vocab_entries if saved else entries
@@ -75,51 +73,48 @@ class Trainer:
         self.cap, entries, self.vocab_report = builders.build_captioner(
             cfg, self.data, entries, hardware.load_in_8bit, self.accelerator.local_process_index,
             self.log)
-        if self.scst_from:
-            scst.load_adapter(self.cap, self.scst_from)
         captioner.place(self.cap, self.accelerator.device)
         self.examples = builders.build_examples(cfg, self.cap, self.data, self.main, self.log,
                                                 self.out / "cache")  # each process a share
-        workers = builders.loader_workers(cfg, self.examples.cached)
-        loader, self.sampler = builders.build_loader(cfg, self.examples.train, workers)
         self.scst = None
-        if self.scst_from:
+        if scst_from:  # its LoRA weights: cached ViT features never depend on them
+            scst.load_adapter(self.cap, scst_from)
             ids, _ = image_rows(self.data.train)
             refs = self.data.train.captions_by_image()
             self.scst = scst.Scst(self.cap, [refs[i] for i in ids], cfg.scst,
                                   self.examples.image_kind)
             images = partial(scst.image_batch, self.examples.train.image_source)  # per image
             loader, self.sampler = builders.build_loader(cfg, range(len(ids)), 0, images)
+        else:
+            workers = builders.loader_workers(cfg, self.examples.cached)
+            loader, self.sampler = builders.build_loader(cfg, self.examples.train, workers)
         processes = self.accelerator.num_processes
         steps = math.ceil(math.ceil(len(loader) / processes) / t.grad_accum) * t.epochs
-        optimizer, scheduler = builders.build_optimizer(  # each process's steps, up to max_steps
-            cfg, self.cap.model, min(steps, t.max_steps or steps), processes)
+        self.total_steps = min(steps, t.max_steps or steps)  # each process's, up to max_steps
+        optimizer, scheduler = builders.build_optimizer(cfg, self.cap.model, self.total_steps,
+                                                        processes)
         forward = captioner.TrainingForward(self.cap.model, self.cap.family, self.examples.cached)
         self.model, self.optimizer, self.loader, self.scheduler = self.accelerator.prepare(
             forward, optimizer, loader, scheduler)
-        self.steps_per_epoch = math.ceil(len(self.loader) / t.grad_accum)
-        self.state = saved or RunState(vocab_entries=entries, config=cfg.to_dict(),
-                                       scst_from=str(self.scst_from or ""))
+        self.state = saved or RunState(vocab_entries=entries, config=asdict(cfg),
+                                       scst_from=str(scst_from or ""))
         self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
                        if hardware.mixed_precision == "fp16" else None)
+        self.autocast = (self.accelerator.autocast if self.scaler is None  # bf16, or nothing
+                         else partial(torch.autocast, self.accelerator.device.type, torch.float16))
         if saved:
             load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
                       self.accelerator.process_index)
             self.log(f"resumed from {self.out / 'last'}: epoch {self.state.epoch + 1}, "
                      f"batch {self.state.batches_done}, step {self.state.global_step}")
 
-    def autocast(self):
-        """fp16 autocast where the trainer drives fp16, else Accelerate's (bf16, or nothing)."""
-        if self.scaler is None:
-            return self.accelerator.autocast()
-        return torch.autocast(self.accelerator.device.type, dtype=torch.float16)
-
-    def train_epoch(self, epoch: int, bar) -> float:
-        """One epoch (or what is left of it after a resume); returns the mean training loss."""
-        t, state = self.cfg.train, self.state
+    def train_epoch(self, bar) -> None:
+        """One epoch (or what is left of it after a resume), then its checkpoint with the epoch
+        pending validation: a failing validation never costs it."""
+        t, state, start = self.cfg.train, self.state, time.time()
         self.model.train()
-        self.loader.set_epoch(epoch)
-        self.sampler.set_epoch(epoch)
+        self.loader.set_epoch(state.epoch)
+        self.sampler.set_epoch(state.epoch)
         skip = state.batches_done
         batches = self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader
         for batch in batches:
@@ -138,12 +133,17 @@ class Trainer:
             if self.accelerator.sync_gradients:
                 state.global_step += 1
                 bar.update()
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
+                bar.set_postfix(epoch=state.epoch + 1, loss=f"{loss.item():.3f}", refresh=False)
                 if t.save_every_steps and state.global_step % t.save_every_steps == 0:
                     self.save_last()
                 if t.max_steps and state.global_step >= t.max_steps:
                     break
-        return state.loss_sum / max(state.loss_count, 1)
+        state.pending = {"train_loss": state.loss_sum / max(state.loss_count, 1),
+                         "seconds": time.time() - start,
+                         "hit_max": bool(t.max_steps and state.global_step >= t.max_steps)}
+        state.epoch += 1
+        state.batches_done, state.loss_sum, state.loss_count = 0, 0.0, 0
+        self.save_last()
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of the batch's captions, or (SCST) the self-critical loss of its images."""
@@ -192,16 +192,14 @@ class Trainer:
                 return self.summary()
             self.log(f"continuing the finished run from epoch {state.epoch} to {t.epochs}")
             state.finished = False
-        total = self.steps_per_epoch * t.epochs
-        bar = progress(total=min(total, t.max_steps or total), initial=state.global_step,
-                       desc="training", unit="step", disable=not self.main)
+        bar = progress(total=self.total_steps, initial=state.global_step, desc="training",
+                       unit="step", disable=not self.main)
         try:
             if state.pending:  # a validation that an interruption cut short
                 self.validate_epoch()
             while state.epoch < t.epochs and not state.stop:
-                start = time.time()
-                train_loss = self.train_epoch(state.epoch, bar)
-                self.end_epoch(train_loss, time.time() - start)
+                self.train_epoch(bar)
+                self.validate_epoch()
         except torch.cuda.OutOfMemoryError:
             raise VicapError(
                 f"CUDA out of memory (last good checkpoint in {self.out}/last); try a smaller "
@@ -226,17 +224,6 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", self.summary())
         self.accelerator.wait_for_everyone()
         return self.summary()
-
-    def end_epoch(self, train_loss: float, seconds: float) -> None:
-        """Checkpoint the trained epoch (a failing validation never costs it), then validate."""
-        state = self.state
-        state.epoch += 1
-        state.batches_done, state.loss_sum, state.loss_count = 0, 0.0, 0
-        max_steps = self.cfg.train.max_steps
-        state.pending = {"train_loss": train_loss, "seconds": seconds,
-                         "hit_max": bool(max_steps and state.global_step >= max_steps)}
-        self.save_last()
-        self.validate_epoch()
 
     def validate_epoch(self) -> None:
         """Validate the pending epoch when due; record it, keep the best adapter, stop early."""
@@ -278,7 +265,7 @@ class Trainer:
     def save_adapter(self, name: str) -> None:
         """Write an adapter folder (best/ or final/) atomically."""
         record(self.out, [name])
-        write_adapter(self.cap, self.out / name, self.cfg.to_dict(), self.state.vocab_entries,
+        write_adapter(self.cap, self.out / name, asdict(self.cfg), self.state.vocab_entries,
                       {"epoch": self.state.epoch, "val_CIDEr": self.state.best_cider,
                        "vocabulary": self.vocab_report})
 
@@ -309,17 +296,14 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, overwrite: boo
     main = os.environ.get("RANK", "0") == "0"  # torch.distributed.run's main process, or alone
     if resume and main:
         prepare_resume(out_dir, cfg.profile)
-    trainer = Trainer(cfg, out_dir, resume, overwrite, log, scst_from)
     with folder_lock(out_dir) if main else contextlib.nullcontext():
-        trainer.setup()
-        return trainer._train()
+        return Trainer(cfg, out_dir, resume, overwrite, log, scst_from)._train()
 
 
 def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
                        overwrite: bool = False) -> dict[str, Any]:
     """Train from a notebook here (one GPU or CPU), else one `vicap train` per GPU; returns the
     summary. A `resume` with nothing to resume starts a fresh run."""
-    run = Path(run)
     resume = resume and prepare_resume(run, cfg.profile) is not None
     gpus = detect().count
     if gpus <= 1:
@@ -328,7 +312,7 @@ def train_on_every_gpu(cfg: Config, run: str | Path, resume: bool = False,
         config = save_config(cfg, Path(tmp) / "config.json")
         flags = ["--resume"] if resume else ["--overwrite"] if overwrite else []
         launch_training(["--config", str(config), "--out", str(run), *flags], gpus)
-    return read_json(run / "summary.json", "run summary")
+    return read_json(Path(run) / "summary.json", "run summary")
 
 
 def cli_train(args) -> int:
