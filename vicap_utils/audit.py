@@ -13,7 +13,7 @@ from PIL import ImageFile
 
 from vicap_utils.data import Annotation, CaptionSet, ImageId, Reject, load_captions, write_coco
 from vicap_utils.images import ImageCheck, check_image
-from vicap_utils.ops.folders import output_folder, refuse_aliases, staged
+from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.ops.io import atomic_write_json, atomic_write_text, input_dir
 from vicap_utils.ops.pool import process_map, worker_count
 from vicap_utils.ops.progress import progress
@@ -41,10 +41,8 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
     bad input or an unusable output folder raise VicapError before any image is decoded."""
     workers = worker_count(workers)
     images_dir = input_dir(images_dir, "images folder")
-    out_dir = Path(out_dir)
-    inputs = {"--annotations": annotations_path, "--images": images_dir}
-    refuse_aliases(inputs, [("--out", out_dir / name) for name in OUTPUTS])
     cs = load_captions(annotations_path, images_dir)
+    inputs = {"--annotations": annotations_path, "--images": images_dir}
     with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:
         paths = [images_dir / info.file_name for info in cs.images.values()]
         decoded = ([check_image(p) for p in progress(paths, unit="img", desc="decoding images")]

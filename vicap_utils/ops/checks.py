@@ -82,8 +82,6 @@ def caption_problem(caption: Any) -> str | None:
 
 def short(value: Any, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters (ids can have thousands of digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<an integer of {len(str(abs(value)))} digits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
