@@ -118,12 +118,11 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None) -> Cap
         return _read_coco(path)
     text = _read_text(path)
     head = next((line.strip() for line in _NEWLINE.split(text) if line.strip()), "")
-    key, tab, _ = head.partition("\t")
     if head.startswith(("{", "[")):
         return _read_coco(path)
     if [cell.strip().lower() for cell in head.split(",")] == ["image", "caption"]:
         return _read_flickr_csv(text)
-    if tab and "#" in key:  # name.jpg#i<TAB>caption
+    if "\t" in head and "#" in head.partition("\t")[0]:  # name.jpg#i<TAB>caption
         return _read_flickr_token(text, [path.parent, *([Path(images_dir)] if images_dir else [])])
     raise VicapError(f"{path}: unknown captions format ({_FORMATS_HINT})")
 
@@ -248,26 +247,23 @@ def _others(entry: dict[str, Any], known: set[str]) -> dict[str, Any]:
 def _from_rows(rows: list[_Row]) -> CaptionSet:
     """A set from Flickr8k lines: image id = full file name, annotation id = caption number
     (counted over non-blank lines, so a rejected line does not renumber the ones after it)."""
-    images: dict[ImageId, ImageInfo] = {}
-    left_out: set[str] = set()
+    problems: dict[str, tuple[str, str] | None] = {}  # file name -> why it is rejected, or None
     annotations, rejects = [], []
     for number, (lineno, name, caption, problem) in enumerate(rows, start=1):
         if problem:
             rejects.append(Reject("annotation", number, name, "malformed_line",
                                   f"line {lineno}: {problem}"))
             continue
-        if name not in images and name not in left_out:
-            problem = checks.file_name_problem(name)
-            if problem:
-                rejects.append(Reject("image", name, name, *problem))
-                left_out.add(name)
-            else:
-                images[name] = ImageInfo(name, name)
-        if name in left_out:
+        if name not in problems:
+            problems[name] = checks.file_name_problem(name)
+            if problems[name]:
+                rejects.append(Reject("image", name, name, *problems[name]))
+        if problems[name]:
             rejects.append(Reject("annotation", number, name, "orphaned_by_image",
                                   f"line {lineno}: image {name!r} was rejected"))
         else:
             annotations.append(Annotation(number, name, caption))
+    images = {name: ImageInfo(name, name) for name, problem in problems.items() if not problem}
     return CaptionSet(images, annotations, rejects=rejects)
 
 
