@@ -138,7 +138,7 @@ def _read_coco(path: Path) -> CaptionSet:
     image_ids: dict[type, tuple[str, ImageId]] = {}  # int/str -> where the first was seen
     annotation_ids: dict[type, tuple[str, ImageId]] = {}
     images: dict[ImageId, ImageInfo] = {}
-    listed: dict[ImageId, str] = {}  # image id -> file name, of the images it rejects too
+    listed: dict[ImageId, str] = {}  # every image id -> its file name, rejected ones too
     split: dict[ImageId, str] = {}
     rejects: list[Reject] = []
     for index, entry in enumerate(data["images"]):
@@ -275,7 +275,7 @@ def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
         raise VicapError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
     ranked = sorted(cs.images, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     n_val = min(max(round(len(ranked) * val_fraction), 1), len(ranked) - 1)
-    val_ids = set(ranked[:n_val])  # none of 0 or 1 images (n_val is then -1 or 0)
+    val_ids = set(ranked[:n_val])  # with 0 or 1 image, n_val is -1 or 0: no val image
     return (cs.subset(i for i in cs.images if i not in val_ids),
             cs.subset(i for i in cs.images if i in val_ids))
 
