@@ -66,9 +66,9 @@ cfg, _ = setup(PROFILE)
 # profiles find UIT-ViIC or Flickr8k under `/kaggle/input`, or take `data.train_annotations`.
 
 # %%
-raw = raw_data(cfg)
+captions_file, images_dir = raw_data(cfg)["train"]
 out = Path(cfg.data.prepared)
-print(f"captions: {raw.train}\nimages:   {raw.images}\noutputs:  {out}")
+print(f"captions: {captions_file}\nimages:   {images_dir}\noutputs:  {out}")
 
 # %% [markdown]
 # ## One image, one caption
@@ -77,9 +77,9 @@ print(f"captions: {raw.train}\nimages:   {raw.images}\noutputs:  {out}")
 # two keyboards can be one code point or three), single spaces, no space before punctuation.
 
 # %%
-listed = load_captions(raw.train)
+listed = load_captions(captions_file)
 first = next(iter(listed.images.values()))
-print(check_image(raw.images / first.file_name))
+print(check_image(images_dir / first.file_name))
 print(repr(normalize_caption("  Một  cầu thủ   đang đá bóng .")))
 
 # %% [markdown]

@@ -473,6 +473,21 @@ def test_cli_references_that_cannot_be_scored(tmp_path: Path, capsys: pytest.Cap
     assert r in line and message in line
 
 
+@pytest.mark.parametrize(("items", "message"), [
+    ([{"image_id": 1}], "item 0 has no 'caption'"),
+    ([{"image_id": 1, "caption": "a"}, {"image_id": "", "caption": "b"}],
+     "item 1 'image_id' is empty"),
+    ([{"image_id": [1], "caption": "a"}], "item 0 'image_id' must be an integer or text"),
+    ([{"image_id": 1, "caption": 7}], "item 0 'caption' must be text"),
+    (["a caption"], "item 0 is not an object"),
+])
+def test_predictions_of_a_bad_shape_are_named_as_caption_files_are(items: list,
+                                                                  message: str) -> None:
+    with pytest.raises(metrics.VicapError) as err:
+        metrics.evaluate(items, coco_refs())
+    assert str(err.value) == f"predictions: {message}"
+
+
 def test_cli_predictions_mixing_id_types(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     preds = coco_preds()
     preds[3]["image_id"] = "4"

@@ -3,7 +3,6 @@ clean.json and rejects.csv (every caption is in clean.json or rejects.csv)."""
 
 import argparse
 import csv
-import io
 from collections import Counter
 from dataclasses import astuple, fields, replace
 from pathlib import Path
@@ -13,8 +12,8 @@ from PIL import ImageFile
 
 from vicap_utils.data import Annotation, CaptionSet, ImageId, Reject, load_captions, write_coco
 from vicap_utils.images import ImageCheck, check_image
-from vicap_utils.ops.folders import output_folder, refuse_aliases, staged
-from vicap_utils.ops.io import atomic_write_json, atomic_write_text, input_dir
+from vicap_utils.ops.folders import output_folder, staged
+from vicap_utils.ops.io import atomic_write_json, input_dir
 from vicap_utils.ops.pool import process_map, worker_count
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption, syllable_count
@@ -41,21 +40,18 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
     bad input or an unusable output folder raise VicapError before any image is decoded."""
     workers = worker_count(workers)
     images_dir = input_dir(images_dir, "images folder")
-    out_dir = Path(out_dir)
-    inputs = {"--annotations": annotations_path, "--images": images_dir}
-    refuse_aliases(inputs, [("--out", out_dir / name) for name in OUTPUTS])
     cs = load_captions(annotations_path, images_dir)
+    inputs = {"--annotations": annotations_path, "--images": images_dir}
     with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:
         paths = [images_dir / info.file_name for info in cs.images.values()]
         decoded = ([check_image(p) for p in progress(paths, unit="img", desc="decoding images")]
                    if workers == 1 or len(paths) < 2 else
                    process_map(_decode, paths, workers, desc="decoding images", unit="img"))
         clean, rejects, summary = screen(cs, dict(zip(cs.images, decoded, strict=True)))
-        buffer = io.StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(
-            [[field.name for field in fields(Reject)], *(astuple(reject) for reject in rejects)])
         with staged(out) as tmp:  # the three replace the previous ones as a set
-            atomic_write_text(tmp / "rejects.csv", buffer.getvalue())
+            with open(tmp / "rejects.csv", "w", encoding="utf-8", newline="") as fh:
+                csv.writer(fh, lineterminator="\n").writerows(
+                    [[f.name for f in fields(Reject)], *(astuple(reject) for reject in rejects)])
             write_coco(clean, tmp / "clean.json")
             atomic_write_json(tmp / "audit.json", summary)
     lines = [f"{'images':<26}{summary['images_ok']:>8} ok of {summary['images_total']}",

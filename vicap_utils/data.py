@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vicap_utils.ops import checks
+from vicap_utils.ops.env import FLICKR_SPLIT_LISTS
 from vicap_utils.ops.folders import output_folder, staged
 from vicap_utils.ops.io import VicapError, atomic_write_json, input_file, read_json
 
@@ -21,9 +22,6 @@ ImageId = int | str
 
 _ANNOTATION_KEYS = ("id", "image_id", "caption")
 _KNOWN_IMAGE_FIELDS = {"id", "file_name", "width", "height", "split"}
-# Flickr8k's official split lists, found beside the token file; "dev" is our "val".
-FLICKR_SPLIT_FILES = {"Flickr_8k.trainImages.txt": "train", "Flickr_8k.devImages.txt": "val",
-                      "Flickr_8k.testImages.txt": "test"}
 _FORMATS_HINT = "expected COCO-style JSON, Flickr8k.token.txt, or captions.txt with 'image,caption'"
 _NEWLINE = re.compile(r"\r\n|\r|\n")  # what editors count as lines (not U+2028, not \x1c)
 # A non-blank Flickr8k line: line number, file name, caption, why it does not parse (or None).
@@ -120,14 +118,12 @@ def load_captions(path: str | Path, images_dir: str | Path | None = None) -> Cap
         return _read_coco(path)
     text = _read_text(path)
     head = next((line.strip() for line in _NEWLINE.split(text) if line.strip()), "")
-    key, tab, _ = head.partition("\t")
     if head.startswith(("{", "[")):
         return _read_coco(path)
     if [cell.strip().lower() for cell in head.split(",")] == ["image", "caption"]:
         return _read_flickr_csv(text)
-    if tab and "#" in key:  # name.jpg#i<TAB>caption
-        split_dirs = [path.parent, *([Path(images_dir)] if images_dir else [])]
-        return _read_flickr_token(path, text, split_dirs)
+    if "\t" in head and "#" in head.partition("\t")[0]:  # name.jpg#i<TAB>caption
+        return _read_flickr_token(text, [path.parent, *([Path(images_dir)] if images_dir else [])])
     raise VicapError(f"{path}: unknown captions format ({_FORMATS_HINT})")
 
 
@@ -142,7 +138,7 @@ def _read_coco(path: Path) -> CaptionSet:
     image_ids: dict[type, tuple[str, ImageId]] = {}  # int/str -> where the first was seen
     annotation_ids: dict[type, tuple[str, ImageId]] = {}
     images: dict[ImageId, ImageInfo] = {}
-    left_out: dict[ImageId, str] = {}  # image id -> file name, for images the reader rejected
+    listed: dict[ImageId, str] = {}  # every image id -> its file name, rejected ones too
     split: dict[ImageId, str] = {}
     rejects: list[Reject] = []
     for index, entry in enumerate(data["images"]):
@@ -153,12 +149,12 @@ def _read_coco(path: Path) -> CaptionSet:
         checks.one_id_type(path, "image ids", image_ids, image_id, f"{where} id is")
         if not isinstance(file_name, str):
             raise VicapError(f"{path}: {where} 'file_name' must be text")
-        if image_id in images or image_id in left_out:
+        if image_id in listed:
             raise VicapError(f"{path}: {where} repeats image id {checks.short(image_id)}")
+        listed[image_id] = file_name
         problem = checks.file_name_problem(file_name)
         if problem:
             rejects.append(Reject("image", image_id, file_name, *problem))
-            left_out[image_id] = file_name
             continue
         width, height = entry.get("width"), entry.get("height")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (width, height)):
@@ -175,13 +171,11 @@ def _read_coco(path: Path) -> CaptionSet:
         checks.one_id_type(path, "annotation ids", annotation_ids, entry["id"], f"{where} id is")
         checks.one_id_type(path, "image ids", image_ids, entry["image_id"], f"{where} image_id is")
         image_id, problem = entry["image_id"], checks.caption_problem(entry["caption"])
-        if image_id in left_out:
-            rejects.append(Reject("annotation", entry["id"], left_out[image_id],
-                                  "orphaned_by_image", f"image {checks.short(image_id)} was "
-                                  "rejected"))
+        if image_id in listed and image_id not in images:
+            rejects.append(Reject("annotation", entry["id"], listed[image_id], "orphaned_by_image",
+                                  f"image {checks.short(image_id)} was rejected"))
         elif problem:
-            info = images.get(image_id)
-            rejects.append(Reject("annotation", entry["id"], info.file_name if info else "",
+            rejects.append(Reject("annotation", entry["id"], listed.get(image_id, ""),
                                   "caption_not_text", problem))
         else:  # a null caption becomes empty text
             annotations.append(Annotation(entry["id"], entry["image_id"], entry["caption"] or "",
@@ -191,7 +185,7 @@ def _read_coco(path: Path) -> CaptionSet:
     return CaptionSet(images, annotations, split, extra, rejects)
 
 
-def _read_flickr_token(path: Path, text: str, split_dirs: Iterable[Path]) -> CaptionSet:
+def _read_flickr_token(text: str, split_dirs: Iterable[Path]) -> CaptionSet:
     """Flickr8k.token.txt (`name.jpg#i<TAB>caption`), with the official split lists when the
     folders in `split_dirs` hold them. A line without a tab is a `malformed_line` reject."""
     rows: list[_Row] = []
@@ -203,7 +197,7 @@ def _read_flickr_token(path: Path, text: str, split_dirs: Iterable[Path]) -> Cap
                          None if tab and name else "expected 'name.jpg#N<TAB>caption'"))
     cs = _from_rows(rows)
     for folder in split_dirs:
-        for file_name, split_name in FLICKR_SPLIT_FILES.items():
+        for split_name, file_name in FLICKR_SPLIT_LISTS.items():  # "dev" is our "val"
             if (folder / file_name).is_file():
                 names = _read_text(folder / file_name).split()
                 cs.split.update({name: split_name for name in names if name in cs.images})
@@ -253,26 +247,23 @@ def _others(entry: dict[str, Any], known: set[str]) -> dict[str, Any]:
 def _from_rows(rows: list[_Row]) -> CaptionSet:
     """A set from Flickr8k lines: image id = full file name, annotation id = caption number
     (counted over non-blank lines, so a rejected line does not renumber the ones after it)."""
-    images: dict[ImageId, ImageInfo] = {}
-    left_out: set[str] = set()
+    problems: dict[str, tuple[str, str] | None] = {}  # file name -> why it is rejected, or None
     annotations, rejects = [], []
     for number, (lineno, name, caption, problem) in enumerate(rows, start=1):
         if problem:
             rejects.append(Reject("annotation", number, name, "malformed_line",
                                   f"line {lineno}: {problem}"))
             continue
-        if name not in images and name not in left_out:
-            problem = checks.file_name_problem(name)
-            if problem:
-                rejects.append(Reject("image", name, name, *problem))
-                left_out.add(name)
-            else:
-                images[name] = ImageInfo(name, name)
-        if name in left_out:
+        if name not in problems:
+            problems[name] = checks.file_name_problem(name)
+            if problems[name]:
+                rejects.append(Reject("image", name, name, *problems[name]))
+        if problems[name]:
             rejects.append(Reject("annotation", number, name, "orphaned_by_image",
                                   f"line {lineno}: image {name!r} was rejected"))
         else:
             annotations.append(Annotation(number, name, caption))
+    images = {name: ImageInfo(name, name) for name, problem in problems.items() if not problem}
     return CaptionSet(images, annotations, rejects=rejects)
 
 
@@ -284,10 +275,9 @@ def split_by_image(cs: CaptionSet, val_fraction: float = 0.1, seed: int = 42
         raise VicapError(f"val_fraction must be between 0 and 1 (got {val_fraction})")
     ranked = sorted(cs.images, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     n_val = min(max(round(len(ranked) * val_fraction), 1), len(ranked) - 1)
-    val_ids = set(ranked[:n_val]) if len(ranked) >= 2 else set()
-    train = cs.subset(i for i in cs.images if i not in val_ids)
-    val = cs.subset(i for i in cs.images if i in val_ids)
-    return train, val
+    val_ids = set(ranked[:n_val])  # with 0 or 1 image, n_val is -1 or 0: no val image
+    return (cs.subset(i for i in cs.images if i not in val_ids),
+            cs.subset(i for i in cs.images if i in val_ids))
 
 
 def write_split(folder: Path, train: CaptionSet, val: CaptionSet, seed: int,
@@ -305,9 +295,8 @@ def cli_split(args: argparse.Namespace) -> int:
         raise VicapError(f"--val-fraction must be between 0 and 1 (got {args.val_fraction})")
     cs = load_captions(args.annotations)
     train, val = split_by_image(cs, args.val_fraction, args.seed)
-    inputs = {"--annotations": args.annotations}
     with output_folder(args.out, "split", ("train.json", "val.json", "split.json"),
-                       inputs=inputs) as out, staged(out) as tmp:
+                       inputs={"--annotations": args.annotations}) as out, staged(out) as tmp:
         write_split(tmp, train, val, args.seed, args.val_fraction)
     print(f"split {len(cs.images)} images (seed {args.seed}): {len(train.images)} train, "
           f"{len(val.images)} val -> {out}")

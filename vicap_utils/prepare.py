@@ -1,7 +1,6 @@
 """The audited, split data a run trains on (`vicap train`, notebook 01), cached: prepared.json,
 written last, holds the fingerprint that lets the same inputs be read back."""
 
-import functools
 import hashlib
 import json
 import os
@@ -24,25 +23,8 @@ SPLIT_FILES = ("train.json", "val.json", "test.json", "split.json", PREPARED_FIL
                "sources.json")
 SUB_AUDITS = ("val-audit", "test-audit")
 VERSION = 1  # bump when the audit or the split changes what they keep
-
-
-@dataclass
-class RawData:
-    """The caption files and image folders a config points at, before any audit."""
-
-    train: Path
-    images: Path
-    val: Path | None = None
-    val_images: Path | None = None
-    test: Path | None = None
-    test_images: Path | None = None
-
-    def files(self) -> dict[str, tuple[Path, Path]]:
-        """{split name: (captions file, images folder)} of the files given."""
-        given = {"train": (self.train, self.images), "val": (self.val, self.val_images),
-                 "test": (self.test, self.test_images)}
-        return {name: (captions, images or self.images)
-                for name, (captions, images) in given.items() if captions is not None}
+# Before any audit: {"train" (always), "val", "test": (captions file, images folder)}
+RawData = dict[str, tuple[Path, Path]]
 
 
 @dataclass
@@ -62,15 +44,15 @@ class PreparedData:
 
 
 def raw_data(cfg: Config) -> RawData:
-    """The configured caption files: `data.*_annotations`, the built-in synthetic set, or the
-    data set attached under /kaggle/input (its own val and test files when it has them)."""
+    """The configured caption files with their images: `data.*_annotations`, the built-in
+    synthetic set, or the data set attached under /kaggle/input (its own val and test files)."""
     d = cfg.data
     roots: tuple[Path, ...] = ()
     val = test = None
     if d.train_annotations:
         train = Path(d.train_annotations)
     elif (built := builtin_data(d)) is not None:
-        return RawData(*built)
+        return {"train": built}
     else:
         found = discover_data(cfg.profile)
         if not found.found:
@@ -83,8 +65,9 @@ def raw_data(cfg: Config) -> RawData:
                             else (found.train, found.val, found.test))
     val = Path(d.val_annotations) if d.val_annotations else val
     test = Path(d.test_annotations) if d.test_annotations else test
-    find = functools.partial(find_images_dir, hint=d.images, roots=roots)
-    return RawData(train, find(train), val, val and find(val), test, test and find(test))
+    given = {"train": train, "val": val, "test": test}
+    return {name: (path, find_images_dir(path, d.images, roots)) for name, path in given.items()
+            if path is not None}
 
 
 def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] = ()) -> Path:
@@ -116,7 +99,7 @@ def fingerprint(raw: RawData, d: DataConfig) -> str:
         "version": VERSION, "val_fraction": d.val_fraction, "split_seed": d.split_seed,
         "max_train_images": d.max_train_images, "max_val_images": d.max_val_images,
     }, sort_keys=True).encode())
-    for name, (captions, images) in raw.files().items():
+    for name, (captions, images) in raw.items():
         cs = load_captions(captions, images)  # first: a one-line error for an unreadable file
         h.update(f"\n{name}\n{hashlib.sha256(captions.read_bytes()).hexdigest()}".encode())
         for info in cs.images.values():
@@ -134,9 +117,8 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
     """Audit and split the configured data into `folder`, or read it back when it holds the set
     of the same fingerprint. An unusable folder is refused before any work."""
     raw = raw_data(cfg)
-    inputs = [(f"data.{name}_annotations", captions)
-              for name, (captions, _) in raw.files().items()]
-    inputs += [(f"{name} images", images) for name, (_, images) in raw.files().items()]
+    inputs = [(f"data.{name}_annotations", captions) for name, (captions, _) in raw.items()]
+    inputs += [(f"{name} images", images) for name, (_, images) in raw.items()]
     with output_folder(folder, "data", (*OUTPUTS, *SPLIT_FILES, *SUB_AUDITS), inputs=inputs,
                        label="data folder") as folder:
         key = fingerprint(raw, cfg.data)
@@ -149,9 +131,9 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
             rejects = saved.get("rejects", {})
         else:
             sets, rejects = _audit_and_split(cfg.data, raw, folder, workers)
-        data = PreparedData(folder, sets["train"], sets["val"], raw.images,
-                            raw.val_images or raw.images, key, rejects, reused, sets.get("test"),
-                            raw.test_images or raw.images)
+        data = PreparedData(folder, sets["train"], sets["val"], raw["train"][1],
+                            raw.get("val", raw["train"])[1], key, rejects, reused,
+                            sets.get("test"), raw.get("test", raw["train"])[1])
         if not reused:
             with staged(folder) as tmp:
                 write_split(tmp, data.train, data.val, cfg.data.split_seed, cfg.data.val_fraction)
@@ -159,7 +141,7 @@ def prepare(cfg: Config, folder: str | Path, workers: int | None = None,
                     write_coco(data.test, tmp / "test.json")
                 atomic_write_json(tmp / PREPARED_FILE, {
                     "fingerprint": key,
-                    "sources": {k: [str(c), str(i)] for k, (c, i) in raw.files().items()},
+                    "sources": {k: [str(c), str(i)] for k, (c, i) in raw.items()},
                     "rejects": rejects, "train_images": len(data.train.images),
                     "val_images": len(data.val.images)})
     rejected = ", ".join(f"{r} {n}" for r, n in data.rejects.items() if n) or "nothing"
@@ -176,7 +158,7 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
     val file as given, else Flickr8k's lists, else seeded): the sets, and rejects per reason."""
     sets: dict[str, CaptionSet] = {}
     rejects: Counter[str] = Counter()
-    for name, (captions, images) in raw.files().items():
+    for name, (captions, images) in raw.items():
         out = folder if name == "train" else folder / f"{name}-audit"
         if out != folder:
             record(folder, [out.name])
@@ -190,8 +172,9 @@ def _audit_and_split(d: DataConfig, raw: RawData, folder: Path, workers: int | N
         train, val = split_by_image(train, d.val_fraction, d.split_seed)
     sets["train"], sets["val"] = _limit(train, d.max_train_images), _limit(val, d.max_val_images)
     if not sets["train"].images or not sets["val"].images:
-        raise VicapError(f"{raw.train}: the audit left {len(sets['train'].images)} training and "
-                         f"{len(sets['val'].images)} validation images; see {folder}/rejects.csv")
+        raise VicapError(f"{raw['train'][0]}: the audit left {len(sets['train'].images)} "
+                         f"training and {len(sets['val'].images)} validation images; see "
+                         f"{folder}/rejects.csv")
     return sets, dict(rejects)
 
 

@@ -38,7 +38,7 @@ from vicap_utils.teach.notebook import setup
 from vicap_utils.toy.data import generate
 
 cfg, _ = setup(PROFILE)
-raw, out = raw_data(cfg), Path(cfg.data.prepared)
+images_dir, out = raw_data(cfg)["train"][1], Path(cfg.data.prepared)
 data = prepare(cfg, out)  # notebook 01's audited set, read back
 summary = read_json(out / "audit.json")
 clean = load_captions(out / "clean.json")
@@ -98,7 +98,7 @@ print(f"{NEW_VAL_IMAGES} of {len(new_val.images)} validation images change with 
 # %%
 same_bytes = defaultdict(list)
 for image_id, info in clean.images.items():
-    same_bytes[hashlib.sha256((raw.images / info.file_name).read_bytes()).hexdigest()].append(
+    same_bytes[hashlib.sha256((images_dir / info.file_name).read_bytes()).hexdigest()].append(
         image_id)
 print(f"{sum(len(ids) > 1 for ids in same_bytes.values())} groups of identical images "
       f"among {len(clean.images)}")

@@ -15,7 +15,7 @@ Id = int | str
 NOT_TEXT = {bool: "a boolean", int: "a number", float: "a number", list: "a list"}
 
 
-def require_keys(path: Path, where: str, entry: Any, keys: Iterable[str]) -> None:
+def require_keys(path: str | Path, where: str, entry: Any, keys: Iterable[str]) -> None:
     """Refuse an entry that is not an object, lacks a key, or whose id is neither an integer
     nor non-empty text."""
     if not isinstance(entry, dict):
@@ -82,8 +82,6 @@ def caption_problem(caption: Any) -> str | None:
 
 def short(value: Any, limit: int = 60) -> str:
     """repr(value), cut to `limit` characters (ids can have thousands of digits)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<an integer of {len(str(abs(value)))} digits>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -94,8 +92,7 @@ def load_predictions(predictions: str | Path | list) -> dict[str, tuple[Any, str
     if not isinstance(data, list):
         raise VicapError(f"{label}: expected a list of {{image_id, caption}} (COCO results)")
     out: dict[str, tuple[Any, str]] = {}
-    shape = 'is not {"image_id": int or str, "caption": str}'
-    for image_id, caption in _checked_items(label, data, "item", shape):
+    for image_id, caption in _checked_items(label, data, "item"):
         if str(image_id) in out:
             raise VicapError(f"{label}: more than one prediction for image_id {image_id}")
         out[str(image_id)] = (image_id, caption)
@@ -111,8 +108,7 @@ def load_references(references: str | Path | Mapping,
     if not isinstance(data, Mapping) or not isinstance(data.get("annotations"), list):
         raise VicapError(f"{label}: expected COCO-style captions JSON with an 'annotations' list")
     out: dict[str, tuple[Any, list[str]]] = {}
-    shape = "lacks an image_id or a caption string"
-    for image_id, caption in _checked_items(label, data["annotations"], "annotation", shape):
+    for image_id, caption in _checked_items(label, data["annotations"], "annotation"):
         out.setdefault(str(image_id), (image_id, []))[1].append(caption)
     if not out:
         raise VicapError(f"{label}: no reference captions")
@@ -121,16 +117,15 @@ def load_references(references: str | Path | Mapping,
     return out
 
 
-def _checked_items(label: str, items: list, what: str, shape: str) -> Iterator[tuple[Any, str]]:
-    """(image_id, caption) of each item; refuses a bad shape, mixed id types (`1` and `"1"`
-    would merge into one image) and a lone surrogate (it cannot be written or tokenized)."""
+def _checked_items(label: str, items: list, what: str) -> Iterator[tuple[Any, str]]:
+    """(image_id, caption) of each item; refuses a bad shape (as `require_keys`), mixed id types
+    (`1` and `"1"` would merge into one image) and a lone surrogate (it cannot be tokenized)."""
     first: dict[type, tuple[str, Id]] = {}
     for i, item in enumerate(items):
-        image_id = item.get("image_id") if isinstance(item, Mapping) else None
-        valid_id = (isinstance(image_id, int) and not isinstance(image_id, bool)) or (
-            isinstance(image_id, str) and image_id != "")
-        if not (valid_id and isinstance(item.get("caption"), str)):
-            raise VicapError(f"{label}: {what} {i} {shape}")
+        require_keys(label, f"{what} {i}", item, ("image_id", "caption"))
+        if not isinstance(item["caption"], str):
+            raise VicapError(f"{label}: {what} {i} 'caption' must be text")
+        image_id = item["image_id"]
         one_id_type(label, "image ids", first, image_id, f"{what} {i} has image_id")
         if SURROGATE.search(item["caption"]):
             raise VicapError(f"{label}: {what} {i} has a caption that is not valid Unicode "

@@ -54,13 +54,11 @@ def process_map(func: Callable[[Any], Any], items: Sequence[Any], workers: int, 
 
 
 def _pool_context() -> BaseContext:
-    """`fork` (quick) when this process runs a single thread, else `forkserver` or `spawn`:
-    forking a process that runs other threads (a notebook kernel, torch) can deadlock."""
+    """`fork` (quick) when this process runs a single thread, else `forkserver` (vicap is POSIX
+    only): forking a process that runs other threads (a notebook kernel, torch) can deadlock."""
     tasks = "/proc/self/task"  # Linux lists a process's threads here
     single_thread = os.path.isdir(tasks) and len(os.listdir(tasks)) == 1
-    forkserver = "forkserver" in multiprocessing.get_all_start_methods()  # not on Windows
-    method = "fork" if single_thread else "forkserver" if forkserver else "spawn"
-    return multiprocessing.get_context(method)
+    return multiprocessing.get_context("fork" if single_thread else "forkserver")
 
 
 def _worker_start(parent: int) -> None:
