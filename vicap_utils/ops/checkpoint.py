@@ -147,8 +147,7 @@ def read_state(path: Path) -> RunState:
     for name, hint in typing.get_type_hints(RunState).items():
         if name not in raw:
             if name in STATE_REQUIRED:
-                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); "
-                                 f"{START_AGAIN}")
+                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); {START_AGAIN}")
             continue
         try:  # strict: a bool is no number, an int is a float, list items are checked
             pydantic.TypeAdapter(hint).validate_python(raw[name], strict=True)
@@ -198,8 +197,7 @@ def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> 
         if name is not None:
             fit = (f"{name} has shape {list(weights[name].shape)}, the model's "
                    f"{list(params[name].shape)}") if name in params else f"no parameter {name}"
-            raise VicapError(f"{path}: checkpoint does not fit this model ({fit}); "
-                             f"{START_AGAIN}")
+            raise VicapError(f"{path}: checkpoint does not fit this model ({fit}); {START_AGAIN}")
         model.load_state_dict(weights, strict=False)
     parts = [(optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")]
     if scaler is not None and (last / "scaler.pt").is_file():

@@ -155,9 +155,8 @@ def folder_lock(folder: PathLike, label: str = "--out") -> Iterator[Path]:
     left; a second writer gets a one-line VicapError at once, naming the option (`label`)."""
     folder = make_output_dir(folder)
     lock = FileLock(Path(os.path.realpath(folder)) / LOCK, timeout=0, is_singleton=True)
-    if lock.is_locked:  # this process holds it already
-        with lock:
-            yield folder
+    if lock.is_locked:  # this process holds it already: nothing to take or release
+        yield folder
         return
     _acquire(lock, folder, label)
     try:
