@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vicap_utils.ops import handover
+from vicap_utils.ops.env import kaggle_input
 from vicap_utils.ops.io import VicapError
 
 LAST_FILES = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
@@ -34,6 +35,14 @@ def make_run(run: Path, *, finished: bool = False, step: int = 40, profile: str 
     if when is not None:
         os.utime(run / "last" / "state.json", (when, when))
     return run
+
+
+def find_resumable(out_dir: Path, input_root: Path | None = None,
+                   profile: str | None = None) -> Path | None:
+    """The newest unfinished run (of `profile`) in `out_dir`, else under `input_root` (default
+    the Kaggle input root), or None."""
+    return (handover.newest_unfinished(out_dir, profile)
+            or handover.newest_unfinished(input_root or kaggle_input(), profile))
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -65,8 +74,8 @@ def sessions(tmp_path, monkeypatch):
 
 def test_unfinished_run_is_found_in_the_output_folder_first(sessions):
     s1, _, run = sessions
-    assert handover.find_resumable(s1 / "working", s1 / "input") == run
-    assert handover.find_resumable(run, s1 / "input") == run
+    assert find_resumable(s1 / "working", s1 / "input") == run
+    assert find_resumable(run, s1 / "input") == run
     assert handover.prepare_resume(run) == run  # nothing to copy: it is already here
 
 
@@ -75,7 +84,7 @@ def test_next_session_finds_the_run_under_input_and_copies_it_back(sessions, cap
     mounted = attach_as_input(s1 / "working", s2 / "input", "vicap-03-finetune-lora")
     before = snapshot(mounted)
     src = mounted / "runs" / "uitviic-blip"
-    assert handover.find_resumable(s2 / "working") == src  # the finished run is not a candidate
+    assert find_resumable(s2 / "working") == src  # the finished run is not a candidate
 
     dst = s2 / "working" / "runs" / "uitviic-blip"
     dst.mkdir(parents=True)  # notebook.run_dir() creates the (empty) run folder first
@@ -86,7 +95,7 @@ def test_next_session_finds_the_run_under_input_and_copies_it_back(sessions, cap
     assert snapshot(mounted) == before  # the input is never written
     assert all(p.stat().st_mode & 0o200 for p in [dst, *dst.rglob("*")])  # ours to write
     assert [p.name for p in dst.parent.iterdir()] == ["uitviic-blip"]  # no temporary left
-    assert handover.find_resumable(s2 / "working") == dst
+    assert find_resumable(s2 / "working") == dst
     assert handover.prepare_resume(dst) == dst and capsys.readouterr().out == ""
 
 
@@ -95,10 +104,10 @@ def test_newest_unfinished_run_of_the_profile_wins(sessions):
     make_run(s1 / "working" / "runs" / "older", step=20, when=1_600_000_000)
     make_run(s1 / "working" / "runs" / "flickr", profile="flickr8k-blip2", when=1_800_000_000)
     mounted = attach_as_input(s1 / "working", s2 / "input", "vicap-03")
-    assert handover.find_resumable(s2 / "working") == mounted / "runs" / "flickr"
-    assert handover.find_resumable(s2 / "working", profile="uitviic-blip") == \
+    assert find_resumable(s2 / "working") == mounted / "runs" / "flickr"
+    assert find_resumable(s2 / "working", profile="uitviic-blip") == \
         mounted / "runs" / "uitviic-blip"
-    assert handover.find_resumable(s2 / "working", profile="mini") is None
+    assert find_resumable(s2 / "working", profile="mini") is None
 
 
 def test_never_copies_over_a_folder_that_holds_something(sessions):
@@ -134,7 +143,7 @@ def test_what_counts_as_unfinished(tmp_path):
     assert not handover.is_unfinished(run)
     assert not handover.is_unfinished(make_run(tmp_path / "b", finished=True))
     assert not handover.is_unfinished(tmp_path / "nothing")
-    assert handover.find_resumable(tmp_path / "nowhere", tmp_path / "nothing") is None
+    assert find_resumable(tmp_path / "nowhere", tmp_path / "nothing") is None
     assert handover.prepare_resume(tmp_path / "new", input_root=tmp_path / "nothing") is None
 
 

@@ -7,7 +7,7 @@ from vicap_utils.captioner import Captioner, Decoding, base_config, caption, tex
 from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
-from vicap_utils.ops.adapters import ModelRef, load_for_inference, model_ref
+from vicap_utils.ops.adapters import ModelRef, load_model, model_ref
 from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, output_file, path_problem
 from vicap_utils.ops.progress import progress
 
@@ -47,7 +47,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     folders.refuse_aliases(read, {"--out": out})
     folders.refuse_foreign_files(out.parent, [out.name], overwrite=overwrite)
     dec = dec or Decoding.from_eval(ref.eval)
-    cap = load_for_inference(ref)
+    cap = load_model(ref)
     start = time.time()
     captions = predict_images(cap, paths, dec, batch_size or ref.eval.batch_size)
     results = [{"image_id": i, "caption": c} for i, c in zip(ids, captions)]

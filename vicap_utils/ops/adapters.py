@@ -10,7 +10,7 @@ from safetensors import safe_open
 
 from vicap_utils.captioner import Captioner, extend_vocabulary, family_of, load_base, place
 from vicap_utils.config import EvalConfig, ModelConfig, config_from_dict
-from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, error_summary, read_json
+from vicap_utils.ops.io import VicapError, atomic_dir, atomic_write_json, read_json, reading_as
 from vicap_utils.ops.weights import model_type
 
 META_FILE = "vicap.json"
@@ -19,16 +19,14 @@ USE_A_RUN = "use a run's best/ or final/ folder"
 
 
 def write_adapter(cap: Captioner, folder: str | Path, config: dict[str, Any],
-                  vocab_entries: list[str], extra: dict[str, Any] | None = None) -> Path:
+                  vocab_entries: list[str], extra: dict[str, Any] | None = None) -> None:
     """Write the adapter, the processor and vicap.json as `folder` in one atomic step."""
-    folder = Path(folder)
     with atomic_dir(folder) as tmp:
         cap.model.save_pretrained(tmp, safe_serialization=True)
         cap.processor.save_pretrained(tmp)
         atomic_write_json(tmp / META_FILE, {
             "family": cap.family, "base": config["model"]["base"],
             "vocab_entries": vocab_entries, "config": config, **(extra or {})})
-    return folder
 
 
 def is_adapter(folder: str | Path) -> bool:
@@ -69,12 +67,9 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
         if not (isinstance(entries, list) and all(isinstance(e, str) for e in entries)):
             raise VicapError(f"{path / META_FILE}: 'vocab_entries' must be a list of text; "
                              f"{USE_A_RUN}")
-        try:  # refuse weights that are empty, cut short or not safetensors before loading
-            with safe_open(str(path / WEIGHTS_FILE), "pt") as weights:
-                weights.keys()
-        except Exception as exc:  # safetensors raises its own SafetensorError
-            raise VicapError(f"{path / WEIGHTS_FILE}: damaged adapter weights "
-                             f"({error_summary(exc)}); {USE_A_RUN}, or train again") from None
+        with reading_as(path / WEIGHTS_FILE, "damaged adapter weights",
+                        f"{USE_A_RUN}, or train again") as file, safe_open(str(file), "pt") as w:
+            w.keys()  # weights empty, cut short or not safetensors: refused before loading
         return ModelRef(spec, cfg.model, path, cfg.eval, entries)
     if path.is_dir() and not (path / "config.json").is_file():
         raise VicapError(f"{path}: neither an adapter folder (no {META_FILE}) nor a saved model "
@@ -82,24 +77,18 @@ def model_ref(spec: str, no_adapter: bool = False) -> ModelRef:
     return ModelRef(spec, ModelConfig(base=spec, family=family_of(model_type(spec))))
 
 
-def load_for_inference(ref: ModelRef) -> Captioner:
-    """The captioner a ModelRef names, on the GPU if any, in eval mode."""
+def load_model(spec: str | ModelRef, no_adapter: bool = False) -> Captioner:
+    """The captioner `--model spec [--no-adapter]` (or a ModelRef resolved before) names, on the
+    GPU if any, in eval mode."""
+    ref = spec if isinstance(spec, ModelRef) else model_ref(spec, no_adapter)
     cap = load_base(ref.model)
     if ref.adapter is not None:
         from peft import PeftModel  # slow to import; only an adapter needs it
 
         extend_vocabulary(cap, entries=ref.vocab_entries)
-        try:
+        with reading_as(ref.adapter, f"cannot load the adapter onto its base {ref.model.base!r}",
+                        "use the base it was trained on, or train again"):
             cap.model = PeftModel.from_pretrained(cap.model, str(ref.adapter))
-        except Exception as exc:  # peft, torch and safetensors each raise their own types
-            raise VicapError(f"{ref.adapter}: cannot load the adapter onto its base "
-                             f"{ref.model.base!r} ({error_summary(exc)}); use the base it was "
-                             "trained on, or train again") from None
     place(cap, "cuda" if torch.cuda.is_available() else "cpu")
     cap.model.eval()
     return cap
-
-
-def load_model(spec: str, no_adapter: bool = False) -> Captioner:
-    """The captioner `--model spec [--no-adapter]` names, ready to caption."""
-    return load_for_inference(model_ref(spec, no_adapter))

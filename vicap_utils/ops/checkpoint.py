@@ -1,14 +1,13 @@
 """A run's folder and its resumable `last/` (trainable weights, optimizer, scheduler, scaler, each
 process's RNG; atomic): a run killed and resumed ends as an uninterrupted one."""
 
-import contextlib
 import io
 import random
 import reprlib
 import typing
 import zipfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +24,8 @@ from vicap_utils.ops.io import (
     VicapError,
     atomic_dir,
     atomic_write_json,
-    error_summary,
     read_json,
+    reading_as,
     recover_dir,
 )
 from vicap_utils.prepare import SPLIT_FILES, SUB_AUDITS
@@ -48,6 +47,8 @@ START_AGAIN = "start again with --overwrite instead of --resume"
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "text",
               dict[str, Any]: "an object", list[str]: "a list of text",
               list[dict[str, Any]]: "a list of objects"}
+# Any failure to read or apply a checkpoint file, as a one-line error naming it.
+damaged = partial(reading_as, what="damaged checkpoint file", fix=START_AGAIN)
 
 
 @dataclass
@@ -82,14 +83,13 @@ def open_run(out: Path, cfg: Config, resume: bool, overwrite: bool,
     refuse_inputs_in_outputs(out, cfg)
     if writer:
         claim(out, "run", RUN_ENTRIES, overwrite=overwrite)
-        record(out, RUN_STARTED)
         last = recover_dir(out / "last")
+        if overwrite and not resume:
+            remove_owned(out, RUN_OUTPUTS)
+        record(out, RUN_STARTED)
     else:
         last = out / "last" if (out / "last").is_dir() else None
     if overwrite and not resume:
-        if writer:
-            remove_owned(out, RUN_OUTPUTS)
-            record(out, RUN_STARTED)
         return None
     if not resume:
         if (out / "final").is_dir():
@@ -139,18 +139,6 @@ def check_last(last: Path) -> None:
                 raise ValueError(f"member {bad} fails its checksum")
 
 
-@contextlib.contextmanager
-def damaged(path: Path) -> Iterator[Path]:
-    """Turn any failure to read or apply a checkpoint file into a one-line error naming it."""
-    try:
-        yield path
-    except VicapError:
-        raise
-    except Exception as exc:  # torch, safetensors and zipfile each raise their own types
-        raise VicapError(f"{path}: damaged checkpoint file ({error_summary(exc)}); "
-                         f"{START_AGAIN}") from None
-
-
 def read_state(path: Path) -> RunState:
     """RunState from state.json (a malformed one: a one-line error; newer fields: defaults)."""
     raw = read_json(path, "checkpoint state")
@@ -159,8 +147,7 @@ def read_state(path: Path) -> RunState:
     for name, hint in typing.get_type_hints(RunState).items():
         if name not in raw:
             if name in STATE_REQUIRED:
-                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); "
-                                 f"{START_AGAIN}")
+                raise VicapError(f"{path}: malformed checkpoint state (no {name!r}); {START_AGAIN}")
             continue
         try:  # strict: a bool is no number, an int is a float, list items are checked
             pydantic.TypeAdapter(hint).validate_python(raw[name], strict=True)
@@ -205,14 +192,12 @@ def load_last(out: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> 
     with damaged(last / "trainable.safetensors") as path:
         weights = load_file(str(path))
         params = dict(model.named_parameters())
-        wrong = sorted(n for n, t in weights.items()
-                       if n not in params or params[n].shape != t.shape)
-        if wrong:
-            name = wrong[0]
+        name = min((n for n, t in weights.items()
+                    if n not in params or params[n].shape != t.shape), default=None)
+        if name is not None:
             fit = (f"{name} has shape {list(weights[name].shape)}, the model's "
                    f"{list(params[name].shape)}") if name in params else f"no parameter {name}"
-            raise VicapError(f"{path}: checkpoint does not fit this model ({fit}); "
-                             f"{START_AGAIN}")
+            raise VicapError(f"{path}: checkpoint does not fit this model ({fit}); {START_AGAIN}")
         model.load_state_dict(weights, strict=False)
     parts = [(optimizer, "optimizer.pt"), (scheduler, "scheduler.pt")]
     if scaler is not None and (last / "scaler.pt").is_file():

@@ -27,6 +27,7 @@ LOCK = ".vicap-lock"
 COMMIT = ".vicap-commit"
 STAGING_PREFIX = ".vicap-staging-"
 _REPLACED = ".vicap-replaced"
+NOT_VICAPS = "exists and vicap did not write it"
 
 PathLike = str | os.PathLike
 Labelled = Mapping[str, PathLike | None] | Iterable[tuple[str, PathLike | None]]
@@ -92,10 +93,7 @@ def claim(folder: PathLike, kind: str, names: Iterable[str] = (), *, overwrite: 
         raise VicapError(f"{folder}: already holds {', '.join(present[:3])}{more}; add "
                          "--overwrite to replace what vicap wrote there, or pick an empty --out")
     owned = set(marker["entries"]) if marker else set()
-    foreign = _foreign(folder, names, owned)
-    if foreign:
-        raise VicapError(f"{folder / foreign}: exists and vicap did not write it; move it "
-                         f"away or pick another {label}")
+    _refuse_foreign(folder, names, owned, f"{NOT_VICAPS}; move it away or pick another {label}")
     for left in folder.glob(f"{STAGING_PREFIX}*"):  # staging folders a killed vicap process left
         shutil.rmtree(left, ignore_errors=True)
     if marker is None or kind not in marker["kinds"]:
@@ -119,9 +117,7 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     names = [_checked_name(n) for n in names]
     marker = read_marker(folder)
     owned = set(marker["entries"]) if marker else set()
-    foreign = _foreign(folder, names, owned)
-    if foreign:
-        raise VicapError(f"{folder / foreign}: not removed: vicap did not write it")
+    _refuse_foreign(folder, names, owned, "not removed: vicap did not write it")
     removed = [name for name in names if os.path.lexists(folder / name)]
     for path in (folder / name for name in removed):
         if path.is_dir() and not path.is_symlink():
@@ -133,9 +129,11 @@ def remove_owned(folder: PathLike, names: Iterable[str]) -> list[str]:
     return removed
 
 
-def _foreign(folder: Path, names: Iterable[str], owned: set[str]) -> str | None:
-    """The first of `names` present in `folder` that vicap did not write, else None."""
-    return next((n for n in names if n not in owned and os.path.lexists(folder / n)), None)
+def _refuse_foreign(folder: Path, names: Iterable[str], owned: set[str], words: str) -> None:
+    """Refuse the first of `names` present in `folder` that vicap did not write: "PATH: words"."""
+    foreign = next((n for n in names if n not in owned and os.path.lexists(folder / n)), None)
+    if foreign:
+        raise VicapError(f"{folder / foreign}: {words}")
 
 
 def _valid_name(name: str) -> bool:
@@ -157,9 +155,8 @@ def folder_lock(folder: PathLike, label: str = "--out") -> Iterator[Path]:
     left; a second writer gets a one-line VicapError at once, naming the option (`label`)."""
     folder = make_output_dir(folder)
     lock = FileLock(Path(os.path.realpath(folder)) / LOCK, timeout=0, is_singleton=True)
-    if lock.is_locked:  # this process holds it already
-        with lock:
-            yield folder
+    if lock.is_locked:  # this process holds it already: nothing to take or release
+        yield folder
         return
     _acquire(lock, folder, label)
     try:
@@ -173,24 +170,23 @@ def folder_lock(folder: PathLike, label: str = "--out") -> Iterator[Path]:
 
 def _acquire(lock: FileLock, folder: Path, label: str) -> None:
     """Take `lock` and write this process's pid in it, or refuse naming the holder's pid."""
-    for _ in range(3):  # a holder may be releasing, or not have written its pid yet
+    for attempt in range(3):  # a holder may be releasing, or not have written its pid yet
         holder = lock_holder(folder)
         try:
             lock.acquire()
             Path(lock.lock_file).write_text(f"{os.getpid()}\n")
             return
         except Timeout:
-            if holder is not None:
-                raise VicapError(f"{folder}: is in use by process {holder}; wait for it or "
-                                 f"pick another {label}") from None
+            if holder is not None or attempt == 2:
+                who = "another process" if holder is None else f"process {holder}"
+                raise VicapError(f"{folder}: is in use by {who}; wait for it or pick another "
+                                 f"{label}") from None
             time.sleep(0.1)
         except OSError as exc:
             if lock.is_locked:
                 lock.release()
             raise VicapError(f"{folder}: cannot write in this output folder "
                              f"({exc.strerror or exc})") from None
-    raise VicapError(f"{folder}: is in use by another process; wait for it or pick another "
-                     f"{label}")
 
 
 def lock_holder(folder: PathLike) -> int | None:
@@ -268,14 +264,11 @@ def refuse_foreign_files(folder: PathLike, named: Iterable[str], beside: Iterabl
     unless `overwrite`; one vicap writes beside it (`beside`, a per-image CSV) in any case."""
     folder = Path(folder)
     owned = owned_entries(folder)
-    foreign = None if overwrite else _foreign(folder, named, owned)
-    if foreign:
-        raise VicapError(f"{folder / foreign}: exists and vicap did not write it; add "
-                         "--overwrite to replace it, or pick another --out")
-    foreign = _foreign(folder, beside, owned)
-    if foreign:
-        raise VicapError(f"{folder / foreign}: exists and vicap did not write it (vicap "
-                         "writes it beside --out); move it away or pick another --out")
+    if not overwrite:
+        _refuse_foreign(folder, named, owned,
+                        f"{NOT_VICAPS}; add --overwrite to replace it, or pick another --out")
+    _refuse_foreign(folder, beside, owned, f"{NOT_VICAPS} (vicap writes it beside --out); move "
+                    "it away or pick another --out")
 
 
 @contextlib.contextmanager

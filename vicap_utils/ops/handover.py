@@ -58,7 +58,7 @@ def _runs_under(root: Path, holds: Callable[[Path], object] = _last_dir) -> Iter
         dirs[:] = [] if deep else [d for d in dirs if d not in SKIP and not d.startswith(".")]
 
 
-def _newest(root: Path, profile: str | None) -> Path | None:
+def newest_unfinished(root: Path, profile: str | None) -> Path | None:
     """The newest unfinished run under `root` by checkpoint time, then optimizer steps."""
     def recency(run: Path) -> tuple[float, int]:
         last = _last_dir(run)
@@ -67,14 +67,6 @@ def _newest(root: Path, profile: str | None) -> Path | None:
 
     runs = [r for r in _runs_under(root) if is_unfinished(r) and _of_profile(r, profile)]
     return max(runs, key=recency) if runs else None
-
-
-def find_resumable(out_dir: str | Path, input_root: str | Path | None = None,
-                   profile: str | None = None) -> Path | None:
-    """The newest unfinished run (of `profile`) in `out_dir`, else under `input_root` (default
-    the Kaggle input root), or None."""
-    input_root = Path(input_root or kaggle_input())
-    return _newest(Path(out_dir), profile) or _newest(input_root, profile)
 
 
 def find_trained(profile: str, input_root: str | Path | None = None,
@@ -114,5 +106,5 @@ def prepare_resume(run_dir: str | Path, profile: str | None = None,
     run_dir = Path(run_dir)
     if _last_dir(run_dir) is not None:
         return run_dir
-    src = _newest(Path(input_root or kaggle_input()), profile)
+    src = newest_unfinished(Path(input_root or kaggle_input()), profile)
     return bring_back(src, run_dir) if src is not None else None

@@ -50,8 +50,9 @@ def path_problem(path: str | Path) -> tuple[str, str] | None:
     return None
 
 
-def _existing(path: str | Path, what: str, folder: bool) -> Path:
-    """`path` if it exists as a folder (or a regular file), else a one-line VicapError."""
+def input_file(path: str | Path, what: str = "file", folder: bool = False) -> Path:
+    """`path` if it is a readable regular file (with `folder`, an existing folder), else a
+    one-line VicapError saying what it is."""
     path = Path(path)
     problem = path_problem(path)
     if problem is not None:
@@ -62,14 +63,9 @@ def _existing(path: str | Path, what: str, folder: bool) -> Path:
     return path
 
 
-def input_file(path: str | Path, what: str = "file") -> Path:
-    """`path` if it is a readable regular file, else a one-line VicapError saying what it is."""
-    return _existing(path, what, folder=False)
-
-
 def input_dir(path: str | Path, what: str = "folder") -> Path:
     """`path` if it is an existing folder, else a one-line VicapError saying what it is."""
-    return _existing(path, what, folder=True)
+    return input_file(path, what, folder=True)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -148,6 +144,18 @@ def writing_as(tmp: Path, path: Path) -> Iterator[None]:
         raise write_error(path, OSError(code, os.strerror(code))) from None
 
 
+@contextlib.contextmanager
+def reading_as(path: Path, what: str, fix: str) -> Iterator[Path]:
+    """Retell any library's failure to read or apply `path` as one line: "PATH: what (cause);
+    fix" (torch, peft, safetensors and zipfile each raise their own types)."""
+    try:
+        yield path
+    except VicapError:
+        raise
+    except Exception as exc:
+        raise VicapError(f"{path}: {what} ({error_summary(exc)}); {fix}") from None
+
+
 def make_output_dir(path: str | Path) -> Path:
     """Create an output folder and its parents; a path that cannot be one is a VicapError."""
     path = Path(path)
@@ -212,25 +220,20 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write one file atomically (see `atomic_write_files`)."""
-    atomic_write_files({Path(path): data})
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write UTF-8 text atomically (see `atomic_write_files`)."""
+    atomic_write_files({Path(path): text.encode("utf-8")})
     return Path(path)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write UTF-8 text atomically (see `atomic_write_bytes`)."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
+def atomic_write_json(path: str | Path, data: Any) -> Path:
     """Write JSON (UTF-8, diacritics kept as they are) atomically; NaN and ±Infinity, which
     other readers refuse, as null."""
     try:
-        text = json.dumps(data, ensure_ascii=False, indent=indent, allow_nan=False)
+        text = json.dumps(data, ensure_ascii=False, indent=2, allow_nan=False)
     except ValueError:
         data = json.loads(json.dumps(data), parse_constant=lambda _: None)
-        text = json.dumps(data, ensure_ascii=False, indent=indent)
+        text = json.dumps(data, ensure_ascii=False, indent=2)
     return atomic_write_text(path, text + "\n")
 
 

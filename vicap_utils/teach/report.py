@@ -19,7 +19,7 @@ import pandas as pd
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
 from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
-from vicap_utils.ops.io import atomic_write_bytes, atomic_write_text
+from vicap_utils.ops.io import atomic_write_files, atomic_write_text
 from vicap_utils.text import syllable_count
 
 FONT = "DejaVu Sans"  # ships with matplotlib and has every Vietnamese letter
@@ -182,5 +182,5 @@ def finish(fig, out: str | Path | None, h_pad: float | None = None):
     if out is not None:
         buffer = io.BytesIO()
         fig.savefig(buffer, format=Path(out).suffix[1:] or "png", dpi=110, bbox_inches="tight")
-        atomic_write_bytes(out, buffer.getvalue())
+        atomic_write_files({Path(out): buffer.getvalue()})
     return fig
