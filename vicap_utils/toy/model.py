@@ -4,6 +4,7 @@ need, pre-trained on them in English and cached (the tiny BLIP-2 is kaggle/tiny_
 import hashlib
 import json
 import math
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.io import atomic_dir
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import strip_diacritics
-from vicap_utils.toy.data import synthetic_set, synthetic_vocabulary
+from vicap_utils.toy.data import captions_for, random_scene, synthetic_set
 from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_tokenizer
 
 # transformers 5 names the PIL image processor apart and warns when the default one falls back
@@ -46,11 +47,6 @@ class MiniSpec:
     seed: int = 0
     version: int = 2
 
-    def key(self) -> str:
-        """Short stable hash of the spec."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
 
 def mini_vocab() -> dict[str, int]:
     """The BERT entries the synthetic captions use (with or without diacritics), plus every
@@ -59,8 +55,11 @@ def mini_vocab() -> dict[str, int]:
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
     keep |= {t for t in lines if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
-    texts = synthetic_vocabulary()
-    for text in texts + [strip_diacritics(t) for t in texts]:
+    rng, texts = random.Random(0), set()
+    for _ in range(3000):  # a sample of every caption the generator writes, in both languages
+        scene = random_scene(rng)
+        texts.update(captions_for(scene, "vi", rng) + captions_for(scene, "en", rng))
+    for text in texts | {strip_diacritics(t) for t in texts}:
         keep |= set(full.backend_tokenizer.encode(text, add_special_tokens=False).tokens)
         keep |= set(full.tokenize(text))
     return {t: i for i, t in enumerate(t for t in lines if t in keep)}
@@ -80,8 +79,7 @@ def build_tiny_blip(spec: MiniSpec):
     torch.manual_seed(spec.seed)
     config = transformers.BlipConfig(text_config=text, vision_config=vision)
     model = transformers.BlipForConditionalGeneration(config)
-    size = {"height": spec.image_size, "width": spec.image_size}
-    image_processor = PIL_PROCESSOR(size=size)
+    image_processor = PIL_PROCESSOR(size={"height": spec.image_size, "width": spec.image_size})
     return model, transformers.BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
@@ -130,9 +128,8 @@ def builtin_model(name: str) -> Path | None:
     if name != "mini":
         return None
     spec = MiniSpec()
-    folder = cache_dir("mini-base") / spec.key()
-    if (folder / "config.json").is_file():
-        return folder
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir("mini-base") / key  # a new spec builds anew
     with FileLock(folder.with_name(f".{folder.name}.lock")):
         if (folder / "config.json").is_file():
             return folder
