@@ -115,7 +115,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"vicap {args.command}: interrupted\n")
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -80,7 +80,6 @@ class DataFiles:
     """A profile's data set as found: UIT-ViIC's caption files per split, or Flickr8k's one
     `captions` file with its official image lists; `image_dirs` may hold images, nearest first."""
 
-    profile: str
     train: Path | None = None
     val: Path | None = None
     test: Path | None = None
@@ -98,14 +97,13 @@ def discover_data(profile: str, root: Path | None = None) -> DataFiles:
     root = kaggle_input() if root is None else root
     hits = find_inputs(DATA_GLOBS.get(profile, []), root)
     if not hits:
-        return DataFiles(profile)
+        return DataFiles()
     # each split's file from the same data set as the training captions (most shared folders)
     splits = {s: max(find_inputs([pattern], root), default=None,
                      key=lambda p: (_shared(p.parent, hits[0].parent), -len(p.parts)))
               for s, pattern in SPLIT_GLOBS[profile].items()}
     captions = hits[0] if profile == "flickr8k-blip2" else None
-    return DataFiles(profile, **splits, captions=captions,
-                     image_dirs=image_folders(root, near=hits[0]))
+    return DataFiles(**splits, captions=captions, image_dirs=image_folders(root, near=hits[0]))
 
 
 def _shared(a: Path, b: Path) -> int:
