@@ -114,8 +114,7 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
     noun = rng.choice(EN["nouns"][scene["sport"]]) + ("s" if plural else "")
     ing, base = rng.choice(EN["verbs"][scene["sport"]])
     if not plural:
-        verb, rest = base.split(" ", 1)
-        base = f"{verb}s {rest}"
+        base = base.replace(" ", "s ", 1)  # the verb agrees: "kicks a football"
     colour = rng.choice(EN["colour_phrases"][2 if plural else 1])
     return template.format(
         n=EN["numbers"][scene["n_players"]], s=noun, c=colour.format(c=scene["shirt"]),
