@@ -102,20 +102,16 @@ def discover_data(profile: str, root: Path | None = None) -> DataFiles:
     splits = {s: max(find_inputs([pattern], root), default=None,
                      key=lambda p: (_shared(p.parent, hits[0].parent), -len(p.parts)))
               for s, pattern in SPLIT_GLOBS[profile].items()}
+    # folders named like image folders (train2017/, Images/, …), nearest first, ties shortest first
+    dirs = [p for p in find_inputs([f"**/{n}" for n in IMAGE_DIR_GLOBS], root) if p.is_dir()]
+    image_dirs = tuple(sorted(dirs, key=lambda p: -_shared(p, hits[0].parent)))
     captions = hits[0] if profile == "flickr8k-blip2" else None
-    return DataFiles(**splits, captions=captions, image_dirs=image_folders(root, near=hits[0]))
+    return DataFiles(**splits, captions=captions, image_dirs=image_dirs)
 
 
 def _shared(a: Path, b: Path) -> int:
     """How many leading path parts two paths share."""
     return len(os.path.commonprefix([a.parts, b.parts]))
-
-
-def image_folders(root: Path, near: Path) -> tuple[Path, ...]:
-    """Folders under `root` named like image folders (train2017/, Images/, …), nearest first."""
-    found = {Path(p) for name in IMAGE_DIR_GLOBS
-             for p in glob.glob(str(root / "**" / name), recursive=True) if Path(p).is_dir()}
-    return tuple(sorted(found, key=lambda p: (-_shared(p, near.parent), len(p.parts), str(p))))
 
 
 def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
