@@ -48,8 +48,10 @@ from transformers import (
 from vicap_utils import captioner
 from vicap_utils.config import Config, load_config
 from vicap_utils.ops.progress import progress
-from vicap_utils.toy.model import byte_level_tokenizer
 from vicap_utils.vocab import extension_entries, stock_blip_tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "kaggle"))
+from tiny_blip2 import byte_level_tokenizer  # the tiny BLIP-2's, shared with tests
 
 TRAIN_MODES = ("full_ft_fp32", "lora_no_cache", "lora_cached")
 GEN_MODES = ("one_at_a_time", "batched")

@@ -196,7 +196,7 @@ def tiny_blip(folder: Path) -> Path:
 def model_inputs(store: Path, profile: str) -> dict[str, Path]:
     """The profile's base model, built at random and saved for upload as the docs say
     (`bundle.py --save-base`, fp16), as the Kaggle model the kernels attach."""
-    from vicap_utils.toy.model import build_tiny_blip2
+    from tiny_blip2 import build_tiny_blip2
 
     handle = bundle.PROFILES[profile].models[0].format(owner=OWNER)
     built = store / "built" / profile

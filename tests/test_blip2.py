@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
+from tiny_blip2 import build_tiny_blip2
 
 from vicap_utils.captioner import IGNORE, Captioner, encode_captions, image_prefix, lora_targets
 from vicap_utils.config import load_config
-from vicap_utils.toy.model import build_tiny_blip2
 
 
 @pytest.fixture(scope="module")

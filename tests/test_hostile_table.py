@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from test_hostile_round2 import checksums
+from tiny_blip2 import build_tiny_blip2
 
 from vicap_utils import train
 from vicap_utils.__main__ import main
 from vicap_utils.ops import env, io
 from vicap_utils.ops.io import atomic_dir, atomic_write_json, read_json
-from vicap_utils.toy.model import build_tiny_blip2
 from vicap_utils.vocab import encode_captions, stock_blip_tokenizer
 
 REFERENCES = {"images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],

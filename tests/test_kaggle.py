@@ -319,8 +319,7 @@ def test_bundle_metadata_commands_and_whole_builds(tmp_path, monkeypatch, capsys
 def test_save_base_writes_fp16_weights_and_the_kaggle_model_metadata(tmp_path, monkeypatch,
                                                                      capsys):
     from safetensors import safe_open
-
-    from vicap_utils.toy.model import build_tiny_blip2
+    from tiny_blip2 import build_tiny_blip2
 
     source = build_tiny_blip2(tmp_path / "blip2-opt-2.7b")
     monkeypatch.setattr(sys, "argv", ["bundle.py", "--owner", "me", "--save-base", str(source),

@@ -22,8 +22,9 @@ QUIET = {"log": lambda *args, **kwargs: None}
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """(tiny BLIP-2 folder, synthetic English captions file of 12 images)."""
+    from tiny_blip2 import build_tiny_blip2
+
     from vicap_utils.toy.data import generate
-    from vicap_utils.toy.model import build_tiny_blip2
 
     root = tmp_path_factory.mktemp("precision")
     generate(root / "data", n_images=12, seed=3, lang="en")

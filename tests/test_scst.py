@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_blip2 import build_tiny_blip2
 
 from vicap_utils import captioner, scst
 from vicap_utils.__main__ import main
@@ -22,7 +23,6 @@ from vicap_utils.metrics import CiderD, compare, diversity, python_tokenize
 from vicap_utils.ops.adapters import load_model
 from vicap_utils.predict import predict_images
 from vicap_utils.toy.data import generate
-from vicap_utils.toy.model import build_tiny_blip2
 
 
 def vicap(*args: str) -> None:

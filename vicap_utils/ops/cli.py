@@ -14,6 +14,7 @@ COMMANDS = {"synth": "vicap_utils.toy.data", "audit": "vicap_utils.audit",
             "split": "vicap_utils.data", "train": "vicap_utils.train",
             "predict": "vicap_utils.predict", "evaluate": "vicap_utils.metrics",
             "env": "vicap_utils.ops.env"}
+REPLACE_FOREIGN = "replace an existing --out file that vicap did not write"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,11 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotations", required=True, help="COCO-style JSON listing the images")
     p.add_argument("--images", required=True, help="images folder")
     p.add_argument("--out", required=True, help="predictions JSON (COCO results)")
-    p.add_argument("--num-beams", type=int, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file that vicap did not write")
+    for flag in ("--num-beams", "--max-new-tokens", "--batch-size"):  # unset: the model's eval.*
+        p.add_argument(flag, type=int)
+    p.add_argument("--overwrite", action="store_true", help=REPLACE_FOREIGN)
 
     p = sub.add_parser("evaluate", help="score predictions against references")
     p.add_argument("--predictions", required=True, help="COCO results JSON")
@@ -88,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Vietnamese words first (needs underthesea), as KTVIC's published scores")
     p.add_argument("--compare", metavar="METRICS_JSON",
                    help="also show these metrics beside another model's (e.g. cross-entropy's)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file that vicap did not write")
+    p.add_argument("--overwrite", action="store_true", help=REPLACE_FOREIGN)
 
     sub.add_parser("env", help="print where we run: Kaggle or not, GPU, inputs, output folder")
     return parser
@@ -117,7 +115,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"vicap {args.command}: interrupted\n")
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,15 +12,16 @@ from pathlib import Path
 from vicap_utils.ops.hardware import detect
 from vicap_utils.ops.io import VicapError
 
-# Globs under the Kaggle input root that find each data set, whatever the mount layout: UIT-ViIC
-# as uitvi(i)c_captions_{split}2017(_v2).json; Flickr8k as Flickr8k.token.txt or captions.txt.
-UITVIIC_SPLIT_GLOB = "**/uitvi*c_captions_{split}*.json"
-DATA_GLOBS = {
-    "uitviic-blip": [UITVIIC_SPLIT_GLOB.format(split="train")],
-    "flickr8k-blip2": ["**/Flickr8k.token.txt", "**/flickr8k*/**/captions.txt"],
+# Globs under the Kaggle input root, whatever the mount layout: each split's file (UIT-ViIC's
+# uitvi(i)c_captions_{split}2017(_v2).json, Flickr8k's official image lists), and the files
+# that find each data set (Flickr8k's captions as Flickr8k.token.txt or captions.txt).
+SPLIT_GLOBS = {
+    "uitviic-blip": {s: f"**/uitvi*c_captions_{s}*.json" for s in ("train", "val", "test")},
+    "flickr8k-blip2": {s: f"**/Flickr_8k.{name}Images.txt"
+                       for s, name in (("train", "train"), ("val", "dev"), ("test", "test"))},
 }
-FLICKR_SPLIT_LISTS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
-                      "test": "Flickr_8k.testImages.txt"}
+DATA_GLOBS = {"uitviic-blip": [SPLIT_GLOBS["uitviic-blip"]["train"]],
+              "flickr8k-blip2": ["**/Flickr8k.token.txt", "**/flickr8k*/**/captions.txt"]}
 # Folder names that usually hold a data set's images, best first.
 IMAGE_DIR_GLOBS = ["train2017", "val2017", "test2017", "*train2017*", "*val2017*", "*test2017*",
                    "images", "Images", "Flicker8k_Dataset", "Flickr8k_Dataset"]
@@ -70,8 +71,6 @@ def _usable(path: Path, variable: str) -> Path:
 def find_inputs(patterns: list[str], root: Path | None = None) -> list[Path]:
     """Files under `root` (default the Kaggle input root) matching any glob, shortest first."""
     root = kaggle_input() if root is None else root
-    if not root.is_dir():
-        return []
     hits = {Path(p) for pat in patterns for p in glob.glob(str(root / pat), recursive=True)}
     return sorted(hits, key=lambda p: (len(p.parts), str(p)))
 
@@ -81,7 +80,6 @@ class DataFiles:
     """A profile's data set as found: UIT-ViIC's caption files per split, or Flickr8k's one
     `captions` file with its official image lists; `image_dirs` may hold images, nearest first."""
 
-    profile: str
     train: Path | None = None
     val: Path | None = None
     test: Path | None = None
@@ -99,16 +97,16 @@ def discover_data(profile: str, root: Path | None = None) -> DataFiles:
     root = kaggle_input() if root is None else root
     hits = find_inputs(DATA_GLOBS.get(profile, []), root)
     if not hits:
-        return DataFiles(profile)
-    if profile == "flickr8k-blip2":
-        split_globs = {s: f"**/{name}" for s, name in FLICKR_SPLIT_LISTS.items()}
-    else:
-        split_globs = {s: UITVIIC_SPLIT_GLOB.format(split=s) for s in ("train", "val", "test")}
-    splits = {s: _nearest(find_inputs([pattern], root), hits[0])
-              for s, pattern in split_globs.items()}
+        return DataFiles()
+    # each split's file from the same data set as the training captions (most shared folders)
+    splits = {s: max(find_inputs([pattern], root), default=None,
+                     key=lambda p: (_shared(p.parent, hits[0].parent), -len(p.parts)))
+              for s, pattern in SPLIT_GLOBS[profile].items()}
+    # folders named like image folders (train2017/, Images/, …), nearest first, ties shortest first
+    dirs = [p for p in find_inputs([f"**/{n}" for n in IMAGE_DIR_GLOBS], root) if p.is_dir()]
+    image_dirs = tuple(sorted(dirs, key=lambda p: -_shared(p, hits[0].parent)))
     captions = hits[0] if profile == "flickr8k-blip2" else None
-    return DataFiles(profile, **splits, captions=captions,
-                     image_dirs=image_folders(root, near=hits[0]))
+    return DataFiles(**splits, captions=captions, image_dirs=image_dirs)
 
 
 def _shared(a: Path, b: Path) -> int:
@@ -116,27 +114,11 @@ def _shared(a: Path, b: Path) -> int:
     return len(os.path.commonprefix([a.parts, b.parts]))
 
 
-def _nearest(paths: list[Path], anchor: Path) -> Path | None:
-    """The path in the same data set as `anchor` (longest shared folder prefix), else None."""
-    if not paths:
-        return None
-    return max(paths, key=lambda p: (_shared(p.parent, anchor.parent), -len(p.parts)))
-
-
-def image_folders(root: Path, near: Path) -> tuple[Path, ...]:
-    """Folders under `root` named like image folders (train2017/, Images/, …), nearest first."""
-    found = {Path(p) for name in IMAGE_DIR_GLOBS
-             for p in glob.glob(str(root / "**" / name), recursive=True) if Path(p).is_dir()}
-    return tuple(sorted(found, key=lambda p: (-_shared(p, near.parent), len(p.parts), str(p))))
-
-
 def find_image_folder(file_names: Iterable[str], roots: Iterable[Path] | None = None,
                       sample: int = 20) -> Path | None:
     """The folder under `roots` (default the Kaggle input root) holding most of an even sample
     of the given images, matched by base name; None when no folder has any."""
     names = sorted({Path(n).name for n in file_names})
-    if not names:
-        return None
     probe = names[::max(len(names) // sample, 1)][:sample]
     roots = [kaggle_input()] if roots is None else [Path(r) for r in roots]
     best, best_hits = None, 0

@@ -74,8 +74,7 @@ def encode_images(cap: Captioner, paths: Sequence[Path], folder: Path | None = N
     rows = range(min(len(paths), rank * share), min(len(paths), (rank + 1) * share))
     batches = _batches(cap, paths, rows, batch_size, f"caching {name} image features", show)
     if world > 1:
-        log(f"vision features: {world} processes encode a share each, memory-mapped under "
-            f"{folder}")
+        log(f"vision features: {world} processes encode a share each, memory-mapped under {folder}")
         return _mapped(cap, paths, folder, name, batches, log, rank, world)
     start, first = next(batches)
     batches = itertools.chain([(start, first)], batches)

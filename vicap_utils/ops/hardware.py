@@ -166,8 +166,7 @@ def plan(family: str, load_in_8bit: bool, setting: str, real_profile: bool,
     if facts.emulated:  # fp16 unless "no", and 8-bit BLIP-2 (bitsandbytes' CPU backend)
         notices.insert(0, f"{EMULATE_T4}=1: running a T4's plan on the CPU, slowly (tests, "
                           "rehearsals)")
-        return Plan("cpu", "no" if setting == "no" else "fp16", eight_bit, 0, facts,
-                    tuple(notices))
+        return Plan("cpu", "no" if setting == "no" else "fp16", eight_bit, 0, facts, tuple(notices))
     if not facts.count:
         error = ("no CUDA GPU here, and real profiles need one (on Kaggle: "
                  f"{PICK_INSTEAD}); on a CPU use --profile mini") if real_profile else ""
@@ -195,5 +194,4 @@ def plan_for(cfg) -> Plan:
     """The plan for a resolved Config here; a built-in toy or a saved folder is no real profile."""
     base = cfg.model.base
     real = base not in BUILTIN_MODELS and not Path(base).expanduser().is_dir()
-    return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real,
-                detect())
+    return plan(cfg.model.family, cfg.model.load_in_8bit, cfg.train.mixed_precision, real, detect())

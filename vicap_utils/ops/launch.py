@@ -13,7 +13,6 @@ from typing import TextIO
 
 from vicap_utils.ops.io import VicapError
 
-_TAIL_LINES = 200
 _PYTHON_ERROR = re.compile(r"^\s*(?:\w+\.)*\w*(?:Error|Exception|Interrupt): \S")
 _LAUNCHER_NOISE = ("torch.distributed.elastic", "ChildFailedError")
 
@@ -47,7 +46,7 @@ def run_streamed(command: Sequence[str], env: Mapping[str, str] | None = None,
     proc = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=full_env, start_new_session=True)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    tail: deque[str] = deque(maxlen=_TAIL_LINES)
+    tail: deque[str] = deque(maxlen=200)  # enough for error_line to find the cause
     pending = ""
     try:
         while chunk := os.read(proc.stdout.fileno(), 65536):

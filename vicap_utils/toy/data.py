@@ -29,6 +29,7 @@ SHIRTS: dict[str, RGB] = {"red": (215, 30, 35), "yellow": (250, 215, 10),
                           "white": (245, 245, 245), "black": (25, 25, 28)}
 LANGS = ("vi", "en")
 SYNTH_OUTPUTS = ("captions.json", "images", "captions.txt")  # the last with defects only
+SIZE = (160, 120)  # the drawn set's images: width, height
 SUPERSAMPLE = 2  # draw at twice the size, then downscale: smooth edges without blurring
 
 GROUND: dict[str, RGB] = {"grass": (62, 150, 62), "hard": (45, 95, 170), "clay": (196, 104, 62),
@@ -113,8 +114,7 @@ def _fill_en(template: str, scene: dict[str, Any], rng: random.Random) -> str:
     noun = rng.choice(EN["nouns"][scene["sport"]]) + ("s" if plural else "")
     ing, base = rng.choice(EN["verbs"][scene["sport"]])
     if not plural:
-        verb, rest = base.split(" ", 1)
-        base = f"{verb}s {rest}"
+        base = base.replace(" ", "s ", 1)  # the verb agrees: "kicks a football"
     colour = rng.choice(EN["colour_phrases"][2 if plural else 1])
     return template.format(
         n=EN["numbers"][scene["n_players"]], s=noun, c=colour.format(c=scene["shirt"]),
@@ -344,8 +344,7 @@ def draw_scene(scene: dict[str, Any], size: tuple[int, int], rng: random.Random)
 
 
 def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str = "vi",
-             size: tuple[int, int] = (160, 120), overwrite: bool = False,
-             defects: bool = False) -> Path:
+             overwrite: bool = False, defects: bool = False) -> Path:
     """Draw `n_images` JPEGs (image i from (seed, i) only) into out_dir/images/, captions.json
     beside; a non-empty folder needs `overwrite`; `defects` (≥ 8 images): notebook 01's set."""
     if n_images < 1:
@@ -355,7 +354,7 @@ def generate(out_dir: str | Path, n_images: int = 300, seed: int = 0, lang: str 
     with output_folder(out_dir, "synth", SYNTH_OUTPUTS, overwrite=overwrite, empty=True) as out:
         _refuse_foreign_images(out)
         with staged(out) as tmp:
-            _draw_set(tmp, n_images, seed, lang, size, defects)
+            _draw_set(tmp, n_images, seed, lang, defects)
     return out / "captions.json"
 
 
@@ -371,8 +370,7 @@ def _refuse_foreign_images(out: Path) -> None:
                          "would replace images/; move it away or pick another --out")
 
 
-def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int, int],
-              defects: bool = False) -> None:
+def _draw_set(folder: Path, n_images: int, seed: int, lang: str, defects: bool) -> None:
     """Draw the images and write the captions file into `folder`, defects planted if asked."""
     (folder / "images").mkdir()
     images, annotations = [], []
@@ -381,8 +379,8 @@ def _draw_set(folder: Path, n_images: int, seed: int, lang: str, size: tuple[int
         rng = random.Random(f"vicap-synth:{seed}:{i}")
         scene = random_scene(rng)
         file_name = f"synth_{i:06d}.jpg"
-        draw_scene(scene, size, rng).save(folder / "images" / file_name, "JPEG", quality=90)
-        images.append({"id": i + 1, "file_name": file_name, "width": size[0], "height": size[1],
+        draw_scene(scene, SIZE, rng).save(folder / "images" / file_name, "JPEG", quality=90)
+        images.append({"id": i + 1, "file_name": file_name, "width": SIZE[0], "height": SIZE[1],
                        "scene": scene})
         annotations += [{"id": len(annotations) + k + 1, "image_id": i + 1, "caption": caption}
                         for k, caption in enumerate(captions_for(scene, lang, rng))]
@@ -425,16 +423,6 @@ def cli_synth(args: argparse.Namespace) -> int:
     print(f"vicap synth: {args.n_images} images, {args.n_images * 5} {args.lang} captions "
           f"-> {path}")
     return 0
-
-
-def synthetic_vocabulary(n_scenes: int = 3000, seed: int = 0) -> list[str]:
-    """Every caption the synthetic generator can write (sampled), in both languages."""
-    rng = random.Random(seed)
-    texts = []
-    for _ in range(n_scenes):
-        scene = random_scene(rng)
-        texts += captions_for(scene, "vi", rng) + captions_for(scene, "en", rng)
-    return sorted(set(texts))
 
 
 def builtin_data(data: DataConfig) -> tuple[Path, Path] | None:

@@ -1,5 +1,5 @@
-"""The toy models: the `mini` base (a tiny BLIP-1 with the BERT entries the synthetic captions
-need, pre-trained on them in English, cached) and the tiny BLIP-2 of tests and rehearsals."""
+"""The toy model: the `mini` base, a tiny BLIP-1 with the BERT entries the synthetic captions
+need, pre-trained on them in English and cached (the tiny BLIP-2 is kaggle/tiny_blip2.py)."""
 
 import hashlib
 import json
@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 import transformers
 from filelock import FileLock
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
@@ -20,7 +19,7 @@ from vicap_utils.ops.env import cache_dir
 from vicap_utils.ops.io import atomic_dir
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import strip_diacritics
-from vicap_utils.toy.data import captions_for, random_scene, synthetic_set, synthetic_vocabulary
+from vicap_utils.toy.data import captions_for, random_scene, synthetic_set
 from vicap_utils.vocab import bert_vocab_path, encode_captions, stock_blip_tokenizer
 
 # transformers 5 names the PIL image processor apart and warns when the default one falls back
@@ -48,11 +47,6 @@ class MiniSpec:
     seed: int = 0
     version: int = 2
 
-    def key(self) -> str:
-        """Short stable hash of the spec."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
-
 
 def mini_vocab() -> dict[str, int]:
     """The BERT entries the synthetic captions use (with or without diacritics), plus every
@@ -61,8 +55,11 @@ def mini_vocab() -> dict[str, int]:
     lines = bert_vocab_path().read_text(encoding="utf-8").splitlines()
     keep = {t for t in lines if t.startswith("[") and t.endswith("]") and "unused" not in t}
     keep |= {t for t in lines if len(t) == 1 or (t.startswith("##") and len(t) == 3)}
-    texts = synthetic_vocabulary()
-    for text in texts + [strip_diacritics(t) for t in texts]:
+    rng, texts = random.Random(0), set()
+    for _ in range(3000):  # a sample of every caption the generator writes, in both languages
+        scene = random_scene(rng)
+        texts.update(captions_for(scene, "vi", rng) + captions_for(scene, "en", rng))
+    for text in texts | {strip_diacritics(t) for t in texts}:
         keep |= set(full.backend_tokenizer.encode(text, add_special_tokens=False).tokens)
         keep |= set(full.tokenize(text))
     return {t: i for i, t in enumerate(t for t in lines if t in keep)}
@@ -82,8 +79,7 @@ def build_tiny_blip(spec: MiniSpec):
     torch.manual_seed(spec.seed)
     config = transformers.BlipConfig(text_config=text, vision_config=vision)
     model = transformers.BlipForConditionalGeneration(config)
-    size = {"height": spec.image_size, "width": spec.image_size}
-    image_processor = PIL_PROCESSOR(size=size)
+    image_processor = PIL_PROCESSOR(size={"height": spec.image_size, "width": spec.image_size})
     return model, transformers.BlipProcessor(image_processor=image_processor, tokenizer=tok)
 
 
@@ -132,9 +128,8 @@ def builtin_model(name: str) -> Path | None:
     if name != "mini":
         return None
     spec = MiniSpec()
-    folder = cache_dir("mini-base") / spec.key()
-    if (folder / "config.json").is_file():
-        return folder
+    key = hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+    folder = cache_dir("mini-base") / key  # a new spec builds anew
     with FileLock(folder.with_name(f".{folder.name}.lock")):
         if (folder / "config.json").is_file():
             return folder
@@ -151,44 +146,3 @@ def builtin_model(name: str) -> Path | None:
     print(f"mini base ready in {time.time() - start:.0f} s (final English loss {losses[-1]:.3f})")
     return folder
 
-
-def byte_level_tokenizer(corpus: list[str], vocab_size: int = 400):
-    """A byte-level BPE trained on `corpus` with OPT's special tokens and BLIP-2's `<image>`."""
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = transformers.GPT2TokenizerFast(tokenizer_object=raw, bos_token="</s>",
-                                         eos_token="</s>", unk_token="<unk>", pad_token="<pad>")
-    tok.add_tokens(["<image>"], special_tokens=True)
-    return tok
-
-
-def build_tiny_blip2(folder: Path, width: int = 32, image_size: int = 32) -> Path:
-    """Save a random one-layer BLIP-2 (OPT decoder) with a byte-level BPE into `folder`."""
-    rng = random.Random(0)
-    tok = byte_level_tokenizer([c for _ in range(200)
-                                for c in captions_for(random_scene(rng), "en", rng)])
-    part = dict(hidden_size=width, num_attention_heads=2, num_hidden_layers=1)
-    config = transformers.Blip2Config(
-        vision_config=dict(**part, intermediate_size=2 * width, image_size=image_size,
-                           patch_size=16, initializer_range=0.02),  # 1e-10 (default): blind ViT
-        qformer_config=dict(**part, intermediate_size=2 * width, encoder_hidden_size=width,
-                            vocab_size=64),
-        text_config=dict(**part, model_type="opt", vocab_size=len(tok), ffn_dim=2 * width,
-                         word_embed_proj_dim=width, max_position_embeddings=128,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id),
-        num_query_tokens=4, image_token_index=tok.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(0)
-    model = transformers.Blip2ForConditionalGeneration(config)
-    # random query tokens, as trained ones are: all-zero ones (the init) give the Q-Former's
-    # first LayerNorm a zero variance, whose gradient overflows fp16
-    torch.nn.init.normal_(model.query_tokens, std=config.initializer_range)
-    size = {"height": image_size, "width": image_size}
-    processor = transformers.Blip2Processor(PIL_PROCESSOR(size=size), tok,
-                                            num_query_tokens=4)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return Path(folder)
