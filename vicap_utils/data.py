@@ -197,7 +197,7 @@ def _read_flickr_token(text: str, split_dirs: Iterable[Path]) -> CaptionSet:
                          None if tab and name else "expected 'name.jpg#N<TAB>caption'"))
     cs = _from_rows(rows)
     for folder in split_dirs:
-        for split_name, file_name in FLICKR_SPLIT_LISTS.items():  # "dev" is our "val"
+        for split_name, file_name in FLICKR_SPLIT_LISTS.items():
             if (folder / file_name).is_file():
                 names = _read_text(folder / file_name).split()
                 cs.split.update({name: split_name for name in names if name in cs.images})

@@ -16,8 +16,10 @@ from vicap_utils import captioner
 from vicap_utils.config import load_config
 from vicap_utils.ops.adapters import load_model
 from vicap_utils.toy.data import generate
-from vicap_utils.toy.model import build_tiny_blip2
 from vicap_utils.train import Trainer, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kaggle"))
+from tiny_blip2 import build_tiny_blip2  # noqa: E402  (kaggle/, shared with the tests)
 
 
 def main():

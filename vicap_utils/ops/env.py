@@ -15,10 +15,11 @@ from vicap_utils.ops.io import VicapError
 # Globs under the Kaggle input root, whatever the mount layout: each split's file (UIT-ViIC's
 # uitvi(i)c_captions_{split}2017(_v2).json, Flickr8k's official image lists), and the files
 # that find each data set (Flickr8k's captions as Flickr8k.token.txt or captions.txt).
+FLICKR_SPLIT_LISTS = {s: f"Flickr_8k.{name}Images.txt"  # "dev" is our "val"
+                      for s, name in (("train", "train"), ("val", "dev"), ("test", "test"))}
 SPLIT_GLOBS = {
     "uitviic-blip": {s: f"**/uitvi*c_captions_{s}*.json" for s in ("train", "val", "test")},
-    "flickr8k-blip2": {s: f"**/Flickr_8k.{name}Images.txt"
-                       for s, name in (("train", "train"), ("val", "dev"), ("test", "test"))},
+    "flickr8k-blip2": {s: f"**/{name}" for s, name in FLICKR_SPLIT_LISTS.items()},
 }
 DATA_GLOBS = {"uitviic-blip": [SPLIT_GLOBS["uitviic-blip"]["train"]],
               "flickr8k-blip2": ["**/Flickr8k.token.txt", "**/flickr8k*/**/captions.txt"]}
