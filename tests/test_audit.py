@@ -337,3 +337,26 @@ def test_workers_are_checked_before_anything(defective, capsys):
     assert run_cli(annotations, images, out, "--workers", "0") == 2
     assert "--workers must be between 1 and" in capsys.readouterr().err
     assert not out.exists()
+
+
+UNGUARDED_SCRIPT = """
+import sys, threading, time
+from vicap_utils.audit import audit
+threading.Thread(target=time.sleep, args=(60,), daemon=True).start()  # as torch's threads do
+audit(sys.argv[1], sys.argv[2], sys.argv[3], workers=2)
+"""
+
+
+def test_a_script_without_a_main_guard_is_told_why_its_workers_died(defective, tmp_path):
+    """A threaded script calling audit at top level: the workers re-run it and die; vicap's
+    error names the missing `if __name__ == '__main__':`, not only memory."""
+    import subprocess
+    import sys
+
+    annotations, images, out = defective
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(annotations), str(images), str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "if __name__ == '__main__':" in done.stderr and "--workers 1" in done.stderr

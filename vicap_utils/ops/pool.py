@@ -46,7 +46,8 @@ def process_map(func: Callable[[Any], Any], items: Sequence[Any], workers: int, 
         for process in processes:
             process.terminate()
         if isinstance(exc, BrokenProcessPool):
-            raise VicapError(f"a worker process died while {desc} (out of memory?); run again "
+            raise VicapError(f"a worker process died while {desc}: out of memory, or a script "
+                             "that calls vicap outside `if __name__ == '__main__':`; run again "
                              "with --workers 1 to see where") from None
         raise
     pool.shutdown()
