@@ -75,8 +75,7 @@ from vicap_utils.teach.exercises import (
     stock_round_trip,
 )
 from vicap_utils.teach.notebook import release, setup, wrote
-from vicap_utils.train import train_on_every_gpu
-from vicap_utils.validation import validation_loss
+from vicap_utils.train import train_on_every_gpu, validation_loss
 from vicap_utils.vocab import encode_captions, special_ids
 
 cfg, run = setup(PROFILE, OVERRIDES)
@@ -87,8 +86,8 @@ device = "cuda" if torch.cuda.is_available() else "cpu"
 # The profile's settings with the overrides applied; training saves it as `config.json`, and
 # `vicap train --config config.json` repeats the run exactly.
 
-# %%
-report.config_table(asdict(cfg))
+# %% tags=["config-table"]
+pd.json_normalize(asdict(cfg), sep=".").T.map(repr).set_axis(["value"], axis=1)
 
 # %% [markdown]
 # ## 1 · The base model and its tokenizer

@@ -40,6 +40,8 @@ N_BY_HAND = 3  # images captioned and scored by hand before the full evaluation
 # `uitviic-blip` on a Kaggle T4: about 3–5 minutes for 230 images × 2 systems (estimate).
 
 # %%
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from IPython.display import Markdown, display
 from pycocoevalcap.bleu.bleu import Bleu
@@ -48,7 +50,7 @@ from pycocoevalcap.cider.cider import Cider
 from vicap_utils import captioner
 from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
-from vicap_utils.metrics import compare, python_tokenize
+from vicap_utils.metrics import DIVERSITY_KEYS, compare, python_tokenize
 from vicap_utils.ops.adapters import is_adapter, load_model
 from vicap_utils.ops.checkpoint import read_state
 from vicap_utils.teach import report
@@ -189,8 +191,21 @@ scores.round(3)
 # %%
 {label: m["unavailable"] for label, m in result.metrics.items()}
 
-# %%
-fig = report.plot_scores(scores, out=out / "scores.png")
+# %% [markdown]
+# The main scores as grouped bars, one group per metric and one bar per system; a published
+# row is hatched, as it was not measured here.
+
+# %% tags=["plot-scores"]
+cols = [m for m in ("BLEU-1", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr")
+        if m in scores.columns]
+fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 3.8))
+width = 0.8 / max(len(scores), 1)
+for k, (label, row) in enumerate(scores[cols].iterrows()):
+    ax.bar(np.arange(len(cols)) + k * width - 0.4 + width / 2, row.fillna(0).values, width,
+           label=label, hatch="//" if "published" in str(label) else None)
+ax.set(xticks=np.arange(len(cols)), xticklabels=cols, ylabel="score")
+ax.legend(fontsize=8)
+fig = report.finish(fig, out / "scores.png")
 
 # %% [markdown]
 # ## Diversity
@@ -203,7 +218,7 @@ fig = report.plot_scores(scores, out=out / "scores.png")
 # each caption: it falls only when a caption repeats itself ("người người người").
 
 # %%
-report.diversity_table(result.metrics).round(3)
+report.score_table(result.metrics, DIVERSITY_KEYS).round(3)
 
 # %% [markdown]
 # ## Cross-entropy vs self-critical training (SCST)
@@ -227,8 +242,15 @@ else:
 # CIDEr weights n-grams by their rarity across the **whole evaluated set**, so each image's
 # score is computed against the document frequencies of all validation references.
 
-# %%
-fig = report.plot_cider_hist(result.per_image, out=out / "cider_per_image.png")
+# %% tags=["cider-hist"]
+fig, ax = plt.subplots(figsize=(7, 3.6))
+top = max(float(frame["cider"].max()) for frame in result.per_image.values())
+bins = np.linspace(0, max(top, 1e-6), 30)
+for label, frame in result.per_image.items():
+    ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
+ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
+       ylabel="images")
+fig = report.finish(fig, out / "cider_per_image.png")
 
 # %%
 best = result.per_image[FINE_TUNED].sort_values("cider", ascending=False)

@@ -39,6 +39,10 @@ N_WORST = 3  # and with the lowest
 # First, the versions and hardware this run uses.
 
 # %%
+import textwrap
+
+import matplotlib.pyplot as plt
+
 from vicap_utils.images import load_rgb
 from vicap_utils.ops.adapters import load_model
 from vicap_utils.teach import report
@@ -64,7 +68,28 @@ result = evaluate_run(run, reuse=True)
 # %%
 items = report.gallery_items(result.val, result.images, result.predictions,
                              result.cider(FINE_TUNED), N_BEST, N_WORST)
-fig = report.plot_gallery(items, out=run / "eval" / "gallery.png")
+
+# %% [markdown]
+# A grid, three images a row: each image above two of its references and every system's
+# caption.
+
+# %% tags=["plot-gallery"]
+columns = 3
+fig, axes = plt.subplots(max(1, -(-len(items) // columns)), columns,
+                         figsize=(4.6 * columns, 6.2 * max(1, -(-len(items) // columns))),
+                         squeeze=False)
+for ax in axes.flat:
+    ax.axis("off")
+for ax, item in zip(axes.flat, items):
+    ax.imshow(load_rgb(item.path))
+    ax.set_title(f"{item.group} · image {item.image_id} · CIDEr {item.cider:.2f}", fontsize=9,
+                 family=report.FONT)
+    lines = [f"ref: {r}" for r in item.references[:2]]
+    lines += [f"{label}: {text}" for label, text in item.captions.items()]
+    text = "\n".join(textwrap.fill(line, 50, subsequent_indent="   ") for line in lines)
+    ax.text(0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
+            family=report.FONT)
+fig = report.finish(fig, run / "eval" / "gallery.png", h_pad=3)
 
 # %% [markdown]
 # ## A self-contained HTML page

@@ -101,8 +101,8 @@ def test_caption_button_writes_vietnamese_with_beams(app):
     assert all(isinstance(score, float) for _, score in result.captions)
     scores = [score for _, score in result.captions]
     assert scores == sorted(scores, reverse=True)
-    assert VIETNAMESE.search(result.caption), result.caption
-    assert result.caption in app.output.value and "log-prob" in app.output.value
+    assert VIETNAMESE.search(result.captions[0][0]), result.captions
+    assert result.captions[0][0] in app.output.value and "log-prob" in app.output.value
     assert f"{result.seconds:.2f} s" in app.output.value
     assert not app.button.disabled
 
@@ -135,7 +135,7 @@ def test_compare_shows_adapter_and_base_side_by_side(app):
     adapter, base = app.results
     assert adapter.model.startswith("adapter:") and base.model == "base only: mini"
     assert app.output.value.count("vicap-card'") == 2
-    assert VIETNAMESE.search(adapter.caption)
+    assert VIETNAMESE.search(adapter.captions[0][0])
 
 
 def test_uploaded_photo_is_captioned(app):
@@ -147,7 +147,7 @@ def test_uploaded_photo_is_captioned(app):
     assert app.error == "" and app.image.mode == "RGB" and app.sample.value == ""
     pick(app)
     app.button.click()
-    assert VIETNAMESE.search(app.results[0].caption)
+    assert VIETNAMESE.search(app.results[0].captions[0][0])
 
 
 @pytest.mark.parametrize("name, data, expected", [
@@ -173,7 +173,7 @@ def test_without_adapter_the_base_works_and_the_app_says_how_to_train(tmp_path):
     assert len(app.samples) == N_SAMPLES and all(k.startswith("synthetic ") for k in app.samples)
     app.button.click()
     assert app.error == "" and app.results[0].model == "base only: mini"
-    assert app.results[0].caption in app.output.value
+    assert app.results[0].captions[0][0] in app.output.value
     app.compare_button.click()
     assert "No adapter to compare with" in app.error
 
@@ -206,7 +206,7 @@ def test_size_limit_and_empty_file():
 
 def test_type_comes_from_content_not_name():
     jpeg = png_bytes(Image.new("RGB", (8, 6), (200, 10, 10)), "JPEG")
-    assert decode_upload(jpeg, "looks-like.txt").format == "JPEG"
+    assert decode_upload(jpeg, "looks-like.txt")[1] == "JPEG, RGB, 8×6"
     with pytest.raises(UploadError, match="not an image"):
         decode_upload(b"<svg xmlns='http://www.w3.org/2000/svg'/>", "picture.png")
 
@@ -215,12 +215,12 @@ def test_exif_orientation_is_applied():
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise on display
     data = png_bytes(Image.new("RGB", (40, 20)), "JPEG", exif=exif.tobytes())
-    decoded = decode_upload(data, "phone.jpg")
-    assert decoded.size == (40, 20) and decoded.image.size == (20, 40)
+    image, was = decode_upload(data, "phone.jpg")
+    assert was == "JPEG, RGB, 40×20" and image.size == (20, 40)
 
 
 @pytest.mark.parametrize("mode, fmt", [("RGBA", "PNG"), ("P", "GIF"), ("CMYK", "JPEG"),
                                        ("L", "PNG"), ("I;16", "PNG"), ("1", "BMP")])
 def test_modes_become_rgb(mode, fmt):
-    decoded = decode_upload(png_bytes(Image.new(mode, (12, 10)), fmt), f"x.{fmt.lower()}")
-    assert decoded.image.mode == "RGB" and decoded.image.size == (12, 10)
+    image, was = decode_upload(png_bytes(Image.new(mode, (12, 10)), fmt), f"x.{fmt.lower()}")
+    assert image.mode == "RGB" and image.size == (12, 10) and was == f"{fmt}, {mode}, 12×10"

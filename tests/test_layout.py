@@ -6,12 +6,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vicap_utils"
-# Issue 16 asks for at most 6,500 lines; the refactor reached 6,854 (from 8,892). The budget is a
-# ratchet at what was reached: lower it as the library thins. It rose once, to 6,975, when
-# self-critical training (issue 18, ~200 lines with notebook 04's comparison, which moved out of
-# the notebook) and the settings checked against the base (issue 19, ~100) landed, offset in part
-# by cuts (the essence fell to 2,935); raise it only with a feature, saying so in the closing note.
-PACKAGE_LINES, ESSENCE_LINES = 6975, 3000
+# Issue 16 asks for at most 6,500 lines (from 8,892) with the top-level essence at most 3,000;
+# both are met (6,496 and 2,802 when it closed). Raise a budget only with a feature, saying so in
+# the closing note; lower it as the library thins.
+PACKAGE_LINES, ESSENCE_LINES = 6500, 3000
 
 
 def modules() -> dict[str, Path]:

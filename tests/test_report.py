@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import jupytext
@@ -14,6 +15,7 @@ from PIL import Image
 
 from vicap_utils.config import profile_config
 from vicap_utils.data import Annotation, CaptionSet, ImageInfo
+from vicap_utils.metrics import DIVERSITY_KEYS
 from vicap_utils.teach import report
 from vicap_utils.vocab import extend_tokenizer, stock_blip_tokenizer
 
@@ -119,11 +121,11 @@ def test_tokenizer_audit_ranks_the_extended_tokenizer_first():
 
 
 def test_config_table_flattens_sections():
-    table = report.config_table({"profile": "mini", "train": {"epochs": 3, "lr": 1e-3},
-                                 "model": {"base": "mini"}})
-    assert table.loc["train.epochs", "value"] == 3
+    table = cell("03_finetune_lora", "config-table", cfg=profile_config("mini"))["_"]
+    assert table.loc["train.epochs", "value"] == "12" and table.loc["train.lr", "value"] == "0.002"
     assert table.loc["model.base", "value"] == "'mini'"
-    assert table.loc["profile", "value"] == "mini"
+    assert table.loc["profile", "value"] == "'mini'"
+    assert table.loc["model.prompt", "value"] == "''"  # an empty setting is seen, not blank
 
 
 def test_score_and_diversity_tables_drop_metrics_nobody_has(tmp_path):
@@ -132,24 +134,25 @@ def test_score_and_diversity_tables_drop_metrics_nobody_has(tmp_path):
     scores = report.score_table(rows)
     assert list(scores.columns) == ["BLEU-1", "CIDEr", "SPICE"]
     assert math.isnan(scores.loc["a", "SPICE"]) and scores.loc["published", "SPICE"] == 0.16
-    diversity = report.diversity_table(rows)
+    diversity = report.score_table(rows, DIVERSITY_KEYS)
     assert list(diversity.columns) == ["TTR", "vocab_size"]
-    fig = report.plot_scores(scores, out=tmp_path / "bars.png")
+    fig = cell("04_evaluate", "plot-scores", scores=scores, out=tmp_path)["fig"]
     bars = fig.axes[0].patches
     assert [b.get_height() for b in bars] == [0.4, 0.5, 0.0, 0.7]  # a, then published
     assert [b.get_hatch() for b in bars] == [None, None, "//", "//"]
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["BLEU-1", "CIDEr"]
-    assert (tmp_path / "bars.png").is_file()
+    assert (tmp_path / "scores.png").is_file()
 
 
 def test_cider_histogram(tmp_path):
     frames = {"x": pd.DataFrame({"cider": [0.0, 0.5, 1.2]}),
               "y": pd.DataFrame({"cider": [0.0, 0.0, 0.0]})}
-    fig = report.plot_cider_hist(frames, tmp_path / "hist.png")
+    fig = cell("04_evaluate", "cider-hist", result=SimpleNamespace(per_image=frames),
+               out=tmp_path)["fig"]
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
     assert sum(p.get_height() for p in ax.patches) == 6  # three images per system
-    assert (tmp_path / "hist.png").is_file()
+    assert (tmp_path / "cider_per_image.png").is_file()
 
 
 def test_gallery_picks_best_and_worst_and_writes_png_and_html(caption_set, tmp_path):
@@ -161,8 +164,11 @@ def test_gallery_picks_best_and_worst_and_writes_png_and_html(caption_set, tmp_p
         (1, "best"), (2, "best"), (3, "worst"), (0, "worst")]
     assert items[0].captions == {"zero-shot": "a ball", "fine-tuned": "quả bóng 1"}
     assert items[0].references == CAPTIONS[:2]
-    report.plot_gallery(items, tmp_path / "gallery.png", columns=2)
-    with Image.open(tmp_path / "gallery.png") as im:
+    (tmp_path / "eval").mkdir()
+    fig = cell("05_gallery", "plot-gallery", items=items, run=tmp_path)["fig"]
+    assert len(fig.axes) == 6 and [ax.get_title() for ax in fig.axes[:4]] == [
+        f"{it.group} · image {it.image_id} · CIDEr {it.cider:.2f}" for it in items]
+    with Image.open(tmp_path / "eval" / "gallery.png") as im:
         assert im.width > 400
     page = report.gallery_html(items, tmp_path / "gallery.html").read_text("utf-8")
     assert page.count("data:image/jpeg;base64,") == 4

@@ -13,7 +13,7 @@ from PIL import ImageFile
 from vicap_utils.data import Annotation, CaptionSet, ImageId, Reject, load_captions, write_coco
 from vicap_utils.images import ImageCheck, check_image
 from vicap_utils.ops.folders import output_folder, staged
-from vicap_utils.ops.io import atomic_write_json, input_dir
+from vicap_utils.ops.io import atomic_write_json, input_file
 from vicap_utils.ops.pool import process_map, worker_count
 from vicap_utils.ops.progress import progress
 from vicap_utils.text import normalize_caption, syllable_count
@@ -39,7 +39,7 @@ def audit(annotations_path: str | Path, images_dir: str | Path, out_dir: str | P
     """Audit a caption set into `out_dir`; return the audit.json content. Defects are reported;
     bad input or an unusable output folder raise VicapError before any image is decoded."""
     workers = worker_count(workers)
-    images_dir = input_dir(images_dir, "images folder")
+    images_dir = input_file(images_dir, "images folder", folder=True)
     cs = load_captions(annotations_path, images_dir)
     inputs = {"--annotations": annotations_path, "--images": images_dir}
     with output_folder(out_dir, "audit", OUTPUTS, inputs=inputs) as out:

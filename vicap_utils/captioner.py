@@ -154,8 +154,7 @@ def extend_vocabulary(cap: Captioner, captions: list[str] | None = None,
     if cap.family not in EXTENDS_VOCABULARY:
         return []
     stock = cap.tokenizer
-    entries = vocab.extension_entries(stock, captions or []) if entries is None else entries
-    extended = vocab.build_extended_tokenizer(stock, entries)
+    extended, entries = vocab.extend_tokenizer(stock, captions or [], entries)
     vocab.init_new_rows(cap.model, stock, extended, len(stock))
     cap.processor.tokenizer = extended
     cap.first_new_id = len(stock) if entries else 0
@@ -278,14 +277,12 @@ def forward(model, family: str, image: torch.Tensor, input_ids: torch.Tensor,
             attention_mask: torch.Tensor, cached: bool = False) -> torch.Tensor:
     """Next-token logits for a batch; `image` is pixels, or (`cached`) ViT features."""
     inner = inner_model(model)
-    if family == "blip":
-        # cached features are stored in fp16 (`features`): back to the decoder's dtype
-        feats = (image.to(next(inner.text_decoder.parameters()).dtype) if cached
-                 else inner.vision_model(pixel_values=image)[0])
+    feats = image if cached else vision_features(inner, image)
+    if family == "blip":  # cached features are stored in fp16 (`features`): the decoder's dtype
+        feats = feats.to(next(inner.text_decoder.parameters()).dtype)
         return inner.text_decoder(input_ids=input_ids, attention_mask=attention_mask,
                                   encoder_hidden_states=feats, return_dict=True).logits
-    embeds = blip2_inputs_embeds(inner, image if cached else vision_features(inner, image),
-                                 input_ids)
+    embeds = blip2_inputs_embeds(inner, feats, input_ids)
     return inner.language_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                 return_dict=True).logits
 
@@ -367,7 +364,6 @@ def generate(cap: Captioner, dec: Decoding, pixels: torch.Tensor | None = None,
             return inner.text_decoder.generate(
                 input_ids=start, eos_token_id=cap.tokenizer.sep_token_id,
                 pad_token_id=cap.tokenizer.pad_token_id, encoder_hidden_states=feats, **kwargs)
-        feats = vision_features(inner, pixels) if features is None else features
         start = image_prefix(cap) + [inner.config.text_config.bos_token_id]
         ids = torch.tensor([start] * len(feats), dtype=torch.long, device=device)
         return inner.language_model.generate(  # BLIP-2's generate() after its ViT

@@ -63,9 +63,12 @@ def evaluate_detailed(predictions: str | Path | list, references: str | Path | M
     files = all(isinstance(f, (str, Path)) for f in (predictions, references))
     keys, notes = checks.match_images(preds, refs, allow_missing,
                                       f"{predictions} against {references}: " if files else "")
-    train = None if train_captions is None else checks.load_train_captions(train_captions)
+    train = train_captions  # captions, or COCO-style JSON holding them (a path or loaded)
+    if isinstance(train, (str, Path, Mapping)):
+        train = [c for _, caps in checks.load_references(train, "training captions").values()
+                 for c in caps]
     hyp_raw, ref_raw = [preds[k][1] for k in keys], [refs[k][1] for k in keys]
-    flat = hyp_raw + [c for caps in ref_raw for c in caps] + (train or [])
+    flat = hyp_raw + [c for caps in ref_raw for c in caps] + list(map(str, train or []))
     if tokenization == "words":
         flat, segmenter = segment_words(flat)
         notes.append(f"captions segmented into words by {segmenter} (lower-cased first; the "

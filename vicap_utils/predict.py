@@ -8,7 +8,7 @@ from vicap_utils.data import load_captions
 from vicap_utils.images import load_rgb
 from vicap_utils.ops import folders
 from vicap_utils.ops.adapters import ModelRef, load_model, model_ref
-from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, output_file, path_problem
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_file, output_file, path_problem
 from vicap_utils.ops.progress import progress
 
 
@@ -32,7 +32,7 @@ def predict_file(ref: ModelRef, annotations: str | Path, images: str | Path, out
     if skipped:  # e.g. a file name leading out of the images folder
         raise VicapError(f"{annotations}: {len(skipped)} listed images cannot be captioned, e.g. "
                          f"image {skipped[0].id!r}: {skipped[0].detail}")
-    folder = input_dir(images, "images folder")
+    folder = input_file(images, "images folder", folder=True)
     ids = sorted(cs.images, key=str)
     paths = [folder / cs.images[i].file_name for i in ids]
     bad = [(cs.images[i].file_name, (path_problem(p) or ("", "is a folder"))[1])

@@ -13,7 +13,7 @@ from vicap_utils.config import Config, DataConfig
 from vicap_utils.data import CaptionSet, load_captions, split_by_image, write_coco, write_split
 from vicap_utils.ops.env import IMAGE_DIR_GLOBS, discover_data, find_image_folder, kaggle_input
 from vicap_utils.ops.folders import output_folder, record, staged
-from vicap_utils.ops.io import VicapError, atomic_write_json, input_dir, read_json
+from vicap_utils.ops.io import VicapError, atomic_write_json, input_file, read_json
 from vicap_utils.toy.data import builtin_data
 
 PREPARED_FILE = "prepared.json"
@@ -74,7 +74,7 @@ def find_images_dir(annotations: Path, hint: str = "", roots: tuple[Path, ...] =
     """The folder of a caption file's images: `hint` (data.images), else the one near the file
     holding its first image, else the one in `roots` (attached data sets) holding most of them."""
     if hint:
-        return input_dir(hint, "images folder (data.images)")
+        return input_file(hint, "images folder (data.images)", folder=True)
     names = [info.file_name for info in load_captions(annotations).images.values()]
     if not names:
         raise VicapError(f"{annotations}: lists no images")

@@ -1,5 +1,5 @@
-"""LoRA fine-tuning on HF Accelerate: the loop, validation, early stopping, the reports; a run
-resumed from `last/` ends with the same adapter. fp16 is driven here, Accelerate gets bf16."""
+"""LoRA fine-tuning on HF Accelerate: the loop, validation (loss, CIDEr of beam-search captions),
+early stopping, the reports; a run resumed from `last/` ends with the same adapter."""
 
 import contextlib
 import math
@@ -8,6 +8,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import timedelta
 from functools import partial
@@ -19,10 +20,14 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, gather_object, set_seed
+from torch.utils.data import DataLoader
 
 from vicap_utils import builders, captioner, scst
-from vicap_utils.config import Config, load_config, save_config
-from vicap_utils.dataset import image_rows
+from vicap_utils.builders import Examples
+from vicap_utils.captioner import Captioner
+from vicap_utils.config import Config, EvalConfig, load_config, save_config
+from vicap_utils.dataset import collate, image_rows
+from vicap_utils.metrics import quick_cider
 from vicap_utils.ops.adapters import write_adapter
 from vicap_utils.ops.checkpoint import RunState, load_last, open_run, rng_state, save_last
 from vicap_utils.ops.folders import folder_lock, record
@@ -32,12 +37,45 @@ from vicap_utils.ops.io import VicapError, atomic_write_json, atomic_write_text,
 from vicap_utils.ops.launch import launch_training
 from vicap_utils.ops.progress import progress
 from vicap_utils.teach.report import plot_history
-from vicap_utils.validation import validate
 
 # How long a process waits for the others (NCCL's default: 10 min): the main process auditing
 # every image, one T4 caching Flickr8k's features through BLIP-2's ViT-g (~9-15 min).
 PROCESS_GROUP_TIMEOUT = timedelta(hours=1)
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_CIDEr", "seconds"]
+Autocast = Callable[[], contextlib.AbstractContextManager]
+
+
+@torch.no_grad()
+def validation_loss(cap: Captioner, examples: Examples, batch_size: int,
+                    device: torch.device | str, autocast: Autocast) -> float:
+    """Mean next-token loss (no label smoothing) over every validation caption token."""
+    total, count = 0.0, 0
+    for batch in DataLoader(examples.val, batch_size=batch_size, collate_fn=collate,
+                            generator=torch.Generator()):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            logits = captioner.forward(cap.model, cap.family, batch["image"], batch["input_ids"],
+                                       batch["attention_mask"], examples.cached)
+        n = int((batch["labels"][:, 1:] != captioner.IGNORE).sum())
+        total += captioner.loss(logits, batch["labels"]).item() * n
+        count += n
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def validate(cap: Captioner, examples: Examples, ev: EvalConfig,
+             references: Mapping[Any, list[str]], device: torch.device | str,
+             autocast: Autocast, sample: bool = True) -> tuple[float, float, dict[Any, str]]:
+    """(loss, CIDEr, captions by image id) of the per-epoch sample of validation images (all of
+    them with `sample=False`)."""
+    cap.model.eval()
+    loss = validation_loss(cap, examples, ev.batch_size, device, autocast)
+    dec, preds = captioner.Decoding.from_eval(ev), {}
+    for ids, images in examples.val_images(ev.batch_size, sample):
+        with autocast():
+            out = captioner.caption(cap, dec=dec, **{examples.image_kind: images.to(device)})
+        preds.update(zip(ids, (alts[0][0] for alts in out)))
+    return loss, quick_cider(preds, references), preds
 
 
 class Trainer:
@@ -98,10 +136,10 @@ class Trainer:
             forward, optimizer, loader, scheduler)
         self.state = saved or RunState(vocab_entries=entries, config=asdict(cfg),
                                        scst_from=str(scst_from or ""))
-        self.scaler = (torch.amp.GradScaler(self.accelerator.device.type)  # driven in `step`
-                       if hardware.mixed_precision == "fp16" else None)
-        self.autocast = (self.accelerator.autocast if self.scaler is None  # bf16, or nothing
-                         else partial(torch.autocast, self.accelerator.device.type, torch.float16))
+        self.scaler = torch.amp.GradScaler(self.accelerator.device.type,  # driven in `step`
+                                           enabled=hardware.mixed_precision == "fp16")
+        self.autocast = (partial(torch.autocast, self.accelerator.device.type, torch.float16)
+                         if self.scaler.is_enabled() else self.accelerator.autocast)  # bf16, no
         if saved:
             load_last(self.out, self.cap.model, self.optimizer, self.scheduler, self.scaler,
                       self.accelerator.process_index)
@@ -123,13 +161,12 @@ class Trainer:
                     loss = self.batch_loss(batch)
                 if not torch.isfinite(loss):
                     self.stop_on(loss)
-                self.accelerator.backward(self.scaler.scale(loss) if self.scaler else loss)
+                self.accelerator.backward(self.scaler.scale(loss))  # unchanged without fp16
                 if self.accelerator.sync_gradients:
                     self.step()
                 self.optimizer.zero_grad(set_to_none=True)
             state.batches_done += 1
             state.loss_sum += loss.item()
-            state.loss_count += 1
             if self.accelerator.sync_gradients:
                 state.global_step += 1
                 bar.update()
@@ -138,11 +175,11 @@ class Trainer:
                     self.save_last()
                 if t.max_steps and state.global_step >= t.max_steps:
                     break
-        state.pending = {"train_loss": state.loss_sum / max(state.loss_count, 1),
+        state.pending = {"train_loss": state.loss_sum / max(state.batches_done, 1),
                          "seconds": time.time() - start,
                          "hit_max": bool(t.max_steps and state.global_step >= t.max_steps)}
         state.epoch += 1
-        state.batches_done, state.loss_sum, state.loss_count = 0, 0.0, 0
+        state.batches_done, state.loss_sum = 0, 0.0
         self.save_last()
 
     def batch_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -161,20 +198,17 @@ class Trainer:
             "(try a lower train.lr, train.mixed_precision=no, or model.vision_fp32=true)")
 
     def step(self) -> None:
-        """Clip, then step; under fp16 the GradScaler skips (and we count) an overflowing step."""
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
+        """Clip, then step; under fp16 the GradScaler skips (and we count) an overflowing step
+        (without fp16 it is disabled: each call passes through)."""
+        self.scaler.unscale_(self.optimizer)
         if self.cfg.train.max_grad_norm:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.train.max_grad_norm)
-        if self.scaler is None:
-            self.optimizer.step()
-        else:
-            scale = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scaler.get_scale() < scale:  # the scale backs off only after an overflow
-                self.state.skipped_steps += 1
-                return
+        scale = self.scaler.get_scale()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() < scale:  # the scale backs off only after an overflow
+            self.state.skipped_steps += 1
+            return
         self.scheduler.step()
 
     def validate(self, sample: bool = True) -> tuple[float, float, dict[Any, str]]:

@@ -80,9 +80,11 @@ def extension_entries(tokenizer, captions: Iterable[str]) -> list[str]:
     return [entry for entry in candidates if entry not in known]
 
 
-def build_extended_tokenizer(tokenizer, entries: list[str]):
-    """A BertTokenizer whose vocabulary is the stock one plus `entries`: every stock entry, the
-    added `[DEC]` and `[ENC]` too, keeps its id, and each special token its role."""
+def extend_tokenizer(tokenizer, captions: Iterable[str] = (), entries: list[str] | None = None):
+    """(a BertTokenizer whose vocabulary is the stock one plus `entries`, default the captions'
+    `extension_entries`; the entries): every stock entry, the added `[DEC]` and `[ENC]` too,
+    keeps its id, and each special token its role."""
+    entries = extension_entries(tokenizer, captions) if entries is None else entries
     order = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     if [i for _, i in order] != list(range(len(order))):
         raise VicapError("base tokenizer ids are not contiguous; cannot extend its vocabulary")
@@ -95,13 +97,7 @@ def build_extended_tokenizer(tokenizer, entries: list[str]):
     extended = transformers.BertTokenizer(vocab=merged, do_lower_case=True, strip_accents=False,
                                           additional_special_tokens=extra, **special)
     extended.model_max_length = tokenizer.model_max_length
-    return extended
-
-
-def extend_tokenizer(tokenizer, captions: list[str]):
-    """Return (extended tokenizer, appended entries) for the training captions."""
-    entries = extension_entries(tokenizer, captions)
-    return build_extended_tokenizer(tokenizer, entries), entries
+    return extended, entries
 
 
 def piece_ids(stock_tokenizer, entry: str) -> list[int]:

@@ -67,8 +67,7 @@ class RunState:
     history: list[dict[str, Any]] = field(default_factory=list)
     pending: dict[str, Any] = field(default_factory=dict)  # an epoch trained, not yet validated
     full_val: dict[str, Any] = field(default_factory=dict)  # final model on the whole val set
-    loss_sum: float = 0.0  # running sums of the current epoch
-    loss_count: int = 0
+    loss_sum: float = 0.0  # of the current epoch's batch losses (batches_done of them)
     vocab_entries: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     scst_from: str = ""  # self-critical training from this adapter
@@ -176,7 +175,7 @@ def save_last(out: Path, model, optimizer, scheduler, scaler, state: RunState,
                  if p.requires_grad}
     parts = {"optimizer.pt": optimizer.state_dict(), "scheduler.pt": scheduler.state_dict(),
              "rng.pt": rng_states or [rng_state()],
-             **({"scaler.pt": scaler.state_dict()} if scaler is not None else {})}
+             **({"scaler.pt": scaler.state_dict()} if scaler and scaler.is_enabled() else {})}
     with atomic_dir(out / "last") as tmp:
         (tmp / "trainable.safetensors").write_bytes(save(trainable))
         for name, obj in parts.items():

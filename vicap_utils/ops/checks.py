@@ -161,10 +161,3 @@ def _load(obj: Any, what: str) -> tuple[str, Any]:
 def _first(ids: Sequence[Any], n: int = 5) -> str:
     """The first few ids for an error message."""
     return ", ".join(repr(i) for i in ids[:n]) + (" …" if len(ids) > n else "")
-
-
-def load_train_captions(train: str | Path | Mapping | Sequence[str]) -> list[str]:
-    """Training captions from COCO-style JSON (path or loaded) or a list of strings."""
-    if isinstance(train, Sequence) and not isinstance(train, str):
-        return [str(c) for c in train]
-    return [c for _, caps in load_references(train, "training captions").values() for c in caps]

@@ -6,7 +6,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from vicap_utils.ops.hardware import detect
@@ -165,15 +165,13 @@ def describe() -> dict[str, object]:
     return {**versions(),
             "platform": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores",
             "accelerator": accelerator, "kaggle": is_kaggle(),
-            "output dir": str(output_dir(create=False)), "auto profile": auto_profile(),
-            "gpu": asdict(facts)}
+            "output dir": str(output_dir(create=False)), "auto profile": auto_profile()}
 
 
 def print_environment() -> None:
     """Print the environment summary, one line per fact."""
     for key, value in describe().items():
-        if key != "gpu":  # the accelerator line says it in words
-            print(f"{key:>13}: {value}")
+        print(f"{key:>13}: {value}")
 
 
 def cli_env(args: object) -> int:

@@ -63,11 +63,6 @@ def input_file(path: str | Path, what: str = "file", folder: bool = False) -> Pa
     return path
 
 
-def input_dir(path: str | Path, what: str = "folder") -> Path:
-    """`path` if it is an existing folder, else a one-line VicapError saying what it is."""
-    return input_file(path, what, folder=True)
-
-
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """Load JSON; a missing, unreadable, malformed or absurdly nested file is a VicapError."""
     path = input_file(path, what)

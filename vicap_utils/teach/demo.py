@@ -56,11 +56,6 @@ class CaptionResult:
     seconds: float
     load_seconds: float = 0.0
 
-    @property
-    def caption(self) -> str:
-        """The best caption."""
-        return self.captions[0][0]
-
 
 # ---------------------------------------------------------------- models and samples
 def find_adapters(*roots: str | Path) -> list[Path]:
@@ -128,17 +123,9 @@ class UploadError(VicapError):
     """An upload the demo refuses; the message is meant for the person who sent it."""
 
 
-@dataclass
-class DecodedUpload:
-    """An accepted upload: the upright RGB image and what it was before conversion."""
-    image: Image.Image
-    format: str
-    mode: str
-    size: tuple[int, int]
-
-
-def decode_upload(data: bytes, name: str = "upload") -> DecodedUpload:
-    """Check and decode uploaded bytes into an upright RGB image, or raise UploadError."""
+def decode_upload(data: bytes, name: str = "upload") -> tuple[Image.Image, str]:
+    """Check and decode uploaded bytes into an upright RGB image and what it was before
+    ("JPEG, CMYK, 40×20": format, mode, stored size), or raise UploadError."""
     if not data:
         raise UploadError(f"{name}: the file is empty")
     if len(data) > MAX_UPLOAD_BYTES:
@@ -149,8 +136,8 @@ def decode_upload(data: bytes, name: str = "upload") -> DecodedUpload:
         try:
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 im.load()
-                return DecodedUpload(to_rgb(ImageOps.exif_transpose(im)), im.format or "?",
-                                     im.mode, im.size)
+                return (to_rgb(ImageOps.exif_transpose(im)),
+                        f"{im.format or '?'}, {im.mode}, {im.width}×{im.height}")
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             found = re.search(r"\((\d+) pixels\)", str(exc))  # "Image size (N pixels) …"
             count = f"{int(found.group(1)) / 1e6:.0f} megapixels; " if found else ""
@@ -181,7 +168,7 @@ def card_html(result: CaptionResult, dec: Decoding) -> str:
         rows = (f"<table class='vicap-beams'><tr><th>#</th><th>beam</th>"
                 f"<th class='score'>log-prob</th></tr>{rows}</table>")
     return (f"<div class='vicap-card'><div class='vicap-model'>{html.escape(result.model)}</div>"
-            f"<div class='vicap-caption'>{html.escape(result.caption)}</div>"
+            f"<div class='vicap-caption'>{html.escape(result.captions[0][0])}</div>"
             f"<div class='vicap-meta'>{result.seconds:.2f} s · {how} · max "
             f"{dec.max_new_tokens} tokens{load}</div>{rows}</div>")
 
@@ -315,8 +302,8 @@ class CaptionApp:
             return
         name = self.upload.value[0]["name"]
         self.image, self.preview.value, self.output.value = None, b"", ""
-        decoded = decode_upload(bytes(self.upload.value[0]["content"]), name)
-        self.set_image(decoded.image, f"{name} ({decoded.format}, {decoded.mode})")
+        image, was = decode_upload(bytes(self.upload.value[0]["content"]), name)
+        self.set_image(image, f"{name} ({was})")
         self.sample.value = ""
 
     @_guarded

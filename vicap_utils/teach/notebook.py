@@ -153,7 +153,11 @@ def eval_inputs(run: Path, split: str = "val") -> tuple[Path, Path]:
     if not is_adapter(best):
         found = find_trained(run.name)
         if found is None:
-            raise VicapError(f"{best}: no fine-tuned adapter; {_train_hint(run.name)}")
+            slug = f"vicap-{run.name.split('-')[0]}-03-finetune-lora"
+            raise VicapError(f"{best}: no fine-tuned adapter; " + (
+                f"attach <owner>/{slug} as input (Add Input → Your Work: notebook 03's output, "
+                f"mounted under {kaggle_input()}), or run notebook 03_finetune_lora first"
+                if is_kaggle() else "run notebook 03_finetune_lora first"))
         bring_back(found, run, what="trained", skip=("cache", "last", ".last.old"))
     return run_references(run, split)
 
@@ -169,15 +173,6 @@ def score_scst(run: Path, split: str = "val") -> tuple[dict, list[Path]] | None:
     files = _system_files(run / ("eval" if split == "val" else f"eval-{split}"), "scst")
     _score_system(found / "best", run, val_file, images, False, files)
     return read_json(files["metrics"]), list(files.values())
-
-
-def _train_hint(profile: str) -> str:
-    """How to get an adapter: attach notebook 03's kernel on Kaggle, else run notebook 03."""
-    if not is_kaggle():
-        return "run notebook 03_finetune_lora first"
-    slug = f"vicap-{profile.split('-')[0]}-03-finetune-lora"
-    return (f"attach <owner>/{slug} as input (Add Input → Your Work: notebook 03's output, "
-            f"mounted under {kaggle_input()}), or run notebook 03_finetune_lora first")
 
 
 def evaluate_run(run: Path, reuse: bool = False, split: str = "val") -> RunEval:

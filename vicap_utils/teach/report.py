@@ -4,7 +4,6 @@ caption gallery (PNG grid and a self-contained HTML page); `finish` saves any fi
 import base64
 import html
 import io
-import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -13,12 +12,11 @@ from string import Template
 from typing import Any
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 
 from vicap_utils.data import CaptionSet, ImageId
 from vicap_utils.images import load_rgb
-from vicap_utils.metrics import DIVERSITY_KEYS, SCORE_KEYS
+from vicap_utils.metrics import SCORE_KEYS
 from vicap_utils.ops.io import atomic_write_files, atomic_write_text
 from vicap_utils.text import syllable_count
 
@@ -47,58 +45,13 @@ def plot_history(history: list[dict[str, Any]], out: str | Path | None = None):
     return finish(fig, out)
 
 
-def config_table(config: Mapping[str, Any]) -> pd.DataFrame:
-    """A nested config dict as one row per dotted key (section.key → value)."""
-    rows = []
-    for section, values in config.items():
-        if isinstance(values, Mapping):
-            rows += [{"key": f"{section}.{k}", "value": repr(v) if isinstance(v, str) else v}
-                     for k, v in values.items()]
-        else:
-            rows.append({"key": section, "value": values})
-    return pd.DataFrame(rows).set_index("key")
-
-
 def score_table(rows: Mapping[str, Mapping[str, Any]],
                 columns: Sequence[str] = SCORE_KEYS) -> pd.DataFrame:
-    """Scores (reference-based unless `columns` says), one row per system: floats, NaN unless a
-    number (bools too); a metric no system has is left out."""
+    """Scores (reference-based unless `columns` says, e.g. metrics.DIVERSITY_KEYS), one row per
+    system: floats, NaN unless a number (bools too); a metric no system has is left out."""
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=list(columns))
     numbers = table.map(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool))
     return table.where(numbers).astype(float).dropna(axis=1, how="all")
-
-
-def diversity_table(rows: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
-    """Diversity of each system's captions (TTR, repetition, distinct-n, vocabulary, length)."""
-    return score_table(rows, DIVERSITY_KEYS)
-
-
-def plot_scores(table: pd.DataFrame, out: str | Path | None = None):
-    """Grouped bars: one group per metric, one bar per system (missing values left out);
-    published rows are hatched, as they were not measured here."""
-    cols = [m for m in ("BLEU-1", "BLEU-4", "METEOR", "METEOR-vi", "ROUGE-L", "CIDEr")
-            if m in table.columns]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cols)), 3.8))
-    width = 0.8 / max(len(table), 1)
-    x = np.arange(len(cols))
-    for k, (label, row) in enumerate(table[cols].iterrows()):
-        ax.bar(x + k * width - 0.4 + width / 2, row.fillna(0).values, width, label=label,
-               hatch="//" if "published" in str(label) else None)
-    ax.set(xticks=x, xticklabels=cols, ylabel="score")
-    ax.legend(fontsize=8)
-    return finish(fig, out)
-
-
-def plot_cider_hist(per_image: Mapping[str, pd.DataFrame], out: str | Path | None = None):
-    """Histogram of per-image CIDEr for each system (each scored against the whole set)."""
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    top = max(float(f["cider"].max()) for f in per_image.values())
-    bins = np.linspace(0, max(top, 1e-6), 30)
-    for label, frame in per_image.items():
-        ax.hist(frame["cider"], bins=bins, alpha=0.6, label=label)
-    ax.set(xlabel="per-image CIDEr (document frequencies from the whole evaluated set)",
-           ylabel="images")
-    return finish(fig, out)
 
 
 @dataclass
@@ -128,24 +81,6 @@ def gallery_items(val: CaptionSet, images_dir: str | Path,
                         references=refs[by_key[k]],
                         captions={label: p.get(k, "") for label, p in preds.items()},
                         cider=scores[k], group=group) for k, group in chosen]
-
-
-def plot_gallery(items: Sequence[GalleryItem], out: str | Path | None = None, columns: int = 3):
-    """A grid: each image above two references and each system's caption (DejaVu Sans)."""
-    rows = max(1, -(-len(items) // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 6.2 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, items):
-        ax.imshow(load_rgb(item.path))
-        ax.set_title(f"{item.group} · image {item.image_id} · CIDEr {item.cider:.2f}",
-                     fontsize=9, family=FONT)
-        lines = [f"ref: {r}" for r in item.references[:2]]
-        lines += [f"{label}: {text}" for label, text in item.captions.items()]
-        text = "\n".join(textwrap.fill(line, 50, subsequent_indent="   ") for line in lines)
-        ax.text(0, -0.04, text, transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                family=FONT)
-    return finish(fig, out, h_pad=3)
 
 
 def gallery_html(items: Sequence[GalleryItem], out: str | Path) -> Path:
