@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "vicap_utils"
 # Issue 16 asks for at most 6,500 lines (from 8,892) with the top-level essence at most 3,000;
-# both are met (6,496 and 2,802 when it closed). Raise a budget only with a feature, saying so in
+# both are met (6,496 and 2,785 when it closed). Raise a budget only with a feature, saying so in
 # the closing note; lower it as the library thins.
 PACKAGE_LINES, ESSENCE_LINES = 6500, 3000
 
