@@ -74,10 +74,8 @@ items = report.gallery_items(result.val, result.images, result.predictions,
 # caption.
 
 # %% tags=["plot-gallery"]
-columns = 3
-fig, axes = plt.subplots(max(1, -(-len(items) // columns)), columns,
-                         figsize=(4.6 * columns, 6.2 * max(1, -(-len(items) // columns))),
-                         squeeze=False)
+columns, rows = 3, max(1, -(-len(items) // 3))
+fig, axes = plt.subplots(rows, columns, figsize=(4.6 * columns, 6.2 * rows), squeeze=False)
 for ax in axes.flat:
     ax.axis("off")
 for ax, item in zip(axes.flat, items):

@@ -140,3 +140,20 @@ def test_under_fp16_autocast_blip2s_vit_stays_fp32_and_the_rest_is_fp16(blip2_ba
     monkeypatch.setenv("VICAP_EMULATE_T4", "1")  # generate's own fp16 autocast, as on a GPU
     captioner.generate(cap, captioner.Decoding(num_beams=1, max_new_tokens=3), pixels=pixels)
     assert seen["vision"] == {torch.float32} and seen["opt"] == {torch.float16}
+
+
+def test_captioning_from_pixels_runs_blip2s_vit_once(blip2_base):
+    """One `caption` call on pixels encodes the images once (the ViT is BLIP-2's costliest part;
+    a ViT-g at 224 px)."""
+    from transformers import Blip2ForConditionalGeneration, Blip2Processor
+
+    from vicap_utils import captioner
+
+    model = Blip2ForConditionalGeneration.from_pretrained(blip2_base).eval()
+    cap = Captioner(model=model, processor=Blip2Processor.from_pretrained(blip2_base),
+                    family="blip2", base=str(blip2_base))
+    calls = []
+    model.vision_model.register_forward_hook(lambda *args: calls.append(1))
+    out = captioner.caption(cap, pixels=torch.rand(2, 3, 32, 32),
+                            dec=captioner.Decoding(num_beams=2, max_new_tokens=3))
+    assert len(out) == 2 and len(calls) == 1

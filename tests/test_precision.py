@@ -229,3 +229,29 @@ def test_importing_the_8bit_stack_prints_nothing():
     proc = subprocess.run([sys.executable, "-c", "import vicap_utils, peft, bitsandbytes"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_a_checkpoint_changes_precision_on_resume_either_way(t4, tmp_path, monkeypatch):
+    """The GradScaler exists in every run but only an fp16 one saves `scaler.pt`: a run killed
+    after its step-2 checkpoint in fp32 resumes under fp16 (a fresh scale), and the reverse."""
+    save_last = Trainer.save_last
+
+    def killed_after_step_2(self):
+        save_last(self)
+        if self.state.global_step == 2:
+            raise KeyboardInterrupt
+
+    for first, then in (("no", "fp16"), ("fp16", "no")):
+        run = tmp_path / f"{first}-then-{then}"
+        monkeypatch.setattr(Trainer, "save_last", killed_after_step_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(mini_config("train.max_steps=3", "train.save_every_steps=1",
+                              f"train.mixed_precision={first}"), run, **QUIET)
+        assert (run / "last" / "scaler.pt").is_file() == (first == "fp16")
+        monkeypatch.setattr(Trainer, "save_last", save_last)
+        summary = train(mini_config("train.max_steps=3", "train.save_every_steps=1",
+                                    f"train.mixed_precision={then}"), run, resume=True, **QUIET)
+        assert (summary["global_step"], summary["skipped_steps"]) == (3, 0)
+        assert (run / "last" / "scaler.pt").is_file() == (then == "fp16")
+    scale = torch.load(tmp_path / "no-then-fp16" / "last" / "scaler.pt")["scale"]
+    assert scale == 2.0**16  # started fresh at the resume, no overflow since

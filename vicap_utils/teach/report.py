@@ -1,5 +1,5 @@
-"""Tables and figures the notebooks share: caption lengths, learning curves, metrics and the
-caption gallery (PNG grid and a self-contained HTML page); `finish` saves any figure."""
+"""Tables and figures more than one caller needs: caption lengths, learning curves, the score
+table, the gallery's picks and its self-contained HTML page; `finish` saves any figure."""
 
 import base64
 import html
